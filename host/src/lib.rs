@@ -1,0 +1,1 @@
+//! otools host library.

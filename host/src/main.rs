@@ -1,0 +1,2 @@
+//! otools binary.
+fn main() {}

@@ -1,0 +1,325 @@
+//! The glue between a plugin's Rust types and the stable-ABI boundary:
+//! [`export_plugin!`](crate::export_plugin), the adapters that turn a
+//! [`Service`] or [`Condition`] into an FFI trait object, and the panic
+//! guard around every entry point.
+//!
+//! A panic must never unwind out of a plugin: abi_stable turns that into a
+//! process exit, taking the host down (see DESIGN-NOTES). So every entry point
+//! runs inside `catch_unwind`, and the panic becomes a [`CallError`] with the
+//! panic message and location. A panic hook installed when the library is
+//! loaded captures that message instead of printing it; panics outside entry
+//! points (e.g. on a thread the plugin spawned itself) still print as usual.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
+
+use abi_stable::library::{
+    __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
+};
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::ffi::{
+    API_VERSION, CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition,
+    FfiCondition_TO, FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef,
+    PluginRoot, PluginRoot_Ref,
+};
+use crate::service::{Condition, Service};
+
+thread_local! {
+    static IN_ENTRY_POINT: Cell<bool> = const { Cell::new(false) };
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static HOOK: Once = Once::new();
+
+fn install_panic_hook() {
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_ENTRY_POINT.with(Cell::get) {
+                let message = panic_payload_text(info.payload());
+                let text = match info.location() {
+                    Some(l) => format!("{message} (at {}:{}:{})", l.file(), l.line(), l.column()),
+                    None => message,
+                };
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn panic_payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        String::from("panic with a non-string payload")
+    }
+}
+
+/// Runs one entry point: a panic or an error becomes a [`CallError`].
+fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
+    let outer = IN_ENTRY_POINT.with(|c| c.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_ENTRY_POINT.with(|c| c.set(outer));
+    match result {
+        Ok(Ok(v)) => RResult::ROk(v),
+        Ok(Err(e)) => RResult::RErr(e.into_call_error()),
+        Err(payload) => {
+            let message = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| panic_payload_text(&*payload));
+            // Dropping a payload can itself panic; keep it from unwinding out.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            RResult::RErr(CallError {
+                kind: CallErrorKind::Panicked,
+                message: RString::from(message),
+            })
+        }
+    }
+}
+
+struct ServiceAdapter<S>(S);
+
+impl<S: Service> FfiService for ServiceAdapter<S> {
+    fn setup(&mut self, host: HostRef<'_>) -> CallResult {
+        guard(|| self.0.setup(&Context::from_host(host)))
+    }
+    fn main(&self, host: HostRef<'_>) -> CallResult {
+        guard(|| self.0.main(&Context::from_host(host)))
+    }
+    fn run_loop(&self, host: HostRef<'_>) -> CallResult {
+        guard(|| self.0.run_loop(&Context::from_host(host)))
+    }
+    fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
+        guard(|| self.0.finalize(&Context::from_host(host)))
+    }
+}
+
+struct ConditionAdapter<C>(C);
+
+impl<C: Condition> FfiCondition for ConditionAdapter<C> {
+    fn setup(&mut self, host: HostRef<'_>) -> CallResult {
+        guard(|| self.0.setup(&Context::from_host(host)))
+    }
+    fn check(&self, host: HostRef<'_>) -> CallResult<bool> {
+        guard(|| self.0.check(&Context::from_host(host)))
+    }
+    fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
+        guard(|| self.0.finalize(&Context::from_host(host)))
+    }
+}
+
+fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| {
+        // Positions refer to the JSON the host generated, not to the
+        // manifest: the host adds the manifest line itself.
+        let text = e.to_string();
+        let text = match text.rfind(" at line ") {
+            Some(i) => text[..i].to_owned(),
+            None => text,
+        };
+        Error::invalid_config(text)
+    })
+}
+
+/// Builds a service instance from its JSON config. Used by [`export_plugin!`](crate::export_plugin).
+#[doc(hidden)]
+pub fn new_service<S: Service>(config_json: &str) -> Result<FfiServiceBox> {
+    let config = parse_config::<S::Config>(config_json)?;
+    let service = S::new(config).map_err(Error::rejecting_config)?;
+    Ok(FfiService_TO::from_value(
+        ServiceAdapter(service),
+        TD_Opaque,
+    ))
+}
+
+/// Builds a condition instance from its JSON config. Used by [`export_plugin!`](crate::export_plugin).
+#[doc(hidden)]
+pub fn new_condition<C: Condition>(config_json: &str) -> Result<FfiConditionBox> {
+    let config = parse_config::<C::Config>(config_json)?;
+    let condition = C::new(config).map_err(Error::rejecting_config)?;
+    Ok(FfiCondition_TO::from_value(
+        ConditionAdapter(condition),
+        TD_Opaque,
+    ))
+}
+
+/// A constructor of a service instance from JSON config.
+#[doc(hidden)]
+pub type ServiceCtor = fn(&str) -> Result<FfiServiceBox>;
+/// A constructor of a condition instance from JSON config.
+#[doc(hidden)]
+pub type ConditionCtor = fn(&str) -> Result<FfiConditionBox>;
+
+/// What [`export_plugin!`](crate::export_plugin) declares about a library.
+#[doc(hidden)]
+pub trait PluginExports: 'static {
+    /// Package name of the plugin crate.
+    const NAME: &'static str;
+    /// Package version of the plugin crate.
+    const VERSION: &'static str;
+    /// Exported services by name.
+    const SERVICES: &'static [(&'static str, ServiceCtor)];
+    /// Exported conditions by name.
+    const CONDITIONS: &'static [(&'static str, ConditionCtor)];
+}
+
+extern "C" fn exports<P: PluginExports>() -> RVec<ExportInfo> {
+    let services = P::SERVICES.iter().map(|(name, _)| ExportInfo {
+        kind: ExportKind::Service,
+        name: RString::from(*name),
+    });
+    let conditions = P::CONDITIONS.iter().map(|(name, _)| ExportInfo {
+        kind: ExportKind::Condition,
+        name: RString::from(*name),
+    });
+    services.chain(conditions).collect()
+}
+
+fn unknown_export<T>(name: &str, kind: &str) -> CallResult<T> {
+    RResult::RErr(CallError {
+        kind: CallErrorKind::UnknownExport,
+        message: RString::from(format!("the library exports no {kind} named `{name}`")),
+    })
+}
+
+extern "C" fn new_service_ffi<P: PluginExports>(
+    name: RStr<'_>,
+    config: RStr<'_>,
+) -> CallResult<FfiServiceBox> {
+    match P::SERVICES.iter().find(|(n, _)| *n == name.as_str()) {
+        Some((_, ctor)) => guard(|| ctor(config.as_str())),
+        None => unknown_export(name.as_str(), "service"),
+    }
+}
+
+extern "C" fn new_condition_ffi<P: PluginExports>(
+    name: RStr<'_>,
+    config: RStr<'_>,
+) -> CallResult<FfiConditionBox> {
+    match P::CONDITIONS.iter().find(|(n, _)| *n == name.as_str()) {
+        Some((_, ctor)) => guard(|| ctor(config.as_str())),
+        None => unknown_export(name.as_str(), "condition"),
+    }
+}
+
+fn root_module<P: PluginExports>() -> PluginRoot_Ref {
+    install_panic_hook();
+    PluginRoot {
+        plugin_name: RStr::from_str(P::NAME),
+        plugin_version: RStr::from_str(P::VERSION),
+        api_version: RStr::from_str(API_VERSION),
+        exports: exports::<P>,
+        new_service: new_service_ffi::<P>,
+        new_condition: new_condition_ffi::<P>,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn root_module_loader<P: PluginExports>() -> RootModuleResult {
+    __call_root_module_loader(root_module::<P>)
+}
+
+/// The header abi_stable looks for in a library: what `export_plugin!` exports.
+#[doc(hidden)]
+#[allow(
+    unsafe_code,
+    reason = "the one place the plugin side touches abi_stable's unsafe export API"
+)]
+pub const fn lib_header<P: PluginExports>() -> LibHeader {
+    // SAFETY: `from_constructor::<M>` requires the constructor to return the
+    // root module of type `M`; `root_module_loader::<P>` returns exactly a
+    // `PluginRoot_Ref` (through abi_stable's own `__call_root_module_loader`,
+    // which also catches panics), for every `P`.
+    unsafe {
+        LibHeader::from_constructor::<PluginRoot_Ref>(root_module_loader::<P>, CheckTypeLayout::Yes)
+    }
+}
+
+/// Exports services and conditions from a plugin library.
+///
+/// Invoke it once, at the root of a `cdylib` crate, listing the types that
+/// implement [`Service`](crate::Service) and [`Condition`](crate::Condition).
+/// Each is exported under its type name, which manifests use in `export = "..."`.
+///
+/// ```ignore
+/// otools_api::export_plugin! {
+///     services: [Increment, Report],
+///     conditions: [AtLeast],
+/// }
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    (
+        $(services: [$($service:ident),* $(,)?] $(,)?)?
+        $(conditions: [$($condition:ident),* $(,)?] $(,)?)?
+    ) => {
+        #[doc(hidden)]
+        pub struct __OtoolsPluginExports;
+
+        impl $crate::__private::PluginExports for __OtoolsPluginExports {
+            const NAME: &'static str = ::core::env!("CARGO_PKG_NAME");
+            const VERSION: &'static str = ::core::env!("CARGO_PKG_VERSION");
+            const SERVICES: &'static [(&'static str, $crate::__private::ServiceCtor)] = &[
+                $($((::core::stringify!($service), $crate::__private::new_service::<$service>),)*)?
+            ];
+            const CONDITIONS: &'static [(&'static str, $crate::__private::ConditionCtor)] = &[
+                $($((::core::stringify!($condition), $crate::__private::new_condition::<$condition>),)*)?
+            ];
+        }
+
+        #[doc(hidden)]
+        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+        pub static __OTOOLS_LIB_HEADER: $crate::__private::LibHeader =
+            $crate::__private::lib_header::<__OtoolsPluginExports>();
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `export_plugin!` spells the symbol abi_stable looks up as a literal.
+    #[test]
+    fn root_symbol_matches_abi_stable() {
+        let source = include_str!("export.rs");
+        let spelled = format!(
+            "export_name = \"{}\"",
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
+        assert!(
+            source.contains(&spelled),
+            "export_plugin! must use {spelled}"
+        );
+    }
+
+    #[test]
+    fn a_panic_becomes_an_error_value() {
+        install_panic_hook();
+        let r: CallResult<()> = guard(|| panic!("boom {}", 7));
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, CallErrorKind::Panicked);
+        assert!(
+            e.message.as_str().starts_with("boom 7 (at "),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn an_error_keeps_its_message() {
+        let r: CallResult<()> = guard(|| Err(Error::msg("nope")));
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, CallErrorKind::Failed);
+        assert_eq!(e.message.as_str(), "nope");
+    }
+}

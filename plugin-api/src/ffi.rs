@@ -1,0 +1,337 @@
+//! Everything that crosses the boundary between the host and a plugin library.
+//!
+//! Plugin authors never use this module: [`crate::export_plugin!`] writes the
+//! glue, and [`crate::Context`] wraps the host handle. The host uses it to load
+//! a library and drive its instances.
+//!
+//! # Evolution
+//!
+//! The root module ([`PluginRoot`]) and the three traits are abi_stable *prefix
+//! types*: a field or method may only ever be **added after** the one marked
+//! `#[sabi(last_prefix_field)]`, never inserted, removed or changed. A host
+//! then loads plugins built against an older `otools-api` of the same minor
+//! version and sees the missing newer entries as absent. Anything else (a
+//! changed type, a reordered method) is a breaking change: bump the minor
+//! version of `otools-api` (we are at 0.x), and abi_stable will refuse the
+//! mismatched side with a layout error that the host shortens for the user.
+
+#![allow(
+    non_local_definitions,
+    reason = "emitted by abi_stable's #[sabi_trait] expansion"
+)]
+#![allow(
+    non_camel_case_types,
+    reason = "abi_stable names its types `*_Ref` and `*_TO`"
+)]
+#![allow(missing_docs, reason = "abi_stable's generated items carry no docs")]
+#![allow(
+    unreachable_pub,
+    reason = "abi_stable's generated items are pub by design"
+)]
+#![allow(
+    unsafe_code,
+    reason = "abi_stable's StableAbi derive and #[sabi_trait] expand to unsafe blocks; none is written by hand here"
+)]
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::{RRef, VersionStrings};
+use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
+use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
+
+use crate::value::Value;
+
+/// Timeout argument meaning "wait as long as it takes".
+pub const NO_TIMEOUT: u64 = u64::MAX;
+
+/// The six log levels of OTools, from most to least verbose.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Very detailed tracing of what a service does.
+    Verbose = 0,
+    /// Information useful when debugging.
+    Debug = 1,
+    /// Normal operation worth recording.
+    Info = 2,
+    /// Something unexpected that the service handled.
+    Warning = 3,
+    /// Something failed.
+    Error = 4,
+    /// Something failed so badly that the context terminates.
+    Fatal = 5,
+}
+
+impl LogLevel {
+    /// All levels, from most to least verbose.
+    pub const ALL: [LogLevel; 6] = [
+        LogLevel::Verbose,
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warning,
+        LogLevel::Error,
+        LogLevel::Fatal,
+    ];
+
+    /// The level's name as written in manifests and logs (`verbose`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Verbose => "verbose",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Fatal => "fatal",
+        }
+    }
+
+    /// Parses a level name (case-insensitive; `warn` and `trace` are accepted too).
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "verbose" | "trace" => LogLevel::Verbose,
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warning" | "warn" => LogLevel::Warning,
+            "error" => LogLevel::Error,
+            "fatal" => LogLevel::Fatal,
+            _ => return None,
+        })
+    }
+
+    /// Converts the wire value back, if it names a level.
+    pub fn from_u8(v: u8) -> Option<LogLevel> {
+        LogLevel::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// Why a host callback refused or failed.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HostError {
+    /// No dataframe of that name exists in the manifest.
+    UnknownDataframe = 0,
+    /// The dataframe exists but this context does not list it.
+    NotPermitted = 1,
+    /// The dataframe stayed locked by another service for the whole timeout.
+    Timeout = 2,
+    /// The operation needs another type of value (e.g. incrementing a string).
+    WrongType = 3,
+    /// The calling instance was replaced; its calls are refused.
+    Fenced = 4,
+    /// Unlocking a lock this service does not hold, or locking one it holds.
+    LockState = 5,
+    /// The host failed internally (a bug); the message is in the host log.
+    Internal = 6,
+}
+
+impl HostError {
+    /// A short description of the error.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HostError::UnknownDataframe => "no such dataframe",
+            HostError::NotPermitted => "this context does not list the dataframe",
+            HostError::Timeout => "timed out waiting for the dataframe lock",
+            HostError::WrongType => "the stored value has the wrong type for this operation",
+            HostError::Fenced => "this instance was replaced; its calls are refused",
+            HostError::LockState => "lock not held by this service, or already held",
+            HostError::Internal => "internal host error",
+        }
+    }
+}
+
+/// What kind of failure a plugin entry point reports.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallErrorKind {
+    /// The entry point returned an error.
+    Failed = 0,
+    /// The entry point panicked; the panic was caught inside the plugin.
+    Panicked = 1,
+    /// The entry point is not implemented by this service (e.g. no loop).
+    Unimplemented = 2,
+    /// The plugin rejected the configuration it was given.
+    InvalidConfig = 3,
+    /// The library has no export of that name.
+    UnknownExport = 4,
+}
+
+/// A failure reported by a plugin entry point.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct CallError {
+    /// What kind of failure.
+    pub kind: CallErrorKind,
+    /// The plugin's message.
+    pub message: RString,
+}
+
+/// What every plugin entry point returns.
+pub type CallResult<T = ()> = RResult<T, CallError>;
+
+/// Read or write lock of a dataframe held across several operations.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockMode {
+    /// Others may still read, nobody else may write.
+    Read = 0,
+    /// Nobody else may read or write.
+    Write = 1,
+}
+
+/// The outcome of a compare-and-swap.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct CasOutcome {
+    /// True if the value was replaced.
+    pub swapped: bool,
+    /// When not swapped: the value found instead of the expected one.
+    pub actual: ROption<Value>,
+}
+
+/// The host's side of the boundary: what a running instance may ask of the host.
+///
+/// `timeout_ns` is in nanoseconds, [`NO_TIMEOUT`] to wait indefinitely.
+#[sabi_trait]
+pub trait FfiHost: Send + Sync {
+    /// Is a message at this level going to be written?
+    fn log_enabled(&self, level: LogLevel) -> bool;
+    /// Writes one log line under the caller's context and service.
+    fn log(&self, level: LogLevel, message: RStr<'_>);
+    /// The caller's context name.
+    fn context_name(&self) -> RStr<'_>;
+    /// The caller's service (or trigger) name.
+    fn service_name(&self) -> RStr<'_>;
+    /// Ends the caller's context after the current call.
+    fn terminate_context(&self);
+    /// Stops and finalizes the calling service; the others go on.
+    fn deactivate(&self);
+    /// Resolves a dataframe name to a handle valid for this context.
+    fn dataframe(&self, name: RStr<'_>) -> RResult<u32, HostError>;
+    /// Reads a key; `None` when absent.
+    fn df_get(&self, df: u32, key: RStr<'_>, timeout_ns: u64)
+    -> RResult<ROption<Value>, HostError>;
+    /// Writes a key.
+    fn df_set(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        value: Value,
+        timeout_ns: u64,
+    ) -> RResult<(), HostError>;
+    /// Removes a key, returning what it held.
+    fn df_remove(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        timeout_ns: u64,
+    ) -> RResult<ROption<Value>, HostError>;
+    /// Adds `by` (integer or float) to a numeric key atomically; an absent key counts as 0.
+    fn df_add(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        by: Value,
+        timeout_ns: u64,
+    ) -> RResult<Value, HostError>;
+    /// Replaces the key's value with `new` only if it currently equals `expected` (None = absent).
+    fn df_compare_and_swap(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        expected: ROption<Value>,
+        new: Value,
+        timeout_ns: u64,
+    ) -> RResult<CasOutcome, HostError>;
+    /// The keys, in no particular order.
+    fn df_keys(&self, df: u32, timeout_ns: u64) -> RResult<RVec<RString>, HostError>;
+    /// Takes a read or write lock on the dataframe, held until `df_unlock`.
+    fn df_lock(&self, df: u32, mode: LockMode, timeout_ns: u64) -> RResult<(), HostError>;
+    /// Releases a lock taken with `df_lock`.
+    #[sabi(last_prefix_field)]
+    fn df_unlock(&self, df: u32, mode: LockMode) -> RResult<(), HostError>;
+}
+
+/// A borrowed host handle, valid for one call.
+pub type HostRef<'a> = FfiHost_TO<'static, RRef<'a, ()>>;
+
+/// One service instance, as the host drives it.
+#[sabi_trait]
+pub trait FfiService: Send + Sync {
+    /// Runs once before any `main` or loop call.
+    fn setup(&mut self, host: HostRef<'_>) -> CallResult;
+    /// One main-loop step.
+    fn main(&self, host: HostRef<'_>) -> CallResult;
+    /// One iteration of the service's own loop (runs on its own thread).
+    fn run_loop(&self, host: HostRef<'_>) -> CallResult;
+    /// Runs once after the service's threads stopped.
+    #[sabi(last_prefix_field)]
+    fn finalize(&mut self, host: HostRef<'_>) -> CallResult;
+}
+
+/// An owned service instance.
+pub type FfiServiceBox = FfiService_TO<'static, RBox<()>>;
+
+/// One condition instance, as the host drives it.
+#[sabi_trait]
+pub trait FfiCondition: Send + Sync {
+    /// Runs once before the first check.
+    fn setup(&mut self, host: HostRef<'_>) -> CallResult;
+    /// Evaluates the condition.
+    fn check(&self, host: HostRef<'_>) -> CallResult<bool>;
+    /// Runs once at the end.
+    #[sabi(last_prefix_field)]
+    fn finalize(&mut self, host: HostRef<'_>) -> CallResult;
+}
+
+/// An owned condition instance.
+pub type FfiConditionBox = FfiCondition_TO<'static, RBox<()>>;
+
+/// Whether an export is a service or a condition.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExportKind {
+    /// A [`crate::Service`].
+    Service = 0,
+    /// A [`crate::Condition`].
+    Condition = 1,
+}
+
+/// One export of a library.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ExportInfo {
+    /// Service or condition.
+    pub kind: ExportKind,
+    /// The name manifests use in `export = "..."`.
+    pub name: RString,
+}
+
+/// The root module every plugin library exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginRoot_Ref)))]
+pub struct PluginRoot {
+    /// The plugin crate's package name.
+    pub plugin_name: RStr<'static>,
+    /// The plugin crate's package version.
+    pub plugin_version: RStr<'static>,
+    /// The `otools-api` version the plugin was built against.
+    pub api_version: RStr<'static>,
+    /// Lists the services and conditions the library exports.
+    pub exports: extern "C" fn() -> RVec<ExportInfo>,
+    /// Builds a service instance from its export name and JSON config (setup not run).
+    pub new_service: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiServiceBox>,
+    /// Builds a condition instance from its export name and JSON config (setup not run).
+    #[sabi(last_prefix_field)]
+    pub new_condition: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiConditionBox>,
+}
+
+impl RootModule for PluginRoot_Ref {
+    declare_root_module_statics! {PluginRoot_Ref}
+    const BASE_NAME: &'static str = "otools_plugin";
+    const NAME: &'static str = "otools_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The `otools-api` version this crate is (and a plugin was built against).
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");

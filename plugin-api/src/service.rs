@@ -1,0 +1,86 @@
+//! The two traits plugin authors implement: [`Service`] and [`Condition`].
+//!
+//! Both are built from their manifest `config` table (deserialized into
+//! `Self::Config` with serde), then `setup` runs once, then the host calls
+//! them while their context runs, then `finalize` runs once. `setup` and
+//! `finalize` take `&mut self` because nothing else runs on the instance at
+//! those times; `main`, `run_loop` and `check` take `&self` because a service's
+//! `main` (on the context thread) and its loop (on its own thread) run at the
+//! same time, as in OTools. Keep state that changes while running in atomics
+//! or a `Mutex`, or in a dataframe.
+
+use serde::de::DeserializeOwned;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// A unit of logic run by a context: OTools' `Service`.
+///
+/// Implement `main`, `run_loop`, or both. The others are optional.
+pub trait Service: Send + Sync + Sized + 'static {
+    /// The configuration the manifest's `config` table deserializes into.
+    /// Use [`NoConfig`] for a service that takes none.
+    type Config: DeserializeOwned;
+
+    /// Builds an instance from its configuration. Reject a bad configuration
+    /// here with an error: `otools check` and `otools run` report it with the
+    /// manifest line. Do no work with side effects here; that is for `setup`.
+    fn new(config: Self::Config) -> Result<Self>;
+
+    /// Runs once, before any `main` or `run_loop` call of any service of the context.
+    fn setup(&mut self, ctx: &Context<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Called once per main-loop iteration of the context (or when the
+    /// trigger whose stack lists this service fires).
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        let _ = ctx;
+        Err(Error::unimplemented())
+    }
+
+    /// Called again and again on the service's own thread while the context
+    /// runs. Return regularly (after one unit of work) so the host can stop
+    /// the service: the host never interrupts a call.
+    fn run_loop(&self, ctx: &Context<'_>) -> Result<()> {
+        let _ = ctx;
+        Err(Error::unimplemented())
+    }
+
+    /// Runs exactly once, after the service's main and loop calls have stopped.
+    fn finalize(&mut self, ctx: &Context<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+}
+
+/// A trigger condition: OTools' `Condition`.
+pub trait Condition: Send + Sync + Sized + 'static {
+    /// The configuration the manifest's `config` table deserializes into.
+    type Config: DeserializeOwned;
+
+    /// Builds an instance from its configuration (see [`Service::new`]).
+    fn new(config: Self::Config) -> Result<Self>;
+
+    /// Runs once, before the first check.
+    fn setup(&mut self, ctx: &Context<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Is the condition true now? Called once per main-loop iteration.
+    fn check(&self, ctx: &Context<'_>) -> Result<bool>;
+
+    /// Runs exactly once, at the end.
+    fn finalize(&mut self, ctx: &Context<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+}
+
+/// The configuration of a service or condition that takes none: any key
+/// given in the manifest's `config` is an error.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
