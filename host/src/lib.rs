@@ -1,1 +1,21 @@
-//! otools host library.
+//! The otools host: loads plugin libraries and runs the deployment a
+//! manifest describes.
+//!
+//! Concepts: a [`manifest::Manifest`] names *dataframes* (host-owned
+//! key/value stores, [`dataframe`]), *contexts* (one main loop each, on its
+//! own thread, [`runtime`]), the *services* each context runs and the
+//! *triggers* (conditions that fire a stack of services). [`deploy`] turns a
+//! manifest into instances built from plugins ([`plugin`]); [`instance`] is
+//! the host handle every plugin call receives; [`supervisor`] runs the
+//! contexts and handles signals; [`cli`] is the command line and
+//! [`logging`] the log format.
+
+pub mod cli;
+pub mod dataframe;
+pub mod deploy;
+pub mod instance;
+pub mod logging;
+pub mod manifest;
+pub mod plugin;
+pub mod runtime;
+pub mod supervisor;

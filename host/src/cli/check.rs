@@ -1,0 +1,54 @@
+//! `otools check MANIFEST`: everything `run` does before starting anything,
+//! reporting every problem found.
+
+#![allow(clippy::print_stdout, reason = "this command's result is its standard output")]
+
+use clap::Args;
+
+use super::{ManifestArgs, exit};
+use crate::deploy::{self, Options};
+use crate::manifest;
+
+/// Check a deployment without running it.
+#[derive(Debug, Args)]
+pub struct CheckCommand {
+    /// The manifest and where its plugins are.
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+impl CheckCommand {
+    /// Checks the manifest; returns the exit code.
+    pub fn execute(&self) -> u8 {
+        let m = match manifest::load(&self.manifest.manifest) {
+            Ok(m) => m,
+            Err(d) => {
+                eprintln!("{d}");
+                eprintln!("{} error(s)", d.0.len());
+                return exit::CONFIG_ERROR;
+            }
+        };
+        let opts = Options {
+            plugin_dir: self.manifest.plugin_dir.clone(),
+            level_override: None,
+            verbose: self.manifest.verbose,
+        };
+        match deploy::build(&m, &opts) {
+            Ok(d) => {
+                let (contexts, services, triggers, conditions) = d.counts();
+                println!(
+                    "{}: ok ({contexts} context(s), {services} service(s), {triggers} trigger(s), {conditions} condition(s), {} plugin librar{})",
+                    m.path.display(),
+                    d.libraries,
+                    if d.libraries == 1 { "y" } else { "ies" }
+                );
+                exit::OK
+            }
+            Err(d) => {
+                eprintln!("{d}");
+                eprintln!("{} error(s)", d.0.len());
+                exit::CONFIG_ERROR
+            }
+        }
+    }
+}

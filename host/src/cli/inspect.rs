@@ -1,0 +1,57 @@
+//! `otools inspect LIBRARY`: what a plugin library is and exports.
+
+#![allow(clippy::print_stdout, reason = "this command's result is its standard output")]
+
+use std::path::PathBuf;
+
+use clap::Args;
+use otools_api::ffi::{API_VERSION, ExportKind};
+
+use super::exit;
+use crate::plugin::loader;
+
+/// Show a library's interface version and exports.
+#[derive(Debug, Args)]
+pub struct InspectCommand {
+    /// The plugin library (`.so`).
+    pub library: PathBuf,
+    /// Show abi_stable's full report when the layout does not match.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl InspectCommand {
+    /// Prints the library's description; returns the exit code.
+    pub fn execute(&self) -> u8 {
+        match loader::load(&self.library, self.verbose) {
+            Ok(lib) => {
+                println!("library:    {}", lib.path.display());
+                println!("plugin:     {} {}", lib.name, lib.version);
+                println!(
+                    "otools-api: {} (host: {API_VERSION}, compatible)",
+                    lib.api_version
+                );
+                for (kind, label) in [
+                    (ExportKind::Service, "services"),
+                    (ExportKind::Condition, "conditions"),
+                ] {
+                    let names = lib.export_names(kind);
+                    println!(
+                        "{label}:{}{}",
+                        " ".repeat(11 - label.len()),
+                        if names.is_empty() {
+                            "(none)".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    );
+                }
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::CONFIG_ERROR
+            }
+        }
+    }
+}

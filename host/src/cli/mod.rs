@@ -1,0 +1,90 @@
+//! The command line: `otools run`, `otools check`, `otools inspect`.
+//!
+//! clap parses the raw arguments into these structs; each subcommand is an
+//! `XCommand` with an `execute()` that returns the process exit code.
+
+mod check;
+mod inspect;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use check::CheckCommand;
+pub use inspect::InspectCommand;
+pub use run::RunCommand;
+
+use crate::logging::LogFormat;
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    /// Every context ended normally (or stopped on the first signal) and everything was finalized.
+    pub const OK: u8 = 0;
+    /// The deployment ran but failed: a service logged at `fatal`, or a `setup` failed.
+    pub const RUNTIME_FAILURE: u8 = 1;
+    /// Nothing ran: the manifest or a plugin is wrong (or `check` found problems).
+    pub const CONFIG_ERROR: u8 = 2;
+    /// Shutdown overran `shutdown_timeout`; some contexts did not finish.
+    pub const SHUTDOWN_TIMEOUT: u8 = 3;
+    /// A second SIGINT/SIGTERM: exited at once, without waiting.
+    pub const FORCED: u8 = 130;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every context ended and was finalized (also after a first SIGINT/SIGTERM)
+  1    runtime failure: a service logged at fatal, or a setup failed
+  2    manifest or plugin error before anything ran (check: problems found)
+  3    shutdown overran shutdown_timeout; some contexts did not finish
+  130  second SIGINT/SIGTERM: exited at once";
+
+/// otools: run OTools-style deployments of Rust plugins.
+#[derive(Debug, Parser)]
+#[command(name = "otools", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a deployment until every context has ended or a signal arrives.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunCommand),
+    /// Parse and validate a manifest, load every plugin and build every
+    /// instance with its config (without running setup); report all problems.
+    #[command(after_help = EXIT_CODES)]
+    Check(CheckCommand),
+    /// Show a plugin library's interface version and exports.
+    Inspect(InspectCommand),
+}
+
+/// Options shared by the commands that read a manifest.
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// The deployment manifest (TOML).
+    pub manifest: PathBuf,
+    /// Look up `plugin = "name"` in this folder instead of `[host] plugin_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Show abi_stable's full report when a plugin's layout does not match.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Options that choose what is logged and how.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// A level (verbose, debug, info, warning, error, fatal) for the host and
+    /// every context, overriding the manifest; or a RUST_LOG-style filter
+    /// such as "info,plugin=debug" (plugin messages have target `plugin`).
+    /// Without it, RUST_LOG is used if set.
+    #[arg(long, value_name = "LEVEL|FILTER")]
+    pub log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}

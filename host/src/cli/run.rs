@@ -1,0 +1,102 @@
+//! `otools run MANIFEST`: load, validate, build, then run until every
+//! context has ended or a signal arrives.
+
+use clap::Args;
+use otools_api::LogLevel;
+use tracing_subscriber::EnvFilter;
+
+use super::{LogArgs, ManifestArgs, exit};
+use crate::deploy::{self, Options};
+use crate::logging::{self, directive};
+use crate::manifest::{self, Manifest};
+
+/// Run a deployment.
+#[derive(Debug, Args)]
+pub struct RunCommand {
+    /// The manifest and where its plugins are.
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The subscriber filter, and the level every context is forced to (if any).
+fn filters(log: &LogArgs, m: &Manifest) -> Result<(EnvFilter, Option<LogLevel>), String> {
+    let custom = |s: &str| {
+        EnvFilter::try_new(s)
+            .map(|f| (f, Some(LogLevel::Verbose)))
+            .map_err(|e| format!("invalid log filter `{s}`: {e}"))
+    };
+    if let Some(s) = &log.log_level {
+        return match LogLevel::parse(s) {
+            Some(l) => Ok((EnvFilter::new(directive(l)), Some(l))),
+            None => custom(s),
+        };
+    }
+    if let Ok(env) = std::env::var("RUST_LOG")
+        && !env.trim().is_empty()
+    {
+        return custom(&env);
+    }
+    let host = m.host_level();
+    let most_verbose = m
+        .contexts
+        .iter()
+        .filter_map(|c| c.log_level.as_ref().map(|l| l.get_ref().0))
+        .fold(host, std::cmp::min);
+    Ok((
+        EnvFilter::new(format!(
+            "{},plugin={}",
+            directive(host),
+            directive(most_verbose)
+        )),
+        None,
+    ))
+}
+
+impl RunCommand {
+    /// Runs the deployment; returns the exit code.
+    pub fn execute(&self) -> u8 {
+        let m = match manifest::load(&self.manifest.manifest) {
+            Ok(m) => m,
+            Err(d) => {
+                eprintln!("{d}");
+                return exit::CONFIG_ERROR;
+            }
+        };
+        let (filter, level_override) = match filters(&self.log, &m) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::CONFIG_ERROR;
+            }
+        };
+        logging::init(self.log.log_format, filter);
+        let opts = Options {
+            plugin_dir: self.manifest.plugin_dir.clone(),
+            level_override,
+            verbose: self.manifest.verbose,
+        };
+        let deployment = match deploy::build(&m, &opts) {
+            Ok(d) => d,
+            Err(d) => {
+                eprintln!("{d}");
+                eprintln!("{} error(s); nothing was started", d.0.len());
+                return exit::CONFIG_ERROR;
+            }
+        };
+        let (contexts, services, triggers, _) = deployment.counts();
+        tracing::info!(
+            "starting {}: {contexts} context(s), {services} service(s), {triggers} trigger(s), {} plugin librar{}",
+            m.path.display(),
+            deployment.libraries,
+            if deployment.libraries == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
+        crate::supervisor::run(deployment)
+    }
+}

@@ -1,0 +1,429 @@
+//! One plugin instance as the host sees it: the object built by the plugin,
+//! and the host handle ([`InstanceHost`]) it receives on every call.
+//!
+//! `InstanceHost` implements the FFI host trait: logging under the
+//! instance's context and name, its names, terminating its context,
+//! deactivating itself, and the dataframe operations, restricted to the
+//! dataframes its context lists. Each callback runs inside `catch_unwind`:
+//! a bug in the host must not unwind into a plugin (abi_stable would end the
+//! process). No callback runs plugin code, so no plugin code ever runs under
+//! a host lock.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
+use otools_api::ffi::{
+    CallError, CallErrorKind, CasOutcome, FfiConditionBox, FfiHost, FfiHost_TO, FfiServiceBox,
+    HostRef, LockMode, NO_TIMEOUT,
+};
+use otools_api::{HostError, LogLevel, Value};
+use parking_lot::{Condvar, Mutex};
+
+use crate::dataframe::{Dataframe, Deadline, OwnerId};
+use crate::logging;
+use crate::plugin::Library;
+
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+/// Wakes a context thread that waits for its next period or for a change.
+#[derive(Default)]
+pub struct Wake {
+    epoch: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Wake {
+    /// Wakes every waiter.
+    pub fn notify(&self) {
+        *self.epoch.lock() += 1;
+        self.cond.notify_all();
+    }
+
+    /// The current epoch; pass it to [`Wake::wait_until`].
+    pub fn epoch(&self) -> u64 {
+        *self.epoch.lock()
+    }
+
+    /// Waits until `deadline` (or forever) unless notified since `seen`.
+    pub fn wait_until(&self, seen: u64, deadline: Option<Instant>) {
+        let mut epoch = self.epoch.lock();
+        while *epoch == seen {
+            match deadline {
+                None => self.cond.wait(&mut epoch),
+                Some(d) => {
+                    if self.cond.wait_until(&mut epoch, d).timed_out() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What every instance of one context shares.
+pub struct ContextShared {
+    /// The context's name.
+    pub name: String,
+    /// Messages below this level are dropped (a `LogLevel` as u8).
+    pub level: AtomicU8,
+    /// Set to end the context.
+    pub stop: AtomicBool,
+    /// Set when a service logged at `fatal`.
+    pub fatal: AtomicBool,
+    /// Set when a `setup` failed.
+    pub setup_failed: AtomicBool,
+    /// Wakes the context thread.
+    pub wake: Wake,
+    /// The dataframes the context lists; a plugin's handle is an index here.
+    pub dataframes: Vec<Arc<Dataframe>>,
+    /// Names of all dataframes of the manifest, to tell "unknown" from "not listed".
+    pub all_dataframes: Arc<Vec<String>>,
+}
+
+impl ContextShared {
+    /// Asks the context to end after the current call.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify();
+    }
+
+    /// Has the context been asked to end?
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// The host side of one instance: what its handle refers to.
+pub struct InstanceHost {
+    owner: OwnerId,
+    /// The instance's context.
+    pub context: Arc<ContextShared>,
+    /// The service, trigger or condition name used in logs.
+    pub name: String,
+    /// The library it came from.
+    pub library: Arc<Library>,
+    /// Its export name.
+    pub export: String,
+    /// Set by the plugin through `deactivate`.
+    pub deactivate: AtomicBool,
+    leases_held: AtomicU32,
+    leases: Mutex<Vec<u32>>,
+}
+
+impl InstanceHost {
+    /// A handle for a new instance.
+    pub fn new(
+        context: Arc<ContextShared>,
+        name: String,
+        library: Arc<Library>,
+        export: String,
+    ) -> InstanceHost {
+        InstanceHost {
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            context,
+            name,
+            library,
+            export,
+            deactivate: AtomicBool::new(false),
+            leases_held: AtomicU32::new(0),
+            leases: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Has the instance asked to be deactivated?
+    pub fn deactivated(&self) -> bool {
+        self.deactivate.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` with a borrowed FFI handle to this host, then releases any
+    /// dataframe lock the call left behind.
+    pub fn with_handle<R>(&self, f: impl FnOnce(HostRef<'_>) -> R) -> R {
+        let r = f(FfiHost_TO::from_ptr(self, TD_Opaque));
+        if self.leases_held.load(Ordering::Relaxed) != 0 {
+            self.release_leases();
+        }
+        r
+    }
+
+    fn release_leases(&self) {
+        let held = std::mem::take(&mut *self.leases.lock());
+        self.leases_held.store(0, Ordering::Relaxed);
+        for df in held {
+            if let Some(d) = self.context.dataframes.get(df as usize) {
+                d.release_all(self.owner);
+                tracing::warn!(
+                    context = %self.context.name,
+                    service = %self.name,
+                    "lock on dataframe `{}` was still held when the call returned; released",
+                    d.name()
+                );
+            }
+        }
+    }
+
+    fn df(&self, index: u32) -> Result<&Dataframe, HostError> {
+        self.context
+            .dataframes
+            .get(index as usize)
+            .map(|d| &**d)
+            .ok_or(HostError::UnknownDataframe)
+    }
+
+    /// Logs a failed call with everything needed to find the culprit.
+    pub fn report_failure(&self, entry: &str, e: &CallError) {
+        let what = match e.kind {
+            CallErrorKind::Panicked => "panicked",
+            _ => "failed",
+        };
+        tracing::error!(
+            context = %self.context.name,
+            service = %self.name,
+            library = %self.library.path.display(),
+            export = %self.export,
+            entry,
+            "{entry} {what}: {}",
+            e.message
+        );
+    }
+}
+
+fn deadline(timeout_ns: u64) -> Deadline {
+    if timeout_ns == NO_TIMEOUT {
+        None
+    } else {
+        Some(Instant::now() + Duration::from_nanos(timeout_ns))
+    }
+}
+
+/// Runs a host callback, turning a panic into an error instead of unwinding into the plugin.
+fn shield<T>(name: &str, fallback: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(_) => {
+            tracing::error!(
+                "host callback `{name}` panicked (a host bug); the plugin gets an error"
+            );
+            fallback
+        }
+    }
+}
+
+impl FfiHost for InstanceHost {
+    fn log_enabled(&self, level: LogLevel) -> bool {
+        level as u8 >= self.context.level.load(Ordering::Relaxed)
+    }
+
+    fn log(&self, level: LogLevel, message: RStr<'_>) {
+        shield("log", (), || {
+            if self.log_enabled(level) {
+                logging::plugin_event(level, &self.context.name, &self.name, message.as_str());
+            }
+            if level == LogLevel::Fatal {
+                self.context.fatal.store(true, Ordering::SeqCst);
+                self.context.request_stop();
+            }
+        });
+    }
+
+    fn context_name(&self) -> RStr<'_> {
+        RStr::from_str(&self.context.name)
+    }
+
+    fn service_name(&self) -> RStr<'_> {
+        RStr::from_str(&self.name)
+    }
+
+    fn terminate_context(&self) {
+        self.context.request_stop();
+    }
+
+    fn deactivate(&self) {
+        self.deactivate.store(true, Ordering::SeqCst);
+        self.context.wake.notify();
+    }
+
+    fn dataframe(&self, name: RStr<'_>) -> RResult<u32, HostError> {
+        let name = name.as_str();
+        match self
+            .context
+            .dataframes
+            .iter()
+            .position(|d| d.name() == name)
+        {
+            Some(i) => RResult::ROk(u32::try_from(i).unwrap_or(u32::MAX)),
+            None if self.context.all_dataframes.iter().any(|n| n == name) => {
+                RResult::RErr(HostError::NotPermitted)
+            }
+            None => RResult::RErr(HostError::UnknownDataframe),
+        }
+    }
+
+    fn df_get(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        timeout_ns: u64,
+    ) -> RResult<ROption<Value>, HostError> {
+        shield("get", RResult::RErr(HostError::Internal), || {
+            self.df(df)
+                .and_then(|d| d.get(self.owner, key.as_str(), deadline(timeout_ns)))
+                .map(ROption::from)
+                .into()
+        })
+    }
+
+    fn df_set(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        value: Value,
+        timeout_ns: u64,
+    ) -> RResult<(), HostError> {
+        shield("set", RResult::RErr(HostError::Internal), || {
+            self.df(df)
+                .and_then(|d| d.set(self.owner, key.as_str(), value, deadline(timeout_ns)))
+                .into()
+        })
+    }
+
+    fn df_remove(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        timeout_ns: u64,
+    ) -> RResult<ROption<Value>, HostError> {
+        shield("remove", RResult::RErr(HostError::Internal), || {
+            self.df(df)
+                .and_then(|d| d.remove(self.owner, key.as_str(), deadline(timeout_ns)))
+                .map(ROption::from)
+                .into()
+        })
+    }
+
+    fn df_add(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        by: Value,
+        timeout_ns: u64,
+    ) -> RResult<Value, HostError> {
+        shield("add", RResult::RErr(HostError::Internal), || {
+            self.df(df)
+                .and_then(|d| d.add(self.owner, key.as_str(), &by, deadline(timeout_ns)))
+                .into()
+        })
+    }
+
+    fn df_compare_and_swap(
+        &self,
+        df: u32,
+        key: RStr<'_>,
+        expected: ROption<Value>,
+        new: Value,
+        timeout_ns: u64,
+    ) -> RResult<CasOutcome, HostError> {
+        shield(
+            "compare_and_swap",
+            RResult::RErr(HostError::Internal),
+            || {
+                self.df(df)
+                    .and_then(|d| {
+                        d.compare_and_swap(
+                            self.owner,
+                            key.as_str(),
+                            expected.as_ref().into_option(),
+                            new,
+                            deadline(timeout_ns),
+                        )
+                    })
+                    .into()
+            },
+        )
+    }
+
+    fn df_keys(&self, df: u32, timeout_ns: u64) -> RResult<RVec<RString>, HostError> {
+        shield("keys", RResult::RErr(HostError::Internal), || {
+            self.df(df)
+                .and_then(|d| d.keys(self.owner, deadline(timeout_ns)))
+                .map(|keys| keys.into_iter().map(RString::from).collect())
+                .into()
+        })
+    }
+
+    fn df_lock(&self, df: u32, mode: LockMode, timeout_ns: u64) -> RResult<(), HostError> {
+        shield("lock", RResult::RErr(HostError::Internal), || {
+            let r = self
+                .df(df)
+                .and_then(|d| d.acquire(self.owner, mode, deadline(timeout_ns)));
+            if r.is_ok() {
+                self.leases.lock().push(df);
+                self.leases_held.fetch_add(1, Ordering::Relaxed);
+            }
+            r.into()
+        })
+    }
+
+    fn df_unlock(&self, df: u32, mode: LockMode) -> RResult<(), HostError> {
+        shield("unlock", RResult::RErr(HostError::Internal), || {
+            let r = self.df(df).and_then(|d| d.release(self.owner, mode));
+            if r.is_ok() {
+                let mut held = self.leases.lock();
+                if let Some(i) = held.iter().position(|h| *h == df) {
+                    held.swap_remove(i);
+                    self.leases_held.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            r.into()
+        })
+    }
+}
+
+/// A service instance and its host handle.
+pub struct ServiceInstance {
+    /// The handle its calls receive.
+    pub host: Arc<InstanceHost>,
+    /// The plugin's object, shared by the context thread (`main`) and the
+    /// service's loop thread; `setup` and `finalize` need it unshared.
+    pub object: Arc<FfiServiceBox>,
+}
+
+/// A condition instance and its host handle.
+pub struct ConditionInstance {
+    /// The handle its calls receive.
+    pub host: Arc<InstanceHost>,
+    /// The plugin's object.
+    pub object: Arc<FfiConditionBox>,
+}
+
+/// What a call to an entry point came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It returned normally.
+    Ok,
+    /// The service does not implement this entry point.
+    Unimplemented,
+    /// It failed or panicked (already logged).
+    Failed,
+}
+
+/// Turns a call result into an [`Outcome`], logging failures.
+pub fn outcome<T>(
+    host: &InstanceHost,
+    entry: &str,
+    r: RResult<T, CallError>,
+) -> (Outcome, Option<T>) {
+    match r {
+        RResult::ROk(v) => (Outcome::Ok, Some(v)),
+        RResult::RErr(e) if e.kind == CallErrorKind::Unimplemented => {
+            (Outcome::Unimplemented, None)
+        }
+        RResult::RErr(e) => {
+            host.report_failure(entry, &e);
+            (Outcome::Failed, None)
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The deployment manifest: plain serde data describing dataframes,
+//! contexts, services and triggers, exactly as the TOML file says.
+//!
+//! [`load`] reads and parses a file into a [`Manifest`], collecting every
+//! error it can (one per malformed item, not only the first), each with the
+//! file, line, column and key. [`validate`] then cross-checks names and
+//! references. Turning a manifest into running instances (loading plugins,
+//! handing them their config) is the job of [`crate::deploy`].
+
+pub mod load;
+pub mod validate;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use otools_api::LogLevel;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use load::load;
+
+/// The manifest format version this host reads.
+pub const MANIFEST_VERSION: i64 = 1;
+
+/// A parsed deployment manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The file's text, kept to turn byte offsets into lines and columns.
+    pub source: String,
+    /// `[host]`.
+    pub host: HostSection,
+    /// `[[dataframe]]`, in file order.
+    pub dataframes: Vec<DataframeDecl>,
+    /// `[[context]]`, in file order.
+    pub contexts: Vec<ContextDecl>,
+}
+
+/// `[host]`: settings of the whole process.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// Log level of the host and default of every context.
+    pub log_level: Option<Spanned<Level>>,
+    /// Where `plugin = "name"` finds `lib<name>.so`; relative to the manifest's folder.
+    pub plugin_dir: Option<Spanned<String>>,
+    /// How long a shutdown may take before the host gives up waiting (default 5s).
+    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
+}
+
+/// `[[dataframe]]`: a shared key/value store owned by the host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataframeDecl {
+    /// Unique name.
+    pub name: Spanned<String>,
+    /// Initial keys and values.
+    #[serde(default)]
+    pub init: toml::Table,
+}
+
+/// `[[context]]`: one main loop on its own thread.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextDecl {
+    /// Unique name.
+    pub name: Spanned<String>,
+    /// Log level of this context's services (default: the host's).
+    pub log_level: Option<Spanned<Level>>,
+    /// Minimum time between the starts of two main-loop iterations (default 0).
+    pub period: Option<Spanned<HumanDuration>>,
+    /// The only dataframes this context's services may use.
+    #[serde(default)]
+    pub dataframes: Vec<Spanned<String>>,
+    /// `[[context.service]]`.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceDecl>,
+    /// `[[context.trigger]]`.
+    #[serde(default, rename = "trigger")]
+    pub triggers: Vec<TriggerDecl>,
+}
+
+/// `[[context.service]]`: one service instance run by the context.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDecl {
+    /// Unique within the context (services and triggers share one namespace).
+    pub name: Spanned<String>,
+    /// A library name looked up in `plugin_dir`, or a path to a library.
+    pub plugin: Spanned<String>,
+    /// Which of the library's services.
+    pub export: Spanned<String>,
+    /// Handed to the plugin, which deserializes it into its config type.
+    pub config: Option<Spanned<toml::Table>>,
+}
+
+/// `[[context.trigger]]`: conditions that run a stack of services when they fire.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerDecl {
+    /// Unique within the context.
+    pub name: Spanned<String>,
+    /// How the conditions combine (default `or`).
+    pub mode: Option<Spanned<Mode>>,
+    /// The conditions, all evaluated on every iteration.
+    #[serde(default)]
+    pub condition: Vec<Spanned<StackEntry>>,
+    /// The services whose `main` runs, in order, when the trigger fires.
+    #[serde(default)]
+    pub service: Vec<Spanned<StackEntry>>,
+}
+
+/// One condition or stack service of a trigger.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackEntry {
+    /// Optional name for logs (default: `<trigger>/<export>`).
+    pub name: Option<Spanned<String>>,
+    /// A library name looked up in `plugin_dir`, or a path to a library.
+    pub plugin: Spanned<String>,
+    /// Which of the library's conditions or services.
+    pub export: Spanned<String>,
+    /// Handed to the plugin.
+    pub config: Option<Spanned<toml::Table>>,
+}
+
+/// How a trigger combines its conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// All conditions true.
+    And,
+    /// At least one condition true.
+    Or,
+    /// An odd number of conditions true.
+    Xor,
+}
+
+impl Mode {
+    /// Does a trigger with these condition results fire?
+    pub fn fires(self, results: impl IntoIterator<Item = bool>) -> bool {
+        let mut trues = 0usize;
+        let mut all = true;
+        for r in results {
+            trues += usize::from(r);
+            all &= r;
+        }
+        match self {
+            Mode::And => all,
+            Mode::Or => trues > 0,
+            Mode::Xor => trues % 2 == 1,
+        }
+    }
+}
+
+/// A log level name in a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level(pub LogLevel);
+
+impl<'de> Deserialize<'de> for Level {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Level, D::Error> {
+        let s = String::deserialize(d)?;
+        LogLevel::parse(&s).map(Level).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown log level `{s}`, expected one of: verbose, debug, info, warning, error, fatal"
+            ))
+        })
+    }
+}
+
+/// A duration written as a human string (`"250ms"`, `"5s"`, `"1m 30s"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"250ms\" or \"5s\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s).map(HumanDuration).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration `{s}`: {e}; write a number and a unit, e.g. \"250ms\" or \"5s\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A problem in a manifest, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// The key or item concerned, e.g. `context "Main" > service "tick" > export`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.key,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "error: {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// A diagnostic at byte offset `at` of the file.
+    pub fn diagnostic(
+        &self,
+        at: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        let (line, column) = line_column(&self.source, at);
+        Diagnostic {
+            file: self.path.clone(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The folder the manifest lives in (relative paths start there).
+    pub fn dir(&self) -> PathBuf {
+        self.path.parent().map_or_else(
+            || PathBuf::from("."),
+            |p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            },
+        )
+    }
+
+    /// The host log level (default `info`).
+    pub fn host_level(&self) -> LogLevel {
+        self.host
+            .log_level
+            .as_ref()
+            .map_or(LogLevel::Info, |l| l.get_ref().0)
+    }
+
+    /// The shutdown timeout (default 5 s).
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.host
+            .shutdown_timeout
+            .as_ref()
+            .map_or(Duration::from_secs(5), |d| d.get_ref().0)
+    }
+}
+
+impl ContextDecl {
+    /// Services and triggers in the order they appear in the file.
+    pub fn entries(&self) -> Vec<EntryDecl<'_>> {
+        let mut all: Vec<EntryDecl<'_>> = self
+            .services
+            .iter()
+            .map(EntryDecl::Service)
+            .chain(self.triggers.iter().map(EntryDecl::Trigger))
+            .collect();
+        all.sort_by_key(|e| e.name().span().start);
+        all
+    }
+}
+
+/// A service or a trigger of a context.
+#[derive(Debug, Clone, Copy)]
+pub enum EntryDecl<'a> {
+    /// `[[context.service]]`.
+    Service(&'a ServiceDecl),
+    /// `[[context.trigger]]`.
+    Trigger(&'a TriggerDecl),
+}
+
+impl<'a> EntryDecl<'a> {
+    /// The entry's name.
+    pub fn name(&self) -> &'a Spanned<String> {
+        match self {
+            EntryDecl::Service(s) => &s.name,
+            EntryDecl::Trigger(t) => &t.name,
+        }
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `source`.
+pub fn line_column(source: &str, at: usize) -> (usize, usize) {
+    let at = at.min(source.len());
+    let before = source.get(..at).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before
+        .get(line_start..)
+        .map_or(1, |s| s.chars().count() + 1);
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_truth_tables() {
+        let cases: [&[bool]; 8] = [
+            &[],
+            &[true],
+            &[false],
+            &[true, true],
+            &[true, false],
+            &[false, false],
+            &[true, true, true],
+            &[true, false, true],
+        ];
+        let and = [true, true, false, true, false, false, true, false];
+        let or = [false, true, false, true, true, false, true, true];
+        let xor = [false, true, false, false, true, false, true, false];
+        for (i, c) in cases.iter().enumerate() {
+            assert_eq!(Mode::And.fires(c.iter().copied()), and[i], "and {c:?}");
+            assert_eq!(Mode::Or.fires(c.iter().copied()), or[i], "or {c:?}");
+            assert_eq!(Mode::Xor.fires(c.iter().copied()), xor[i], "xor {c:?}");
+        }
+    }
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        let s = "a = 1\nbé = 2\n";
+        assert_eq!(line_column(s, 0), (1, 1));
+        assert_eq!(line_column(s, 6), (2, 1));
+        assert_eq!(line_column(s, 10), (2, 4));
+    }
+}

@@ -1,0 +1,221 @@
+//! Opening one plugin library and checking it before any of its code runs.
+//!
+//! abi_stable does the work: it reads the library's header, compares the
+//! `otools-api` version the plugin was built against with ours, and checks
+//! the layout of every type that crosses the boundary. This module turns its
+//! errors into one short line that says what is wrong and which side to
+//! rebuild; abi_stable's full layout report (kilobytes) is kept for `-v`.
+//!
+//! We load through `lib_header_from_path(..).init_root_module()`, not
+//! `RootModule::load_from_file`, because the latter caches one library per
+//! root-module type per process and would hand every later plugin the first
+//! one's module.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use otools_api::ffi::{API_VERSION, ExportInfo, ExportKind, PluginRoot_Ref};
+
+/// A loaded, checked plugin library.
+pub struct Library {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// Its root module.
+    pub root: PluginRoot_Ref,
+    /// The plugin crate's name and version.
+    pub name: String,
+    /// The plugin crate's version.
+    pub version: String,
+    /// The `otools-api` version it was built against.
+    pub api_version: String,
+    /// What it exports.
+    pub exports: Vec<ExportInfo>,
+}
+
+impl fmt::Debug for Library {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Library")
+            .field("path", &self.path)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Library {
+    /// Does the library export a service (or condition) named `name`?
+    pub fn exports(&self, kind: ExportKind, name: &str) -> bool {
+        self.exports
+            .iter()
+            .any(|e| e.kind == kind && e.name.as_str() == name)
+    }
+
+    /// The names of its exports of one kind, for messages.
+    pub fn export_names(&self, kind: ExportKind) -> Vec<&str> {
+        self.exports
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.name.as_str())
+            .collect()
+    }
+}
+
+/// Why a library was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// No file at the path.
+    #[error("plugin library not found: {path}")]
+    NotFound {
+        /// Where we looked.
+        path: PathBuf,
+    },
+    /// The dynamic loader refused the file (not a shared library, truncated, ...).
+    #[error("cannot load {path} as a shared library: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What the dynamic loader said.
+        reason: String,
+    },
+    /// A shared library, but without our root module.
+    #[error(
+        "{path} is not an otools plugin: it does not export the otools root module \
+         (plugins must call `otools_api::export_plugin!`)"
+    )]
+    NotAPlugin {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built against an `otools-api` version this host cannot use.
+    #[error(
+        "{path} was built against otools-api {plugin_api}, but this host uses otools-api {host_api}: {advice}"
+    )]
+    IncompatibleVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version in the plugin.
+        plugin_api: String,
+        /// Ours.
+        host_api: String,
+        /// Which side to rebuild.
+        advice: String,
+    },
+    /// Same version numbers, different type layouts.
+    #[error(
+        "{path} does not match this host's otools-api {host_api} (the layout of the types crossing the \
+         boundary differs): rebuild the plugin against otools-api {host_api}{detail}"
+    )]
+    Layout {
+        /// The file.
+        path: PathBuf,
+        /// Ours.
+        host_api: String,
+        /// The first lines of abi_stable's report, or all of it with -v.
+        detail: String,
+    },
+    /// Anything else abi_stable refused (its own version, the C ABI, a failing root module).
+    #[error("{path} was refused by the loader: {detail}")]
+    Other {
+        /// The file.
+        path: PathBuf,
+        /// abi_stable's message.
+        detail: String,
+    },
+}
+
+/// Loads and checks the library at `path`.
+pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
+    if !path.is_file() {
+        return Err(LoadError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let header = lib_header_from_path(path).map_err(|e| convert(path, e, verbose))?;
+    let root = header
+        .init_root_module::<PluginRoot_Ref>()
+        .map_err(|e| convert(path, e, verbose))?;
+    let exports = root.exports()().into_vec();
+    Ok(Library {
+        path: path.to_path_buf(),
+        root,
+        name: root.plugin_name().as_str().to_owned(),
+        version: root.plugin_version().as_str().to_owned(),
+        api_version: root.api_version().as_str().to_owned(),
+        exports,
+    })
+}
+
+fn convert(path: &Path, e: LibraryError, verbose: bool) -> LoadError {
+    let path = path.to_path_buf();
+    match e {
+        LibraryError::OpenError { err, .. } => LoadError::Open {
+            path,
+            reason: strip_path(&err.to_string()),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path },
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => {
+            let newer = (
+                actual_version.major,
+                actual_version.minor,
+                actual_version.patch,
+            ) > (
+                expected_version.major,
+                expected_version.minor,
+                expected_version.patch,
+            );
+            let advice = if newer {
+                format!(
+                    "the plugin is newer; upgrade the host, or rebuild the plugin against otools-api {API_VERSION}"
+                )
+            } else {
+                format!("rebuild the plugin against otools-api {API_VERSION}")
+            };
+            LoadError::IncompatibleVersion {
+                path,
+                plugin_api: actual_version.to_string(),
+                host_api: expected_version.to_string(),
+                advice,
+            }
+        }
+        LibraryError::AbiInstability(report) => {
+            let report = report.to_string();
+            let detail = if verbose {
+                format!("\n{report}")
+            } else {
+                let lines: Vec<&str> = report
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .take(4)
+                    .collect();
+                format!(
+                    " ({}; run with -v for abi_stable's full report)",
+                    lines.join(" / ")
+                )
+            };
+            LoadError::Layout {
+                path,
+                host_api: API_VERSION.to_owned(),
+                detail,
+            }
+        }
+        other => LoadError::Other {
+            path,
+            detail: other.to_string().trim().replace('\n', " "),
+        },
+    }
+}
+
+/// dlerror repeats the path at the front ("/x/libfoo.so: invalid ELF header").
+fn strip_path(reason: &str) -> String {
+    let reason = reason.trim();
+    match reason.rsplit_once(": ") {
+        Some((_, tail)) if reason.starts_with('/') || reason.starts_with('.') => tail.to_owned(),
+        _ => reason.to_owned(),
+    }
+}

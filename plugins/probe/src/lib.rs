@@ -1,0 +1,339 @@
+//! Small services and conditions the integration tests use to observe the
+//! host: a constant condition, services that record or report dataframe
+//! keys, log their lifecycle, check that `setup` ran before `main`, and a
+//! pair (`HoldLock`, `TryLocked`) that exercises dataframe locks and lock
+//! timeouts across two contexts.
+//!
+//! Where a service waits for another, it polls a dataframe every few
+//! milliseconds and gives up with an error after [`DEADLINE`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use otools_api::{Condition, Context, Dataframe, Result, Service, Value};
+use serde::Deserialize;
+
+/// How long a service waits for a signal before giving up with an error.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The pause between two polls of a signal.
+const POLL: Duration = Duration::from_millis(5);
+
+fn default_fired() -> String {
+    String::from("fired")
+}
+
+/// Polls `df` (named `name`) until `key` holds `true`, for at most [`DEADLINE`].
+fn wait_until_true(df: &Dataframe<'_>, name: &str, key: &str) -> Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    while !matches!(df.get(key)?, Some(Value::Bool(true))) {
+        if Instant::now() >= deadline {
+            otools_api::bail!(
+                "`{name}.{key}` did not become true within {}s",
+                DEADLINE.as_secs()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
+}
+
+/// Rejects a configuration whose signal dataframe is the locked one: the
+/// signal must stay readable while the lock is held.
+fn check_distinct(dataframe: &str, signal: &str) -> Result<()> {
+    if dataframe == signal {
+        otools_api::bail!("`signal` must name another dataframe than `dataframe`");
+    }
+    Ok(())
+}
+
+/// A condition that is always `value`.
+pub struct Constant {
+    value: bool,
+}
+
+/// Configuration of [`Constant`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConstantConfig {
+    /// What every check returns.
+    pub value: bool,
+}
+
+impl Condition for Constant {
+    type Config = ConstantConfig;
+
+    fn new(config: ConstantConfig) -> Result<Self> {
+        Ok(Constant {
+            value: config.value,
+        })
+    }
+
+    fn check(&self, _: &Context<'_>) -> Result<bool> {
+        Ok(self.value)
+    }
+}
+
+/// Increments a dataframe key by 1 on every `main` call, so a test can count
+/// how often it ran (e.g. how often a trigger fired).
+pub struct Record {
+    config: RecordConfig,
+}
+
+/// Configuration of [`Record`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// The dataframe holding the key.
+    pub dataframe: String,
+    /// The key to increment.
+    #[serde(default = "default_fired")]
+    pub key: String,
+}
+
+impl Service for Record {
+    type Config = RecordConfig;
+
+    fn new(config: RecordConfig) -> Result<Self> {
+        Ok(Record { config })
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        let c = &self.config;
+        ctx.dataframe(&c.dataframe)?.increment(&c.key, 1)?;
+        Ok(())
+    }
+}
+
+/// Logs the final values of some dataframe keys when it is finalized.
+pub struct Report {
+    config: ReportConfig,
+}
+
+/// Configuration of [`Report`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// The dataframe holding the keys.
+    pub dataframe: String,
+    /// The keys to report, in this order.
+    pub keys: Vec<String>,
+}
+
+impl Service for Report {
+    type Config = ReportConfig;
+
+    fn new(config: ReportConfig) -> Result<Self> {
+        Ok(Report { config })
+    }
+
+    /// Report has no main: it only speaks when finalized, and must not keep
+    /// its context alive on its own.
+    fn main(&self, _: &Context<'_>) -> Result<()> {
+        Err(otools_api::Error::unimplemented())
+    }
+
+    fn finalize(&mut self, ctx: &Context<'_>) -> Result<()> {
+        let c = &self.config;
+        let df = ctx.dataframe(&c.dataframe)?;
+        for key in &c.keys {
+            let value = match df.get(key)? {
+                Some(v) => v.to_string(),
+                None => String::from("absent"),
+            };
+            ctx.info(format_args!("report {}.{key} = {value}", c.dataframe));
+        }
+        Ok(())
+    }
+}
+
+/// Logs its `setup`, `finalize` and (optionally) first `main` call.
+pub struct Lifecycle {
+    log_main: bool,
+    main_logged: AtomicBool,
+}
+
+/// Configuration of [`Lifecycle`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Log the first `main` call too.
+    #[serde(default)]
+    pub log_main: bool,
+}
+
+impl Service for Lifecycle {
+    type Config = LifecycleConfig;
+
+    fn new(config: LifecycleConfig) -> Result<Self> {
+        Ok(Lifecycle {
+            log_main: config.log_main,
+            main_logged: AtomicBool::new(false),
+        })
+    }
+
+    fn setup(&mut self, ctx: &Context<'_>) -> Result<()> {
+        ctx.info(format_args!("setup {}", ctx.service_name()));
+        Ok(())
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        if self.log_main && !self.main_logged.swap(true, Ordering::Relaxed) {
+            ctx.info(format_args!("main {}", ctx.service_name()));
+        }
+        Ok(())
+    }
+
+    fn finalize(&mut self, ctx: &Context<'_>) -> Result<()> {
+        ctx.info(format_args!("finalize {}", ctx.service_name()));
+        Ok(())
+    }
+}
+
+/// Sets `setup_done = true` in `setup`; each `main` fails unless it finds it,
+/// then increments `mains`.
+pub struct SetupGate {
+    dataframe: String,
+}
+
+/// Configuration of [`SetupGate`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupGateConfig {
+    /// The dataframe holding `setup_done` and `mains`.
+    pub dataframe: String,
+}
+
+impl Service for SetupGate {
+    type Config = SetupGateConfig;
+
+    fn new(config: SetupGateConfig) -> Result<Self> {
+        Ok(SetupGate {
+            dataframe: config.dataframe,
+        })
+    }
+
+    fn setup(&mut self, ctx: &Context<'_>) -> Result<()> {
+        ctx.dataframe(&self.dataframe)?.set("setup_done", true)
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        let df = ctx.dataframe(&self.dataframe)?;
+        if !matches!(df.get("setup_done")?, Some(Value::Bool(true))) {
+            otools_api::bail!("main ran before setup");
+        }
+        df.increment("mains", 1)?;
+        Ok(())
+    }
+}
+
+/// On its first `main` call: write-locks `dataframe`, sets `held = true` in
+/// `signal`, waits until `signal` has `saw_timeout = true`, releases the lock
+/// and terminates its context. Pairs with [`TryLocked`].
+pub struct HoldLock {
+    config: HoldLockConfig,
+    started: AtomicBool,
+}
+
+/// Configuration of [`HoldLock`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldLockConfig {
+    /// The dataframe to lock.
+    pub dataframe: String,
+    /// Another dataframe, used to signal between the two services.
+    pub signal: String,
+}
+
+impl Service for HoldLock {
+    type Config = HoldLockConfig;
+
+    fn new(config: HoldLockConfig) -> Result<Self> {
+        check_distinct(&config.dataframe, &config.signal)?;
+        Ok(HoldLock {
+            config,
+            started: AtomicBool::new(false),
+        })
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let c = &self.config;
+        let df = ctx.dataframe(&c.dataframe)?;
+        let signal = ctx.dataframe(&c.signal)?;
+        let guard = df.lock_write()?;
+        signal.set("held", true)?;
+        wait_until_true(&signal, &c.signal, "saw_timeout")?;
+        drop(guard);
+        ctx.info(format_args!("released lock on {}", c.dataframe));
+        ctx.terminate_context();
+        Ok(())
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    50
+}
+
+/// On its first `main` call: waits until `signal` has `held = true`, then
+/// reads `dataframe` with a timeout, expecting the read to time out; on
+/// timeout it logs a warning, sets `saw_timeout = true` in `signal` and
+/// terminates its context. Pairs with [`HoldLock`].
+pub struct TryLocked {
+    config: TryLockedConfig,
+    started: AtomicBool,
+}
+
+/// Configuration of [`TryLocked`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TryLockedConfig {
+    /// The dataframe [`HoldLock`] locks.
+    pub dataframe: String,
+    /// The dataframe used to signal between the two services.
+    pub signal: String,
+    /// How long the read waits for the lock, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Service for TryLocked {
+    type Config = TryLockedConfig;
+
+    fn new(config: TryLockedConfig) -> Result<Self> {
+        check_distinct(&config.dataframe, &config.signal)?;
+        Ok(TryLocked {
+            config,
+            started: AtomicBool::new(false),
+        })
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let c = &self.config;
+        let signal = ctx.dataframe(&c.signal)?;
+        wait_until_true(&signal, &c.signal, "held")?;
+        let df = ctx
+            .dataframe(&c.dataframe)?
+            .with_timeout(Duration::from_millis(c.timeout_ms));
+        match df.get("anything") {
+            Ok(_) => otools_api::bail!("read succeeded while the dataframe was locked"),
+            Err(e) if e.is_timeout() => {
+                ctx.warning(format_args!("lock timeout: {e}"));
+                signal.set("saw_timeout", true)?;
+                ctx.terminate_context();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+otools_api::export_plugin! {
+    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked],
+    conditions: [Constant],
+}
