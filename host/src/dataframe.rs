@@ -8,7 +8,8 @@
 //! A plugin that needs several operations to be seen at once takes a
 //! *lease* ([`Dataframe::acquire`]): a logical read or write lock owned by
 //! its instance id, not a host mutex, so plugin code never runs under a
-//! host lock and a lease can be revoked. Operations by other instances wait
+//! host lock and the host can release a lease on the instance's behalf
+//! ([`Dataframe::release_all`]) when the instance ends. Operations by other instances wait
 //! for a conflicting lease up to their timeout and then fail with
 //! [`HostError::Timeout`]; they never proceed unlocked.
 //!
@@ -290,18 +291,6 @@ impl Dataframe {
     /// All keys.
     pub fn keys(&self, me: OwnerId, deadline: Deadline) -> Result<Vec<String>, HostError> {
         self.with_read(me, deadline, |m| m.keys().cloned().collect())
-    }
-
-    /// A copy of every key and value (for reports; takes the read lock once).
-    pub fn snapshot(&self) -> Vec<(String, Value)> {
-        let mut v: Vec<_> = self
-            .map
-            .read()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
     }
 
     /// Takes a read or write lease for `me`, waiting for conflicting ones.

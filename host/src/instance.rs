@@ -4,8 +4,9 @@
 //! `InstanceHost` implements the FFI host trait: logging under the
 //! instance's context and name, its names, terminating its context,
 //! deactivating itself, and the dataframe operations, restricted to the
-//! dataframes its context lists. Each callback runs inside `catch_unwind`:
-//! a bug in the host must not unwind into a plugin (abi_stable would end the
+//! dataframes its context lists. Every callback that does more than read a
+//! field (logging, every dataframe operation) runs inside `catch_unwind`: a
+//! bug in the host must not unwind into a plugin (abi_stable would end the
 //! process). No callback runs plugin code, so no plugin code ever runs under
 //! a host lock.
 
@@ -139,17 +140,18 @@ impl InstanceHost {
         self.deactivate.load(Ordering::Relaxed)
     }
 
-    /// Runs `f` with a borrowed FFI handle to this host, then releases any
-    /// dataframe lock the call left behind.
+    /// Runs `f` with a borrowed FFI handle to this host.
     pub fn with_handle<R>(&self, f: impl FnOnce(HostRef<'_>) -> R) -> R {
-        let r = f(FfiHost_TO::from_ptr(self, TD_Opaque));
-        if self.leases_held.load(Ordering::Relaxed) != 0 {
-            self.release_leases();
-        }
-        r
+        f(FfiHost_TO::from_ptr(self, TD_Opaque))
     }
 
-    fn release_leases(&self) {
+    /// Releases every dataframe lock the instance still holds. Called when the
+    /// instance ends (finalized or deactivated): a guard the plugin leaked
+    /// (e.g. with `mem::forget`) must not lock others out for ever.
+    pub fn release_leases(&self) {
+        if self.leases_held.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let held = std::mem::take(&mut *self.leases.lock());
         self.leases_held.store(0, Ordering::Relaxed);
         for df in held {
@@ -158,7 +160,7 @@ impl InstanceHost {
                 tracing::warn!(
                     context = %self.context.name,
                     service = %self.name,
-                    "lock on dataframe `{}` was still held when the call returned; released",
+                    "lock on dataframe `{}` was still held when the instance ended; released",
                     d.name()
                 );
             }

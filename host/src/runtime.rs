@@ -40,6 +40,8 @@ const LOOP_FAILURE_PAUSE: Duration = Duration::from_millis(10);
 pub enum ContextEvent {
     /// Every context has set up (sent once, by the last to arrive).
     AllReady,
+    /// The context with this index stopped iterating and is finalizing.
+    Stopping(usize),
     /// The context with this index has finalized everything and ended.
     Ended(usize),
 }
@@ -106,7 +108,21 @@ struct ServiceUnit {
     has_main: bool,
     /// Top-level services get a loop thread; stack services never do.
     top_level: bool,
-    loop_thread: Option<JoinHandle<()>>,
+    loop_thread: Option<LoopThread>,
+}
+
+/// A service's loop thread. `done` is set by the thread just before it
+/// wakes the context thread for the last time; `JoinHandle::is_finished`
+/// only turns true a little later, so waiting on it could miss the wake-up.
+struct LoopThread {
+    handle: JoinHandle<()>,
+    done: Arc<AtomicBool>,
+}
+
+impl LoopThread {
+    fn running(&self) -> bool {
+        !self.done.load(Ordering::SeqCst)
+    }
 }
 
 struct ConditionUnit {
@@ -135,6 +151,10 @@ impl Unit {
     }
 
     fn set_state(&mut self, state: State) {
+        if state == State::Deactivating && self.state() != State::Deactivating {
+            let host = self.host();
+            tracing::debug!(context = %host.context.name, service = %host.name, "deactivated");
+        }
         match self {
             Unit::Service(s) => s.state = state,
             Unit::Condition(c) => c.state = state,
@@ -179,6 +199,7 @@ pub fn run_context(
         runner.start_loops();
         runner.main_loop();
     }
+    let _ = events.send(ContextEvent::Stopping(index));
     runner.shutdown();
     tracing::debug!(context = %name, "ended");
     let _ = events.send(ContextEvent::Ended(index));
@@ -259,6 +280,7 @@ impl Runner {
                         service = %host.name,
                         "setup failed: this instance will not run"
                     );
+                    host.release_leases();
                     unit.set_state(State::Failed);
                 }
             }
@@ -273,11 +295,13 @@ impl Runner {
             }
             let object = Arc::clone(&s.inst.object);
             let host = Arc::clone(&s.inst.host);
+            let done = Arc::new(AtomicBool::new(false));
+            let done_flag = Arc::clone(&done);
             let spawned = std::thread::Builder::new()
                 .name(format!("loop-{}", host.name))
-                .spawn(move || loop_thread(&object, &host));
+                .spawn(move || loop_thread(&object, &host, &done_flag));
             match spawned {
-                Ok(handle) => s.loop_thread = Some(handle),
+                Ok(handle) => s.loop_thread = Some(LoopThread { handle, done }),
                 Err(e) => tracing::error!(
                     context = %self.shared.name,
                     service = %s.inst.host.name,
@@ -300,8 +324,9 @@ impl Runner {
         if outcome(host, "main", r).0 == Outcome::Unimplemented {
             s.has_main = false;
         }
-        if host.deactivated() {
-            s.state = State::Deactivating;
+        let deactivated = host.deactivated();
+        if deactivated {
+            self.units[i].set_state(State::Deactivating);
         }
         true
     }
@@ -317,7 +342,7 @@ impl Runner {
         let r = host.with_handle(|h| c.inst.object.check(h));
         let value = outcome(host, "check", r).1.unwrap_or(false);
         if host.deactivated() {
-            c.state = State::Deactivating;
+            self.units[i].set_state(State::Deactivating);
         }
         value
     }
@@ -404,7 +429,7 @@ impl Runner {
             Step::Service(i) => match &self.units[*i] {
                 Unit::Service(s) => match s.state {
                     State::Ready => {
-                        s.has_main || s.loop_thread.as_ref().is_some_and(|t| !t.is_finished())
+                        s.has_main || s.loop_thread.as_ref().is_some_and(LoopThread::running)
                     }
                     State::Deactivating => true,
                     _ => false,
@@ -420,25 +445,22 @@ impl Runner {
     /// Finalizes the deactivated instances whose loop thread has returned.
     fn reap(&mut self) {
         for i in 0..self.units.len() {
-            // A loop that asked to be deactivated is noticed here too.
-            if let Unit::Service(s) = &mut self.units[i]
-                && s.state == State::Ready
-                && s.inst.host.deactivated()
-            {
-                s.state = State::Deactivating;
+            let unit = &mut self.units[i];
+            // A loop that asked to be deactivated is noticed here.
+            if unit.state() == State::Ready && unit.host().deactivated() {
+                unit.set_state(State::Deactivating);
             }
-            if self.units[i].state() != State::Deactivating {
+            if unit.state() != State::Deactivating {
                 continue;
             }
-            if let Unit::Service(s) = &mut self.units[i] {
-                if s.loop_thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if let Unit::Service(s) = unit {
+                if s.loop_thread.as_ref().is_some_and(LoopThread::running) {
                     continue;
                 }
                 if let Some(t) = s.loop_thread.take() {
-                    let _ = t.join();
+                    let _ = t.handle.join();
                 }
             }
-            tracing::debug!(context = %self.shared.name, service = %self.units[i].host().name, "deactivated");
             self.finalize(i);
         }
     }
@@ -453,6 +475,7 @@ impl Runner {
                 Unit::Condition(c) => Arc::get_mut(&mut c.inst.object)
                     .map(|obj| host.with_handle(|h| obj.finalize(h))),
             };
+        host.release_leases();
         match result {
             Some(r) => {
                 outcome(&host, "finalize", r);
@@ -473,7 +496,7 @@ impl Runner {
             if let Unit::Service(s) = unit
                 && let Some(t) = s.loop_thread.take()
             {
-                let _ = t.join();
+                let _ = t.handle.join();
             }
         }
         for i in (0..self.units.len()).rev() {
@@ -485,7 +508,11 @@ impl Runner {
 }
 
 /// The body of a service's loop thread.
-fn loop_thread(object: &Arc<otools_api::ffi::FfiServiceBox>, host: &Arc<InstanceHost>) {
+fn loop_thread(
+    object: &Arc<otools_api::ffi::FfiServiceBox>,
+    host: &Arc<InstanceHost>,
+    done: &AtomicBool,
+) {
     let ctx = &host.context;
     while !ctx.stopping() && !host.deactivated() {
         let r = host.with_handle(|h| object.run_loop(h));
@@ -500,6 +527,7 @@ fn loop_thread(object: &Arc<otools_api::ffi::FfiServiceBox>, host: &Arc<Instance
         }
     }
     // The context thread may be waiting for this loop to end.
+    done.store(true, Ordering::SeqCst);
     ctx.wake.notify();
 }
 

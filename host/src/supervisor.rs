@@ -104,26 +104,39 @@ pub fn run(deployment: Deployment) -> u8 {
     drop(tx);
 
     let mut ended = vec![false; total];
-    let mut deadline: Option<Instant> = None;
-    let mut timeout = deployment.shutdown_timeout;
+    let mut abandoned = vec![false; total];
+    // When each context must have finished stopping (set when it starts to
+    // stop, or for all of them on a signal).
+    let mut deadlines: Vec<Option<Instant>> = vec![None; total];
+    let timeout = deployment.shutdown_timeout;
     loop {
-        let msg = match deadline {
+        let next = deadlines
+            .iter()
+            .zip(&ended)
+            .filter(|(_, e)| !**e)
+            .filter_map(|(d, _)| *d)
+            .min();
+        let msg = match next {
             None => rx.recv().ok(),
             Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                 Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let running: Vec<&str> = shared
-                        .iter()
-                        .zip(&ended)
-                        .filter(|(_, e)| !**e)
-                        .map(|(s, _)| s.name.as_str())
-                        .collect();
-                    tracing::error!(
-                        "shutdown_timeout ({}) elapsed; abandoning contexts still stopping: {}",
-                        humantime::format_duration(timeout),
-                        running.join(", ")
-                    );
-                    return exit::SHUTDOWN_TIMEOUT;
+                    let now = Instant::now();
+                    for i in 0..total {
+                        if !ended[i] && deadlines[i].is_some_and(|d| d <= now) {
+                            tracing::error!(
+                                context = %shared[i].name,
+                                "did not finish stopping within shutdown_timeout ({}): abandoned, its remaining instances are not finalized",
+                                humantime::format_duration(timeout)
+                            );
+                            ended[i] = true;
+                            abandoned[i] = true;
+                        }
+                    }
+                    if ended.iter().all(|e| *e) {
+                        break;
+                    }
+                    continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => None,
             },
@@ -131,7 +144,12 @@ pub fn run(deployment: Deployment) -> u8 {
         match msg {
             None => break,
             Some(Msg::Context(ContextEvent::AllReady)) => {
-                tracing::info!("all {total} contexts ready");
+                tracing::info!("all contexts ready ({total})");
+            }
+            Some(Msg::Context(ContextEvent::Stopping(i))) => {
+                if deadlines[i].is_none() {
+                    deadlines[i] = Some(Instant::now() + timeout);
+                }
             }
             Some(Msg::Context(ContextEvent::Ended(i))) => {
                 ended[i] = true;
@@ -143,20 +161,25 @@ pub fn run(deployment: Deployment) -> u8 {
                 tracing::info!(
                     "received {}: stopping every context (finalizing, at most {}); send it again to exit at once",
                     signal_name(sig),
-                    humantime::format_duration(deployment.shutdown_timeout)
+                    humantime::format_duration(timeout)
                 );
-                for s in &shared {
+                let deadline = Instant::now() + timeout;
+                for (i, s) in shared.iter().enumerate() {
                     s.request_stop();
+                    if deadlines[i].is_none() {
+                        deadlines[i] = Some(deadline);
+                    }
                 }
                 gate.abort();
-                timeout = deployment.shutdown_timeout;
-                deadline = Some(Instant::now() + timeout);
             }
             Some(Msg::SecondSignal(sig)) => {
                 tracing::warn!("received {} again: exiting now", signal_name(sig));
                 return exit::FORCED;
             }
         }
+    }
+    if abandoned.iter().any(|a| *a) {
+        return exit::SHUTDOWN_TIMEOUT;
     }
     for t in threads {
         let _ = t.join();

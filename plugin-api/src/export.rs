@@ -4,7 +4,7 @@
 //! guard around every entry point.
 //!
 //! A panic must never unwind out of a plugin: abi_stable turns that into a
-//! process exit, taking the host down (see DESIGN-NOTES). So every entry point
+//! process exit, taking the host down (measured: "Attempted to panic across the ffi boundary", then exit). So every entry point
 //! runs inside `catch_unwind`, and the panic becomes a [`CallError`] with the
 //! panic message and location. A panic hook installed when the library is
 //! loaded captures that message instead of printing it; panics outside entry
@@ -251,7 +251,7 @@ pub const fn lib_header<P: PluginExports>() -> LibHeader {
 /// implement [`Service`](crate::Service) and [`Condition`](crate::Condition).
 /// Each is exported under its type name, which manifests use in `export = "..."`.
 ///
-/// ```ignore
+/// ```text
 /// otools_api::export_plugin! {
 ///     services: [Increment, Report],
 ///     conditions: [AtLeast],

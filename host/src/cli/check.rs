@@ -1,7 +1,10 @@
 //! `otools check MANIFEST`: everything `run` does before starting anything,
 //! reporting every problem found.
 
-#![allow(clippy::print_stdout, reason = "this command's result is its standard output")]
+#![allow(
+    clippy::print_stdout,
+    reason = "this command's result is its standard output"
+)]
 
 use clap::Args;
 

@@ -1,6 +1,9 @@
 //! `otools inspect LIBRARY`: what a plugin library is and exports.
 
-#![allow(clippy::print_stdout, reason = "this command's result is its standard output")]
+#![allow(
+    clippy::print_stdout,
+    reason = "this command's result is its standard output"
+)]
 
 use std::path::PathBuf;
 

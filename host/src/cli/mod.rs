@@ -41,7 +41,12 @@ Exit codes:
 
 /// otools: run OTools-style deployments of Rust plugins.
 #[derive(Debug, Parser)]
-#[command(name = "otools", version, about, after_help = EXIT_CODES)]
+#[command(
+    name = "otools",
+    version,
+    about = "Run OTools-style deployments: contexts of services and triggers from Rust plugin libraries, described in a TOML manifest",
+    after_help = EXIT_CODES
+)]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]

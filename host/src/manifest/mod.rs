@@ -1,7 +1,7 @@
 //! The deployment manifest: plain serde data describing dataframes,
 //! contexts, services and triggers, exactly as the TOML file says.
 //!
-//! [`load`] reads and parses a file into a [`Manifest`], collecting every
+//! [`load()`] reads and parses a file into a [`Manifest`], collecting every
 //! error it can (one per malformed item, not only the first), each with the
 //! file, line, column and key. [`validate`] then cross-checks names and
 //! references. Turning a manifest into running instances (loading plugins,

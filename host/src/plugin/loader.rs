@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::sabi_types::{VersionNumber, VersionStrings};
 use otools_api::ffi::{API_VERSION, ExportInfo, ExportKind, PluginRoot_Ref};
 
 /// A loaded, checked plugin library.
@@ -131,10 +132,11 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
             path: path.to_path_buf(),
         });
     }
-    let header = lib_header_from_path(path).map_err(|e| convert(path, e, verbose))?;
+    let header = lib_header_from_path(path).map_err(|e| convert(path, e, None, verbose))?;
+    let plugin_api = VersionNumber::new(header.version_strings()).ok();
     let root = header
         .init_root_module::<PluginRoot_Ref>()
-        .map_err(|e| convert(path, e, verbose))?;
+        .map_err(|e| convert(path, e, plugin_api, verbose))?;
     let exports = root.exports()().into_vec();
     Ok(Library {
         path: path.to_path_buf(),
@@ -146,7 +148,23 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     })
 }
 
-fn convert(path: &Path, e: LibraryError, verbose: bool) -> LoadError {
+fn newer(a: VersionNumber, b: VersionNumber) -> bool {
+    (a.major, a.minor, a.patch) > (b.major, b.minor, b.patch)
+}
+
+fn host_api() -> Option<VersionNumber> {
+    VersionNumber::new(VersionStrings {
+        version: API_VERSION.into(),
+    })
+    .ok()
+}
+
+fn convert(
+    path: &Path,
+    e: LibraryError,
+    plugin_api: Option<VersionNumber>,
+    verbose: bool,
+) -> LoadError {
     let path = path.to_path_buf();
     match e {
         LibraryError::OpenError { err, .. } => LoadError::Open {
@@ -198,10 +216,22 @@ fn convert(path: &Path, e: LibraryError, verbose: bool) -> LoadError {
                     lines.join(" / ")
                 )
             };
-            LoadError::Layout {
-                path,
-                host_api: API_VERSION.to_owned(),
-                detail,
+            match (plugin_api, host_api()) {
+                // abi_stable accepts a plugin of a newer 0.minor; its layout
+                // then differs because the host is the older side.
+                (Some(p), Some(h)) if newer(p, h) => LoadError::IncompatibleVersion {
+                    path,
+                    plugin_api: p.to_string(),
+                    host_api: h.to_string(),
+                    advice: format!(
+                        "the plugin is newer; upgrade the host, or rebuild the plugin against otools-api {API_VERSION}{detail}"
+                    ),
+                },
+                _ => LoadError::Layout {
+                    path,
+                    host_api: API_VERSION.to_owned(),
+                    detail,
+                },
             }
         }
         other => LoadError::Other {

@@ -68,6 +68,10 @@ impl Service for Deactivate {
     }
 
     fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        ctx.debug(format_args!(
+            "main call {}",
+            self.calls.load(Ordering::Relaxed) + 1
+        ));
         if nth_call(&self.calls, self.after) {
             ctx.info(format_args!("deactivating {}", ctx.service_name()));
             ctx.deactivate();

@@ -333,7 +333,38 @@ impl Service for TryLocked {
     }
 }
 
+/// A loop that counts its calls in a dataframe (`loops`), then sleeps: a
+/// call the host cannot interrupt, for shutdown tests. No `main`.
+pub struct Sleeper {
+    config: SleeperConfig,
+}
+
+/// Configuration of [`Sleeper`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleeperConfig {
+    /// Where to count the loop calls (key `loops`).
+    pub dataframe: String,
+    /// How long each loop call sleeps, in milliseconds.
+    pub sleep_ms: u64,
+}
+
+impl Service for Sleeper {
+    type Config = SleeperConfig;
+
+    fn new(config: SleeperConfig) -> Result<Self> {
+        Ok(Sleeper { config })
+    }
+
+    fn run_loop(&self, ctx: &Context<'_>) -> Result<()> {
+        ctx.dataframe(&self.config.dataframe)?
+            .increment("loops", 1)?;
+        std::thread::sleep(Duration::from_millis(self.config.sleep_ms));
+        Ok(())
+    }
+}
+
 otools_api::export_plugin! {
-    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked],
+    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, Sleeper],
     conditions: [Constant],
 }

@@ -1,0 +1,40 @@
+# The front door. Each target is one cargo line or .ci/run; CI runs `make test`
+# through .ci/run, exactly as a person would.
+
+CARGO ?= cargo
+
+.PHONY: all build demo test lint fmt doc ci clean
+
+all: build
+
+## build: the host and every plugin (debug)
+build:
+	$(CARGO) build --workspace
+
+## demo: build, then run manifests/demo.toml (it ends by itself in a few seconds)
+demo: build
+	./target/debug/otools run manifests/demo.toml
+
+## test: build everything the tests need, then run every test
+test: build
+	$(CARGO) test --workspace
+
+## lint: formatting and clippy with warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## fmt: format the workspace
+fmt:
+	$(CARGO) fmt --all
+
+## doc: API docs, warnings as errors
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+## ci: the same gate CI runs
+ci:
+	bash .ci/run
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,322 @@
+use crate::util::{Running, TestDir, run_manifest};
+
+fn position(messages: &[String], pred: impl Fn(&str) -> bool) -> Vec<usize> {
+    messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| pred(m))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn setup_of_every_instance_runs_before_any_main_across_contexts() {
+    let dir = TestDir::new("setup_first");
+    let mut body = String::new();
+    for c in ["A", "B", "C"] {
+        body.push_str(&format!(
+            "[[context]]\nname = \"{c}\"\n\
+             [[context.service]]\nname = \"{c}1\"\nplugin = \"probe\"\nexport = \"Lifecycle\"\nconfig = {{ log_main = true }}\n\
+             [[context.service]]\nname = \"{c}2\"\nplugin = \"probe\"\nexport = \"Lifecycle\"\nconfig = {{ log_main = true }}\n\
+             [[context.service]]\nname = \"stop\"\nplugin = \"hello\"\nexport = \"StopAfter\"\nconfig = {{ count = 2 }}\n"
+        ));
+    }
+    let out = run_manifest(&dir.manifest("m.toml", &body), &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let m = out.messages();
+    let setups = position(&m, |s| s.starts_with("setup "));
+    let mains = position(&m, |s| {
+        s.starts_with("main ") && !s.starts_with("main call")
+    });
+    assert_eq!(setups.len(), 6, "{m:#?}");
+    assert_eq!(mains.len(), 6, "{m:#?}");
+    assert!(
+        setups.iter().max() < mains.iter().min(),
+        "a main ran before every setup returned: {m:#?}"
+    );
+}
+
+#[test]
+fn main_never_runs_before_its_own_setup() {
+    let dir = TestDir::new("setup_gate");
+    let body = r#"
+[[dataframe]]
+name = "d"
+[[context]]
+name = "C"
+dataframes = ["d"]
+[[context.service]]
+name = "gate"
+plugin = "probe"
+export = "SetupGate"
+config = { dataframe = "d" }
+[[context.service]]
+name = "stop"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 4 }
+[[context.service]]
+name = "report"
+plugin = "probe"
+export = "Report"
+config = { dataframe = "d", keys = ["mains"] }
+"#;
+    let out = run_manifest(&dir.manifest("m.toml", body), &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.report("d", "mains").as_deref(),
+        Some("4"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn finalize_runs_exactly_once_per_instance_in_reverse_manifest_order() {
+    let dir = TestDir::new("finalize_order");
+    let body = r#"
+[[context]]
+name = "C"
+[[context.service]]
+name = "a"
+plugin = "probe"
+export = "Lifecycle"
+[[context.trigger]]
+name = "t"
+condition = [ { plugin = "probe", export = "Constant", config = { value = false } } ]
+service = [ { name = "b", plugin = "probe", export = "Lifecycle" } ]
+[[context.service]]
+name = "c"
+plugin = "probe"
+export = "Lifecycle"
+[[context.service]]
+name = "stop"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 2 }
+"#;
+    let out = run_manifest(&dir.manifest("m.toml", body), &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let m = out.messages();
+    let setups: Vec<&String> = m.iter().filter(|s| s.starts_with("setup ")).collect();
+    let finals: Vec<&String> = m.iter().filter(|s| s.starts_with("finalize ")).collect();
+    assert_eq!(setups, ["setup a", "setup b", "setup c"]);
+    assert_eq!(finals, ["finalize c", "finalize b", "finalize a"]);
+}
+
+#[test]
+fn a_deactivated_service_is_finalized_and_the_others_go_on() {
+    let dir = TestDir::new("deactivate");
+    let body = r#"
+[[dataframe]]
+name = "d"
+[[context]]
+name = "C"
+dataframes = ["d"]
+[[context.service]]
+name = "quitter"
+plugin = "control"
+export = "Deactivate"
+config = { after = 2 }
+[[context.service]]
+name = "rec"
+plugin = "probe"
+export = "Record"
+config = { dataframe = "d", key = "iterations" }
+[[context.service]]
+name = "stop"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 5 }
+[[context.service]]
+name = "report"
+plugin = "probe"
+export = "Report"
+config = { dataframe = "d", keys = ["iterations"] }
+"#;
+    let out = run_manifest(&dir.manifest("m.toml", body), &["--log-level", "debug"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let logs = out.logs();
+    let deactivating = logs
+        .iter()
+        .filter(|l| l["message"] == "deactivating quitter")
+        .count();
+    assert_eq!(deactivating, 1);
+    let deactivated = logs
+        .iter()
+        .position(|l| l["message"] == "deactivated" && l["service"] == "quitter")
+        .expect("the host reports the deactivation");
+    let stop = logs
+        .iter()
+        .position(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("terminating context"))
+        })
+        .expect("stop");
+    assert!(
+        deactivated < stop,
+        "the deactivation was noticed only at the end"
+    );
+    let calls: Vec<String> = out
+        .messages_of("quitter")
+        .into_iter()
+        .filter(|m| m.starts_with("main call"))
+        .collect();
+    assert_eq!(
+        calls,
+        ["main call 1", "main call 2"],
+        "main was called after deactivation"
+    );
+    assert_eq!(out.report("d", "iterations").as_deref(), Some("5"));
+}
+
+#[test]
+fn fatal_terminates_its_context_and_the_exit_code_says_so() {
+    let dir = TestDir::new("fatal");
+    let body = r#"
+[[context]]
+name = "Doomed"
+[[context.service]]
+name = "f"
+plugin = "control"
+export = "Fatal"
+config = { after = 2, message = "the sky fell" }
+[[context]]
+name = "Healthy"
+[[context.service]]
+name = "stop"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 3 }
+"#;
+    let out = run_manifest(&dir.manifest("m.toml", body), &[]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    let logs = out.logs();
+    assert!(logs.iter().any(|l| l["level"] == "FATAL"
+        && l["message"] == "the sky fell"
+        && l["context"] == "Doomed"));
+    assert!(
+        out.messages_of("stop")
+            .iter()
+            .any(|m| m.contains("terminating context Healthy"))
+    );
+}
+
+fn looping_manifest(dir: &TestDir, shutdown_timeout: &str, loop_ms: u64) -> std::path::PathBuf {
+    dir.manifest(
+        "m.toml",
+        &format!(
+            r#"shutdown_timeout = "{shutdown_timeout}"
+[[context]]
+name = "Busy"
+[[context.service]]
+name = "greeter"
+plugin = "hello"
+export = "Greeter"
+config = {{ loop_interval_ms = {loop_ms} }}
+[[context.service]]
+name = "life"
+plugin = "probe"
+export = "Lifecycle"
+"#
+        ),
+    )
+}
+
+#[test]
+fn sigterm_stops_every_context_and_finalizes_each_instance_once() {
+    let dir = TestDir::new("sigterm");
+    let mut host = Running::start(&looping_manifest(&dir, "30s", 5));
+    host.wait_for("from the loop (call 3)");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.messages_of("life")
+            .iter()
+            .filter(|m| *m == "finalize life")
+            .count(),
+        1
+    );
+    assert!(
+        out.messages()
+            .iter()
+            .any(|m| m.starts_with("received SIGTERM"))
+    );
+}
+
+#[test]
+fn sigint_is_handled_like_sigterm() {
+    let dir = TestDir::new("sigint");
+    let mut host = Running::start(&looping_manifest(&dir, "30s", 5));
+    host.wait_for("from the loop (call 2)");
+    host.signal("INT");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(out.messages_of("life").iter().any(|m| m == "finalize life"));
+}
+
+#[test]
+fn a_second_signal_exits_at_once_with_a_distinct_code() {
+    let dir = TestDir::new("second_signal");
+    // The loop sleeps for ten minutes, so the first signal cannot finish the shutdown.
+    let mut host = Running::start(&looping_manifest(&dir, "10m", 600_000));
+    host.wait_for("from the loop (call 1)");
+    host.signal("TERM");
+    host.wait_for("received SIGTERM");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 130, "{}", out.stderr);
+}
+
+#[test]
+fn shutdown_overrunning_shutdown_timeout_names_the_context_and_exits_3() {
+    let dir = TestDir::new("shutdown_timeout");
+    let mut host = Running::start(&looping_manifest(&dir, "100ms", 600_000));
+    host.wait_for("from the loop (call 1)");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert_abandoned(&out, "Busy");
+}
+
+fn assert_abandoned(out: &crate::util::Output, context: &str) {
+    assert!(
+        out.logs().iter().any(|l| l["context"] == context
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("did not finish stopping within shutdown_timeout"))),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_context_ending_by_itself_is_also_bounded_by_shutdown_timeout() {
+    let dir = TestDir::new("natural_end_timeout");
+    // The trigger ends the context once the sleeper's first loop call has
+    // started; that call sleeps for ten minutes, so stopping overruns.
+    let m = dir.manifest(
+        "m.toml",
+        r#"shutdown_timeout = "100ms"
+[[dataframe]]
+name = "d"
+[[context]]
+name = "Slow"
+dataframes = ["d"]
+[[context.service]]
+name = "sleeper"
+plugin = "probe"
+export = "Sleeper"
+config = { dataframe = "d", sleep_ms = 600000 }
+[[context.trigger]]
+name = "started"
+condition = [ { plugin = "counter", export = "AtLeast", config = { dataframe = "d", key = "loops", min = 1 } } ]
+service = [ { plugin = "control", export = "Shutdown" } ]
+"#,
+    );
+    let out = crate::util::run_manifest(&m, &[]);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert_abandoned(&out, "Slow");
+}

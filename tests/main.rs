@@ -1,0 +1,26 @@
+//! Integration tests: every test builds the real plugins (once) and runs the
+//! real `otools` binary, asserting on its exit code and its JSON log lines.
+//! No test asserts a duration; waits are on log lines or process exit, with
+//! a generous deadline that only fails a hung test.
+
+#![allow(missing_docs, reason = "test functions are named as claims")]
+#![allow(unreachable_pub, reason = "helpers are shared between test modules")]
+#![allow(clippy::print_stdout, reason = "tests may print what they saw")]
+
+/// The shared kit: build once, write manifests, run the binary.
+mod util;
+
+/// Dataframe semantics through real plugins: atomic updates, lock timeouts, values.
+mod dataframes;
+/// Panics and errors in every entry point are contained and reported.
+mod failures;
+/// setup before main, finalize once in reverse order, deactivation, fatal, signals.
+mod lifecycle;
+/// Manifest mistakes: exit code 2 and a message naming the file and line.
+mod manifest_errors;
+/// Every shipped manifest in manifests/ checks clean and runs to its end.
+mod manifests;
+/// Plugin libraries: inspect, and refusal of files that are not plugins.
+mod plugins;
+/// Trigger modes (and / or / xor) over one to three conditions.
+mod triggers;
