@@ -320,3 +320,88 @@ service = [ { plugin = "control", export = "Shutdown" } ]
     assert_eq!(out.code(), 3, "{}", out.stderr);
     assert_abandoned(&out, "Slow");
 }
+
+#[test]
+fn each_context_logs_at_its_own_level_and_log_level_overrides_them() {
+    let dir = TestDir::new("levels");
+    let body = r#"log_level = "info"
+[[context]]
+name = "Quiet"
+log_level = "warning"
+[[context.service]]
+name = "q"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 2 }
+[[context]]
+name = "Chatty"
+log_level = "debug"
+dataframes = ["d"]
+[[context.service]]
+name = "inc"
+plugin = "counter"
+export = "Increment"
+config = { dataframe = "d", key = "n" }
+[[context.service]]
+name = "c"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 2 }
+[[dataframe]]
+name = "d"
+"#;
+    let m = dir.manifest("m.toml", body);
+    let out = run_manifest(&m, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    // Quiet drops its info line; Chatty keeps its debug lines.
+    assert!(out.messages_of("q").is_empty(), "{}", out.stderr);
+    assert_eq!(out.messages_of("inc"), ["d.n = 1", "d.n = 2"]);
+    let levels: Vec<String> = out
+        .logs()
+        .iter()
+        .filter(|l| l["service"] == "inc")
+        .map(|l| l["level"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(levels, ["DEBUG", "DEBUG"]);
+
+    let out = run_manifest(&m, &["--log-level", "error"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.messages_of("inc").is_empty() && out.messages_of("c").is_empty(),
+        "{}",
+        out.stderr
+    );
+
+    let out = run_manifest(&m, &["--log-level", "warning,plugin=info"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        out.messages_of("q"),
+        ["main call 2: terminating context Quiet"]
+    );
+    assert!(out.messages_of("inc").is_empty(), "{}", out.stderr);
+}
+
+#[test]
+fn text_logs_name_the_level_context_and_service() {
+    let dir = TestDir::new("text_logs");
+    let m = dir.manifest(
+        "m.toml",
+        "[[context]]\nname = \"Main\"\n[[context.service]]\nname = \"stop\"\nplugin = \"hello\"\nexport = \"StopAfter\"\nconfig = { count = 1 }\n",
+    );
+    let path = m.to_string_lossy().into_owned();
+    let out = crate::util::run(&["run", &path]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("terminating context Main"))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(
+        line.contains(" INFO    Main/stop: main call 1: terminating context Main"),
+        "{line}"
+    );
+    assert!(
+        !line.contains('\x1b'),
+        "no colours when stderr is not a terminal: {line:?}"
+    );
+}

@@ -10,6 +10,8 @@
 /// The shared kit: build once, write manifests, run the binary.
 mod util;
 
+/// Libraries built against an incompatible otools-api are refused clearly.
+mod compat;
 /// Dataframe semantics through real plugins: atomic updates, lock timeouts, values.
 mod dataframes;
 /// Panics and errors in every entry point are contained and reported.

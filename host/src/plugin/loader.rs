@@ -205,15 +205,9 @@ fn convert(
             let detail = if verbose {
                 format!("\n{report}")
             } else {
-                let lines: Vec<&str> = report
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .take(4)
-                    .collect();
                 format!(
                     " ({}; run with -v for abi_stable's full report)",
-                    lines.join(" / ")
+                    summarize(&report)
                 )
             };
             match (plugin_api, host_api()) {
@@ -239,6 +233,47 @@ fn convert(
             detail: other.to_string().trim().replace('\n', " "),
         },
     }
+}
+
+/// The gist of abi_stable's layout report: for each `Error:` it lists, the
+/// type it is about and the expected and found values, e.g.
+/// `CallErrorKind: too many variants (expected 5, found 6)`.
+fn summarize(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let mut current_type = "";
+    let mut in_expected = false;
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("Layout of expected type") {
+            in_expected = true;
+        } else if in_expected && let Some(t) = line.strip_prefix("type:") {
+            current_type = t;
+            in_expected = false;
+        } else if let Some(msg) = line.strip_prefix("Error:") {
+            let after = |label: &str| {
+                lines[i..]
+                    .iter()
+                    .position(|l| *l == label)
+                    .and_then(|p| lines.get(i + p + 1))
+                    .copied()
+                    .unwrap_or("?")
+            };
+            let item = format!(
+                "{current_type}: {} (expected {}, found {})",
+                msg.trim(),
+                after("Expected:"),
+                after("Found:")
+            );
+            if !found.contains(&item) {
+                found.push(item);
+            }
+        }
+    }
+    if found.is_empty() {
+        return String::from("abi_stable reports a layout difference");
+    }
+    found.truncate(3);
+    found.join("; ")
 }
 
 /// dlerror repeats the path at the front ("/x/libfoo.so: invalid ELF header").
