@@ -1,11 +1,17 @@
+//! A panic or an error in any entry point is caught at the boundary,
+//! reported with everything needed to find it, and handled by the restart
+//! policy; the host and its healthy services go on.
+
 use serde_json::Value;
 
-use crate::util::{Output, Running, TestDir};
+use crate::util::{Output, Running, TestDir, events_of, wait_for_events};
 
-/// Runs a context holding `faulty` (a service or trigger declaration) next
-/// to a healthy greeter; waits for the failure to be reported and for the
-/// greeter to go on after it; then stops the host with SIGTERM.
-fn contained(name: &str, faulty: &str, entry: &str, kind: &str) -> Output {
+const POLICY: &str = "max_restarts = 2\nrestart_delay = \"1ms\"\nrestart_window = \"10m\"\n";
+
+/// Runs a context holding `faulty` (a service or trigger declaration named
+/// `bad`) next to a healthy greeter, waits until the fault has run its
+/// course in the journal, checks the greeter goes on, then sends SIGTERM.
+fn contained(name: &str, faulty: &str, entry: &str, kind: &str) -> (Output, Vec<Value>) {
     let dir = TestDir::new(name);
     let body = format!(
         r#"[[dataframe]]
@@ -22,21 +28,26 @@ export = "Greeter"
 config = {{ loop_interval_ms = 5 }}
 "#
     );
-    let mut host = Running::start(&dir.manifest("m.toml", &body));
-    let failure = format!("{entry} {kind}: injected fault in {entry}");
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(
+        &dir.manifest("m.toml", &body),
+        &["--events", events.to_str().unwrap()],
+    );
     if entry == "finalize" {
         host.wait_for("hello, world, from main (call 3)");
         host.signal("TERM");
-        host.wait_for(&failure);
     } else {
-        host.wait_for(&failure);
-        // The healthy neighbour keeps going after the failure.
+        // Three generations fail (two restarts allowed), then it gives up.
+        wait_for_events(&events, 1, |e| e["event"] == "gave_up");
+        // The healthy neighbour keeps going after that.
         host.wait_for("from main (call");
         host.wait_for("from main (call");
         host.signal("TERM");
     }
     let out = host.finish();
-    let logs: Vec<Value> = out.logs();
+    let journal = crate::util::journal(&events);
+    let failure = format!("{entry} {kind}: injected fault in {entry}");
+    let logs = out.logs();
     let line = logs
         .iter()
         .find(|l| {
@@ -44,7 +55,7 @@ config = {{ loop_interval_ms = 5 }}
                 .as_str()
                 .is_some_and(|m| m.starts_with(&failure))
         })
-        .unwrap_or_else(|| panic!("no failure line: {}", out.stderr));
+        .unwrap_or_else(|| panic!("no failure line `{failure}`: {}", out.stderr));
     assert_eq!(line["level"], "ERROR");
     assert_eq!(line["context"], "C");
     assert_eq!(line["service"], "bad");
@@ -61,50 +72,81 @@ config = {{ loop_interval_ms = 5 }}
             .is_some_and(|e| e.starts_with("Faulty")),
         "{line}"
     );
-    out
+    (out, journal)
+}
+
+fn check_journal(journal: &[Value], entry: &str, kind: &str) {
+    let failed = events_of(journal, "failed", "bad");
+    let expected = if entry == "finalize" { 1 } else { 3 };
+    assert_eq!(
+        failed.len(),
+        expected,
+        "one failure per injection: {failed:#?}"
+    );
+    for f in &failed {
+        assert_eq!(f["entry"], entry);
+        let reason = f["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with(&format!("{kind}: injected fault in {entry}")),
+            "{reason}"
+        );
+    }
+    if entry != "finalize" {
+        let generations: Vec<u64> = failed
+            .iter()
+            .map(|f| f["generation"].as_u64().unwrap())
+            .collect();
+        assert_eq!(generations, [1, 2, 3], "each failure is a new generation");
+        assert_eq!(events_of(journal, "restarting", "bad").len(), 2);
+        assert_eq!(events_of(journal, "gave_up", "bad").len(), 1);
+    }
 }
 
 fn service(entry: &str, list: &str) -> String {
     let has_loop = entry == "loop";
     format!(
-        "[[context.service]]\nname = \"bad\"\nplugin = \"faulty\"\nexport = \"Faulty\"\nconfig = {{ {list} = [\"{entry}\"], has_loop = {has_loop} }}\n"
+        "[[context.service]]\nname = \"bad\"\nplugin = \"faulty\"\nexport = \"Faulty\"\nconfig = {{ {list} = [\"{entry}\"], has_loop = {has_loop} }}\n{POLICY}"
     )
 }
 
 fn condition(entry: &str, list: &str) -> String {
     format!(
-        "[[context.trigger]]\nname = \"t\"\ncondition = [ {{ name = \"bad\", plugin = \"faulty\", export = \"FaultyCondition\", config = {{ {list} = [\"{entry}\"] }} }} ]\n\
+        "[[context.trigger]]\nname = \"t\"\ncondition = [ {{ name = \"bad\", plugin = \"faulty\", export = \"FaultyCondition\", config = {{ {list} = [\"{entry}\"] }}, \
+         max_restarts = 2, restart_delay = \"1ms\", restart_window = \"10m\" }} ]\n\
          service = [ {{ plugin = \"probe\", export = \"Record\", config = {{ dataframe = \"d\" }} }} ]\n"
     )
 }
 
 #[test]
-fn a_panic_or_error_in_every_service_entry_point_is_contained_and_reported() {
+fn a_panic_or_error_in_every_service_entry_point_is_contained_and_restarted() {
     for entry in ["setup", "main", "loop", "finalize"] {
         for (list, kind) in [("panic_in", "panicked"), ("error_in", "failed")] {
-            let out = contained(
+            let (out, journal) = contained(
                 &format!("svc_{entry}_{list}"),
                 &service(entry, list),
                 entry,
                 kind,
             );
-            let expected = if entry == "setup" { 1 } else { 0 };
+            check_journal(&journal, entry, kind);
+            // Giving up is a failure of the deployment; a failing finalize is only reported.
+            let expected = if entry == "finalize" { 0 } else { 1 };
             assert_eq!(out.code(), expected, "{entry} {kind}: {}", out.stderr);
         }
     }
 }
 
 #[test]
-fn a_panic_or_error_in_every_condition_entry_point_is_contained_and_reported() {
+fn a_panic_or_error_in_every_condition_entry_point_is_contained_and_restarted() {
     for entry in ["setup", "check", "finalize"] {
         for (list, kind) in [("panic_in", "panicked"), ("error_in", "failed")] {
-            let out = contained(
+            let (out, journal) = contained(
                 &format!("cond_{entry}_{list}"),
                 &condition(entry, list),
                 entry,
                 kind,
             );
-            let expected = if entry == "setup" { 1 } else { 0 };
+            check_journal(&journal, entry, kind);
+            let expected = if entry == "finalize" { 0 } else { 1 };
             assert_eq!(out.code(), expected, "{entry} {kind}: {}", out.stderr);
         }
     }
@@ -112,7 +154,7 @@ fn a_panic_or_error_in_every_condition_entry_point_is_contained_and_reported() {
 
 #[test]
 fn a_panic_message_carries_the_plugin_source_location() {
-    let out = contained(
+    let (out, _) = contained(
         "panic_location",
         &service("main", "panic_in"),
         "main",

@@ -286,7 +286,7 @@ fn assert_abandoned(out: &crate::util::Output, context: &str) {
         out.logs().iter().any(|l| l["context"] == context
             && l["message"]
                 .as_str()
-                .is_some_and(|m| m.starts_with("did not finish stopping within shutdown_timeout"))),
+                .is_some_and(|m| m.contains("did not return within") && m.contains("abandoned"))),
         "{}",
         out.stderr
     );

@@ -229,8 +229,15 @@ pub struct Running {
 impl Running {
     /// Starts `otools run MANIFEST --log-format json`.
     pub fn start(manifest: &Path) -> Running {
+        Running::start_with(manifest, &[])
+    }
+
+    /// Starts `otools run MANIFEST --log-format json EXTRA...`.
+    pub fn start_with(manifest: &Path, extra: &[&str]) -> Running {
         let m = manifest.to_string_lossy().into_owned();
-        let mut child = spawn(&["run", &m, "--log-format", "json"]);
+        let mut args = vec!["run", m.as_str(), "--log-format", "json"];
+        args.extend_from_slice(extra);
+        let mut child = spawn(&args);
         let out = drain(child.stdout.take().expect("piped stdout"));
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = channel();
@@ -305,4 +312,44 @@ impl Running {
             stderr,
         }
     }
+}
+
+/// The events of a journal written with `--events`, in order.
+pub fn journal(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad journal line {l:?}: {e}")))
+        .collect()
+}
+
+/// Waits until the journal holds `count` events matching `pred` (polling the
+/// file, with [`DEADLINE`] only to fail a hung test); returns the journal.
+pub fn wait_for_events(path: &Path, count: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let events = journal(path);
+        if events.iter().filter(|e| pred(e)).count() >= count {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journal never had {count} such events:\n{}",
+            events
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Events named `event` for `service`, in order.
+pub fn events_of<'a>(events: &'a [Value], event: &str, service: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == event && e["service"] == service)
+        .collect()
 }

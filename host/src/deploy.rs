@@ -9,18 +9,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::time::Duration;
 
-use abi_stable::std_types::{RResult, RStr};
 use otools_api::ffi::ExportKind;
 use otools_api::{LogLevel, Value};
 use toml::Spanned;
 
 use crate::dataframe::Dataframe;
-use crate::instance::{ConditionInstance, ContextShared, InstanceHost, ServiceInstance, Wake};
+use crate::instance::{ContextShared, Wake};
 use crate::manifest::validate::validate;
 use crate::manifest::{
     ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry,
 };
 use crate::plugin::{LoadError, Registry};
+use crate::runtime::{ContextPlan, StepPlan, UnitPlan, construct};
+use crate::supervision::policy::{Policy, Strategy};
 
 /// Choices made on the command line that change how a manifest is deployed.
 #[derive(Debug, Clone, Default)]
@@ -45,36 +46,6 @@ pub struct Deployment {
     pub libraries: usize,
 }
 
-/// One context, ready to run.
-pub struct ContextPlan {
-    /// State shared with its instances.
-    pub shared: Arc<ContextShared>,
-    /// Minimum time between main-loop starts.
-    pub period: Duration,
-    /// Services and triggers, in manifest order.
-    pub entries: Vec<PlanEntry>,
-}
-
-/// A service or trigger of a context.
-pub enum PlanEntry {
-    /// A service the main loop calls (and whose loop runs on its own thread).
-    Service(ServiceInstance),
-    /// A trigger.
-    Trigger(TriggerPlan),
-}
-
-/// A trigger: conditions and the stack of services they fire.
-pub struct TriggerPlan {
-    /// Its name.
-    pub name: String,
-    /// How its conditions combine.
-    pub mode: Mode,
-    /// Its conditions.
-    pub conditions: Vec<ConditionInstance>,
-    /// The services whose `main` runs when it fires.
-    pub stack: Vec<ServiceInstance>,
-}
-
 impl Deployment {
     /// Counts of (contexts, services, triggers, conditions).
     pub fn counts(&self) -> (usize, usize, usize, usize) {
@@ -82,18 +53,28 @@ impl Deployment {
         let mut triggers = 0;
         let mut conditions = 0;
         for c in &self.contexts {
-            for e in &c.entries {
-                match e {
-                    PlanEntry::Service(_) => services += 1,
-                    PlanEntry::Trigger(t) => {
-                        triggers += 1;
-                        conditions += t.conditions.len();
-                        services += t.stack.len();
-                    }
+            for u in &c.units {
+                match u.kind {
+                    ExportKind::Service => services += 1,
+                    ExportKind::Condition => conditions += 1,
                 }
             }
+            triggers += c
+                .steps
+                .iter()
+                .filter(|s| matches!(s, StepPlan::Trigger { .. }))
+                .count();
         }
         (self.contexts.len(), services, triggers, conditions)
+    }
+
+    /// The shortest `watchdog` of any service (sets the watchdog's tick).
+    pub fn shortest_watchdog(&self) -> Option<Duration> {
+        self.contexts
+            .iter()
+            .flat_map(|c| c.units.iter())
+            .filter_map(|u| u.policy.watchdog)
+            .min()
     }
 }
 
@@ -195,19 +176,20 @@ impl Builder<'_> {
 
     #[expect(
         clippy::too_many_arguments,
-        reason = "one call site; the arguments are the manifest item's parts"
+        reason = "one call site per manifest item kind; the arguments are the item's parts"
     )]
-    fn instance(
+    fn unit(
         &mut self,
         kind: ExportKind,
-        shared: &Arc<ContextShared>,
         name: String,
         plugin: &Spanned<String>,
         export: &Spanned<String>,
         config: Option<&Spanned<toml::Table>>,
+        policy: Policy,
+        top_level: bool,
         key: &str,
         anchor: usize,
-    ) -> Option<Built> {
+    ) -> Option<UnitPlan> {
         let lib = self.library(plugin, key)?;
         let export_name = export.get_ref().as_str();
         if !lib.exports(kind, export_name) {
@@ -240,33 +222,18 @@ impl Builder<'_> {
             ));
             return None;
         }
-        let json = Self::config_json(config);
-        let host = Arc::new(InstanceHost::new(
-            Arc::clone(shared),
-            name,
-            Arc::clone(&lib),
-            export_name.to_owned(),
-        ));
-        let export_r = RStr::from_str(export_name);
-        let json_r = RStr::from_str(&json);
-        let built = match kind {
-            ExportKind::Service => match (lib.root.new_service())(export_r, json_r) {
-                RResult::ROk(object) => Ok(Built::Service(ServiceInstance {
-                    host,
-                    object: Arc::new(object),
-                })),
-                RResult::RErr(e) => Err(e),
-            },
-            ExportKind::Condition => match (lib.root.new_condition())(export_r, json_r) {
-                RResult::ROk(object) => Ok(Built::Condition(ConditionInstance {
-                    host,
-                    object: Arc::new(object),
-                })),
-                RResult::RErr(e) => Err(e),
-            },
-        };
-        match built {
-            Ok(b) => Some(b),
+        let config_json = Self::config_json(config);
+        match construct(&lib, kind, export_name, &config_json) {
+            Ok(initial) => Some(UnitPlan {
+                name,
+                kind,
+                top_level,
+                library: lib,
+                export: export_name.to_owned(),
+                config_json,
+                policy,
+                initial,
+            }),
             Err(e) => {
                 let at = config.map_or(anchor, |c| c.span().start);
                 self.errors.push(self.manifest.diagnostic(
@@ -291,6 +258,7 @@ impl Builder<'_> {
         names: &Arc<Vec<String>>,
     ) -> ContextPlan {
         let host_level = self.manifest.host_level();
+        let host_shutdown = self.manifest.shutdown_timeout();
         let level = self
             .opts
             .level_override
@@ -310,28 +278,31 @@ impl Builder<'_> {
             level: AtomicU8::new(level as u8),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
-            setup_failed: AtomicBool::new(false),
             wake: Wake::default(),
             dataframes,
             all_dataframes: Arc::clone(names),
         });
         let ckey = format!("context \"{}\"", c.name.get_ref());
-        let mut entries = Vec::new();
+        let mut units = Vec::new();
+        let mut steps = Vec::new();
         for entry in c.entries() {
             match entry {
                 EntryDecl::Service(s) => {
                     let key = format!("{ckey} > service \"{}\"", s.name.get_ref());
-                    if let Some(Built::Service(i)) = self.instance(
+                    let policy = s.policy(c, host_shutdown);
+                    if let Some(u) = self.unit(
                         ExportKind::Service,
-                        &shared,
                         s.name.get_ref().clone(),
                         &s.plugin,
                         &s.export,
                         s.config.as_ref(),
+                        policy,
+                        true,
                         &key,
                         s.name.span().start,
                     ) {
-                        entries.push(PlanEntry::Service(i));
+                        steps.push(StepPlan::Service(units.len()));
+                        units.push(u);
                     }
                 }
                 EntryDecl::Trigger(t) => {
@@ -339,56 +310,70 @@ impl Builder<'_> {
                     let key = format!("{ckey} > trigger \"{tname}\"");
                     let mut conditions = Vec::new();
                     for (i, e) in t.condition.iter().enumerate() {
-                        let name = stack_name(&tname, e.get_ref());
                         let ekey = format!("{key} > condition #{}", i + 1);
-                        if let Some(Built::Condition(c)) =
-                            self.stack_instance(ExportKind::Condition, &shared, name, e, &ekey)
-                        {
-                            conditions.push(c);
+                        if let Some(u) = self.stack_unit(
+                            ExportKind::Condition,
+                            &tname,
+                            e,
+                            c,
+                            host_shutdown,
+                            &ekey,
+                        ) {
+                            conditions.push(units.len());
+                            units.push(u);
                         }
                     }
                     let mut stack = Vec::new();
                     for (i, e) in t.service.iter().enumerate() {
-                        let name = stack_name(&tname, e.get_ref());
                         let ekey = format!("{key} > service #{}", i + 1);
-                        if let Some(Built::Service(s)) =
-                            self.stack_instance(ExportKind::Service, &shared, name, e, &ekey)
+                        if let Some(u) =
+                            self.stack_unit(ExportKind::Service, &tname, e, c, host_shutdown, &ekey)
                         {
-                            stack.push(s);
+                            stack.push(units.len());
+                            units.push(u);
                         }
                     }
-                    entries.push(PlanEntry::Trigger(TriggerPlan {
+                    steps.push(StepPlan::Trigger {
                         name: tname,
                         mode: t.mode.as_ref().map_or(Mode::Or, |m| *m.get_ref()),
                         conditions,
                         stack,
-                    }));
+                    });
                 }
             }
         }
         ContextPlan {
             shared,
             period: c.period.as_ref().map_or(Duration::ZERO, |p| p.get_ref().0),
-            entries,
+            strategy: c
+                .strategy
+                .as_ref()
+                .map_or(Strategy::default(), |s| *s.get_ref()),
+            units,
+            steps,
         }
     }
 
-    fn stack_instance(
+    fn stack_unit(
         &mut self,
         kind: ExportKind,
-        shared: &Arc<ContextShared>,
-        name: String,
+        trigger: &str,
         e: &Spanned<StackEntry>,
+        c: &ContextDecl,
+        host_shutdown: Duration,
         key: &str,
-    ) -> Option<Built> {
+    ) -> Option<UnitPlan> {
         let s = e.get_ref();
-        self.instance(
+        let name = stack_name(trigger, s);
+        let policy = s.policy(c, host_shutdown);
+        self.unit(
             kind,
-            shared,
             name,
             &s.plugin,
             &s.export,
             s.config.as_ref(),
+            policy,
+            false,
             key,
             e.span().start,
         )
@@ -401,11 +386,6 @@ fn stack_name(trigger: &str, e: &StackEntry) -> String {
         Some(n) => n.get_ref().clone(),
         None => format!("{trigger}/{}", e.export.get_ref()),
     }
-}
-
-enum Built {
-    Service(ServiceInstance),
-    Condition(ConditionInstance),
 }
 
 /// Validates the manifest, loads its plugins and builds every instance.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use otools_api::ffi::{
     CallError, CallErrorKind, CasOutcome, FfiConditionBox, FfiHost, FfiHost_TO, FfiServiceBox,
     HostRef, LockMode, NO_TIMEOUT,
@@ -75,8 +75,6 @@ pub struct ContextShared {
     pub stop: AtomicBool,
     /// Set when a service logged at `fatal`.
     pub fatal: AtomicBool,
-    /// Set when a `setup` failed.
-    pub setup_failed: AtomicBool,
     /// Wakes the context thread.
     pub wake: Wake,
     /// The dataframes the context lists; a plugin's handle is an index here.
@@ -99,6 +97,11 @@ impl ContextShared {
 }
 
 /// The host side of one instance: what its handle refers to.
+///
+/// It belongs to one *generation* of a service: when the service is
+/// replaced (restart, hang, reload), the old handle is *fenced* and every
+/// callback through it is refused and counted, so a stale instance that
+/// wakes up can change nothing.
 pub struct InstanceHost {
     owner: OwnerId,
     /// The instance's context.
@@ -109,19 +112,28 @@ pub struct InstanceHost {
     pub library: Arc<Library>,
     /// Its export name.
     pub export: String,
+    /// Which generation of the service this is (1 = the first instance).
+    pub generation: u64,
     /// Set by the plugin through `deactivate`.
     pub deactivate: AtomicBool,
+    /// Set when the instance must stop: its loop thread leaves after the current call.
+    pub retired: AtomicBool,
+    fenced: AtomicBool,
+    fenced_calls: AtomicU64,
     leases_held: AtomicU32,
     leases: Mutex<Vec<u32>>,
+    stash: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl InstanceHost {
-    /// A handle for a new instance.
+    /// A handle for a new instance of generation `generation`, sharing the service's `stash`.
     pub fn new(
         context: Arc<ContextShared>,
         name: String,
         library: Arc<Library>,
         export: String,
+        generation: u64,
+        stash: Arc<Mutex<Option<Vec<u8>>>>,
     ) -> InstanceHost {
         InstanceHost {
             owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
@@ -129,15 +141,70 @@ impl InstanceHost {
             name,
             library,
             export,
+            generation,
             deactivate: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            fenced_calls: AtomicU64::new(0),
             leases_held: AtomicU32::new(0),
             leases: Mutex::new(Vec::new()),
+            stash,
         }
     }
 
     /// Has the instance asked to be deactivated?
     pub fn deactivated(&self) -> bool {
         self.deactivate.load(Ordering::Relaxed)
+    }
+
+    /// Must the instance stop (retired or fenced)?
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed) || self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Refuses every later callback of this instance and releases its leases.
+    pub fn fence(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        if !self.fenced.swap(true, Ordering::SeqCst) {
+            self.release_leases();
+        }
+    }
+
+    /// Is this instance fenced?
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// How many callbacks were refused since it was fenced.
+    pub fn fenced_calls(&self) -> u64 {
+        self.fenced_calls.load(Ordering::Relaxed)
+    }
+
+    /// Counts and records a refused callback. The first ten of an instance
+    /// are journaled one by one, then every thousandth, so a spinning stale
+    /// thread cannot flood the journal.
+    #[cold]
+    fn refuse(&self, call: &str) {
+        let n = self.fenced_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= 10 || n % 1000 == 0 {
+            crate::supervision::journal::record(
+                "fenced_call",
+                &self.context.name,
+                Some(&self.name),
+                Some(self.generation),
+                &[("call", call.into()), ("fenced_calls", n.into())],
+            );
+        }
+    }
+
+    /// True (and counted) if the instance is fenced.
+    fn fenced_check(&self, call: &str) -> bool {
+        if self.fenced.load(Ordering::Relaxed) {
+            self.refuse(call);
+            true
+        } else {
+            false
+        }
     }
 
     /// Runs `f` with a borrowed FFI handle to this host.
@@ -220,6 +287,9 @@ impl FfiHost for InstanceHost {
     }
 
     fn log(&self, level: LogLevel, message: RStr<'_>) {
+        if self.fenced_check("log") {
+            return;
+        }
         shield("log", (), || {
             if self.log_enabled(level) {
                 logging::plugin_event(level, &self.context.name, &self.name, message.as_str());
@@ -240,15 +310,24 @@ impl FfiHost for InstanceHost {
     }
 
     fn terminate_context(&self) {
+        if self.fenced_check("terminate_context") {
+            return;
+        }
         self.context.request_stop();
     }
 
     fn deactivate(&self) {
+        if self.fenced_check("deactivate") {
+            return;
+        }
         self.deactivate.store(true, Ordering::SeqCst);
         self.context.wake.notify();
     }
 
     fn dataframe(&self, name: RStr<'_>) -> RResult<u32, HostError> {
+        if self.fenced_check("dataframe") {
+            return RResult::RErr(HostError::Fenced);
+        }
         let name = name.as_str();
         match self
             .context
@@ -270,6 +349,9 @@ impl FfiHost for InstanceHost {
         key: RStr<'_>,
         timeout_ns: u64,
     ) -> RResult<ROption<Value>, HostError> {
+        if self.fenced_check("get") {
+            return RResult::RErr(HostError::Fenced);
+        }
         shield("get", RResult::RErr(HostError::Internal), || {
             self.df(df)
                 .and_then(|d| d.get(self.owner, key.as_str(), deadline(timeout_ns)))
@@ -285,6 +367,9 @@ impl FfiHost for InstanceHost {
         value: Value,
         timeout_ns: u64,
     ) -> RResult<(), HostError> {
+        if self.fenced_check("set") {
+            return RResult::RErr(HostError::Fenced);
+        }
         shield("set", RResult::RErr(HostError::Internal), || {
             self.df(df)
                 .and_then(|d| d.set(self.owner, key.as_str(), value, deadline(timeout_ns)))
@@ -298,6 +383,9 @@ impl FfiHost for InstanceHost {
         key: RStr<'_>,
         timeout_ns: u64,
     ) -> RResult<ROption<Value>, HostError> {
+        if self.fenced_check("remove") {
+            return RResult::RErr(HostError::Fenced);
+        }
         shield("remove", RResult::RErr(HostError::Internal), || {
             self.df(df)
                 .and_then(|d| d.remove(self.owner, key.as_str(), deadline(timeout_ns)))
@@ -313,6 +401,9 @@ impl FfiHost for InstanceHost {
         by: Value,
         timeout_ns: u64,
     ) -> RResult<Value, HostError> {
+        if self.fenced_check("add") {
+            return RResult::RErr(HostError::Fenced);
+        }
         shield("add", RResult::RErr(HostError::Internal), || {
             self.df(df)
                 .and_then(|d| d.add(self.owner, key.as_str(), &by, deadline(timeout_ns)))
@@ -328,6 +419,9 @@ impl FfiHost for InstanceHost {
         new: Value,
         timeout_ns: u64,
     ) -> RResult<CasOutcome, HostError> {
+        if self.fenced_check("compare_and_swap") {
+            return RResult::RErr(HostError::Fenced);
+        }
         shield(
             "compare_and_swap",
             RResult::RErr(HostError::Internal),
@@ -348,6 +442,9 @@ impl FfiHost for InstanceHost {
     }
 
     fn df_keys(&self, df: u32, timeout_ns: u64) -> RResult<RVec<RString>, HostError> {
+        if self.fenced_check("keys") {
+            return RResult::RErr(HostError::Fenced);
+        }
         shield("keys", RResult::RErr(HostError::Internal), || {
             self.df(df)
                 .and_then(|d| d.keys(self.owner, deadline(timeout_ns)))
@@ -357,6 +454,9 @@ impl FfiHost for InstanceHost {
     }
 
     fn df_lock(&self, df: u32, mode: LockMode, timeout_ns: u64) -> RResult<(), HostError> {
+        if self.fenced_check("lock") {
+            return RResult::RErr(HostError::Fenced);
+        }
         shield("lock", RResult::RErr(HostError::Internal), || {
             let r = self
                 .df(df)
@@ -370,6 +470,9 @@ impl FfiHost for InstanceHost {
     }
 
     fn df_unlock(&self, df: u32, mode: LockMode) -> RResult<(), HostError> {
+        if self.fenced_check("unlock") {
+            return RResult::RErr(HostError::Fenced);
+        }
         shield("unlock", RResult::RErr(HostError::Internal), || {
             let r = self.df(df).and_then(|d| d.release(self.owner, mode));
             if r.is_ok() {
@@ -380,6 +483,26 @@ impl FfiHost for InstanceHost {
                 }
             }
             r.into()
+        })
+    }
+
+    fn stash_get(&self) -> ROption<RVec<u8>> {
+        shield("stash_get", ROption::RNone, || {
+            self.stash
+                .lock()
+                .as_ref()
+                .map(|b| RVec::from(b.clone()))
+                .into()
+        })
+    }
+
+    fn stash_set(&self, bytes: RSlice<'_, u8>) -> RResult<(), HostError> {
+        if self.fenced_check("stash_set") {
+            return RResult::RErr(HostError::Fenced);
+        }
+        shield("stash_set", RResult::RErr(HostError::Internal), || {
+            *self.stash.lock() = Some(bytes.to_vec());
+            RResult::ROk(())
         })
     }
 }

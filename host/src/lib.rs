@@ -18,4 +18,5 @@ pub mod logging;
 pub mod manifest;
 pub mod plugin;
 pub mod runtime;
+pub mod supervision;
 pub mod supervisor;

@@ -1,39 +1,54 @@
-//! Running one context: OTools' `Context`, with its known bugs fixed.
+//! Running one context under supervision: OTools' `Context`, with its known
+//! bugs fixed, plus the watchdog's in-place replacement of failed or hung
+//! instances.
 //!
-//! Each context runs on its own thread ([`run_context`]):
-//! 1. `setup` of every service and condition, in manifest order;
-//! 2. wait at the [`StartGate`] until every context has set up, so no `main`
-//!    anywhere runs before every `setup` returned;
-//! 3. one thread per service that has a loop, calling it while the service
-//!    is active;
-//! 4. the main loop: each iteration calls, in manifest order, each
-//!    service's `main` and each trigger (all its conditions evaluated, then
-//!    its stack services' `main` if it fires), paced by `period`;
-//! 5. on termination (a service asked, a signal, or nothing left to run):
-//!    stop the loop threads, wait for them, and `finalize` every instance
-//!    exactly once, in reverse manifest order.
+//! A context is a [`Core`] shared by the threads that work on it:
+//! - one *driver* thread at a time: `setup` of every instance in manifest
+//!   order, the [`StartGate`] (no `main` anywhere before every `setup`
+//!   returned), the main loop (each service's `main`, each trigger's
+//!   conditions and, when it fires, its stack services' `main`, paced by
+//!   `period`), and at the end `finalize` of every instance in reverse
+//!   manifest order;
+//! - one *loop* thread per top-level service that has a loop;
+//! - short-lived *worker* threads that stop, finalize and restart instances
+//!   after a failure, a hang or a deactivation, so the driver never waits for
+//!   a restart.
 //!
-//! A failed or panicking call is logged with its library, export, context,
-//! service and entry point; the context goes on. Deactivated services are
-//! finalized as soon as their loop thread has returned.
+//! Each service or condition is a [`Unit`]: a slot holding its current
+//! instance (a *generation*), its state and its restart history. When an
+//! instance exits (error, panic, hang, failed setup, deactivation),
+//! [`Core::exit`] applies the restart policy and strategy: the instance is
+//! retired, its loop thread stopped, it is finalized (unless it hung) and
+//! *fenced* (its host handle refuses every later call), then after the
+//! back-off delay a fresh instance is built from the same library and config,
+//! set up, and put in the same slot under the same name.
+//!
+//! A call that overruns its deadline is declared hung by the watchdog
+//! ([`crate::supervision::watchdog`]). Its thread cannot be stopped, so it is
+//! abandoned: if it was the driver, a new driver thread takes over at the
+//! next step, so the rest of the context keeps its pace after at most the
+//! watchdog deadline plus one tick.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
-
-use crate::deploy::{ContextPlan, PlanEntry};
-use crate::instance::{
-    ConditionInstance, ContextShared, InstanceHost, Outcome, ServiceInstance, outcome,
+use abi_stable::std_types::{RResult, RStr};
+use arc_swap::ArcSwapOption;
+use otools_api::ffi::{
+    CallError, CallErrorKind, CallResult, ExportKind, FfiConditionBox, FfiServiceBox,
 };
-use crate::manifest::Mode;
+use parking_lot::{Condvar, Mutex};
+use serde_json::Value as Json;
 
-/// Pause of a loop thread after its loop call failed, so a loop that fails
-/// at once does not spin a core writing errors.
-const LOOP_FAILURE_PAUSE: Duration = Duration::from_millis(10);
+use crate::instance::{ContextShared, InstanceHost};
+use crate::manifest::Mode;
+use crate::plugin::Library;
+use crate::supervision::journal;
+use crate::supervision::policy::{Decision, GiveUp, Policy, Restart, Strategy, Tracker};
+use crate::supervision::watchdog::{Entry, Hung, Slot, Watched};
 
 /// What context threads tell the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +59,13 @@ pub enum ContextEvent {
     Stopping(usize),
     /// The context with this index has finalized everything and ended.
     Ended(usize),
+    /// A service of this context gave up with `on_give_up = "exit_host"`.
+    ExitHost(usize),
 }
 
 /// Holds every context's main loop until all contexts have run `setup`.
 pub struct StartGate {
-    arrived: Mutex<usize>,
-    total: usize,
+    arrived: Mutex<Vec<bool>>,
     cond: Condvar,
     open: AtomicBool,
 }
@@ -58,10 +74,9 @@ impl StartGate {
     /// A gate for `total` contexts.
     pub fn new(total: usize) -> StartGate {
         StartGate {
-            arrived: Mutex::new(0),
-            total,
+            arrived: Mutex::new(vec![false; total]),
             cond: Condvar::new(),
-            open: AtomicBool::new(false),
+            open: AtomicBool::new(total == 0),
         }
     }
 
@@ -72,331 +87,1194 @@ impl StartGate {
         self.cond.notify_all();
     }
 
-    /// Arrives and waits for the others; true for the last to arrive.
-    fn arrive_and_wait(&self) -> bool {
+    /// Context `index` has set up; true for the last to arrive.
+    fn arrive(&self, index: usize) -> bool {
         let mut arrived = self.arrived.lock();
-        *arrived += 1;
-        if *arrived >= self.total {
-            self.open.store(true, Ordering::SeqCst);
+        if arrived.get(index).copied().unwrap_or(true) {
+            return false;
+        }
+        arrived[index] = true;
+        if arrived.iter().all(|a| *a) && !self.open.swap(true, Ordering::SeqCst) {
             self.cond.notify_all();
             return true;
         }
+        false
+    }
+
+    /// Waits until the gate is open.
+    fn wait_open(&self) {
+        let mut arrived = self.arrived.lock();
         while !self.open.load(Ordering::SeqCst) {
             self.cond.wait(&mut arrived);
         }
-        false
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Built, `setup` not run (or the context stopped before it).
-    Pending,
-    /// Set up and running.
-    Ready,
-    /// Asked to deactivate; finalized once its loop thread returned.
-    Deactivating,
-    /// `finalize` ran.
-    Finalized,
-    /// `setup` failed; never called again, never finalized.
-    Failed,
+/// The plugin object of an instance.
+pub enum Obj {
+    /// A service.
+    Service(FfiServiceBox),
+    /// A condition.
+    Condition(FfiConditionBox),
 }
 
-struct ServiceUnit {
-    inst: ServiceInstance,
-    state: State,
-    has_main: bool,
-    /// Top-level services get a loop thread; stack services never do.
-    top_level: bool,
-    loop_thread: Option<LoopThread>,
-}
-
-/// A service's loop thread. `done` is set by the thread just before it
-/// wakes the context thread for the last time; `JoinHandle::is_finished`
-/// only turns true a little later, so waiting on it could miss the wake-up.
-struct LoopThread {
-    handle: JoinHandle<()>,
-    done: Arc<AtomicBool>,
-}
-
-impl LoopThread {
-    fn running(&self) -> bool {
-        !self.done.load(Ordering::SeqCst)
+/// Builds an instance of `export` from `lib` with its JSON config (no `setup`).
+pub fn construct(
+    lib: &Library,
+    kind: ExportKind,
+    export: &str,
+    config_json: &str,
+) -> Result<Obj, CallError> {
+    let (export, json) = (RStr::from_str(export), RStr::from_str(config_json));
+    match kind {
+        ExportKind::Service => match (lib.root.new_service())(export, json) {
+            RResult::ROk(o) => Ok(Obj::Service(o)),
+            RResult::RErr(e) => Err(e),
+        },
+        ExportKind::Condition => match (lib.root.new_condition())(export, json) {
+            RResult::ROk(o) => Ok(Obj::Condition(o)),
+            RResult::RErr(e) => Err(e),
+        },
     }
 }
 
-struct ConditionUnit {
-    inst: ConditionInstance,
-    state: State,
+/// One service or condition of a context, as planned from the manifest.
+pub struct UnitPlan {
+    /// Name in logs (a stack entry's is `<trigger>/<export>` unless named).
+    pub name: String,
+    /// Service or condition.
+    pub kind: ExportKind,
+    /// A service of the context itself (not a trigger's stack): it gets a loop thread.
+    pub top_level: bool,
+    /// Its library.
+    pub library: Arc<Library>,
+    /// Its export.
+    pub export: String,
+    /// Its config, as handed to the plugin.
+    pub config_json: String,
+    /// How it is supervised.
+    pub policy: Policy,
+    /// The first instance, built by `deploy` (setup not run).
+    pub initial: Obj,
 }
 
-enum Unit {
-    Service(ServiceUnit),
-    Condition(ConditionUnit),
-}
-
-impl Unit {
-    fn host(&self) -> &Arc<InstanceHost> {
-        match self {
-            Unit::Service(s) => &s.inst.host,
-            Unit::Condition(c) => &c.inst.host,
-        }
-    }
-
-    fn state(&self) -> State {
-        match self {
-            Unit::Service(s) => s.state,
-            Unit::Condition(c) => c.state,
-        }
-    }
-
-    fn set_state(&mut self, state: State) {
-        if state == State::Deactivating && self.state() != State::Deactivating {
-            let host = self.host();
-            tracing::debug!(context = %host.context.name, service = %host.name, "deactivated");
-        }
-        match self {
-            Unit::Service(s) => s.state = state,
-            Unit::Condition(c) => c.state = state,
-        }
-    }
-}
-
-enum Step {
+/// One step of a main-loop iteration.
+pub enum StepPlan {
+    /// Call this unit's `main`.
     Service(usize),
+    /// Evaluate a trigger.
     Trigger {
+        /// Its name.
         name: String,
+        /// How its conditions combine.
         mode: Mode,
+        /// Condition units.
         conditions: Vec<usize>,
+        /// Stack service units, called in order when it fires.
         stack: Vec<usize>,
     },
 }
 
-struct Runner {
-    shared: Arc<ContextShared>,
+/// A context, ready to run.
+pub struct ContextPlan {
+    /// State shared with its instances.
+    pub shared: Arc<ContextShared>,
+    /// Minimum time between main-loop starts.
+    pub period: Duration,
+    /// Which units restart with a failed one.
+    pub strategy: Strategy,
+    /// Every service and condition, in manifest order.
+    pub units: Vec<UnitPlan>,
+    /// The main loop's steps, in manifest order.
+    pub steps: Vec<StepPlan>,
+}
+
+/// One running instance: its plugin object and its host handle.
+pub struct Live {
+    /// The handle its calls receive.
+    pub host: Arc<InstanceHost>,
+    object: Obj,
+    loop_done: AtomicBool,
+}
+
+impl Live {
+    fn main(&self) -> CallResult {
+        match &self.object {
+            Obj::Service(o) => self.host.with_handle(|h| o.main(h)),
+            Obj::Condition(_) => unimplemented_call(),
+        }
+    }
+
+    fn run_loop(&self) -> CallResult {
+        match &self.object {
+            Obj::Service(o) => self.host.with_handle(|h| o.run_loop(h)),
+            Obj::Condition(_) => unimplemented_call(),
+        }
+    }
+
+    fn check(&self) -> CallResult<bool> {
+        match &self.object {
+            Obj::Condition(o) => self.host.with_handle(|h| o.check(h)),
+            Obj::Service(_) => RResult::ROk(false),
+        }
+    }
+
+    fn setup(&mut self) -> CallResult {
+        let host = Arc::clone(&self.host);
+        match &mut self.object {
+            Obj::Service(o) => host.with_handle(|h| o.setup(h)),
+            Obj::Condition(o) => host.with_handle(|h| o.setup(h)),
+        }
+    }
+
+    fn finalize(&mut self) -> CallResult {
+        let host = Arc::clone(&self.host);
+        match &mut self.object {
+            Obj::Service(o) => host.with_handle(|h| o.finalize(h)),
+            Obj::Condition(o) => host.with_handle(|h| o.finalize(h)),
+        }
+    }
+}
+
+fn unimplemented_call() -> CallResult {
+    RResult::RErr(CallError {
+        kind: CallErrorKind::Unimplemented,
+        message: "not implemented".into(),
+    })
+}
+
+/// The life-cycle state of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    /// Built; `setup` not run or not finished.
+    Pending = 0,
+    /// Set up and serving.
+    Ready = 1,
+    /// Exited; being stopped and finalized by a worker.
+    Stopping = 2,
+    /// Stopped; a restart is scheduled.
+    Down = 3,
+    /// Gave up, or failed with no restart: stays down.
+    Failed = 4,
+    /// Ended normally (deactivated, or finalized at the end).
+    Ended = 5,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Pending,
+            1 => State::Ready,
+            2 => State::Stopping,
+            3 => State::Down,
+            4 => State::Failed,
+            _ => State::Ended,
+        }
+    }
+
+    fn terminal(self) -> bool {
+        matches!(self, State::Failed | State::Ended)
+    }
+}
+
+/// Why an instance stopped serving.
+#[derive(Debug, Clone)]
+enum Exit {
+    /// An entry point returned an error or panicked.
+    Failed { entry: Entry, reason: String },
+    /// An entry point overran its deadline.
+    Hung { entry: Entry, limit: Duration },
+    /// The instance deactivated itself (a normal exit).
+    Deactivated,
+}
+
+struct Control {
+    generation: u64,
+    tracker: Tracker,
+    running_since: Instant,
+    /// The current generation's host, also while its `setup` runs.
+    host: Option<Arc<InstanceHost>>,
+    loop_thread: Option<JoinHandle<()>>,
+}
+
+/// One service or condition: the slot its generations succeed each other in.
+pub struct Unit {
+    /// Name in logs and the journal.
+    pub name: String,
+    kind: ExportKind,
+    top_level: bool,
+    library: Arc<Library>,
+    export: String,
+    config_json: String,
+    policy: Policy,
+    live: ArcSwapOption<Live>,
+    state: AtomicU8,
+    has_main: AtomicBool,
+    loop_running: AtomicBool,
+    control: Mutex<Control>,
+    stash: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl Unit {
+    fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+/// Where a (replacement) driver starts.
+#[derive(Debug, Clone, Copy)]
+enum Resume {
+    /// Set up units from this index on.
+    Setup(usize),
+    /// Run the main loop from this step of the current iteration.
+    Run(usize),
+    /// Finalize the units before this index, last first.
+    Shutdown(usize),
+}
+
+const PHASE_SETUP: u64 = 0;
+const PHASE_RUN: u64 = 1;
+const PHASE_SHUTDOWN: u64 = 2;
+
+fn position(phase: u64, index: usize) -> u64 {
+    (phase << 32) | (index as u64 & 0xffff_ffff)
+}
+
+/// The driver or a worker left because the watchdog abandoned its call.
+#[derive(Debug)]
+struct Abandoned;
+
+/// A restart or stop job run by a worker thread.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Retire, wait for the loop, finalize (unless hung) and fence the current instance.
+    Stop(usize),
+    /// Wait until then (or until the context stops).
+    Delay(Instant),
+    /// Build, set up and install a new generation.
+    Start(usize),
+    /// Leave the unit in this final state.
+    Settle(usize, State),
+}
+
+/// A running context; see the module docs.
+pub struct Core {
+    /// Its index in the manifest.
+    pub index: usize,
+    /// State shared with its instances.
+    pub shared: Arc<ContextShared>,
+    /// Its services and conditions, in manifest order.
+    pub units: Vec<Unit>,
+    steps: Vec<StepPlan>,
     period: Duration,
-    /// Every instance, in manifest order (a trigger's conditions, then its stack).
-    units: Vec<Unit>,
-    steps: Vec<Step>,
+    strategy: Strategy,
+    gate: Arc<StartGate>,
+    events: Sender<ContextEvent>,
+    driver_epoch: AtomicU64,
+    workers: Mutex<usize>,
+    workers_done: Condvar,
+    /// Bumped by the driver every iteration (for systemd's watchdog).
+    pub heartbeat: AtomicU64,
+    /// True while the driver waits with nothing to do.
+    pub idle: AtomicBool,
+    /// True once the driver finished.
+    pub ended: AtomicBool,
+    /// Something was abandoned while stopping (a loop or a finalize overran).
+    pub abandoned: AtomicBool,
+    /// A unit ended in failure: it gave up, or failed with no restart.
+    pub failed: AtomicBool,
 }
 
-/// Runs a context to its end on the calling thread; see the module docs.
-pub fn run_context(
-    index: usize,
-    plan: ContextPlan,
-    gate: &StartGate,
-    events: &Sender<ContextEvent>,
-) {
-    let mut runner = Runner::new(plan);
-    let name = runner.shared.name.clone();
-    tracing::debug!(context = %name, "setting up");
-    runner.setup_all();
-    if gate.arrive_and_wait() {
-        let _ = events.send(ContextEvent::AllReady);
-    }
-    if !runner.shared.stopping() {
-        tracing::debug!(context = %name, "running");
-        runner.start_loops();
-        runner.main_loop();
-    }
-    let _ = events.send(ContextEvent::Stopping(index));
-    runner.shutdown();
-    tracing::debug!(context = %name, "ended");
-    let _ = events.send(ContextEvent::Ended(index));
-}
-
-impl Runner {
-    fn new(plan: ContextPlan) -> Runner {
-        let mut units = Vec::new();
-        let mut steps = Vec::new();
-        let service = |inst: ServiceInstance, top_level: bool| {
-            Unit::Service(ServiceUnit {
-                inst,
-                state: State::Pending,
-                has_main: true,
-                top_level,
-                loop_thread: None,
+impl Core {
+    /// Builds a context from its plan; [`Core::start`] runs it.
+    pub fn new(
+        index: usize,
+        plan: ContextPlan,
+        gate: Arc<StartGate>,
+        events: Sender<ContextEvent>,
+    ) -> Arc<Core> {
+        let now = Instant::now();
+        let units = plan
+            .units
+            .into_iter()
+            .map(|u| {
+                let stash = Arc::new(Mutex::new(None));
+                let host = Arc::new(InstanceHost::new(
+                    Arc::clone(&plan.shared),
+                    u.name.clone(),
+                    Arc::clone(&u.library),
+                    u.export.clone(),
+                    1,
+                    Arc::clone(&stash),
+                ));
+                let live = Live {
+                    host: Arc::clone(&host),
+                    object: u.initial,
+                    loop_done: AtomicBool::new(false),
+                };
+                Unit {
+                    name: u.name,
+                    kind: u.kind,
+                    top_level: u.top_level,
+                    library: u.library,
+                    export: u.export,
+                    config_json: u.config_json,
+                    policy: u.policy,
+                    live: ArcSwapOption::from_pointee(live),
+                    state: AtomicU8::new(State::Pending as u8),
+                    has_main: AtomicBool::new(u.kind == ExportKind::Service),
+                    loop_running: AtomicBool::new(false),
+                    control: Mutex::new(Control {
+                        generation: 1,
+                        tracker: Tracker::default(),
+                        running_since: now,
+                        host: Some(host),
+                        loop_thread: None,
+                    }),
+                    stash,
+                }
             })
+            .collect();
+        Arc::new(Core {
+            index,
+            shared: plan.shared,
+            units,
+            steps: plan.steps,
+            period: plan.period,
+            strategy: plan.strategy,
+            gate,
+            events,
+            driver_epoch: AtomicU64::new(0),
+            workers: Mutex::new(0),
+            workers_done: Condvar::new(),
+            heartbeat: AtomicU64::new(0),
+            idle: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the context's driver thread.
+    pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        self.spawn_driver(Resume::Setup(0), 0)
+    }
+
+    /// How long stopping this context may take at most, as a backstop.
+    pub fn shutdown_budget(&self) -> Duration {
+        self.units
+            .iter()
+            .map(|u| u.policy.shutdown_timeout.saturating_mul(2))
+            .fold(Duration::from_secs(1), Duration::saturating_add)
+    }
+
+    fn spawn_driver(self: &Arc<Self>, resume: Resume, epoch: u64) -> std::io::Result<()> {
+        let core = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("ctx-{}", self.shared.name))
+            .spawn(move || drive(&core, epoch, resume))
+            .map(drop)
+    }
+
+    fn journal(&self, event: &str, u: usize, generation: u64, fields: &[(&str, Json)]) {
+        journal::record(
+            event,
+            &self.shared.name,
+            Some(&self.units[u].name),
+            Some(generation),
+            fields,
+        );
+    }
+
+    /// The units restarted along with `u` under the context's strategy, in manifest order.
+    fn group(&self, u: usize) -> Vec<usize> {
+        let include = |i: usize| {
+            i == u
+                || (self.units[i].state() == State::Ready
+                    && self.units[i].policy.restart != Restart::Never)
         };
-        for entry in plan.entries {
-            match entry {
-                PlanEntry::Service(s) => {
-                    steps.push(Step::Service(units.len()));
-                    units.push(service(s, true));
+        match self.strategy {
+            Strategy::OneForOne => vec![u],
+            Strategy::OneForAll => (0..self.units.len()).filter(|i| include(*i)).collect(),
+            Strategy::RestForOne => (u..self.units.len()).filter(|i| include(*i)).collect(),
+        }
+    }
+
+    /// An instance of unit `u` stopped serving: apply the restart policy.
+    /// Safe to call from any thread, and more than once: only the first
+    /// report of a generation counts.
+    fn exit(self: &Arc<Self>, u: usize, generation: u64, how: Exit) {
+        let unit = &self.units[u];
+        let mut c = unit.control.lock();
+        let state = unit.state();
+        if c.generation != generation || !matches!(state, State::Ready | State::Pending) {
+            return;
+        }
+        let now = Instant::now();
+        let failure = !matches!(how, Exit::Deactivated);
+        match &how {
+            Exit::Failed { entry, reason } => {
+                self.journal(
+                    "failed",
+                    u,
+                    generation,
+                    &[
+                        ("entry", entry.name().into()),
+                        ("reason", reason.as_str().into()),
+                    ],
+                );
+            }
+            Exit::Hung { entry, limit } => {
+                let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+                self.journal(
+                    "hung",
+                    u,
+                    generation,
+                    &[
+                        ("entry", entry.name().into()),
+                        ("limit_ms", limit_ms.into()),
+                    ],
+                );
+                tracing::warn!(
+                    context = %self.shared.name,
+                    service = %unit.name,
+                    "{} hung (no return within {}); abandoning generation {generation}",
+                    entry.name(),
+                    humantime::format_duration(*limit)
+                );
+                if let Some(h) = &c.host {
+                    h.fence();
                 }
-                PlanEntry::Trigger(t) => {
-                    let mut conditions = Vec::new();
-                    for c in t.conditions {
-                        conditions.push(units.len());
-                        units.push(Unit::Condition(ConditionUnit {
-                            inst: c,
-                            state: State::Pending,
-                        }));
-                    }
-                    let mut stack = Vec::new();
-                    for s in t.stack {
-                        stack.push(units.len());
-                        units.push(service(s, false));
-                    }
-                    steps.push(Step::Trigger {
-                        name: t.name,
-                        mode: t.mode,
-                        conditions,
-                        stack,
-                    });
-                }
+                self.journal(
+                    "abandoned",
+                    u,
+                    generation,
+                    &[("entry", entry.name().into())],
+                );
+                unit.loop_running.store(false, Ordering::Relaxed);
+            }
+            Exit::Deactivated => {
+                self.journal("deactivated", u, generation, &[]);
+                tracing::debug!(context = %self.shared.name, service = %unit.name, "deactivated");
             }
         }
-        Runner {
-            shared: plan.shared,
-            period: plan.period,
-            units,
-            steps,
+        unit.set_state(State::Stopping);
+        let decision = if self.shared.stopping() {
+            Decision::Stay
+        } else {
+            let since = c.running_since;
+            c.tracker.on_exit(&unit.policy, failure, since, now)
+        };
+        let in_window = c.tracker.restarts_in_window();
+        drop(c);
+        let ops = match decision {
+            Decision::Restart { delay, attempt } => {
+                let group = self.group(u);
+                for &g in &group {
+                    if g != u {
+                        self.units[g].set_state(State::Stopping);
+                        let sibling_gen = self.units[g].control.lock().generation;
+                        self.journal(
+                            "stopping",
+                            g,
+                            sibling_gen,
+                            &[("because", unit.name.as_str().into())],
+                        );
+                    }
+                }
+                let names: Vec<Json> = group
+                    .iter()
+                    .map(|g| self.units[*g].name.as_str().into())
+                    .collect();
+                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                self.journal(
+                    "restarting",
+                    u,
+                    generation,
+                    &[
+                        ("delay_ms", delay_ms.into()),
+                        ("attempt", attempt.into()),
+                        ("restarts_in_window", in_window.into()),
+                        ("group", Json::Array(names)),
+                    ],
+                );
+                tracing::info!(
+                    context = %self.shared.name,
+                    service = %unit.name,
+                    "restarting in {} (restart {in_window} of at most {} within {})",
+                    humantime::format_duration(delay),
+                    unit.policy.max_restarts,
+                    humantime::format_duration(unit.policy.restart_window)
+                );
+                let mut ops: Vec<Op> = group.iter().rev().map(|g| Op::Stop(*g)).collect();
+                ops.push(Op::Delay(now + delay));
+                ops.extend(group.iter().map(|g| Op::Start(*g)));
+                ops
+            }
+            Decision::Stay => {
+                let end = if failure && !self.shared.stopping() {
+                    self.failed.store(true, Ordering::SeqCst);
+                    self.journal(
+                        "stopped",
+                        u,
+                        generation,
+                        &[("reason", "restart policy".into())],
+                    );
+                    State::Failed
+                } else {
+                    State::Ended
+                };
+                vec![Op::Stop(u), Op::Settle(u, end)]
+            }
+            Decision::GiveUp => {
+                self.failed.store(true, Ordering::SeqCst);
+                let action = match unit.policy.on_give_up {
+                    GiveUp::StopService => "stop_service",
+                    GiveUp::StopContext => "stop_context",
+                    GiveUp::ExitHost => "exit_host",
+                };
+                self.journal(
+                    "gave_up",
+                    u,
+                    generation,
+                    &[
+                        ("action", action.into()),
+                        ("restarts_in_window", in_window.into()),
+                    ],
+                );
+                tracing::error!(
+                    context = %self.shared.name,
+                    service = %unit.name,
+                    "gave up after {in_window} restarts within {}; action: {action}",
+                    humantime::format_duration(unit.policy.restart_window)
+                );
+                match unit.policy.on_give_up {
+                    GiveUp::StopService => {}
+                    GiveUp::StopContext => self.shared.request_stop(),
+                    GiveUp::ExitHost => {
+                        let _ = self.events.send(ContextEvent::ExitHost(self.index));
+                    }
+                }
+                vec![Op::Stop(u), Op::Settle(u, State::Failed)]
+            }
+        };
+        self.spawn_worker(ops, 0, true);
+        self.shared.wake.notify();
+    }
+
+    fn spawn_worker(self: &Arc<Self>, ops: Vec<Op>, from: usize, counted: bool) {
+        if counted {
+            *self.workers.lock() += 1;
+        }
+        let core = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("restart-{}", self.shared.name))
+            .spawn(move || work(&core, &ops, from));
+        if let Err(e) = spawned {
+            tracing::error!(context = %self.shared.name, "cannot start a restart worker: {e}");
+            self.worker_done();
         }
     }
 
-    fn setup_all(&mut self) {
-        for unit in &mut self.units {
-            if self.shared.stopping() {
+    fn worker_done(&self) {
+        let mut n = self.workers.lock();
+        *n = n.saturating_sub(1);
+        self.workers_done.notify_all();
+    }
+
+    /// Waits (at most until `deadline`) for the restart workers to finish.
+    fn wait_workers(&self, deadline: Instant) {
+        let mut n = self.workers.lock();
+        while *n > 0 {
+            if self.workers_done.wait_until(&mut n, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+
+    /// The watchdog found the driver's call hung: abandon it, hand over to a new driver.
+    fn driver_hung(self: &Arc<Self>, epoch: u64, h: Hung) {
+        if self
+            .driver_epoch
+            .compare_exchange(epoch, epoch + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        let phase = h.position >> 32;
+        let index = usize::try_from(h.position & 0xffff_ffff).unwrap_or(0);
+        let resume = match phase {
+            PHASE_SETUP => {
+                self.exit(
+                    h.unit,
+                    h.generation,
+                    Exit::Hung {
+                        entry: h.entry,
+                        limit: h.limit,
+                    },
+                );
+                Resume::Setup(index + 1)
+            }
+            PHASE_RUN => {
+                self.exit(
+                    h.unit,
+                    h.generation,
+                    Exit::Hung {
+                        entry: h.entry,
+                        limit: h.limit,
+                    },
+                );
+                Resume::Run(index + 1)
+            }
+            _ => {
+                self.finalize_hung(h);
+                Resume::Shutdown(index)
+            }
+        };
+        if let Err(e) = self.spawn_driver(resume, epoch + 1) {
+            tracing::error!(context = %self.shared.name, "cannot start a replacement driver thread: {e}");
+        }
+    }
+
+    /// A `finalize` overran `shutdown_timeout`: abandon that instance.
+    fn finalize_hung(&self, h: Hung) {
+        let unit = &self.units[h.unit];
+        if let Some(host) = &unit.control.lock().host {
+            host.fence();
+        }
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.journal(
+            "hung",
+            h.unit,
+            h.generation,
+            &[("entry", "finalize".into())],
+        );
+        self.journal(
+            "abandoned",
+            h.unit,
+            h.generation,
+            &[("entry", "finalize".into())],
+        );
+        tracing::error!(
+            context = %self.shared.name,
+            service = %unit.name,
+            "finalize did not return within {}: abandoned, not finalized",
+            humantime::format_duration(h.limit)
+        );
+        unit.set_state(State::Failed);
+    }
+
+    /// Runs one call of unit `u`'s instance under the watchdog if `limit` is set.
+    fn watched<T>(
+        slot: &Slot,
+        u: usize,
+        generation: u64,
+        entry: Entry,
+        limit: Option<Duration>,
+        pos: u64,
+        call: impl FnOnce() -> CallResult<T>,
+    ) -> Result<CallResult<T>, Abandoned> {
+        match limit {
+            None => Ok(call()),
+            Some(limit) => {
+                let c = slot.begin(u, generation, entry, limit, pos);
+                let r = call();
+                if slot.end(c) { Ok(r) } else { Err(Abandoned) }
+            }
+        }
+    }
+
+    /// Retires the current instance of `u`, waits for its loop, finalizes it
+    /// (unless it hung) and fences it.
+    fn stop_instance(&self, u: usize, slot: &Slot, pos: u64) -> Result<(), Abandoned> {
+        let unit = &self.units[u];
+        let Some(mut live) = unit.live.swap(None) else {
+            return Ok(());
+        };
+        live.host.retired.store(true, Ordering::SeqCst);
+        self.shared.wake.notify();
+        let generation = live.host.generation;
+        if live.host.is_fenced() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + unit.policy.shutdown_timeout;
+        let loop_thread = unit.control.lock().loop_thread.take();
+        if let Some(t) = loop_thread {
+            while !live.loop_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let seen = self.shared.wake.epoch();
+                if live.loop_done.load(Ordering::SeqCst) {
+                    break;
+                }
+                self.shared.wake.wait_until(
+                    seen,
+                    Some(deadline.min(Instant::now() + Duration::from_millis(50))),
+                );
+            }
+            if live.loop_done.load(Ordering::SeqCst) {
+                let _ = t.join();
+            } else {
+                self.abandon_on_stop(u, &live, "loop");
+                return Ok(());
+            }
+        }
+        // Someone may still be in a call (the driver in `main`): let it return.
+        while Arc::strong_count(&live) > 1 {
+            if Instant::now() >= deadline {
+                self.abandon_on_stop(u, &live, "main");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let Some(obj) = Arc::get_mut(&mut live) else {
+            self.abandon_on_stop(u, &live, "main");
+            return Ok(());
+        };
+        let r = Core::watched(
+            slot,
+            u,
+            generation,
+            Entry::Finalize,
+            Some(unit.policy.shutdown_timeout),
+            pos,
+            || obj.finalize(),
+        )?;
+        match classify(&live.host, "finalize", r) {
+            Classified::Failed(reason) => {
+                self.journal(
+                    "failed",
+                    u,
+                    generation,
+                    &[("entry", "finalize".into()), ("reason", reason.into())],
+                );
+            }
+            _ => self.journal("finalized", u, generation, &[]),
+        }
+        live.host.fence();
+        Ok(())
+    }
+
+    fn abandon_on_stop(&self, u: usize, live: &Live, entry: &str) {
+        let unit = &self.units[u];
+        live.host.fence();
+        if self.shared.stopping() {
+            self.abandoned.store(true, Ordering::SeqCst);
+        }
+        self.journal(
+            "abandoned",
+            u,
+            live.host.generation,
+            &[("entry", entry.into())],
+        );
+        tracing::error!(
+            context = %self.shared.name,
+            service = %unit.name,
+            "its {entry} call did not return within {}: abandoned, not finalized",
+            humantime::format_duration(unit.policy.shutdown_timeout)
+        );
+    }
+
+    /// Builds, sets up and installs a new generation of `u`.
+    fn start_instance(self: &Arc<Self>, u: usize, slot: &Slot, pos: u64) -> Result<(), Abandoned> {
+        let unit = &self.units[u];
+        let generation = {
+            let mut c = unit.control.lock();
+            c.generation += 1;
+            c.host = None;
+            c.generation
+        };
+        unit.set_state(State::Pending);
+        let object = match construct(&unit.library, unit.kind, &unit.export, &unit.config_json) {
+            Ok(o) => o,
+            Err(e) => {
+                self.exit(
+                    u,
+                    generation,
+                    Exit::Failed {
+                        entry: Entry::Setup,
+                        reason: format!("construction failed: {}", e.message),
+                    },
+                );
+                return Ok(());
+            }
+        };
+        let host = Arc::new(InstanceHost::new(
+            Arc::clone(&self.shared),
+            unit.name.clone(),
+            Arc::clone(&unit.library),
+            unit.export.clone(),
+            generation,
+            Arc::clone(&unit.stash),
+        ));
+        unit.control.lock().host = Some(Arc::clone(&host));
+        let mut live = Live {
+            host,
+            object,
+            loop_done: AtomicBool::new(false),
+        };
+        let r = Core::watched(
+            slot,
+            u,
+            generation,
+            Entry::Setup,
+            Some(unit.policy.startup_timeout),
+            pos,
+            || live.setup(),
+        )?;
+        if let Classified::Failed(reason) = classify(&live.host, "setup", r) {
+            live.host.fence();
+            self.exit(
+                u,
+                generation,
+                Exit::Failed {
+                    entry: Entry::Setup,
+                    reason,
+                },
+            );
+            return Ok(());
+        }
+        self.gate.wait_open();
+        self.install(u, live);
+        Ok(())
+    }
+
+    /// Puts a set-up instance in service.
+    fn install(self: &Arc<Self>, u: usize, live: Live) {
+        let unit = &self.units[u];
+        let generation = live.host.generation;
+        let live = Arc::new(live);
+        unit.live.store(Some(Arc::clone(&live)));
+        unit.has_main
+            .store(unit.kind == ExportKind::Service, Ordering::Relaxed);
+        unit.control.lock().running_since = Instant::now();
+        unit.set_state(State::Ready);
+        self.journal("started", u, generation, &[]);
+        if generation > 1 {
+            tracing::info!(context = %self.shared.name, service = %unit.name, "generation {generation} started");
+        }
+        if self.gate.open.load(Ordering::SeqCst) {
+            self.start_loop(u, &live);
+        }
+        self.shared.wake.notify();
+    }
+
+    /// Starts the loop thread of a top-level service.
+    fn start_loop(self: &Arc<Self>, u: usize, live: &Arc<Live>) {
+        let unit = &self.units[u];
+        if !unit.top_level || unit.kind != ExportKind::Service {
+            return;
+        }
+        let mut c = unit.control.lock();
+        if c.loop_thread.is_some() || c.generation != live.host.generation {
+            return;
+        }
+        let core = Arc::clone(self);
+        let l = Arc::clone(live);
+        unit.loop_running.store(true, Ordering::SeqCst);
+        match std::thread::Builder::new()
+            .name(format!("loop-{}", unit.name))
+            .spawn(move || loop_thread(&core, u, &l))
+        {
+            Ok(t) => c.loop_thread = Some(t),
+            Err(e) => {
+                unit.loop_running.store(false, Ordering::SeqCst);
+                tracing::error!(context = %self.shared.name, service = %unit.name, "cannot start the loop thread: {e}");
+            }
+        }
+    }
+
+    /// Is anything left that can run?
+    fn alive(&self) -> bool {
+        let unit_alive = |u: usize| {
+            let unit = &self.units[u];
+            match unit.state() {
+                State::Ready => {
+                    unit.has_main.load(Ordering::Relaxed)
+                        || unit.loop_running.load(Ordering::Relaxed)
+                }
+                State::Pending | State::Stopping | State::Down => true,
+                State::Failed | State::Ended => false,
+            }
+        };
+        self.steps.iter().any(|s| match s {
+            StepPlan::Service(u) => unit_alive(*u),
+            StepPlan::Trigger { conditions, .. } => conditions
+                .iter()
+                .any(|c| !self.units[*c].state().terminal()),
+        })
+    }
+}
+
+enum Classified {
+    Ok,
+    Unimplemented,
+    Failed(String),
+}
+
+/// Logs a failed call and says what it came to.
+fn classify<T>(host: &InstanceHost, entry: &str, r: CallResult<T>) -> Classified {
+    match r {
+        RResult::ROk(_) => Classified::Ok,
+        RResult::RErr(e) if e.kind == CallErrorKind::Unimplemented => Classified::Unimplemented,
+        RResult::RErr(e) => {
+            host.report_failure(entry, &e);
+            let what = if e.kind == CallErrorKind::Panicked {
+                "panicked"
+            } else {
+                "failed"
+            };
+            Classified::Failed(format!("{what}: {}", e.message))
+        }
+    }
+}
+
+struct Driver<'a> {
+    core: &'a Arc<Core>,
+    slot: &'a Watched,
+    results: Vec<bool>,
+}
+
+fn drive(core: &Arc<Core>, epoch: u64, resume: Resume) {
+    let weak: Weak<Core> = Arc::downgrade(core);
+    let slot = Slot::register(move |h| {
+        if let Some(c) = weak.upgrade() {
+            c.driver_hung(epoch, h);
+        }
+    });
+    let mut d = Driver {
+        core,
+        slot: &slot,
+        results: Vec::new(),
+    };
+    if d.run(resume).is_ok() {
+        core.ended.store(true, Ordering::SeqCst);
+        journal::record("context_ended", &core.shared.name, None, None, &[]);
+        let _ = core.events.send(ContextEvent::Ended(core.index));
+    }
+}
+
+impl Driver<'_> {
+    fn run(&mut self, resume: Resume) -> Result<(), Abandoned> {
+        let core = self.core;
+        let mut shutdown_from = core.units.len();
+        match resume {
+            Resume::Setup(i) => {
+                self.setup_from(i)?;
+                journal::record("ready", &core.shared.name, None, None, &[]);
+                if core.gate.arrive(core.index) {
+                    let _ = core.events.send(ContextEvent::AllReady);
+                }
+                core.gate.wait_open();
+                if !core.shared.stopping() {
+                    for u in 0..core.units.len() {
+                        if core.units[u].state() == State::Ready
+                            && let Some(live) = core.units[u].live.load_full()
+                        {
+                            core.start_loop(u, &live);
+                        }
+                    }
+                    self.main_loop(0)?;
+                }
+            }
+            Resume::Run(j) => self.main_loop(j)?,
+            Resume::Shutdown(i) => shutdown_from = i,
+        }
+        if !matches!(resume, Resume::Shutdown(_)) {
+            journal::record("context_stopping", &core.shared.name, None, None, &[]);
+            let _ = core.events.send(ContextEvent::Stopping(core.index));
+        }
+        self.shutdown_from(shutdown_from)
+    }
+
+    fn setup_from(&mut self, first: usize) -> Result<(), Abandoned> {
+        let core = self.core;
+        for u in first..core.units.len() {
+            if core.shared.stopping() {
                 break;
             }
-            let host = Arc::clone(unit.host());
-            let result = match unit {
-                Unit::Service(s) => match Arc::get_mut(&mut s.inst.object) {
-                    Some(obj) => host.with_handle(|h| obj.setup(h)),
-                    None => unreachable_shared(&host),
-                },
-                Unit::Condition(c) => match Arc::get_mut(&mut c.inst.object) {
-                    Some(obj) => host.with_handle(|h| obj.setup(h)),
-                    None => unreachable_shared(&host),
-                },
+            let unit = &core.units[u];
+            if unit.state() != State::Pending {
+                continue;
+            }
+            let Some(mut live) = unit.live.swap(None) else {
+                continue;
             };
-            match outcome(&host, "setup", result).0 {
-                Outcome::Ok | Outcome::Unimplemented => unit.set_state(State::Ready),
-                Outcome::Failed => {
-                    self.shared.setup_failed.store(true, Ordering::SeqCst);
-                    tracing::error!(
-                        context = %self.shared.name,
-                        service = %host.name,
-                        "setup failed: this instance will not run"
+            let generation = live.host.generation;
+            let Some(obj) = Arc::get_mut(&mut live) else {
+                continue;
+            };
+            let limit = Some(unit.policy.startup_timeout);
+            let r = Core::watched(
+                self.slot,
+                u,
+                generation,
+                Entry::Setup,
+                limit,
+                position(PHASE_SETUP, u),
+                || obj.setup(),
+            )?;
+            match classify(&live.host, "setup", r) {
+                Classified::Failed(reason) => {
+                    live.host.fence();
+                    core.exit(
+                        u,
+                        generation,
+                        Exit::Failed {
+                            entry: Entry::Setup,
+                            reason,
+                        },
                     );
-                    host.release_leases();
-                    unit.set_state(State::Failed);
+                }
+                _ => {
+                    unit.live.store(Some(Arc::clone(&live)));
+                    unit.control.lock().running_since = Instant::now();
+                    unit.set_state(State::Ready);
+                    core.journal("started", u, generation, &[]);
                 }
             }
         }
+        Ok(())
     }
 
-    fn start_loops(&mut self) {
-        for unit in &mut self.units {
-            let Unit::Service(s) = unit else { continue };
-            if !s.top_level || s.state != State::Ready {
-                continue;
-            }
-            let object = Arc::clone(&s.inst.object);
-            let host = Arc::clone(&s.inst.host);
-            let done = Arc::new(AtomicBool::new(false));
-            let done_flag = Arc::clone(&done);
-            let spawned = std::thread::Builder::new()
-                .name(format!("loop-{}", host.name))
-                .spawn(move || loop_thread(&object, &host, &done_flag));
-            match spawned {
-                Ok(handle) => s.loop_thread = Some(LoopThread { handle, done }),
-                Err(e) => tracing::error!(
-                    context = %self.shared.name,
-                    service = %s.inst.host.name,
-                    "cannot start the loop thread: {e}"
-                ),
-            }
+    /// Calls `main` of unit `u` if it is serving; true if called.
+    fn call_main(&mut self, u: usize, step: usize) -> Result<bool, Abandoned> {
+        let core = self.core;
+        let unit = &core.units[u];
+        if unit.state() != State::Ready || !unit.has_main.load(Ordering::Relaxed) {
+            return Ok(false);
         }
-    }
-
-    /// Calls a service's `main` if it is ready and has one; true if called.
-    fn call_main(&mut self, i: usize) -> bool {
-        let Unit::Service(s) = &mut self.units[i] else {
-            return false;
+        let guard = unit.live.load();
+        let Some(live) = guard.as_ref() else {
+            return Ok(false);
         };
-        if s.state != State::Ready || !s.has_main {
-            return false;
+        let generation = live.host.generation;
+        let r = Core::watched(
+            self.slot,
+            u,
+            generation,
+            Entry::Main,
+            unit.policy.watchdog,
+            position(PHASE_RUN, step),
+            || live.main(),
+        )?;
+        match classify(&live.host, "main", r) {
+            Classified::Ok => {}
+            Classified::Unimplemented => unit.has_main.store(false, Ordering::Relaxed),
+            Classified::Failed(reason) => {
+                drop(guard);
+                core.exit(
+                    u,
+                    generation,
+                    Exit::Failed {
+                        entry: Entry::Main,
+                        reason,
+                    },
+                );
+                return Ok(true);
+            }
         }
-        let host = &s.inst.host;
-        let r = host.with_handle(|h| s.inst.object.main(h));
-        if outcome(host, "main", r).0 == Outcome::Unimplemented {
-            s.has_main = false;
+        if live.host.deactivated() {
+            drop(guard);
+            core.exit(u, generation, Exit::Deactivated);
         }
-        let deactivated = host.deactivated();
-        if deactivated {
-            self.units[i].set_state(State::Deactivating);
-        }
-        true
+        Ok(true)
     }
 
-    fn check(&mut self, i: usize) -> bool {
-        let Unit::Condition(c) = &mut self.units[i] else {
-            return false;
+    fn check(&mut self, u: usize, step: usize) -> Result<bool, Abandoned> {
+        let core = self.core;
+        let unit = &core.units[u];
+        if unit.state() != State::Ready {
+            return Ok(false);
+        }
+        let guard = unit.live.load();
+        let Some(live) = guard.as_ref() else {
+            return Ok(false);
         };
-        if c.state != State::Ready {
-            return false;
+        let generation = live.host.generation;
+        let r = Core::watched(
+            self.slot,
+            u,
+            generation,
+            Entry::Check,
+            unit.policy.watchdog,
+            position(PHASE_RUN, step),
+            || live.check(),
+        )?;
+        let value = match r {
+            RResult::ROk(v) => v,
+            RResult::RErr(e) => {
+                if let Classified::Failed(reason) =
+                    classify(&live.host, "check", RResult::<(), _>::RErr(e))
+                {
+                    drop(guard);
+                    core.exit(
+                        u,
+                        generation,
+                        Exit::Failed {
+                            entry: Entry::Check,
+                            reason,
+                        },
+                    );
+                }
+                return Ok(false);
+            }
+        };
+        if live.host.deactivated() {
+            drop(guard);
+            core.exit(u, generation, Exit::Deactivated);
         }
-        let host = &c.inst.host;
-        let r = host.with_handle(|h| c.inst.object.check(h));
-        let value = outcome(host, "check", r).1.unwrap_or(false);
-        if host.deactivated() {
-            self.units[i].set_state(State::Deactivating);
-        }
-        value
+        Ok(value)
     }
 
-    fn main_loop(&mut self) {
-        let mut results = Vec::new();
+    fn main_loop(&mut self, mut start: usize) -> Result<(), Abandoned> {
+        let core = self.core;
+        let mut beats = core.heartbeat.load(Ordering::Relaxed);
         loop {
             let started = Instant::now();
             // Taken before anything is checked, so a change during the
-            // iteration (a loop ending, a deactivation) is never missed.
-            let seen = self.shared.wake.epoch();
+            // iteration (a loop ending, a restart) is never missed.
+            let seen = core.shared.wake.epoch();
             let mut worked = false;
-            for step in 0..self.steps.len() {
-                if self.shared.stopping() {
-                    return;
+            for step in start..core.steps.len() {
+                if core.shared.stopping() {
+                    return Ok(());
                 }
-                match &self.steps[step] {
-                    Step::Service(i) => {
-                        let i = *i;
-                        worked |= self.call_main(i);
-                    }
-                    Step::Trigger { conditions, .. } => {
-                        let conditions = conditions.clone();
-                        results.clear();
-                        for c in conditions {
-                            if self.shared.stopping() {
-                                return;
-                            }
-                            let v = self.check(c);
-                            results.push(v);
+                match &core.steps[step] {
+                    StepPlan::Service(u) => worked |= self.call_main(*u, step)?,
+                    StepPlan::Trigger {
+                        name,
+                        mode,
+                        conditions,
+                        stack,
+                    } => {
+                        self.results.clear();
+                        for &c in conditions {
+                            let v = self.check(c, step)?;
+                            self.results.push(v);
                             worked = true;
                         }
-                        let Step::Trigger {
-                            name, mode, stack, ..
-                        } = &self.steps[step]
-                        else {
-                            continue;
-                        };
-                        if mode.fires(results.iter().copied()) {
-                            tracing::trace!(context = %self.shared.name, trigger = %name, "fired");
-                            for s in stack.clone() {
-                                if self.shared.stopping() {
-                                    return;
+                        if mode.fires(self.results.iter().copied()) {
+                            tracing::trace!(context = %core.shared.name, trigger = %name, "fired");
+                            for &s in stack {
+                                if core.shared.stopping() {
+                                    return Ok(());
                                 }
-                                self.call_main(s);
+                                self.call_main(s, step)?;
                             }
                         }
                     }
                 }
             }
-            self.reap();
-            if !self.alive() {
-                tracing::debug!(context = %self.shared.name, "nothing left to run");
-                return;
+            start = 0;
+            beats = beats.wrapping_add(1);
+            core.heartbeat.store(beats, Ordering::Relaxed);
+            if !core.alive() {
+                tracing::debug!(context = %core.shared.name, "nothing left to run");
+                return Ok(());
             }
             self.pace(started, seen, worked);
         }
@@ -405,133 +1283,163 @@ impl Runner {
     /// Waits for the next iteration: the rest of the period, or, when the
     /// last iteration had nothing to call, until something changes.
     fn pace(&self, started: Instant, seen: u64, worked: bool) {
-        let wake = &self.shared.wake;
+        let core = self.core;
+        let wake = &core.shared.wake;
         if !worked {
-            if !self.shared.stopping() {
+            if !core.shared.stopping() {
+                core.idle.store(true, Ordering::Relaxed);
                 wake.wait_until(seen, None);
+                core.idle.store(false, Ordering::Relaxed);
             }
             return;
         }
-        if self.period.is_zero() {
+        if core.period.is_zero() {
             return;
         }
-        let next = started + self.period;
-        while !self.shared.stopping() && Instant::now() < next {
+        let next = started + core.period;
+        core.idle.store(true, Ordering::Relaxed);
+        while !core.shared.stopping() && Instant::now() < next {
             let seen = wake.epoch();
             wake.wait_until(seen, Some(next));
         }
+        core.idle.store(false, Ordering::Relaxed);
     }
 
-    /// Is there anything left that can run: a service with a `main` or a
-    /// running loop, a condition, or a deactivation still to finish?
-    fn alive(&self) -> bool {
-        self.steps.iter().any(|step| match step {
-            Step::Service(i) => match &self.units[*i] {
-                Unit::Service(s) => match s.state {
-                    State::Ready => {
-                        s.has_main || s.loop_thread.as_ref().is_some_and(LoopThread::running)
-                    }
-                    State::Deactivating => true,
-                    _ => false,
+    fn shutdown_from(&mut self, next: usize) -> Result<(), Abandoned> {
+        let core = self.core;
+        core.shared.stop.store(true, Ordering::SeqCst);
+        core.shared.wake.notify();
+        let longest = core
+            .units
+            .iter()
+            .map(|u| u.policy.shutdown_timeout)
+            .max()
+            .unwrap_or_default();
+        core.wait_workers(Instant::now() + longest);
+        for u in (0..next).rev() {
+            let unit = &core.units[u];
+            if matches!(unit.state(), State::Ready | State::Stopping) {
+                core.stop_instance(u, self.slot, position(PHASE_SHUTDOWN, u))?;
+                unit.set_state(State::Ended);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The body of a worker thread: runs `ops` from `from` on.
+fn work(core: &Arc<Core>, ops: &[Op], from: usize) {
+    let weak = Arc::downgrade(core);
+    let plan: Vec<Op> = ops.to_vec();
+    let slot = Slot::register(move |h| {
+        let Some(c) = weak.upgrade() else { return };
+        let k = usize::try_from(h.position).unwrap_or(usize::MAX);
+        match plan.get(k) {
+            Some(Op::Stop(_)) => c.finalize_hung(h),
+            Some(Op::Start(_)) => c.exit(
+                h.unit,
+                h.generation,
+                Exit::Hung {
+                    entry: h.entry,
+                    limit: h.limit,
                 },
-                Unit::Condition(_) => false,
-            },
-            Step::Trigger { conditions, .. } => conditions
-                .iter()
-                .any(|c| matches!(self.units[*c].state(), State::Ready)),
-        })
-    }
-
-    /// Finalizes the deactivated instances whose loop thread has returned.
-    fn reap(&mut self) {
-        for i in 0..self.units.len() {
-            let unit = &mut self.units[i];
-            // A loop that asked to be deactivated is noticed here.
-            if unit.state() == State::Ready && unit.host().deactivated() {
-                unit.set_state(State::Deactivating);
-            }
-            if unit.state() != State::Deactivating {
-                continue;
-            }
-            if let Unit::Service(s) = unit {
-                if s.loop_thread.as_ref().is_some_and(LoopThread::running) {
-                    continue;
-                }
-                if let Some(t) = s.loop_thread.take() {
-                    let _ = t.handle.join();
-                }
-            }
-            self.finalize(i);
-        }
-    }
-
-    fn finalize(&mut self, i: usize) {
-        let unit = &mut self.units[i];
-        let host = Arc::clone(unit.host());
-        let result =
-            match unit {
-                Unit::Service(s) => Arc::get_mut(&mut s.inst.object)
-                    .map(|obj| host.with_handle(|h| obj.finalize(h))),
-                Unit::Condition(c) => Arc::get_mut(&mut c.inst.object)
-                    .map(|obj| host.with_handle(|h| obj.finalize(h))),
-            };
-        host.release_leases();
-        match result {
-            Some(r) => {
-                outcome(&host, "finalize", r);
-            }
-            None => tracing::error!(
-                context = %self.shared.name,
-                service = %host.name,
-                "not finalized: its loop call never returned (the thread is abandoned)"
             ),
+            _ => {}
         }
-        unit.set_state(State::Finalized);
-    }
-
-    fn shutdown(&mut self) {
-        // Loop threads watch this flag between calls.
-        self.shared.stop.store(true, Ordering::SeqCst);
-        for unit in &mut self.units {
-            if let Unit::Service(s) = unit
-                && let Some(t) = s.loop_thread.take()
-            {
-                let _ = t.handle.join();
+        // Carry on with the rest of the job on a new worker (it inherits this
+        // one's place in the count).
+        c.spawn_worker(plan.clone(), k + 1, false);
+    });
+    for (k, op) in ops.iter().enumerate().skip(from) {
+        let r = match op {
+            Op::Stop(u) => core.stop_instance(*u, &slot, k as u64).map(|()| {
+                if core.units[*u].state() == State::Stopping {
+                    core.units[*u].set_state(State::Down);
+                }
+            }),
+            Op::Delay(until) => {
+                while !core.shared.stopping() && Instant::now() < *until {
+                    let seen = core.shared.wake.epoch();
+                    core.shared.wake.wait_until(seen, Some(*until));
+                }
+                Ok(())
             }
-        }
-        for i in (0..self.units.len()).rev() {
-            if matches!(self.units[i].state(), State::Ready | State::Deactivating) {
-                self.finalize(i);
+            Op::Start(u) => {
+                if core.shared.stopping() {
+                    core.units[*u].set_state(State::Ended);
+                    Ok(())
+                } else {
+                    core.start_instance(*u, &slot, k as u64)
+                }
             }
+            Op::Settle(u, s) => {
+                core.units[*u].set_state(*s);
+                Ok(())
+            }
+        };
+        if r.is_err() {
+            // Abandoned by the watchdog; a replacement worker goes on.
+            return;
         }
     }
+    core.shared.wake.notify();
+    core.worker_done();
 }
 
 /// The body of a service's loop thread.
-fn loop_thread(
-    object: &Arc<otools_api::ffi::FfiServiceBox>,
-    host: &Arc<InstanceHost>,
-    done: &AtomicBool,
-) {
-    let ctx = &host.context;
-    while !ctx.stopping() && !host.deactivated() {
-        let r = host.with_handle(|h| object.run_loop(h));
-        match outcome(host, "loop", r).0 {
-            Outcome::Ok => {}
-            Outcome::Unimplemented => break,
-            Outcome::Failed => {
-                let seen = ctx.wake.epoch();
-                ctx.wake
-                    .wait_until(seen, Some(Instant::now() + LOOP_FAILURE_PAUSE));
+fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
+    let unit = &core.units[u];
+    let generation = live.host.generation;
+    let weak = Arc::downgrade(core);
+    let slot = Slot::register(move |h| {
+        if let Some(c) = weak.upgrade() {
+            c.exit(
+                h.unit,
+                h.generation,
+                Exit::Hung {
+                    entry: h.entry,
+                    limit: h.limit,
+                },
+            );
+        }
+    });
+    let mut failed = None;
+    while !core.shared.stopping() && !live.host.retired() && !live.host.deactivated() {
+        let Ok(r) = Core::watched(
+            &slot,
+            u,
+            generation,
+            Entry::Loop,
+            unit.policy.watchdog,
+            0,
+            || live.run_loop(),
+        ) else {
+            // Abandoned: the watchdog replaced this instance; leave quietly.
+            return;
+        };
+        match classify(&live.host, "loop", r) {
+            Classified::Ok => {}
+            Classified::Unimplemented => break,
+            Classified::Failed(reason) => {
+                failed = Some(reason);
+                break;
             }
         }
     }
+    live.loop_done.store(true, Ordering::SeqCst);
+    unit.loop_running.store(false, Ordering::SeqCst);
+    if let Some(reason) = failed {
+        core.exit(
+            u,
+            generation,
+            Exit::Failed {
+                entry: Entry::Loop,
+                reason,
+            },
+        );
+    } else if live.host.deactivated() && !live.host.retired() {
+        core.exit(u, generation, Exit::Deactivated);
+    }
     // The context thread may be waiting for this loop to end.
-    done.store(true, Ordering::SeqCst);
-    ctx.wake.notify();
-}
-
-fn unreachable_shared(host: &InstanceHost) -> otools_api::ffi::CallResult {
-    tracing::error!(service = %host.name, "instance shared before setup (host bug)");
-    abi_stable::std_types::RResult::ROk(())
+    core.shared.wake.notify();
 }

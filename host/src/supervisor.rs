@@ -1,13 +1,14 @@
-//! The top of the process: starts one thread per context, watches for
-//! SIGINT/SIGTERM, and decides the exit code.
+//! The top of the process: starts every context, the watchdog and the
+//! signal watcher, talks to systemd, and decides the exit code.
 //!
-//! The first signal asks every context to stop (each finalizes its
-//! instances in reverse order) and starts the `shutdown_timeout` clock; a
-//! second signal exits at once. When the clock runs out, the contexts still
-//! running are named and the process exits without waiting for them.
+//! The first SIGINT/SIGTERM asks every context to stop: each finalizes its
+//! instances in reverse order, each `finalize` bounded by its
+//! `shutdown_timeout`. A second signal exits at once. A context that does
+//! not finish stopping within its budget (the sum of its services'
+//! shutdown timeouts, as a backstop) is abandoned and named.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -16,7 +17,8 @@ use signal_hook::iterator::Signals;
 
 use crate::cli::exit;
 use crate::deploy::Deployment;
-use crate::runtime::{ContextEvent, StartGate, run_context};
+use crate::runtime::{ContextEvent, Core, StartGate};
+use crate::supervision::{journal, notify, watchdog};
 
 enum Msg {
     Context(ContextEvent),
@@ -32,12 +34,9 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Runs a deployment to its end and returns the process exit code.
-pub fn run(deployment: Deployment) -> u8 {
-    let (tx, rx) = mpsc::channel::<Msg>();
+fn watch_signals(tx: mpsc::Sender<Msg>) {
     match Signals::new([SIGINT, SIGTERM]) {
         Ok(mut signals) => {
-            let tx = tx.clone();
             let spawned = std::thread::Builder::new()
                 .name("signals".into())
                 .spawn(move || {
@@ -58,36 +57,52 @@ pub fn run(deployment: Deployment) -> u8 {
         }
         Err(e) => tracing::warn!("cannot watch for signals: {e}"),
     }
+}
+
+/// Is every context making progress (for systemd's `WATCHDOG=1`)? A context
+/// counts as alive when it ended, waits with nothing to do, or its driver
+/// completed an iteration since the last ping.
+fn progress_check(cores: Vec<Arc<Core>>) -> impl Fn() -> bool + Send + 'static {
+    let last: Vec<AtomicU64> = cores.iter().map(|_| AtomicU64::new(u64::MAX)).collect();
+    move || {
+        let mut ok = true;
+        for (core, seen) in cores.iter().zip(&last) {
+            let beat = core.heartbeat.load(Ordering::Relaxed);
+            let moved = seen.swap(beat, Ordering::Relaxed) != beat;
+            ok &= moved || core.idle.load(Ordering::Relaxed) || core.ended.load(Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
+/// Runs a deployment to its end and returns the process exit code.
+pub fn run(deployment: Deployment) -> u8 {
+    let (tx, rx) = mpsc::channel::<Msg>();
+    watch_signals(tx.clone());
 
     let total = deployment.contexts.len();
     if total == 0 {
         tracing::warn!("the manifest has no context: nothing to run");
+        notify::send("READY=1");
         return exit::OK;
     }
-    let shared: Vec<_> = deployment
-        .contexts
-        .iter()
-        .map(|c| Arc::clone(&c.shared))
-        .collect();
+    watchdog::configure(deployment.shortest_watchdog());
     let gate = Arc::new(StartGate::new(total));
     let (ctx_tx, ctx_rx) = mpsc::channel::<ContextEvent>();
-    let mut threads = Vec::new();
-    for (i, plan) in deployment.contexts.into_iter().enumerate() {
-        let gate = Arc::clone(&gate);
-        let events = ctx_tx.clone();
-        let name = plan.shared.name.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("ctx-{name}"))
-            .spawn(move || run_context(i, plan, &gate, &events));
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                tracing::error!(context = %name, "cannot start the context thread: {e}");
-                return exit::RUNTIME_FAILURE;
-            }
+    let cores: Vec<Arc<Core>> = deployment
+        .contexts
+        .into_iter()
+        .enumerate()
+        .map(|(i, plan)| Core::new(i, plan, Arc::clone(&gate), ctx_tx.clone()))
+        .collect();
+    drop(ctx_tx);
+    watchdog::start(progress_check(cores.clone()));
+    for core in &cores {
+        if let Err(e) = core.start() {
+            tracing::error!(context = %core.shared.name, "cannot start the context thread: {e}");
+            return exit::RUNTIME_FAILURE;
         }
     }
-    drop(ctx_tx);
     // Forward context events into the one channel the loop below reads.
     {
         let tx = tx.clone();
@@ -105,10 +120,19 @@ pub fn run(deployment: Deployment) -> u8 {
 
     let mut ended = vec![false; total];
     let mut abandoned = vec![false; total];
-    // When each context must have finished stopping (set when it starts to
-    // stop, or for all of them on a signal).
+    // When each context must have finished stopping.
     let mut deadlines: Vec<Option<Instant>> = vec![None; total];
-    let timeout = deployment.shutdown_timeout;
+    let mut exit_host = false;
+    let stop_all = |deadlines: &mut Vec<Option<Instant>>| {
+        notify::send("STOPPING=1");
+        for (i, core) in cores.iter().enumerate() {
+            core.shared.request_stop();
+            if deadlines[i].is_none() {
+                deadlines[i] = Some(Instant::now() + core.shutdown_budget());
+            }
+        }
+        gate.abort();
+    };
     loop {
         let next = deadlines
             .iter()
@@ -125,9 +149,16 @@ pub fn run(deployment: Deployment) -> u8 {
                     for i in 0..total {
                         if !ended[i] && deadlines[i].is_some_and(|d| d <= now) {
                             tracing::error!(
-                                context = %shared[i].name,
-                                "did not finish stopping within shutdown_timeout ({}): abandoned, its remaining instances are not finalized",
-                                humantime::format_duration(timeout)
+                                context = %cores[i].shared.name,
+                                "did not finish stopping within its shutdown budget ({}): abandoned",
+                                humantime::format_duration(cores[i].shutdown_budget())
+                            );
+                            journal::record(
+                                "abandoned",
+                                &cores[i].shared.name,
+                                None,
+                                None,
+                                &[("entry", "context".into())],
                             );
                             ended[i] = true;
                             abandoned[i] = true;
@@ -145,10 +176,11 @@ pub fn run(deployment: Deployment) -> u8 {
             None => break,
             Some(Msg::Context(ContextEvent::AllReady)) => {
                 tracing::info!("all contexts ready ({total})");
+                notify::send("READY=1");
             }
             Some(Msg::Context(ContextEvent::Stopping(i))) => {
                 if deadlines[i].is_none() {
-                    deadlines[i] = Some(Instant::now() + timeout);
+                    deadlines[i] = Some(Instant::now() + cores[i].shutdown_budget());
                 }
             }
             Some(Msg::Context(ContextEvent::Ended(i))) => {
@@ -157,20 +189,21 @@ pub fn run(deployment: Deployment) -> u8 {
                     break;
                 }
             }
+            Some(Msg::Context(ContextEvent::ExitHost(i))) => {
+                tracing::error!(
+                    context = %cores[i].shared.name,
+                    "a service gave up with on_give_up = \"exit_host\": stopping everything, then exiting with code {}",
+                    exit::GAVE_UP
+                );
+                exit_host = true;
+                stop_all(&mut deadlines);
+            }
             Some(Msg::Signal(sig)) => {
                 tracing::info!(
-                    "received {}: stopping every context (finalizing, at most {}); send it again to exit at once",
-                    signal_name(sig),
-                    humantime::format_duration(timeout)
+                    "received {}: stopping every context (finalizing); send it again to exit at once",
+                    signal_name(sig)
                 );
-                let deadline = Instant::now() + timeout;
-                for (i, s) in shared.iter().enumerate() {
-                    s.request_stop();
-                    if deadlines[i].is_none() {
-                        deadlines[i] = Some(deadline);
-                    }
-                }
-                gate.abort();
+                stop_all(&mut deadlines);
             }
             Some(Msg::SecondSignal(sig)) => {
                 tracing::warn!("received {} again: exiting now", signal_name(sig));
@@ -178,16 +211,21 @@ pub fn run(deployment: Deployment) -> u8 {
             }
         }
     }
-    if abandoned.iter().any(|a| *a) {
+    let abandoned_any =
+        abandoned.iter().any(|a| *a) || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst));
+    if exit_host {
+        return exit::GAVE_UP;
+    }
+    if abandoned_any {
+        tracing::error!(
+            "stopped, but some instances were abandoned without finalizing (see above)"
+        );
         return exit::SHUTDOWN_TIMEOUT;
     }
-    for t in threads {
-        let _ = t.join();
-    }
-    let failed: Vec<&str> = shared
+    let failed: Vec<&str> = cores
         .iter()
-        .filter(|s| s.fatal.load(Ordering::SeqCst) || s.setup_failed.load(Ordering::SeqCst))
-        .map(|s| s.name.as_str())
+        .filter(|c| c.shared.fatal.load(Ordering::SeqCst) || c.failed.load(Ordering::SeqCst))
+        .map(|c| c.shared.name.as_str())
         .collect();
     if failed.is_empty() {
         tracing::info!("every context ended");

@@ -91,6 +91,27 @@ impl<'a> Context<'a> {
         self.host.deactivate();
     }
 
+    /// The bytes this service last put in its stash, if any.
+    ///
+    /// The stash is kept by the host and survives restarts of the service
+    /// (a failure, a hang, a reload): read it in `setup` to carry a little
+    /// state over to the next generation. It does not survive the host.
+    pub fn stash(&self) -> Option<Vec<u8>> {
+        self.host
+            .stash_get()
+            .into_option()
+            .map(abi_stable::std_types::RVec::into_vec)
+    }
+
+    /// Replaces this service's stash (see [`Context::stash`]). Keep it small:
+    /// it is copied on every call.
+    pub fn set_stash(&self, bytes: &[u8]) -> Result<()> {
+        match self.host.stash_set(bytes.into()) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(Error::host(e, "stash")),
+        }
+    }
+
     /// A handle on the dataframe `name`, which this context must list.
     ///
     /// Operations wait for a dataframe another service holds locked

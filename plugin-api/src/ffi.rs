@@ -35,7 +35,7 @@
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::{RRef, VersionStrings};
-use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
+use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
 use crate::value::Value;
@@ -247,8 +247,12 @@ pub trait FfiHost: Send + Sync {
     /// Takes a read or write lock on the dataframe, held until `df_unlock`.
     fn df_lock(&self, df: u32, mode: LockMode, timeout_ns: u64) -> RResult<(), HostError>;
     /// Releases a lock taken with `df_lock`.
-    #[sabi(last_prefix_field)]
     fn df_unlock(&self, df: u32, mode: LockMode) -> RResult<(), HostError>;
+    /// The bytes this service last stashed with the host (kept across restarts).
+    fn stash_get(&self) -> ROption<RVec<u8>>;
+    /// Replaces this service's stash.
+    #[sabi(last_prefix_field)]
+    fn stash_set(&self, bytes: RSlice<'_, u8>) -> RResult<(), HostError>;
 }
 
 /// A borrowed host handle, valid for one call.

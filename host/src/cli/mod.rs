@@ -21,12 +21,15 @@ use crate::logging::LogFormat;
 pub mod exit {
     /// Every context ended normally (or stopped on the first signal) and everything was finalized.
     pub const OK: u8 = 0;
-    /// The deployment ran but failed: a service logged at `fatal`, or a `setup` failed.
+    /// The deployment ran but failed: a service logged at `fatal`, or a
+    /// service ended in failure (it gave up, or failed with `restart = "never"`).
     pub const RUNTIME_FAILURE: u8 = 1;
     /// Nothing ran: the manifest or a plugin is wrong (or `check` found problems).
     pub const CONFIG_ERROR: u8 = 2;
-    /// Shutdown overran `shutdown_timeout`; some contexts did not finish.
+    /// Stopped, but something was abandoned: a `finalize` or a loop call overran `shutdown_timeout`.
     pub const SHUTDOWN_TIMEOUT: u8 = 3;
+    /// A service gave up with `on_give_up = "exit_host"` (EX_TEMPFAIL: let systemd restart the host).
+    pub const GAVE_UP: u8 = 75;
     /// A second SIGINT/SIGTERM: exited at once, without waiting.
     pub const FORCED: u8 = 130;
 }
@@ -34,9 +37,11 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes:
   0    every context ended and was finalized (also after a first SIGINT/SIGTERM)
-  1    runtime failure: a service logged at fatal, or a setup failed
+  1    runtime failure: a service logged at fatal, or ended in failure (gave up,
+       or failed with restart = \"never\")
   2    manifest or plugin error before anything ran (check: problems found)
-  3    shutdown overran shutdown_timeout; some contexts did not finish
+  3    stopped, but a finalize or loop call overran shutdown_timeout and was abandoned
+  75   a service gave up with on_give_up = \"exit_host\" (for systemd to restart the host)
   130  second SIGINT/SIGTERM: exited at once";
 
 /// otools: run OTools-style deployments of Rust plugins.

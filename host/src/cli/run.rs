@@ -19,6 +19,10 @@ pub struct RunCommand {
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Append one JSON line per lifecycle event (started, failed, hung,
+    /// restarting, gave_up, fenced_call, finalized, ...) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<std::path::PathBuf>,
 }
 
 /// The subscriber filter, and the level every context is forced to (if any).
@@ -73,6 +77,15 @@ impl RunCommand {
             }
         };
         logging::init(self.log.log_format, filter);
+        if let Some(path) = &self.events
+            && let Err(e) = crate::supervision::journal::open(path)
+        {
+            eprintln!(
+                "error: cannot open the event journal {}: {e}",
+                path.display()
+            );
+            return exit::CONFIG_ERROR;
+        }
         let opts = Options {
             plugin_dir: self.manifest.plugin_dir.clone(),
             level_override,

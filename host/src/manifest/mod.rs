@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use otools_api::LogLevel;
+
+use crate::supervision::policy::{GiveUp, Policy, Restart, Strategy};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -74,6 +76,10 @@ pub struct ContextDecl {
     /// The only dataframes this context's services may use.
     #[serde(default)]
     pub dataframes: Vec<Spanned<String>>,
+    /// Which services restart with a failed one (default `one_for_one`).
+    pub strategy: Option<Spanned<Strategy>>,
+    /// The default give-up action of this context's services (default `stop_service`).
+    pub on_give_up: Option<Spanned<GiveUp>>,
     /// `[[context.service]]`.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceDecl>,
@@ -94,6 +100,27 @@ pub struct ServiceDecl {
     pub export: Spanned<String>,
     /// Handed to the plugin, which deserializes it into its config type.
     pub config: Option<Spanned<toml::Table>>,
+    /// Longest a single `main`, loop or `check` call may take before the
+    /// instance is declared hung and replaced (default: not watched).
+    pub watchdog: Option<Spanned<HumanDuration>>,
+    /// Longest `setup` may take; overrunning is a startup failure (default 30s).
+    pub startup_timeout: Option<Spanned<HumanDuration>>,
+    /// Longest `finalize` may take (default: `[host] shutdown_timeout`).
+    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
+    /// `always`, `on-failure` (default) or `never`.
+    pub restart: Option<Spanned<Restart>>,
+    /// Restarts allowed within `restart_window` before giving up (default 5).
+    pub max_restarts: Option<Spanned<u32>>,
+    /// The window `max_restarts` counts in (default 10s).
+    pub restart_window: Option<Spanned<HumanDuration>>,
+    /// Delay before the first restart; doubles for each consecutive one (default 100ms).
+    pub restart_delay: Option<Spanned<HumanDuration>>,
+    /// Cap of the doubling restart delay (default 30s).
+    pub max_restart_delay: Option<Spanned<HumanDuration>>,
+    /// Healthy running time after which the delay starts over (default 60s).
+    pub backoff_reset_after: Option<Spanned<HumanDuration>>,
+    /// `stop_service`, `stop_context` or `exit_host` (default: the context's).
+    pub on_give_up: Option<Spanned<GiveUp>>,
 }
 
 /// `[[context.trigger]]`: conditions that run a stack of services when they fire.
@@ -124,6 +151,27 @@ pub struct StackEntry {
     pub export: Spanned<String>,
     /// Handed to the plugin.
     pub config: Option<Spanned<toml::Table>>,
+    /// Longest a single `main`, loop or `check` call may take before the
+    /// instance is declared hung and replaced (default: not watched).
+    pub watchdog: Option<Spanned<HumanDuration>>,
+    /// Longest `setup` may take; overrunning is a startup failure (default 30s).
+    pub startup_timeout: Option<Spanned<HumanDuration>>,
+    /// Longest `finalize` may take (default: `[host] shutdown_timeout`).
+    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
+    /// `always`, `on-failure` (default) or `never`.
+    pub restart: Option<Spanned<Restart>>,
+    /// Restarts allowed within `restart_window` before giving up (default 5).
+    pub max_restarts: Option<Spanned<u32>>,
+    /// The window `max_restarts` counts in (default 10s).
+    pub restart_window: Option<Spanned<HumanDuration>>,
+    /// Delay before the first restart; doubles for each consecutive one (default 100ms).
+    pub restart_delay: Option<Spanned<HumanDuration>>,
+    /// Cap of the doubling restart delay (default 30s).
+    pub max_restart_delay: Option<Spanned<HumanDuration>>,
+    /// Healthy running time after which the delay starts over (default 60s).
+    pub backoff_reset_after: Option<Spanned<HumanDuration>>,
+    /// `stop_service`, `stop_context` or `exit_host` (default: the context's).
+    pub on_give_up: Option<Spanned<GiveUp>>,
 }
 
 /// How a trigger combines its conditions.
@@ -299,6 +347,51 @@ impl ContextDecl {
             .collect();
         all.sort_by_key(|e| e.name().span().start);
         all
+    }
+}
+
+/// Resolves a service's supervision keys against the context's and host's defaults.
+macro_rules! policy_of {
+    ($decl:expr, $context:expr, $host_shutdown:expr) => {{
+        let d = $decl;
+        let dur = |v: &Option<Spanned<HumanDuration>>, default: Duration| {
+            v.as_ref().map_or(default, |x| x.get_ref().0)
+        };
+        let base = Policy::default();
+        Policy {
+            watchdog: d.watchdog.as_ref().map(|x| x.get_ref().0),
+            startup_timeout: dur(&d.startup_timeout, base.startup_timeout),
+            shutdown_timeout: dur(&d.shutdown_timeout, $host_shutdown),
+            restart: d.restart.as_ref().map_or(base.restart, |x| *x.get_ref()),
+            max_restarts: d
+                .max_restarts
+                .as_ref()
+                .map_or(base.max_restarts, |x| *x.get_ref()),
+            restart_window: dur(&d.restart_window, base.restart_window),
+            restart_delay: dur(&d.restart_delay, base.restart_delay),
+            max_restart_delay: dur(&d.max_restart_delay, base.max_restart_delay),
+            backoff_reset_after: dur(&d.backoff_reset_after, base.backoff_reset_after),
+            on_give_up: d
+                .on_give_up
+                .as_ref()
+                .map(|x| *x.get_ref())
+                .or_else(|| $context.on_give_up.as_ref().map(|x| *x.get_ref()))
+                .unwrap_or(base.on_give_up),
+        }
+    }};
+}
+
+impl ServiceDecl {
+    /// This service's supervision policy.
+    pub fn policy(&self, context: &ContextDecl, host_shutdown: Duration) -> Policy {
+        policy_of!(self, context, host_shutdown)
+    }
+}
+
+impl StackEntry {
+    /// This condition's or stack service's supervision policy.
+    pub fn policy(&self, context: &ContextDecl, host_shutdown: Duration) -> Policy {
+        policy_of!(self, context, host_shutdown)
     }
 }
 

@@ -1,0 +1,60 @@
+//! The event journal: `otools run --events FILE` appends one JSON object
+//! per line for every lifecycle event (started, ready, failed, hung,
+//! abandoned, restarting, gave_up, fenced_call, deactivated, finalized, ...)
+//! with the context, service, generation and reason. Tests and operators
+//! read it instead of log text. Each line is flushed as it is written.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+
+static JOURNAL: OnceLock<Mutex<BufWriter<File>>> = OnceLock::new();
+
+/// Opens (appending) the journal file. Without it, events are not recorded.
+pub fn open(path: &Path) -> io::Result<()> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let _ = JOURNAL.set(Mutex::new(BufWriter::new(file)));
+    Ok(())
+}
+
+/// Is a journal open?
+pub fn enabled() -> bool {
+    JOURNAL.get().is_some()
+}
+
+/// Records one event. `fields` adds event-specific keys.
+pub fn record(
+    event: &str,
+    context: &str,
+    service: Option<&str>,
+    generation: Option<u64>,
+    fields: &[(&str, Value)],
+) {
+    let Some(out) = JOURNAL.get() else { return };
+    let mut obj = Map::new();
+    obj.insert(
+        "ts".into(),
+        humantime::format_rfc3339_millis(SystemTime::now())
+            .to_string()
+            .into(),
+    );
+    obj.insert("event".into(), event.into());
+    obj.insert("context".into(), context.into());
+    if let Some(s) = service {
+        obj.insert("service".into(), s.into());
+    }
+    if let Some(g) = generation {
+        obj.insert("generation".into(), g.into());
+    }
+    for (k, v) in fields {
+        obj.insert((*k).into(), v.clone());
+    }
+    let mut out = out.lock();
+    let _ = writeln!(out, "{}", Value::Object(obj));
+    let _ = out.flush();
+}

@@ -1,0 +1,307 @@
+//! The watchdog: one thread for the whole host that watches every call
+//! made with a deadline (a service's `main`, loop or `check` when it has a
+//! `watchdog`, every `setup` and `finalize`), and declares a call hung when
+//! it overruns.
+//!
+//! Each thread that calls plugins owns a [`Slot`]. Starting a call stores
+//! the call's identity and the time from a coarse clock (an atomic the
+//! watchdog advances every tick, so a call pays no clock read); ending it is
+//! one atomic swap. The watchdog scans the slots every tick. To declare a
+//! call hung it swaps the slot's call id for `ABANDONED`, and only the side
+//! whose swap wins acts: either the call ended in time, or the watchdog owns
+//! the hang and the calling thread, when (if ever) it returns, learns that
+//! it was abandoned and leaves without touching anything.
+//!
+//! Detection latency is at most the deadline plus one tick; the tick is an
+//! eighth of the shortest watchdog in the manifest, between 1 ms and 20 ms.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::notify;
+
+/// A slot's call id when no call is running.
+const IDLE: u64 = 0;
+/// A slot's call id once the watchdog has declared its call hung.
+const ABANDONED: u64 = u64::MAX;
+
+static START: OnceLock<Instant> = OnceLock::new();
+static NOW_MS: AtomicU64 = AtomicU64::new(0);
+static TICK_MS: AtomicU64 = AtomicU64::new(20);
+static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+fn start_instant() -> Instant {
+    *START.get_or_init(Instant::now)
+}
+
+fn precise_ms() -> u64 {
+    u64::try_from(start_instant().elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// The coarse clock, in ms since the host started.
+fn coarse_ms() -> u64 {
+    NOW_MS.load(Ordering::Relaxed)
+}
+
+/// Which plugin entry point a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Entry {
+    /// `setup` (deadline: `startup_timeout`).
+    Setup = 0,
+    /// `main` (deadline: `watchdog`).
+    Main = 1,
+    /// One loop call (deadline: `watchdog`).
+    Loop = 2,
+    /// A condition's `check` (deadline: `watchdog`).
+    Check = 3,
+    /// `finalize` (deadline: `shutdown_timeout`).
+    Finalize = 4,
+}
+
+impl Entry {
+    /// The entry point's name in logs and the journal.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entry::Setup => "setup",
+            Entry::Main => "main",
+            Entry::Loop => "loop",
+            Entry::Check => "check",
+            Entry::Finalize => "finalize",
+        }
+    }
+
+    fn from_u8(v: u8) -> Entry {
+        match v {
+            0 => Entry::Setup,
+            1 => Entry::Main,
+            2 => Entry::Loop,
+            3 => Entry::Check,
+            _ => Entry::Finalize,
+        }
+    }
+}
+
+/// A call the watchdog declared hung.
+#[derive(Debug, Clone, Copy)]
+pub struct Hung {
+    /// The unit (instance slot) of the context that was called.
+    pub unit: usize,
+    /// The generation of the instance that was called.
+    pub generation: u64,
+    /// The entry point.
+    pub entry: Entry,
+    /// Where the calling thread was (its own meaning, e.g. a step index).
+    pub position: u64,
+    /// The deadline it overran.
+    pub limit: Duration,
+}
+
+/// One calling thread's watch slot.
+pub struct Slot {
+    call: AtomicU64,
+    next_id: AtomicU64,
+    started_ms: AtomicU64,
+    limit_ms: AtomicU64,
+    unit: AtomicU64,
+    generation: AtomicU64,
+    entry: AtomicU8,
+    position: AtomicU64,
+    on_hang: Box<dyn Fn(Hung) + Send + Sync>,
+}
+
+/// Registration of a slot; dropping it unregisters the slot.
+pub struct Watched(Arc<Slot>);
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        SLOTS.lock().retain(|s| !Arc::ptr_eq(s, &self.0));
+    }
+}
+
+impl std::ops::Deref for Watched {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.0
+    }
+}
+
+/// A running call; finish it with [`Slot::end`].
+#[must_use = "end the call to learn whether it was abandoned"]
+pub struct Call(u64);
+
+impl Slot {
+    /// A new registered slot; `on_hang` runs on the watchdog thread when a
+    /// call of this slot is declared hung.
+    pub fn register(on_hang: impl Fn(Hung) + Send + Sync + 'static) -> Watched {
+        let slot = Arc::new(Slot {
+            call: AtomicU64::new(IDLE),
+            next_id: AtomicU64::new(1),
+            started_ms: AtomicU64::new(0),
+            limit_ms: AtomicU64::new(0),
+            unit: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            entry: AtomicU8::new(0),
+            position: AtomicU64::new(0),
+            on_hang: Box::new(on_hang),
+        });
+        SLOTS.lock().push(Arc::clone(&slot));
+        Watched(slot)
+    }
+
+    /// Marks the start of a call with a deadline. Only the owning thread calls this.
+    pub fn begin(
+        &self,
+        unit: usize,
+        generation: u64,
+        entry: Entry,
+        limit: Duration,
+        position: u64,
+    ) -> Call {
+        self.begin_at(coarse_ms(), unit, generation, entry, limit, position)
+    }
+
+    fn begin_at(
+        &self,
+        now_ms: u64,
+        unit: usize,
+        generation: u64,
+        entry: Entry,
+        limit: Duration,
+        position: u64,
+    ) -> Call {
+        let id = self.next_id.load(Ordering::Relaxed);
+        self.next_id.store(
+            if id + 1 == ABANDONED { 1 } else { id + 1 },
+            Ordering::Relaxed,
+        );
+        self.started_ms.store(now_ms, Ordering::Relaxed);
+        self.limit_ms.store(
+            u64::try_from(limit.as_millis()).unwrap_or(u64::MAX / 4),
+            Ordering::Relaxed,
+        );
+        self.unit.store(unit as u64, Ordering::Relaxed);
+        self.generation.store(generation, Ordering::Relaxed);
+        self.entry.store(entry as u8, Ordering::Relaxed);
+        self.position.store(position, Ordering::Relaxed);
+        self.call.store(id, Ordering::Release);
+        Call(id)
+    }
+
+    /// Marks the end of a call: false if the watchdog abandoned it meanwhile
+    /// (the caller must then leave without touching anything).
+    pub fn end(&self, call: Call) -> bool {
+        self.call.swap(IDLE, Ordering::AcqRel) == call.0
+    }
+
+    /// Declares the running call hung if it overran; returns what it was.
+    fn check(&self, now_ms: u64) -> Option<Hung> {
+        let id = self.call.load(Ordering::Acquire);
+        if id == IDLE || id == ABANDONED {
+            return None;
+        }
+        let started = self.started_ms.load(Ordering::Relaxed);
+        let limit = self.limit_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(started) <= limit {
+            return None;
+        }
+        let hung = Hung {
+            unit: usize::try_from(self.unit.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
+            generation: self.generation.load(Ordering::Relaxed),
+            entry: Entry::from_u8(self.entry.load(Ordering::Relaxed)),
+            position: self.position.load(Ordering::Relaxed),
+            limit: Duration::from_millis(limit),
+        };
+        // Only if the same call is still running: otherwise the fields above
+        // may belong to a newer call, and the swap fails.
+        self.call
+            .compare_exchange(id, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| hung)
+    }
+}
+
+/// Sets the tick from the shortest watchdog deadline in the deployment.
+pub fn configure(shortest: Option<Duration>) {
+    let ms = shortest.map_or(20, |d| {
+        u64::try_from(d.as_millis() / 8).unwrap_or(20).clamp(1, 20)
+    });
+    TICK_MS.store(ms, Ordering::Relaxed);
+}
+
+/// Starts the watchdog thread (once). `healthy` decides whether a systemd
+/// `WATCHDOG=1` ping is deserved (only asked when systemd wants pings).
+pub fn start(healthy: impl Fn() -> bool + Send + 'static) {
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    start_instant();
+    NOW_MS.store(precise_ms(), Ordering::Relaxed);
+    let ping = notify::watchdog_interval();
+    let spawned = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            let mut last_ping = Instant::now();
+            loop {
+                let tick = Duration::from_millis(TICK_MS.load(Ordering::Relaxed));
+                std::thread::sleep(tick);
+                let now = precise_ms();
+                NOW_MS.store(now, Ordering::Relaxed);
+                let slots: Vec<Arc<Slot>> = SLOTS.lock().clone();
+                for slot in slots {
+                    if let Some(h) = slot.check(now) {
+                        (slot.on_hang)(h);
+                    }
+                }
+                if let Some(every) = ping
+                    && last_ping.elapsed() >= every
+                {
+                    last_ping = Instant::now();
+                    if healthy() {
+                        notify::send("WATCHDOG=1");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the watchdog thread: {e}; hung calls will not be detected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn an_overrun_call_is_declared_hung_once_and_its_thread_learns_it() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s2 = Arc::clone(&seen);
+        let slot = Slot::register(move |h| {
+            assert_eq!(
+                (h.unit, h.generation, h.entry, h.position),
+                (3, 7, Entry::Main, 9)
+            );
+            s2.fetch_add(1, Ordering::SeqCst);
+        });
+        let call = slot.begin_at(1000, 3, 7, Entry::Main, Duration::from_millis(50), 9);
+        assert!(slot.check(1040).is_none(), "within the deadline");
+        let h = slot.check(1051).expect("overran");
+        (slot.on_hang)(h);
+        assert!(slot.check(2000).is_none(), "declared once");
+        assert!(!slot.end(call), "the caller learns it was abandoned");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_call_that_ends_in_time_is_never_declared() {
+        let slot = Slot::register(|_| panic!("not hung"));
+        let call = slot.begin_at(5000, 0, 1, Entry::Loop, Duration::from_millis(10), 0);
+        assert!(slot.end(call));
+        assert!(slot.check(99_999).is_none());
+    }
+}
