@@ -17,7 +17,7 @@
 //! Each service or condition is a [`Unit`]: a slot holding its current
 //! instance (a *generation*), its state and its restart history. When an
 //! instance exits (error, panic, hang, failed setup, deactivation),
-//! [`Core::exit`] applies the restart policy and strategy: the instance is
+//! `Core::exit` applies the restart policy and strategy: the instance is
 //! retired, its loop thread stopped, it is finalized (unless it hung) and
 //! *fenced* (its host handle refuses every later call), then after the
 //! back-off delay a fresh instance is built from the same library and config,
