@@ -24,5 +24,7 @@ mod manifest_errors;
 mod manifests;
 /// Plugin libraries: inspect, and refusal of files that are not plugins.
 mod plugins;
+/// Hangs, failures, restarts, fencing, give-up, strategies and systemd.
+mod supervision;
 /// Trigger modes (and / or / xor) over one to three conditions.
 mod triggers;

@@ -174,8 +174,14 @@ pub fn run_manifest(manifest: &Path, extra: &[&str]) -> Output {
 
 /// Starts `otools ARGS` with piped output.
 pub fn spawn(args: &[&str]) -> Child {
+    spawn_env(args, &[])
+}
+
+/// Starts `otools ARGS` with piped output and extra environment variables.
+pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(otools())
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -234,10 +240,15 @@ impl Running {
 
     /// Starts `otools run MANIFEST --log-format json EXTRA...`.
     pub fn start_with(manifest: &Path, extra: &[&str]) -> Running {
+        Running::start_env(manifest, extra, &[])
+    }
+
+    /// Like [`Running::start_with`], with extra environment variables.
+    pub fn start_env(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Running {
         let m = manifest.to_string_lossy().into_owned();
         let mut args = vec!["run", m.as_str(), "--log-format", "json"];
         args.extend_from_slice(extra);
-        let mut child = spawn(&args);
+        let mut child = spawn_env(&args, env);
         let out = drain(child.stdout.take().expect("piped stdout"));
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = channel();

@@ -295,7 +295,8 @@ struct Control {
     running_since: Instant,
     /// The current generation's host, also while its `setup` runs.
     host: Option<Arc<InstanceHost>>,
-    loop_thread: Option<JoinHandle<()>>,
+    /// The loop thread of a generation (the generation, its handle).
+    loop_thread: Option<(u64, JoinHandle<()>)>,
 }
 
 /// One service or condition: the slot its generations succeed each other in.
@@ -799,11 +800,18 @@ impl Core {
         live.host.retired.store(true, Ordering::SeqCst);
         self.shared.wake.notify();
         let generation = live.host.generation;
+        let loop_thread = {
+            let mut c = unit.control.lock();
+            match &c.loop_thread {
+                Some((g, _)) if *g == generation => c.loop_thread.take().map(|(_, t)| t),
+                _ => None,
+            }
+        };
         if live.host.is_fenced() {
+            // Hung: its threads are abandoned (the loop handle is dropped, detaching it).
             return Ok(());
         }
         let deadline = Instant::now() + unit.policy.shutdown_timeout;
-        let loop_thread = unit.control.lock().loop_thread.take();
         if let Some(t) = loop_thread {
             while !live.loop_done.load(Ordering::SeqCst) && Instant::now() < deadline {
                 let seen = self.shared.wake.epoch();
@@ -969,7 +977,12 @@ impl Core {
             return;
         }
         let mut c = unit.control.lock();
-        if c.loop_thread.is_some() || c.generation != live.host.generation {
+        let generation = live.host.generation;
+        if c.generation != generation
+            || c.loop_thread
+                .as_ref()
+                .is_some_and(|(g, _)| *g == generation)
+        {
             return;
         }
         let core = Arc::clone(self);
@@ -979,7 +992,8 @@ impl Core {
             .name(format!("loop-{}", unit.name))
             .spawn(move || loop_thread(&core, u, &l))
         {
-            Ok(t) => c.loop_thread = Some(t),
+            // A previous generation's handle, if any, belongs to an abandoned thread: detach it.
+            Ok(t) => c.loop_thread = Some((generation, t)),
             Err(e) => {
                 unit.loop_running.store(false, Ordering::SeqCst);
                 tracing::error!(context = %self.shared.name, service = %unit.name, "cannot start the loop thread: {e}");

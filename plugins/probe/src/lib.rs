@@ -7,7 +7,7 @@
 //! Where a service waits for another, it polls a dataframe every few
 //! milliseconds and gives up with an error after [`DEADLINE`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use otools_api::{Condition, Context, Dataframe, Result, Service, Value};
@@ -364,7 +364,59 @@ impl Service for Sleeper {
     }
 }
 
+/// Counts its `main` calls in its host-held stash and in a dataframe key
+/// (`count`), and fails every `fail_every`-th call, so that it is restarted:
+/// each new generation logs `"restored {n}"` from the stash in `setup`.
+pub struct StashCounter {
+    config: StashCounterConfig,
+    count: AtomicU64,
+}
+
+/// Configuration of [`StashCounter`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StashCounterConfig {
+    /// Where to count (key `count`).
+    pub dataframe: String,
+    /// Fail every this many calls (counted across generations).
+    pub fail_every: u64,
+}
+
+impl Service for StashCounter {
+    type Config = StashCounterConfig;
+
+    fn new(config: StashCounterConfig) -> Result<Self> {
+        if config.fail_every == 0 {
+            otools_api::bail!("`fail_every` must be at least 1");
+        }
+        Ok(StashCounter {
+            config,
+            count: AtomicU64::new(0),
+        })
+    }
+
+    fn setup(&mut self, ctx: &Context<'_>) -> Result<()> {
+        if let Some(bytes) = ctx.stash() {
+            let n = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+            self.count.store(n, Ordering::Relaxed);
+            ctx.info(format_args!("restored {n}"));
+        }
+        Ok(())
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        ctx.set_stash(&n.to_le_bytes())?;
+        ctx.dataframe(&self.config.dataframe)?
+            .increment("count", 1)?;
+        if n % self.config.fail_every == 0 {
+            otools_api::bail!("failing on call {n}, as configured");
+        }
+        Ok(())
+    }
+}
+
 otools_api::export_plugin! {
-    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, Sleeper],
+    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, Sleeper, StashCounter],
     conditions: [Constant],
 }
