@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build demo test lint fmt doc ci clean
+.PHONY: all build demo test bench bench-smoke lint fmt doc ci clean
 
 all: build
 
@@ -18,6 +18,16 @@ demo: build
 ## test: build everything the tests need, then run every test
 test: build
 	$(CARGO) test --workspace
+
+## bench: release build, then every workload; prints one table (see BENCHMARKS.md)
+bench:
+	$(CARGO) build --release --workspace
+	./target/release/otools-bench
+
+## bench-smoke: every workload for a moment, no figure checks (CI runs it)
+bench-smoke:
+	$(CARGO) build --release --workspace
+	./target/release/otools-bench --smoke
 
 ## lint: formatting and clippy with warnings as errors
 lint:

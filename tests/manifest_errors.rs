@@ -182,3 +182,22 @@ fn a_missing_manifest_file_is_an_error() {
         out.stderr
     );
 }
+
+#[test]
+fn supervision_keys_are_checked() {
+    let body = format!(
+        "{CONTEXT}[[context.service]]\nname = \"x\"\nplugin = \"probe\"\nexport = \"Nop\"\nwatchdog = \"0s\"\nrestart_delay = \"2s\"\nmax_restart_delay = \"1s\"\nrestart = \"sometimes\"\n"
+    );
+    let (out, path) = check("supervision_keys", &body);
+    // `restart` is a parse error, reported alone; fix it to see the rest.
+    assert_at(&out, &path, 13, "unknown variant `sometimes`");
+    let fixed = body.replace("restart = \"sometimes\"\n", "");
+    let (out, path) = check("supervision_keys_fixed", &fixed);
+    assert_at(&out, &path, 10, "`watchdog` must be longer than 0");
+    assert_at(
+        &out,
+        &path,
+        12,
+        "`max_restart_delay` must not be shorter than `restart_delay`",
+    );
+}

@@ -40,8 +40,6 @@ pub struct Deployment {
     pub dataframes: Vec<Arc<Dataframe>>,
     /// All contexts, in manifest order.
     pub contexts: Vec<ContextPlan>,
-    /// How long a shutdown may take.
-    pub shutdown_timeout: Duration,
     /// How many distinct libraries were loaded.
     pub libraries: usize,
 }
@@ -426,7 +424,6 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
     Ok(Deployment {
         dataframes,
         contexts,
-        shutdown_timeout: manifest.shutdown_timeout(),
         libraries: b.registry.len(),
     })
 }

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use otools_api::ffi::{
-    CallError, CallErrorKind, CasOutcome, FfiConditionBox, FfiHost, FfiHost_TO, FfiServiceBox,
-    HostRef, LockMode, NO_TIMEOUT,
+    CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, NO_TIMEOUT,
 };
 use otools_api::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
@@ -99,7 +98,7 @@ impl ContextShared {
 /// The host side of one instance: what its handle refers to.
 ///
 /// It belongs to one *generation* of a service: when the service is
-/// replaced (restart, hang, reload), the old handle is *fenced* and every
+/// replaced (a restart after a failure or a hang), the old handle is *fenced* and every
 /// callback through it is refused and counted, so a stale instance that
 /// wakes up can change nothing.
 pub struct InstanceHost {
@@ -487,6 +486,9 @@ impl FfiHost for InstanceHost {
     }
 
     fn stash_get(&self) -> ROption<RVec<u8>> {
+        if self.fenced_check("stash_get") {
+            return ROption::RNone;
+        }
         shield("stash_get", ROption::RNone, || {
             self.stash
                 .lock()
@@ -504,51 +506,5 @@ impl FfiHost for InstanceHost {
             *self.stash.lock() = Some(bytes.to_vec());
             RResult::ROk(())
         })
-    }
-}
-
-/// A service instance and its host handle.
-pub struct ServiceInstance {
-    /// The handle its calls receive.
-    pub host: Arc<InstanceHost>,
-    /// The plugin's object, shared by the context thread (`main`) and the
-    /// service's loop thread; `setup` and `finalize` need it unshared.
-    pub object: Arc<FfiServiceBox>,
-}
-
-/// A condition instance and its host handle.
-pub struct ConditionInstance {
-    /// The handle its calls receive.
-    pub host: Arc<InstanceHost>,
-    /// The plugin's object.
-    pub object: Arc<FfiConditionBox>,
-}
-
-/// What a call to an entry point came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// It returned normally.
-    Ok,
-    /// The service does not implement this entry point.
-    Unimplemented,
-    /// It failed or panicked (already logged).
-    Failed,
-}
-
-/// Turns a call result into an [`Outcome`], logging failures.
-pub fn outcome<T>(
-    host: &InstanceHost,
-    entry: &str,
-    r: RResult<T, CallError>,
-) -> (Outcome, Option<T>) {
-    match r {
-        RResult::ROk(v) => (Outcome::Ok, Some(v)),
-        RResult::RErr(e) if e.kind == CallErrorKind::Unimplemented => {
-            (Outcome::Unimplemented, None)
-        }
-        RResult::RErr(e) => {
-            host.report_failure(entry, &e);
-            (Outcome::Failed, None)
-        }
     }
 }

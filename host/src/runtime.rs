@@ -48,7 +48,7 @@ use crate::manifest::Mode;
 use crate::plugin::Library;
 use crate::supervision::journal;
 use crate::supervision::policy::{Decision, GiveUp, Policy, Restart, Strategy, Tracker};
-use crate::supervision::watchdog::{Entry, Hung, Slot, Watched};
+use crate::supervision::watchdog::{Entry, Hung, Slot, Watched, limit_ms};
 
 /// What context threads tell the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,7 +343,7 @@ const PHASE_RUN: u64 = 1;
 const PHASE_SHUTDOWN: u64 = 2;
 
 fn position(phase: u64, index: usize) -> u64 {
-    (phase << 32) | (index as u64 & 0xffff_ffff)
+    (phase << 30) | (index as u64 & 0x3fff_ffff)
 }
 
 /// The driver or a worker left because the watchdog abandoned its call.
@@ -707,8 +707,8 @@ impl Core {
         {
             return;
         }
-        let phase = h.position >> 32;
-        let index = usize::try_from(h.position & 0xffff_ffff).unwrap_or(0);
+        let phase = h.position >> 30;
+        let index = usize::try_from(h.position & 0x3fff_ffff).unwrap_or(0);
         let resume = match phase {
             PHASE_SETUP => {
                 self.exit(
@@ -783,7 +783,7 @@ impl Core {
         match limit {
             None => Ok(call()),
             Some(limit) => {
-                let c = slot.begin(u, generation, entry, limit, pos);
+                let c = slot.begin_ms(u, generation, entry, limit_ms(limit), pos);
                 let r = call();
                 if slot.end(c) { Ok(r) } else { Err(Abandoned) }
             }
@@ -946,6 +946,27 @@ impl Core {
             return Ok(());
         }
         self.gate.wait_open();
+        if self.shared.stopping() {
+            // The context began stopping while this instance was set up: it
+            // was set up, so it is finalized, now, instead of serving.
+            let limit = Some(unit.policy.shutdown_timeout);
+            let r = Core::watched(slot, u, generation, Entry::Finalize, limit, pos, || {
+                live.finalize()
+            })?;
+            if let Classified::Failed(reason) = classify(&live.host, "finalize", r) {
+                self.journal(
+                    "failed",
+                    u,
+                    generation,
+                    &[("entry", "finalize".into()), ("reason", reason.into())],
+                );
+            } else {
+                self.journal("finalized", u, generation, &[]);
+            }
+            live.host.fence();
+            unit.set_state(State::Ended);
+            return Ok(());
+        }
         self.install(u, live);
         Ok(())
     }
@@ -1252,7 +1273,9 @@ impl Driver<'_> {
             // Taken before anything is checked, so a change during the
             // iteration (a loop ending, a restart) is never missed.
             let seen = core.shared.wake.epoch();
-            let mut worked = false;
+            // A driver resuming mid-iteration skipped the first steps: what
+            // it waits for may already have happened, so it must not sleep.
+            let mut worked = start != 0;
             for step in start..core.steps.len() {
                 if core.shared.stopping() {
                     return Ok(());
@@ -1326,10 +1349,11 @@ impl Driver<'_> {
         let longest = core
             .units
             .iter()
-            .map(|u| u.policy.shutdown_timeout)
+            // A worker may be in a `setup` or a `finalize`, each bounded.
+            .map(|u| u.policy.shutdown_timeout.max(u.policy.startup_timeout))
             .max()
             .unwrap_or_default();
-        core.wait_workers(Instant::now() + longest);
+        core.wait_workers(Instant::now() + longest + Duration::from_millis(100));
         for u in (0..next).rev() {
             let unit = &core.units[u];
             if matches!(unit.state(), State::Ready | State::Stopping) {

@@ -4,8 +4,9 @@
 //! The first SIGINT/SIGTERM asks every context to stop: each finalizes its
 //! instances in reverse order, each `finalize` bounded by its
 //! `shutdown_timeout`. A second signal exits at once. A context that does
-//! not finish stopping within its budget (the sum of its services'
-//! shutdown timeouts, as a backstop) is abandoned and named.
+//! not finish stopping within its budget (one second plus twice the sum of
+//! its services' shutdown timeouts, a backstop the per-call deadlines should
+//! never let it reach) is abandoned and named.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -86,7 +86,8 @@ impl<'a> Context<'a> {
     }
 
     /// Stops this service (its main and loop are no longer called) and
-    /// finalizes it; the rest of the context goes on.
+    /// finalizes it; the rest of the context goes on. This is a normal exit:
+    /// only a service with `restart = "always"` is started again.
     pub fn deactivate(&self) {
         self.host.deactivate();
     }
@@ -94,7 +95,7 @@ impl<'a> Context<'a> {
     /// The bytes this service last put in its stash, if any.
     ///
     /// The stash is kept by the host and survives restarts of the service
-    /// (a failure, a hang, a reload): read it in `setup` to carry a little
+    /// (after a failure or a hang): read it in `setup` to carry a little
     /// state over to the next generation. It does not survive the host.
     pub fn stash(&self) -> Option<Vec<u8>> {
         self.host
@@ -104,7 +105,7 @@ impl<'a> Context<'a> {
     }
 
     /// Replaces this service's stash (see [`Context::stash`]). Keep it small:
-    /// it is copied on every call.
+    /// it is copied on every read and write.
     pub fn set_stash(&self, bytes: &[u8]) -> Result<()> {
         match self.host.stash_set(bytes.into()) {
             RResult::ROk(()) => Ok(()),

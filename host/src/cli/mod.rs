@@ -39,7 +39,8 @@ Exit codes:
   0    every context ended and was finalized (also after a first SIGINT/SIGTERM)
   1    runtime failure: a service logged at fatal, or ended in failure (gave up,
        or failed with restart = \"never\")
-  2    manifest or plugin error before anything ran (check: problems found)
+  2    manifest or plugin error before anything ran (check: problems found),
+       or the --events file cannot be opened
   3    stopped, but a finalize or loop call overran shutdown_timeout and was abandoned
   75   a service gave up with on_give_up = \"exit_host\" (for systemd to restart the host)
   130  second SIGINT/SIGTERM: exited at once";

@@ -48,7 +48,8 @@ pub struct HostSection {
     pub log_level: Option<Spanned<Level>>,
     /// Where `plugin = "name"` finds `lib<name>.so`; relative to the manifest's folder.
     pub plugin_dir: Option<Spanned<String>>,
-    /// How long a shutdown may take before the host gives up waiting (default 5s).
+    /// The default `shutdown_timeout` of every service: how long its loop call
+    /// and its `finalize` may take when it stops before it is abandoned (default 5s).
     pub shutdown_timeout: Option<Spanned<HumanDuration>>,
 }
 
@@ -381,7 +382,42 @@ macro_rules! policy_of {
     }};
 }
 
+/// The duration keys of a service's supervision, for validation.
+#[derive(Debug, Clone, Copy)]
+pub struct SupervisionKeys<'a> {
+    /// `watchdog`.
+    pub watchdog: Option<&'a Spanned<HumanDuration>>,
+    /// `startup_timeout`.
+    pub startup_timeout: Option<&'a Spanned<HumanDuration>>,
+    /// `shutdown_timeout`.
+    pub shutdown_timeout: Option<&'a Spanned<HumanDuration>>,
+    /// `restart_window`.
+    pub restart_window: Option<&'a Spanned<HumanDuration>>,
+    /// `restart_delay`.
+    pub restart_delay: Option<&'a Spanned<HumanDuration>>,
+    /// `max_restart_delay`.
+    pub max_restart_delay: Option<&'a Spanned<HumanDuration>>,
+}
+
+macro_rules! keys_of {
+    ($d:expr) => {
+        SupervisionKeys {
+            watchdog: $d.watchdog.as_ref(),
+            startup_timeout: $d.startup_timeout.as_ref(),
+            shutdown_timeout: $d.shutdown_timeout.as_ref(),
+            restart_window: $d.restart_window.as_ref(),
+            restart_delay: $d.restart_delay.as_ref(),
+            max_restart_delay: $d.max_restart_delay.as_ref(),
+        }
+    };
+}
+
 impl ServiceDecl {
+    /// Its supervision durations, for validation.
+    pub fn keys(&self) -> SupervisionKeys<'_> {
+        keys_of!(self)
+    }
+
     /// This service's supervision policy.
     pub fn policy(&self, context: &ContextDecl, host_shutdown: Duration) -> Policy {
         policy_of!(self, context, host_shutdown)
@@ -389,6 +425,11 @@ impl ServiceDecl {
 }
 
 impl StackEntry {
+    /// Its supervision durations, for validation.
+    pub fn keys(&self) -> SupervisionKeys<'_> {
+        keys_of!(self)
+    }
+
     /// This condition's or stack service's supervision policy.
     pub fn policy(&self, context: &ContextDecl, host_shutdown: Duration) -> Policy {
         policy_of!(self, context, host_shutdown)

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{Diagnostic, EntryDecl, Manifest};
+use super::{Diagnostic, EntryDecl, Manifest, SupervisionKeys};
 
 /// Every cross-reference problem in the manifest.
 pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
@@ -90,6 +90,19 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
                     ),
                 ));
             }
+            match entry {
+                EntryDecl::Service(s) => check_supervision(m, &key, &s.keys(), &mut errors),
+                EntryDecl::Trigger(t) => {
+                    for (i, e) in t.condition.iter().chain(&t.service).enumerate() {
+                        check_supervision(
+                            m,
+                            &format!("{key} > #{}", i + 1),
+                            &e.get_ref().keys(),
+                            &mut errors,
+                        );
+                    }
+                }
+            }
             if let EntryDecl::Trigger(t) = entry {
                 if t.condition.is_empty() {
                     errors.push(m.diagnostic(
@@ -110,6 +123,40 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
     }
     errors.sort_by_key(|d| (d.line, d.column));
     errors
+}
+
+/// Durations that must be positive, and a delay cap that must not be below the delay.
+fn check_supervision(
+    m: &Manifest,
+    key: &str,
+    k: &SupervisionKeys<'_>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    for (name, value) in [
+        ("watchdog", k.watchdog),
+        ("startup_timeout", k.startup_timeout),
+        ("shutdown_timeout", k.shutdown_timeout),
+        ("restart_window", k.restart_window),
+    ] {
+        if let Some(v) = value
+            && v.get_ref().0.is_zero()
+        {
+            errors.push(m.diagnostic(
+                v.span().start,
+                format!("{key} > {name}"),
+                format!("`{name}` must be longer than 0"),
+            ));
+        }
+    }
+    if let (Some(delay), Some(cap)) = (k.restart_delay, k.max_restart_delay)
+        && cap.get_ref().0 < delay.get_ref().0
+    {
+        errors.push(m.diagnostic(
+            cap.span().start,
+            format!("{key} > max_restart_delay"),
+            "`max_restart_delay` must not be shorter than `restart_delay`",
+        ));
+    }
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {

@@ -3,21 +3,31 @@
 //! abandoned, restarting, gave_up, fenced_call, deactivated, finalized, ...)
 //! with the context, service, generation and reason. Tests and operators
 //! read it instead of log text. Each line is flushed as it is written.
+//! Every event has `ts` (wall clock, milliseconds) and `mono_us`
+//! (monotonic microseconds since the journal opened, for latencies).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
 static JOURNAL: OnceLock<Mutex<BufWriter<File>>> = OnceLock::new();
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Microseconds since the journal was opened, from the monotonic clock:
+/// the field to compute latencies from (`ts` is wall-clock, for people).
+fn monotonic_us() -> u64 {
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX)
+}
 
 /// Opens (appending) the journal file. Without it, events are not recorded.
 pub fn open(path: &Path) -> io::Result<()> {
     let file = OpenOptions::new().create(true).append(true).open(path)?;
+    START.get_or_init(Instant::now);
     let _ = JOURNAL.set(Mutex::new(BufWriter::new(file)));
     Ok(())
 }
@@ -43,6 +53,7 @@ pub fn record(
             .to_string()
             .into(),
     );
+    obj.insert("mono_us".into(), monotonic_us().into());
     obj.insert("event".into(), event.into());
     obj.insert("context".into(), context.into());
     if let Some(s) = service {

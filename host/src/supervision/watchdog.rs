@@ -12,10 +12,12 @@
 //! the hang and the calling thread, when (if ever) it returns, learns that
 //! it was abandoned and leaves without touching anything.
 //!
-//! Detection latency is at most the deadline plus one tick; the tick is an
-//! eighth of the shortest watchdog in the manifest, between 1 ms and 20 ms.
+//! A call is never declared before its deadline, and at most two ticks after
+//! it (its start stamp is up to one tick early, and the scan runs once a
+//! tick); the tick is a sixteenth of the shortest watchdog in the manifest,
+//! between 1 ms and 20 ms.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -107,10 +109,8 @@ pub struct Slot {
     next_id: AtomicU64,
     started_ms: AtomicU64,
     limit_ms: AtomicU64,
-    unit: AtomicU64,
+    tag: AtomicU64,
     generation: AtomicU64,
-    entry: AtomicU8,
-    position: AtomicU64,
     on_hang: Box<dyn Fn(Hung) + Send + Sync>,
 }
 
@@ -143,10 +143,8 @@ impl Slot {
             next_id: AtomicU64::new(1),
             started_ms: AtomicU64::new(0),
             limit_ms: AtomicU64::new(0),
-            unit: AtomicU64::new(0),
+            tag: AtomicU64::new(0),
             generation: AtomicU64::new(0),
-            entry: AtomicU8::new(0),
-            position: AtomicU64::new(0),
             on_hang: Box::new(on_hang),
         });
         SLOTS.lock().push(Arc::clone(&slot));
@@ -154,6 +152,7 @@ impl Slot {
     }
 
     /// Marks the start of a call with a deadline. Only the owning thread calls this.
+    #[inline]
     pub fn begin(
         &self,
         unit: usize,
@@ -162,16 +161,37 @@ impl Slot {
         limit: Duration,
         position: u64,
     ) -> Call {
-        self.begin_at(coarse_ms(), unit, generation, entry, limit, position)
+        self.begin_at(
+            coarse_ms(),
+            unit,
+            generation,
+            entry,
+            limit_ms(limit),
+            position,
+        )
     }
 
+    /// [`Slot::begin`] with the deadline already in milliseconds (see [`limit_ms`]).
+    #[inline]
+    pub fn begin_ms(
+        &self,
+        unit: usize,
+        generation: u64,
+        entry: Entry,
+        limit_ms: u64,
+        position: u64,
+    ) -> Call {
+        self.begin_at(coarse_ms(), unit, generation, entry, limit_ms, position)
+    }
+
+    #[inline]
     fn begin_at(
         &self,
         now_ms: u64,
         unit: usize,
         generation: u64,
         entry: Entry,
-        limit: Duration,
+        limit_ms: u64,
         position: u64,
     ) -> Call {
         let id = self.next_id.load(Ordering::Relaxed);
@@ -180,14 +200,12 @@ impl Slot {
             Ordering::Relaxed,
         );
         self.started_ms.store(now_ms, Ordering::Relaxed);
-        self.limit_ms.store(
-            u64::try_from(limit.as_millis()).unwrap_or(u64::MAX / 4),
-            Ordering::Relaxed,
-        );
-        self.unit.store(unit as u64, Ordering::Relaxed);
+        self.limit_ms.store(limit_ms, Ordering::Relaxed);
+        // unit (24 bits) | entry (8 bits) | position (32 bits)
+        let tag =
+            ((unit as u64 & 0xff_ffff) << 40) | ((entry as u64) << 32) | (position & 0xffff_ffff);
+        self.tag.store(tag, Ordering::Relaxed);
         self.generation.store(generation, Ordering::Relaxed);
-        self.entry.store(entry as u8, Ordering::Relaxed);
-        self.position.store(position, Ordering::Relaxed);
         self.call.store(id, Ordering::Release);
         Call(id)
     }
@@ -206,14 +224,17 @@ impl Slot {
         }
         let started = self.started_ms.load(Ordering::Relaxed);
         let limit = self.limit_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(started) <= limit {
+        // The stamp is up to one tick older than the call's real start, so a
+        // call is only declared once it has surely run past its deadline.
+        if now_ms.saturating_sub(started) <= limit + TICK_MS.load(Ordering::Relaxed) {
             return None;
         }
+        let tag = self.tag.load(Ordering::Relaxed);
         let hung = Hung {
-            unit: usize::try_from(self.unit.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
+            unit: usize::try_from(tag >> 40).unwrap_or(usize::MAX),
             generation: self.generation.load(Ordering::Relaxed),
-            entry: Entry::from_u8(self.entry.load(Ordering::Relaxed)),
-            position: self.position.load(Ordering::Relaxed),
+            entry: Entry::from_u8(u8::try_from((tag >> 32) & 0xff).unwrap_or(4)),
+            position: tag & 0xffff_ffff,
             limit: Duration::from_millis(limit),
         };
         // Only if the same call is still running: otherwise the fields above
@@ -223,6 +244,11 @@ impl Slot {
             .ok()
             .map(|_| hung)
     }
+}
+
+/// A deadline in whole milliseconds, as slots store it.
+pub fn limit_ms(limit: Duration) -> u64 {
+    u64::try_from(limit.as_millis()).unwrap_or(u64::MAX / 4)
 }
 
 /// Sets the tick from the shortest watchdog deadline in the deployment.
@@ -288,9 +314,13 @@ mod tests {
             );
             s2.fetch_add(1, Ordering::SeqCst);
         });
-        let call = slot.begin_at(1000, 3, 7, Entry::Main, Duration::from_millis(50), 9);
-        assert!(slot.check(1040).is_none(), "within the deadline");
-        let h = slot.check(1051).expect("overran");
+        let tick = TICK_MS.load(Ordering::Relaxed);
+        let call = slot.begin_at(1000, 3, 7, Entry::Main, 50, 9);
+        assert!(
+            slot.check(1050 + tick).is_none(),
+            "within the deadline and the stamp's slack"
+        );
+        let h = slot.check(1051 + tick).expect("overran");
         (slot.on_hang)(h);
         assert!(slot.check(2000).is_none(), "declared once");
         assert!(!slot.end(call), "the caller learns it was abandoned");
@@ -300,7 +330,7 @@ mod tests {
     #[test]
     fn a_call_that_ends_in_time_is_never_declared() {
         let slot = Slot::register(|_| panic!("not hung"));
-        let call = slot.begin_at(5000, 0, 1, Entry::Loop, Duration::from_millis(10), 0);
+        let call = slot.begin_at(5000, 0, 1, Entry::Loop, 10, 0);
         assert!(slot.end(call));
         assert!(slot.check(99_999).is_none());
     }

@@ -416,7 +416,23 @@ impl Service for StashCounter {
     }
 }
 
+/// Does nothing in `main`: the cheapest possible service, for measuring the
+/// host's own cost per call.
+pub struct Nop;
+
+impl Service for Nop {
+    type Config = otools_api::NoConfig;
+
+    fn new(_: otools_api::NoConfig) -> Result<Self> {
+        Ok(Nop)
+    }
+
+    fn main(&self, _: &Context<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
 otools_api::export_plugin! {
-    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, Sleeper, StashCounter],
+    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, Sleeper, StashCounter, Nop],
     conditions: [Constant],
 }
