@@ -24,6 +24,8 @@ mod manifest_errors;
 mod manifests;
 /// Plugin libraries: inspect, and refusal of files that are not plugins.
 mod plugins;
+/// Hot reload: swap in place with state hand-off, refusal keeps the old version.
+mod reload;
 /// Hangs, failures, restarts, fencing, give-up, strategies and systemd.
 mod supervision;
 /// Trigger modes (and / or / xor) over one to three conditions.

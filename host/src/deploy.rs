@@ -42,6 +42,10 @@ pub struct Deployment {
     pub contexts: Vec<ContextPlan>,
     /// How many distinct libraries were loaded.
     pub libraries: usize,
+    /// The distinct libraries, for the reload watcher.
+    pub loaded: Vec<Arc<crate::plugin::Library>>,
+    /// How reloads are watched (from `[host]`; the CLI may turn watching off).
+    pub reload: crate::reload::Settings,
 }
 
 impl Deployment {
@@ -425,5 +429,7 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         dataframes,
         contexts,
         libraries: b.registry.len(),
+        loaded: b.registry.libraries(),
+        reload: manifest.reload_settings(opts.verbose),
     })
 }

@@ -215,9 +215,6 @@ impl InstanceHost {
     /// instance ends (finalized or deactivated): a guard the plugin leaked
     /// (e.g. with `mem::forget`) must not lock others out for ever.
     pub fn release_leases(&self) {
-        if self.leases_held.load(Ordering::Relaxed) == 0 {
-            return;
-        }
         let held = std::mem::take(&mut *self.leases.lock());
         self.leases_held.store(0, Ordering::Relaxed);
         for df in held {
@@ -460,8 +457,18 @@ impl FfiHost for InstanceHost {
             let r = self
                 .df(df)
                 .and_then(|d| d.acquire(self.owner, mode, deadline(timeout_ns)));
-            if r.is_ok() {
-                self.leases.lock().push(df);
+            if let Ok(()) = r {
+                // Recorded under the list's lock, and refused if the instance
+                // was fenced while it waited: a dead instance never holds a lock.
+                let mut held = self.leases.lock();
+                if self.fenced.load(Ordering::SeqCst) {
+                    drop(held);
+                    if let Ok(d) = self.df(df) {
+                        let _ = d.release(self.owner, mode);
+                    }
+                    return RResult::RErr(HostError::Fenced);
+                }
+                held.push(df);
                 self.leases_held.fetch_add(1, Ordering::Relaxed);
             }
             r.into()

@@ -17,6 +17,7 @@ pub mod instance;
 pub mod logging;
 pub mod manifest;
 pub mod plugin;
+pub mod reload;
 pub mod runtime;
 pub mod supervision;
 pub mod supervisor;

@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RStr};
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use otools_api::ffi::{
     CallError, CallErrorKind, CallResult, ExportKind, FfiConditionBox, FfiServiceBox,
 };
@@ -234,6 +234,24 @@ impl Live {
             Obj::Condition(o) => host.with_handle(|h| o.finalize(h)),
         }
     }
+
+    fn export_state(&self) -> CallResult<Option<(u32, Vec<u8>)>> {
+        match &self.object {
+            Obj::Service(o) => match self.host.with_handle(|h| o.export_state(h)) {
+                RResult::ROk(v) => RResult::ROk(v.into_option().map(|t| (t.0, t.1.into_vec()))),
+                RResult::RErr(e) => RResult::RErr(e),
+            },
+            Obj::Condition(_) => RResult::ROk(None),
+        }
+    }
+
+    fn import_state(&mut self, version: u32, bytes: &[u8]) -> CallResult {
+        let host = Arc::clone(&self.host);
+        match &mut self.object {
+            Obj::Service(o) => host.with_handle(|h| o.import_state(h, version, bytes.into())),
+            Obj::Condition(_) => RResult::ROk(()),
+        }
+    }
 }
 
 fn unimplemented_call() -> CallResult {
@@ -305,7 +323,8 @@ pub struct Unit {
     pub name: String,
     kind: ExportKind,
     top_level: bool,
-    library: Arc<Library>,
+    /// Its library: replaced by a hot reload.
+    library: ArcSwap<Library>,
     export: String,
     config_json: String,
     policy: Policy,
@@ -346,9 +365,9 @@ fn position(phase: u64, index: usize) -> u64 {
     (phase << 30) | (index as u64 & 0x3fff_ffff)
 }
 
-/// The driver or a worker left because the watchdog abandoned its call.
+/// The calling thread left because the watchdog abandoned its call.
 #[derive(Debug)]
-struct Abandoned;
+pub struct Abandoned;
 
 /// A restart or stop job run by a worker thread.
 #[derive(Debug, Clone)]
@@ -422,7 +441,7 @@ impl Core {
                     name: u.name,
                     kind: u.kind,
                     top_level: u.top_level,
-                    library: u.library,
+                    library: ArcSwap::new(u.library),
                     export: u.export,
                     config_json: u.config_json,
                     policy: u.policy,
@@ -565,9 +584,17 @@ impl Core {
             }
         }
         unit.set_state(State::Stopping);
-        let decision = if self.shared.stopping() {
-            Decision::Stay
-        } else {
+        if self.shared.stopping() {
+            // The driver's shutdown stops and finalizes every Ready or
+            // Stopping unit in reverse order; a worker would race it.
+            if matches!(how, Exit::Hung { .. }) {
+                self.abandoned.store(true, Ordering::SeqCst);
+            }
+            drop(c);
+            self.shared.wake.notify();
+            return;
+        }
+        let decision = {
             let since = c.running_since;
             c.tracker.on_exit(&unit.policy, failure, since, now)
         };
@@ -575,10 +602,29 @@ impl Core {
         drop(c);
         let ops = match decision {
             Decision::Restart { delay, attempt } => {
-                let group = self.group(u);
+                // Claim each sibling under its own lock, so that a sibling
+                // reporting its own exit at the same time restarts only once.
+                let group: Vec<usize> = self
+                    .group(u)
+                    .into_iter()
+                    .filter(|&g| {
+                        if g == u {
+                            return true;
+                        }
+                        let _claim = self.units[g].control.lock();
+                        self.units[g]
+                            .state
+                            .compare_exchange(
+                                State::Ready as u8,
+                                State::Stopping as u8,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                    })
+                    .collect();
                 for &g in &group {
                     if g != u {
-                        self.units[g].set_state(State::Stopping);
                         let sibling_gen = self.units[g].control.lock().generation;
                         self.journal(
                             "stopping",
@@ -733,7 +779,7 @@ impl Core {
                 Resume::Run(index + 1)
             }
             _ => {
-                self.finalize_hung(h);
+                self.finalize_hung(h, true);
                 Resume::Shutdown(index)
             }
         };
@@ -743,12 +789,14 @@ impl Core {
     }
 
     /// A `finalize` overran `shutdown_timeout`: abandon that instance.
-    fn finalize_hung(&self, h: Hung) {
+    fn finalize_hung(&self, h: Hung, stopping_context: bool) {
         let unit = &self.units[h.unit];
         if let Some(host) = &unit.control.lock().host {
             host.fence();
         }
-        self.abandoned.store(true, Ordering::SeqCst);
+        if self.shared.stopping() {
+            self.abandoned.store(true, Ordering::SeqCst);
+        }
         self.journal(
             "hung",
             h.unit,
@@ -767,7 +815,9 @@ impl Core {
             "finalize did not return within {}: abandoned, not finalized",
             humantime::format_duration(h.limit)
         );
-        unit.set_state(State::Failed);
+        if stopping_context {
+            unit.set_state(State::Ended);
+        }
     }
 
     /// Runs one call of unit `u`'s instance under the watchdog if `limit` is set.
@@ -896,7 +946,8 @@ impl Core {
             c.generation
         };
         unit.set_state(State::Pending);
-        let object = match construct(&unit.library, unit.kind, &unit.export, &unit.config_json) {
+        let library = unit.library.load_full();
+        let object = match construct(&library, unit.kind, &unit.export, &unit.config_json) {
             Ok(o) => o,
             Err(e) => {
                 self.exit(
@@ -913,7 +964,7 @@ impl Core {
         let host = Arc::new(InstanceHost::new(
             Arc::clone(&self.shared),
             unit.name.clone(),
-            Arc::clone(&unit.library),
+            library,
             unit.export.clone(),
             generation,
             Arc::clone(&unit.stash),
@@ -975,6 +1026,11 @@ impl Core {
     fn install(self: &Arc<Self>, u: usize, live: Live) {
         let unit = &self.units[u];
         let generation = live.host.generation;
+        if unit.control.lock().generation != generation {
+            // A newer generation was started meanwhile: this one never serves.
+            live.host.fence();
+            return;
+        }
         let live = Arc::new(live);
         unit.live.store(Some(Arc::clone(&live)));
         unit.has_main
@@ -1041,6 +1097,331 @@ impl Core {
                 .iter()
                 .any(|c| !self.units[*c].state().terminal()),
         })
+    }
+}
+
+/// What an old instance hands its successor: a schema version and bytes, if any.
+pub type ExportedState = Option<(u32, Vec<u8>)>;
+
+/// A new instance built and set up for a hot reload, not yet serving.
+pub struct Prepared {
+    unit: usize,
+    generation: u64,
+    live: Live,
+}
+
+/// An old instance paused for a hot reload: its loop stopped, its `main`
+/// no longer called, but still set up and able to resume.
+pub struct Paused {
+    unit: usize,
+    generation: u64,
+    live: Arc<Live>,
+}
+
+impl Prepared {
+    /// Its unit.
+    pub fn unit(&self) -> usize {
+        self.unit
+    }
+
+    /// The generation it will serve as.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Paused {
+    /// Its unit.
+    pub fn unit(&self) -> usize {
+        self.unit
+    }
+
+    /// Its generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Core {
+    /// The units whose library was loaded from the file at `path` (compared canonically).
+    pub fn units_of_file(&self, path: &std::path::Path) -> Vec<usize> {
+        let canonical =
+            |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let target = canonical(path);
+        (0..self.units.len())
+            .filter(|u| canonical(&self.units[*u].library.load().path) == target)
+            .collect()
+    }
+
+    /// Records a journal event about unit `u`.
+    pub fn journal_unit(&self, event: &str, u: usize, generation: u64, fields: &[(&str, Json)]) {
+        self.journal(event, u, generation, fields);
+    }
+
+    /// A paused instance hung during a reload: it exits under its restart policy.
+    pub fn hung_while_paused(self: &Arc<Self>, p: Paused, h: Hung) {
+        self.units[p.unit].set_state(State::Ready);
+        self.exit(
+            p.unit,
+            p.generation,
+            Exit::Hung {
+                entry: h.entry,
+                limit: h.limit,
+            },
+        );
+    }
+
+    /// The unit's name and export, for messages.
+    pub fn unit_label(&self, u: usize) -> (&str, &str) {
+        (&self.units[u].name, &self.units[u].export)
+    }
+
+    /// Does `lib` export what unit `u` needs?
+    pub fn lib_has_export(&self, u: usize, lib: &Library) -> bool {
+        lib.exports(self.units[u].kind, &self.units[u].export)
+    }
+
+    /// Builds and sets up a new instance of unit `u` from `lib` (the old one
+    /// keeps serving). `on_host` sees the new host handle as soon as it
+    /// exists, so a caller can fence it if this call is abandoned.
+    pub fn prepare(
+        &self,
+        u: usize,
+        lib: &Arc<Library>,
+        slot: &Slot,
+        on_host: &dyn Fn(&Arc<InstanceHost>),
+    ) -> Result<Result<Prepared, String>, Abandoned> {
+        let unit = &self.units[u];
+        let generation = unit.control.lock().generation + 1;
+        let object = match construct(lib, unit.kind, &unit.export, &unit.config_json) {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(format!("its config was rejected: {}", e.message))),
+        };
+        let host = Arc::new(InstanceHost::new(
+            Arc::clone(&self.shared),
+            unit.name.clone(),
+            Arc::clone(lib),
+            unit.export.clone(),
+            generation,
+            Arc::clone(&unit.stash),
+        ));
+        on_host(&host);
+        let mut live = Live {
+            host,
+            object,
+            loop_done: AtomicBool::new(false),
+        };
+        let r = Core::watched(
+            slot,
+            u,
+            generation,
+            Entry::Setup,
+            Some(unit.policy.startup_timeout),
+            0,
+            || live.setup(),
+        )?;
+        match classify(&live.host, "setup", r) {
+            Classified::Failed(reason) => {
+                live.host.fence();
+                Ok(Err(format!("setup {reason}")))
+            }
+            _ => Ok(Ok(Prepared {
+                unit: u,
+                generation,
+                live,
+            })),
+        }
+    }
+
+    /// Pauses unit `u`'s serving instance: no more `main`, its loop stopped.
+    pub fn pause(&self, u: usize) -> Result<Paused, String> {
+        let unit = &self.units[u];
+        let generation = {
+            let c = unit.control.lock();
+            if self.shared.stopping()
+                || unit
+                    .state
+                    .compare_exchange(
+                        State::Ready as u8,
+                        State::Stopping as u8,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+            {
+                return Err(String::from(
+                    "it is not serving (restarting, stopping or stopped)",
+                ));
+            }
+            c.generation
+        };
+        let Some(live) = unit.live.load_full() else {
+            unit.set_state(State::Ready);
+            return Err(String::from("it is not serving"));
+        };
+        live.host.retired.store(true, Ordering::SeqCst);
+        self.shared.wake.notify();
+        let loop_thread = {
+            let mut c = unit.control.lock();
+            match &c.loop_thread {
+                Some((g, _)) if *g == generation => c.loop_thread.take().map(|(_, t)| t),
+                _ => None,
+            }
+        };
+        if let Some(t) = loop_thread {
+            let deadline = Instant::now() + unit.policy.shutdown_timeout;
+            while !live.loop_done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let seen = self.shared.wake.epoch();
+                if live.loop_done.load(Ordering::SeqCst) {
+                    break;
+                }
+                self.shared.wake.wait_until(
+                    seen,
+                    Some(deadline.min(Instant::now() + Duration::from_millis(50))),
+                );
+            }
+            if !live.loop_done.load(Ordering::SeqCst) {
+                // Put the handle back: the loop is still in a call.
+                unit.control.lock().loop_thread = Some((generation, t));
+                live.host.retired.store(false, Ordering::SeqCst);
+                unit.set_state(State::Ready);
+                return Err(String::from(
+                    "its loop call did not return within shutdown_timeout",
+                ));
+            }
+            let _ = t.join();
+        }
+        Ok(Paused {
+            unit: u,
+            generation,
+            live,
+        })
+    }
+
+    /// The paused instance's state for its successor (watched like `main`).
+    pub fn export(
+        &self,
+        p: &Paused,
+        slot: &Slot,
+    ) -> Result<Result<ExportedState, String>, Abandoned> {
+        let unit = &self.units[p.unit];
+        let limit = Some(unit.policy.watchdog.unwrap_or(unit.policy.shutdown_timeout));
+        let r = Core::watched(slot, p.unit, p.generation, Entry::Main, limit, 0, || {
+            p.live.export_state()
+        })?;
+        Ok(match r {
+            RResult::ROk(v) => Ok(v),
+            RResult::RErr(e) => Err(format!("export_state failed: {}", e.message)),
+        })
+    }
+
+    /// Hands the old state to a prepared instance.
+    pub fn import(
+        &self,
+        new: &mut Prepared,
+        state: Option<&(u32, Vec<u8>)>,
+        slot: &Slot,
+    ) -> Result<Result<(), String>, Abandoned> {
+        let Some((version, bytes)) = state else {
+            return Ok(Ok(()));
+        };
+        let unit = &self.units[new.unit];
+        let limit = Some(unit.policy.startup_timeout);
+        let r = Core::watched(
+            slot,
+            new.unit,
+            new.generation,
+            Entry::Setup,
+            limit,
+            0,
+            || new.live.import_state(*version, bytes),
+        )?;
+        Ok(match classify(&new.live.host, "import_state", r) {
+            Classified::Failed(reason) => Err(format!("import_state {reason}")),
+            _ => Ok(()),
+        })
+    }
+
+    /// Rolls a paused instance back into service.
+    pub fn resume(self: &Arc<Self>, p: Paused) {
+        let unit = &self.units[p.unit];
+        p.live.host.retired.store(false, Ordering::SeqCst);
+        p.live.loop_done.store(false, Ordering::SeqCst);
+        unit.set_state(State::Ready);
+        self.start_loop(p.unit, &p.live);
+        self.shared.wake.notify();
+    }
+
+    /// Drops a prepared instance that will not serve: finalize it (it was set up) and fence it.
+    pub fn discard(&self, mut new: Prepared, slot: &Slot) -> Result<(), Abandoned> {
+        let unit = &self.units[new.unit];
+        let limit = Some(unit.policy.shutdown_timeout);
+        let r = Core::watched(
+            slot,
+            new.unit,
+            new.generation,
+            Entry::Finalize,
+            limit,
+            0,
+            || new.live.finalize(),
+        )?;
+        classify(&new.live.host, "finalize", r);
+        new.live.host.fence();
+        Ok(())
+    }
+
+    /// Commits a reload of one unit: the old instance is finalized and
+    /// fenced, the new one takes its place under the same name, from `lib`.
+    pub fn commit(
+        self: &Arc<Self>,
+        old: Paused,
+        new: Prepared,
+        lib: &Arc<Library>,
+        slot: &Slot,
+    ) -> Result<(), Abandoned> {
+        let u = old.unit;
+        let unit = &self.units[u];
+        if self.shared.stopping() || unit.control.lock().generation != old.generation {
+            // Shutting down, or restarted meanwhile: keep the old one where it
+            // is (the shutdown finalizes it) and drop the new one.
+            let _ = self.discard(new, slot);
+            self.resume(old);
+            return Ok(());
+        }
+        let mut previous = old.live;
+        unit.live.store(None);
+        let deadline = Instant::now() + unit.policy.shutdown_timeout;
+        while Arc::strong_count(&previous) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match Arc::get_mut(&mut previous) {
+            Some(obj) => {
+                let limit = Some(unit.policy.shutdown_timeout);
+                let r = Core::watched(slot, u, old.generation, Entry::Finalize, limit, 0, || {
+                    obj.finalize()
+                })?;
+                if let Classified::Failed(reason) = classify(&previous.host, "finalize", r) {
+                    self.journal(
+                        "failed",
+                        u,
+                        old.generation,
+                        &[("entry", "finalize".into()), ("reason", reason.into())],
+                    );
+                } else {
+                    self.journal("finalized", u, old.generation, &[]);
+                }
+            }
+            None => self.journal("abandoned", u, old.generation, &[("entry", "main".into())]),
+        }
+        previous.host.fence();
+        {
+            let mut c = unit.control.lock();
+            c.generation = new.generation;
+            c.host = Some(Arc::clone(&new.live.host));
+        }
+        unit.library.store(Arc::clone(lib));
+        self.install(u, new.live);
+        Ok(())
     }
 }
 
@@ -1335,8 +1716,11 @@ impl Driver<'_> {
         }
         let next = started + core.period;
         core.idle.store(true, Ordering::Relaxed);
-        while !core.shared.stopping() && Instant::now() < next {
+        loop {
             let seen = wake.epoch();
+            if core.shared.stopping() || Instant::now() >= next {
+                break;
+            }
             wake.wait_until(seen, Some(next));
         }
         core.idle.store(false, Ordering::Relaxed);
@@ -1373,7 +1757,7 @@ fn work(core: &Arc<Core>, ops: &[Op], from: usize) {
         let Some(c) = weak.upgrade() else { return };
         let k = usize::try_from(h.position).unwrap_or(usize::MAX);
         match plan.get(k) {
-            Some(Op::Stop(_)) => c.finalize_hung(h),
+            Some(Op::Stop(_)) => c.finalize_hung(h, false),
             Some(Op::Start(_)) => c.exit(
                 h.unit,
                 h.generation,
@@ -1396,8 +1780,11 @@ fn work(core: &Arc<Core>, ops: &[Op], from: usize) {
                 }
             }),
             Op::Delay(until) => {
-                while !core.shared.stopping() && Instant::now() < *until {
+                loop {
                     let seen = core.shared.wake.epoch();
+                    if core.shared.stopping() || Instant::now() >= *until {
+                        break;
+                    }
                     core.shared.wake.wait_until(seen, Some(*until));
                 }
                 Ok(())
@@ -1465,7 +1852,9 @@ fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
         }
     }
     live.loop_done.store(true, Ordering::SeqCst);
-    unit.loop_running.store(false, Ordering::SeqCst);
+    if unit.control.lock().generation == generation {
+        unit.loop_running.store(false, Ordering::SeqCst);
+    }
     if let Some(reason) = failed {
         core.exit(
             u,

@@ -23,6 +23,7 @@ use crate::supervision::{journal, notify, watchdog};
 
 enum Msg {
     Context(ContextEvent),
+    LeakCeiling,
     Signal(i32),
     SecondSignal(i32),
 }
@@ -104,6 +105,17 @@ pub fn run(deployment: Deployment) -> u8 {
             return exit::RUNTIME_FAILURE;
         }
     }
+    {
+        let tx = tx.clone();
+        crate::reload::start(
+            cores.clone(),
+            deployment.loaded.clone(),
+            deployment.reload.clone(),
+            move |_| {
+                let _ = tx.send(Msg::LeakCeiling);
+            },
+        );
+    }
     // Forward context events into the one channel the loop below reads.
     {
         let tx = tx.clone();
@@ -124,6 +136,7 @@ pub fn run(deployment: Deployment) -> u8 {
     // When each context must have finished stopping.
     let mut deadlines: Vec<Option<Instant>> = vec![None; total];
     let mut exit_host = false;
+    let mut leak_ceiling = false;
     let stop_all = |deadlines: &mut Vec<Option<Instant>>| {
         notify::send("STOPPING=1");
         for (i, core) in cores.iter().enumerate() {
@@ -199,6 +212,10 @@ pub fn run(deployment: Deployment) -> u8 {
                 exit_host = true;
                 stop_all(&mut deadlines);
             }
+            Some(Msg::LeakCeiling) => {
+                leak_ceiling = true;
+                stop_all(&mut deadlines);
+            }
             Some(Msg::Signal(sig)) => {
                 tracing::info!(
                     "received {}: stopping every context (finalizing); send it again to exit at once",
@@ -216,6 +233,9 @@ pub fn run(deployment: Deployment) -> u8 {
         abandoned.iter().any(|a| *a) || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst));
     if exit_host {
         return exit::GAVE_UP;
+    }
+    if leak_ceiling {
+        return exit::LEAK_CEILING;
     }
     if abandoned_any {
         tracing::error!(

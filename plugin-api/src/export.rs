@@ -19,7 +19,7 @@ use abi_stable::library::{
 };
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -101,6 +101,23 @@ impl<S: Service> FfiService for ServiceAdapter<S> {
     }
     fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
         guard(|| self.0.finalize(&Context::from_host(host)))
+    }
+    fn export_state(&self, host: HostRef<'_>) -> CallResult<ROption<Tuple2<u32, RVec<u8>>>> {
+        guard(|| {
+            let state = self.0.export_state(&Context::from_host(host))?;
+            Ok(state.map(|(v, b)| Tuple2(v, RVec::from(b))).into())
+        })
+    }
+    fn import_state(
+        &mut self,
+        host: HostRef<'_>,
+        version: u32,
+        bytes: RSlice<'_, u8>,
+    ) -> CallResult {
+        guard(|| {
+            self.0
+                .import_state(&Context::from_host(host), version, bytes.as_slice())
+        })
     }
 }
 

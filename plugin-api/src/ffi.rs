@@ -35,7 +35,7 @@
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::{RRef, VersionStrings};
-use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
 use crate::value::Value;
@@ -268,8 +268,19 @@ pub trait FfiService: Send + Sync {
     /// One iteration of the service's own loop (runs on its own thread).
     fn run_loop(&self, host: HostRef<'_>) -> CallResult;
     /// Runs once after the service's threads stopped.
-    #[sabi(last_prefix_field)]
     fn finalize(&mut self, host: HostRef<'_>) -> CallResult;
+    /// The instance's state for its successor after a reload: `None` if it
+    /// keeps none, else a schema version and bytes.
+    fn export_state(&self, host: HostRef<'_>) -> CallResult<ROption<Tuple2<u32, RVec<u8>>>>;
+    /// Receives a predecessor's exported state, after `setup` and before the
+    /// first `main`; an error rolls the reload back.
+    #[sabi(last_prefix_field)]
+    fn import_state(
+        &mut self,
+        host: HostRef<'_>,
+        version: u32,
+        bytes: RSlice<'_, u8>,
+    ) -> CallResult;
 }
 
 /// An owned service instance.

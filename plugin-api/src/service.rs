@@ -53,6 +53,25 @@ pub trait Service: Send + Sync + Sized + 'static {
         let _ = ctx;
         Ok(())
     }
+
+    /// Hot reload, old side: the state to hand to the new version of this
+    /// service, as a schema version and bytes (like OTP's `code_change`).
+    /// Called while the service is paused, just before the swap. The
+    /// default keeps no state: the new version starts fresh (dataframes are
+    /// untouched either way).
+    fn export_state(&self, ctx: &Context<'_>) -> Result<Option<(u32, Vec<u8>)>> {
+        let _ = ctx;
+        Ok(None)
+    }
+
+    /// Hot reload, new side: the old version's exported state, after this
+    /// instance's `setup` and before its first `main`. Check `version` and
+    /// convert older schemas; return an error to refuse the state, which
+    /// rolls the whole reload back and keeps the old version serving.
+    fn import_state(&mut self, ctx: &Context<'_>, version: u32, bytes: &[u8]) -> Result<()> {
+        let _ = (ctx, version, bytes);
+        Ok(())
+    }
 }
 
 /// A trigger condition: OTools' `Condition`.

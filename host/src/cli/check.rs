@@ -1,10 +1,7 @@
 //! `otools check MANIFEST`: everything `run` does before starting anything,
 //! reporting every problem found.
 
-#![allow(
-    clippy::print_stdout,
-    reason = "this command's result is its standard output"
-)]
+use std::io::Write as _;
 
 use clap::Args;
 
@@ -39,7 +36,8 @@ impl CheckCommand {
         match deploy::build(&m, &opts) {
             Ok(d) => {
                 let (contexts, services, triggers, conditions) = d.counts();
-                println!(
+                let _ = writeln!(
+                    std::io::stdout(),
                     "{}: ok ({contexts} context(s), {services} service(s), {triggers} trigger(s), {conditions} condition(s), {} plugin librar{})",
                     m.path.display(),
                     d.libraries,

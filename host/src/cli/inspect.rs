@@ -1,9 +1,6 @@
 //! `otools inspect LIBRARY`: what a plugin library is and exports.
 
-#![allow(
-    clippy::print_stdout,
-    reason = "this command's result is its standard output"
-)]
+use std::io::Write as _;
 
 use std::path::PathBuf;
 
@@ -28,9 +25,15 @@ impl InspectCommand {
     pub fn execute(&self) -> u8 {
         match loader::load(&self.library, self.verbose) {
             Ok(lib) => {
-                println!("library:    {}", lib.path.display());
-                println!("plugin:     {} {}", lib.name, lib.version);
-                println!(
+                let _ = writeln!(std::io::stdout(), "library:    {}", lib.path.display());
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "plugin:     {} {}",
+                    lib.name,
+                    lib.version
+                );
+                let _ = writeln!(
+                    std::io::stdout(),
                     "otools-api: {} (host: {API_VERSION}, compatible)",
                     lib.api_version
                 );
@@ -39,7 +42,8 @@ impl InspectCommand {
                     (ExportKind::Condition, "conditions"),
                 ] {
                     let names = lib.export_names(kind);
-                    println!(
+                    let _ = writeln!(
+                        std::io::stdout(),
                         "{label}:{}{}",
                         " ".repeat(11 - label.len()),
                         if names.is_empty() {

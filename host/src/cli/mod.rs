@@ -30,6 +30,8 @@ pub mod exit {
     pub const SHUTDOWN_TIMEOUT: u8 = 3;
     /// A service gave up with `on_give_up = "exit_host"` (EX_TEMPFAIL: let systemd restart the host).
     pub const GAVE_UP: u8 = 75;
+    /// Hot reloads loaded `max_loaded_libraries` versions: stopped cleanly so an OS supervisor restarts the host.
+    pub const LEAK_CEILING: u8 = 76;
     /// A second SIGINT/SIGTERM: exited at once, without waiting.
     pub const FORCED: u8 = 130;
 }
@@ -43,6 +45,7 @@ Exit codes:
        or the --events file cannot be opened
   3    stopped, but a finalize or loop call overran shutdown_timeout and was abandoned
   75   a service gave up with on_give_up = \"exit_host\" (for systemd to restart the host)
+  76   hot reloads reached max_loaded_libraries (libraries are never unloaded)
   130  second SIGINT/SIGTERM: exited at once";
 
 /// otools: run OTools-style deployments of Rust plugins.

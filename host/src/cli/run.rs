@@ -19,6 +19,9 @@ pub struct RunCommand {
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Do not watch plugin files for changes (no hot reload).
+    #[arg(long)]
+    pub no_watch: bool,
     /// Append one JSON line per lifecycle event (started, failed, hung,
     /// restarting, gave_up, fenced_call, finalized, ...) to this file.
     #[arg(long, value_name = "FILE")]
@@ -91,7 +94,7 @@ impl RunCommand {
             level_override,
             verbose: self.manifest.verbose,
         };
-        let deployment = match deploy::build(&m, &opts) {
+        let mut deployment = match deploy::build(&m, &opts) {
             Ok(d) => d,
             Err(d) => {
                 eprintln!("{d}");
@@ -110,6 +113,9 @@ impl RunCommand {
                 "ies"
             }
         );
+        if self.no_watch {
+            deployment.reload.watch = false;
+        }
         crate::supervisor::run(deployment)
     }
 }

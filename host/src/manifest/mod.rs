@@ -51,6 +51,18 @@ pub struct HostSection {
     /// The default `shutdown_timeout` of every service: how long its loop call
     /// and its `finalize` may take when it stops before it is abandoned (default 5s).
     pub shutdown_timeout: Option<Spanned<HumanDuration>>,
+    /// Reload plugins whose file changes (default true; `--no-watch` turns it off).
+    pub watch: Option<bool>,
+    /// Quiet time after a file's last change before it is reloaded (default 200ms).
+    pub reload_debounce: Option<Spanned<HumanDuration>>,
+    /// Reload attempts allowed per file within `reload_window` (default 10).
+    pub reload_limit: Option<usize>,
+    /// The window of `reload_limit` (default 60s).
+    pub reload_window: Option<Spanned<HumanDuration>>,
+    /// Exit with code 76 once this many library versions are loaded (default: no ceiling).
+    pub max_loaded_libraries: Option<usize>,
+    /// Warn once loaded library versions add up to more than this many MiB (default 256).
+    pub library_budget_mib: Option<u64>,
 }
 
 /// `[[dataframe]]`: a shared key/value store owned by the host.
@@ -232,6 +244,14 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str("a duration string such as \"250ms\" or \"5s\"")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                const LONGEST: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+                if let Ok(d) = humantime::parse_duration(s)
+                    && d > LONGEST
+                {
+                    return Err(E::custom(format!(
+                        "duration `{s}` is too long (at most 10 years)"
+                    )));
+                }
                 humantime::parse_duration(s).map(HumanDuration).map_err(|e| {
                     E::custom(format!(
                         "invalid duration `{s}`: {e}; write a number and a unit, e.g. \"250ms\" or \"5s\""
@@ -326,6 +346,26 @@ impl Manifest {
             .log_level
             .as_ref()
             .map_or(LogLevel::Info, |l| l.get_ref().0)
+    }
+
+    /// How plugin files are watched and reloaded.
+    pub fn reload_settings(&self, verbose: bool) -> crate::reload::Settings {
+        let h = &self.host;
+        crate::reload::Settings {
+            watch: h.watch.unwrap_or(true),
+            debounce: h
+                .reload_debounce
+                .as_ref()
+                .map_or(Duration::from_millis(200), |d| d.get_ref().0),
+            limit: h.reload_limit.unwrap_or(10),
+            window: h
+                .reload_window
+                .as_ref()
+                .map_or(Duration::from_secs(60), |d| d.get_ref().0),
+            max_loaded: h.max_loaded_libraries,
+            budget_bytes: h.library_budget_mib.unwrap_or(256) << 20,
+            verbose,
+        }
     }
 
     /// The shutdown timeout (default 5 s).

@@ -20,8 +20,13 @@ use otools_api::ffi::{API_VERSION, ExportInfo, ExportKind, PluginRoot_Ref};
 
 /// A loaded, checked plugin library.
 pub struct Library {
-    /// The file it was loaded from.
+    /// The file it was loaded from (the watched path; the code was loaded
+    /// from a private copy, see [`load`]).
     pub path: PathBuf,
+    /// A hash of the file's content when it was loaded.
+    pub hash: u64,
+    /// The file's size in bytes.
+    pub size: u64,
     /// Its root module.
     pub root: PluginRoot_Ref,
     /// The plugin crate's name and version.
@@ -125,27 +130,144 @@ pub enum LoadError {
     },
 }
 
-/// Loads and checks the library at `path`.
+/// Libraries are never loaded from their own path: the dynamic loader
+/// matches libraries by path (a second version at the same path would get
+/// the old code back) and a library overwritten in place while mapped
+/// crashes the process. Each version is copied to a private file named by
+/// its content hash, loaded from there, and the copy is removed at once
+/// (the mapping stays valid).
+fn shadow_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("otools-{}", std::process::id()))
+}
+
+/// A hash of a library file's content (stable within one process).
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Checks, before the dynamic loader sees the file, that it is a complete
+/// 64-bit little-endian ELF shared object: a file cut short (a copy or a
+/// build still in progress) would be mapped past its end and crash the
+/// process on first access instead of failing cleanly.
+pub fn check_elf(bytes: &[u8]) -> Result<(), String> {
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        return Err(String::from("not an ELF file (invalid ELF header)"));
+    }
+    if bytes[4] != 2 || bytes[5] != 1 {
+        return Err(String::from("not a 64-bit little-endian ELF file"));
+    }
+    if u16_at(16) != Some(3) {
+        return Err(String::from(
+            "not a shared library (ELF type is not ET_DYN)",
+        ));
+    }
+    let len = bytes.len() as u64;
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return Err(String::from("truncated ELF header"));
+    };
+    let (Some(shoff), Some(shentsize), Some(shnum)) = (u64_at(40), u16_at(58), u16_at(60)) else {
+        return Err(String::from("truncated ELF header"));
+    };
+    let ph_end = phoff.saturating_add(u64::from(phentsize) * u64::from(phnum));
+    let sh_end = shoff.saturating_add(u64::from(shentsize) * u64::from(shnum));
+    if ph_end > len || sh_end > len {
+        return Err(format!(
+            "file truncated ({len} bytes; its headers need {})",
+            ph_end.max(sh_end)
+        ));
+    }
+    for i in 0..u64::from(phnum) {
+        let at = usize::try_from(phoff + i * u64::from(phentsize)).unwrap_or(usize::MAX);
+        let p_type = bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if p_type == Some(1) {
+            // PT_LOAD: p_offset at +8, p_filesz at +32.
+            let (Some(off), Some(size)) = (u64_at(at + 8), u64_at(at + 32)) else {
+                return Err(String::from("truncated program header"));
+            };
+            if off.saturating_add(size) > len {
+                return Err(format!(
+                    "file truncated ({len} bytes; a segment ends at {})",
+                    off + size
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads and checks the library at `path`, from a private copy.
 pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     if !path.is_file() {
         return Err(LoadError::NotFound {
             path: path.to_path_buf(),
         });
     }
-    let header = lib_header_from_path(path).map_err(|e| convert(path, e, None, verbose))?;
-    let plugin_api = VersionNumber::new(header.version_strings()).ok();
-    let root = header
-        .init_root_module::<PluginRoot_Ref>()
-        .map_err(|e| convert(path, e, plugin_api, verbose))?;
-    let exports = root.exports()().into_vec();
+    let bytes = std::fs::read(path).map_err(|e| LoadError::Open {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if let Err(reason) = check_elf(&bytes) {
+        return Err(LoadError::Open {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
+    let hash = content_hash(&bytes);
+    let dir = shadow_dir();
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned());
+    let shadow = dir.join(format!("{stem}-{hash:016x}.so"));
+    let copied = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&shadow, &bytes));
+    if let Err(e) = copied {
+        return Err(LoadError::Other {
+            path: path.to_path_buf(),
+            detail: format!("cannot copy it to {}: {e}", shadow.display()),
+        });
+    }
+    let loaded = load_from(path, &shadow, verbose);
+    let _ = std::fs::remove_file(&shadow);
+    let _ = std::fs::remove_dir(&dir);
+    let (root, exports) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
+        hash,
+        size: bytes.len() as u64,
         root,
         name: root.plugin_name().as_str().to_owned(),
         version: root.plugin_version().as_str().to_owned(),
         api_version: root.api_version().as_str().to_owned(),
         exports,
     })
+}
+
+fn load_from(
+    path: &Path,
+    shadow: &Path,
+    verbose: bool,
+) -> Result<(PluginRoot_Ref, Vec<ExportInfo>), LoadError> {
+    let header = lib_header_from_path(shadow).map_err(|e| convert(path, e, None, verbose))?;
+    let plugin_api = VersionNumber::new(header.version_strings()).ok();
+    let root = header
+        .init_root_module::<PluginRoot_Ref>()
+        .map_err(|e| convert(path, e, plugin_api, verbose))?;
+    let exports = root.exports()().into_vec();
+    Ok((root, exports))
 }
 
 fn newer(a: VersionNumber, b: VersionNumber) -> bool {

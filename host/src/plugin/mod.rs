@@ -40,6 +40,14 @@ impl Registry {
             .clone()
     }
 
+    /// Every library loaded successfully.
+    pub fn libraries(&self) -> Vec<Arc<Library>> {
+        self.loaded
+            .values()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect()
+    }
+
     /// How many libraries loaded successfully.
     pub fn len(&self) -> usize {
         self.loaded.values().filter(|r| r.is_ok()).count()

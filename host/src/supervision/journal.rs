@@ -37,7 +37,8 @@ pub fn enabled() -> bool {
     JOURNAL.get().is_some()
 }
 
-/// Records one event. `fields` adds event-specific keys.
+/// Records one event. `fields` adds event-specific keys; an empty
+/// `context` (a host-wide event, such as a reload) is left out.
 pub fn record(
     event: &str,
     context: &str,
@@ -55,7 +56,9 @@ pub fn record(
     );
     obj.insert("mono_us".into(), monotonic_us().into());
     obj.insert("event".into(), event.into());
-    obj.insert("context".into(), context.into());
+    if !context.is_empty() {
+        obj.insert("context".into(), context.into());
+    }
     if let Some(s) = service {
         obj.insert("service".into(), s.into());
     }

@@ -1,0 +1,122 @@
+//! Hot-reload fixture. `OTOOLS_VERSIONED` at build time picks the version:
+//! `1` (the default) or `2` behave normally and differ in what they write;
+//! `noexport` exports its service under another name; `setup_error`,
+//! `setup_panic`, `setup_hang` fail in `setup`; `import_error`,
+//! `import_panic`, `import_hang` fail when handed the old version's state.
+//!
+//! The service `Counter` counts its `main` calls, adds one to the dataframe
+//! key `count` and to `by_<version>` on each, and hands its call count to
+//! its successor through `export_state` / `import_state` (schema 1).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use otools_api::{Context, Result, Service};
+use serde::Deserialize;
+
+/// The build-time version tag.
+pub const VERSION: &str = match option_env!("OTOOLS_VERSIONED") {
+    Some(v) => v,
+    None => "1",
+};
+
+/// Counts in a dataframe and carries its count across reloads.
+pub struct Counter {
+    dataframe: String,
+    calls: AtomicU64,
+}
+
+/// Configuration of [`Counter`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterConfig {
+    /// Where to count.
+    pub dataframe: String,
+}
+
+impl Service for Counter {
+    type Config = CounterConfig;
+
+    fn new(config: CounterConfig) -> Result<Self> {
+        Ok(Counter {
+            dataframe: config.dataframe,
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    fn setup(&mut self, ctx: &Context<'_>) -> Result<()> {
+        match VERSION {
+            "setup_error" => otools_api::bail!("version {VERSION} refuses to set up"),
+            "setup_panic" => panic!("version {VERSION} panics in setup"),
+            "setup_hang" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            _ => {
+                ctx.info(format_args!("version {VERSION} set up"));
+                Ok(())
+            }
+        }
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let df = ctx.dataframe(&self.dataframe)?;
+        df.increment("count", 1)?;
+        df.increment(&format!("by_{VERSION}"), 1)?;
+        Ok(())
+    }
+
+    fn export_state(&self, _: &Context<'_>) -> Result<Option<(u32, Vec<u8>)>> {
+        Ok(Some((
+            1,
+            self.calls.load(Ordering::Relaxed).to_le_bytes().to_vec(),
+        )))
+    }
+
+    fn import_state(&mut self, ctx: &Context<'_>, version: u32, bytes: &[u8]) -> Result<()> {
+        match VERSION {
+            "import_error" => otools_api::bail!("version {VERSION} refuses the state"),
+            "import_panic" => panic!("version {VERSION} panics on import"),
+            "import_hang" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            _ => {}
+        }
+        if version != 1 {
+            otools_api::bail!("unknown state schema {version}");
+        }
+        let calls = u64::from_le_bytes(
+            bytes
+                .try_into()
+                .map_err(|_| otools_api::Error::msg("bad state length"))?,
+        );
+        self.calls.store(calls, Ordering::Relaxed);
+        ctx.info(format_args!("version {VERSION} imported {calls} calls"));
+        Ok(())
+    }
+}
+
+/// The same service under another export name (the `noexport` version).
+pub struct Renamed(Counter);
+
+impl Service for Renamed {
+    type Config = CounterConfig;
+
+    fn new(config: CounterConfig) -> Result<Self> {
+        Counter::new(config).map(Renamed)
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        self.0.main(ctx)
+    }
+}
+
+#[cfg(not(versioned_noexport))]
+otools_api::export_plugin! {
+    services: [Counter],
+}
+
+#[cfg(versioned_noexport)]
+otools_api::export_plugin! {
+    services: [Renamed],
+}

@@ -1,0 +1,320 @@
+//! Hot reload through the real binary: a plugin file replaced on disk
+//! replaces its running instances in place, or is refused while the old
+//! version keeps serving. The fixtures are real builds of
+//! `plugins/versioned` with different `OTOOLS_VERSIONED` values.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::util::{Running, TestDir, journal, target_dir, wait_for_events};
+
+const VARIANTS: &[&str] = &[
+    "1",
+    "2",
+    "noexport",
+    "setup_error",
+    "setup_panic",
+    "setup_hang",
+    "import_error",
+    "import_panic",
+    "import_hang",
+];
+
+/// Builds every variant once (in a target folder of their own) and returns
+/// the folder holding `lib_<variant>.so` copies.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        crate::util::build();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let target = target_dir().join("reload-fixtures");
+        let out = target.join("variants");
+        std::fs::create_dir_all(&out).unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        for v in VARIANTS {
+            let status = std::process::Command::new(&cargo)
+                .current_dir(root)
+                .args(["build", "-p", "plugin-versioned", "--target-dir"])
+                .arg(&target)
+                .env("OTOOLS_VERSIONED", v)
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building variant {v}");
+            std::fs::copy(
+                target.join("debug/libversioned.so"),
+                out.join(format!("lib_{v}.so")),
+            )
+            .unwrap();
+        }
+        out
+    })
+}
+
+fn variant(v: &str) -> PathBuf {
+    fixtures().join(format!("lib_{v}.so"))
+}
+
+/// Replaces `dest` atomically with `bytes` (write a sibling, rename over).
+fn swap_in(dest: &Path, bytes: &[u8]) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+fn manifest(dir: &TestDir, extra: &str) -> (PathBuf, PathBuf) {
+    let watched = dir.path.join("libcounting.so");
+    std::fs::copy(variant("1"), &watched).unwrap();
+    let m = dir.manifest(
+        "m.toml",
+        &format!(
+            r#"reload_debounce = "50ms"
+reload_limit = 100
+[[dataframe]]
+name = "d"
+[[context]]
+name = "C"
+period = "2ms"
+dataframes = ["d"]
+[[context.service]]
+name = "counter"
+plugin = "{}"
+export = "Counter"
+config = {{ dataframe = "d" }}
+startup_timeout = "300ms"
+{extra}
+[[context.service]]
+name = "report"
+plugin = "probe"
+export = "Report"
+config = {{ dataframe = "d", keys = ["count", "by_1", "by_2"] }}
+"#,
+            watched.display()
+        ),
+    );
+    (m, watched)
+}
+
+fn pos(j: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
+    j.iter()
+        .position(pred)
+        .unwrap_or_else(|| panic!("missing event in {j:#?}"))
+}
+
+#[test]
+fn reload_replaces_running_instances_and_hands_over_state_without_overlap() {
+    let dir = TestDir::new("reload_ok");
+    let (m, watched) = manifest(&dir, "");
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    swap_in(&watched, &std::fs::read(variant("2")).unwrap());
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    host.wait_for("version 2 imported");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let j = journal(&events);
+    // Spawn first, swap second: the new generation is set up before the old
+    // one is finalized, and serves only after that.
+    let setup_new = pos(&j, |e| {
+        e["event"] == "reload_setup_ok" && e["generation"] == 2
+    });
+    let final_old = pos(&j, |e| {
+        e["event"] == "finalized" && e["service"] == "counter" && e["generation"] == 1
+    });
+    let start_new = pos(&j, |e| {
+        e["event"] == "started" && e["service"] == "counter" && e["generation"] == 2
+    });
+    assert!(setup_new < final_old && final_old < start_new, "{j:#?}");
+    // The state came over, and the count has no gap and no double writes.
+    let imported: Vec<String> = out
+        .messages_of("counter")
+        .into_iter()
+        .filter(|m| m.contains("imported"))
+        .collect();
+    assert_eq!(imported.len(), 1, "{imported:?}");
+    let n = |k: &str| {
+        out.report("d", k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(n("by_1") > 0 && n("by_2") > 0, "both versions ran");
+    assert_eq!(
+        n("count"),
+        n("by_1") + n("by_2"),
+        "each main call of either version counted exactly once"
+    );
+    let calls: u64 = imported[0]
+        .split("imported ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|w| w.parse().ok())
+        .expect("a number of calls");
+    assert_eq!(
+        calls,
+        n("by_1"),
+        "version 2 imported exactly version 1's calls"
+    );
+}
+
+#[test]
+fn a_bad_new_version_is_refused_and_the_old_one_keeps_serving() {
+    let dir = TestDir::new("reload_bad");
+    let (m, watched) = manifest(&dir, "");
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    let v2 = std::fs::read(variant("2")).unwrap();
+    let mut sh = std::fs::read("/bin/sh").unwrap_or_else(|_| b"\x7fELF not really".to_vec());
+    sh.truncate(4096);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        // Cut inside the program headers (a debug build keeps its code in
+        // the first half, so half a file can still load).
+        ("truncated", v2[..4096].to_vec(), "cannot load"),
+        (
+            "garbage",
+            b"not a library at all".repeat(100),
+            "cannot load",
+        ),
+        ("wrong file type", sh, "cannot load"),
+        (
+            "no root module",
+            std::fs::read(crate::util::plugin("bare")).unwrap(),
+            "is not an otools plugin",
+        ),
+        (
+            "missing export",
+            std::fs::read(variant("noexport")).unwrap(),
+            "no export `Counter`",
+        ),
+        (
+            "setup error",
+            std::fs::read(variant("setup_error")).unwrap(),
+            "refuses to set up",
+        ),
+        (
+            "setup panic",
+            std::fs::read(variant("setup_panic")).unwrap(),
+            "panics in setup",
+        ),
+        (
+            "setup hang",
+            std::fs::read(variant("setup_hang")).unwrap(),
+            "hung",
+        ),
+        (
+            "import error",
+            std::fs::read(variant("import_error")).unwrap(),
+            "refuses the state",
+        ),
+        (
+            "import panic",
+            std::fs::read(variant("import_panic")).unwrap(),
+            "panics on import",
+        ),
+        (
+            "import hang",
+            std::fs::read(variant("import_hang")).unwrap(),
+            "hung",
+        ),
+    ];
+    for (i, (name, bytes, why)) in cases.iter().enumerate() {
+        swap_in(&watched, bytes);
+        let j = wait_for_events(&events, i + 1, |e| e["event"] == "reload_rejected");
+        let rejected: Vec<&Value> = j
+            .iter()
+            .filter(|e| e["event"] == "reload_rejected")
+            .collect();
+        let reason = rejected[i]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(why), "{name}: {reason}");
+        assert!(
+            reason.contains("libcounting.so"),
+            "{name}: the file is named: {reason}"
+        );
+        if name.starts_with("setup") || name.starts_with("import") || *name == "missing export" {
+            assert!(
+                reason.contains("Counter"),
+                "{name}: the export is named: {reason}"
+            );
+        }
+    }
+    let j = journal(&events);
+    assert!(
+        !j.iter()
+            .any(|e| e["event"] == "started" && e["service"] == "counter" && e["generation"] != 1),
+        "the old generation was never replaced"
+    );
+    assert!(!j.iter().any(|e| e["event"] == "reload_ok"));
+    // Fixing the file reloads normally, and the old generation, which kept
+    // serving through every refusal, hands over all its calls.
+    swap_in(&watched, &std::fs::read(variant("2")).unwrap());
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    host.wait_for("version 2 imported");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let n = |k: &str| {
+        out.report("d", k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        n("count"),
+        n("by_1") + n("by_2"),
+        "no lost or doubled counts"
+    );
+    let imported = out
+        .messages_of("counter")
+        .into_iter()
+        .find(|m| m.contains("imported"))
+        .unwrap();
+    assert!(
+        imported.contains(&format!("imported {} calls", n("by_1"))),
+        "{imported}"
+    );
+}
+
+#[test]
+fn touching_or_rewriting_identical_bytes_does_not_reload_and_each_new_content_reloads_once() {
+    let dir = TestDir::new("reload_patterns");
+    let (m, watched) = manifest(&dir, "");
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    let v1 = std::fs::read(variant("1")).unwrap();
+    let v2 = std::fs::read(variant("2")).unwrap();
+    // A touch and an identical rewrite: no attempt.
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&watched)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+    drop(f);
+    std::fs::write(&watched, &v1).unwrap();
+    // A write in chunks (new inode via rename at the end, as a build does): one attempt.
+    let tmp = dir.path.join("chunks.tmp");
+    {
+        use std::io::Write;
+        let mut out = std::fs::File::create(&tmp).unwrap();
+        for chunk in v2.chunks(v2.len() / 4 + 1) {
+            out.write_all(chunk).unwrap();
+            out.flush().unwrap();
+        }
+    }
+    std::fs::rename(&tmp, &watched).unwrap();
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    // Back to version 1 by a plain copy over a new file: one more attempt.
+    swap_in(&watched, &v1);
+    wait_for_events(&events, 2, |e| e["event"] == "reload_ok");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let j = journal(&events);
+    let attempts = j
+        .iter()
+        .filter(|e| e["event"] == "reload_attempted")
+        .count();
+    assert_eq!(attempts, 2, "one attempt per distinct new content: {j:#?}");
+}
