@@ -43,7 +43,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Builds a plugin against a copy of plugin-api with `version`, after
 /// applying `edit` to the copy's `src/ffi.rs`; returns the library.
-fn build_variant(
+pub(crate) fn build_variant(
     dir: &TestDir,
     name: &str,
     version: &str,

@@ -52,6 +52,16 @@ fn fixtures() -> &'static Path {
     })
 }
 
+/// A plugin built against a copy of otools-api whose FFI layout differs.
+fn incompatible(dir: &TestDir) -> PathBuf {
+    crate::compat::build_variant(dir, "mismatch", env!("CARGO_PKG_VERSION"), |s| {
+        s.replace(
+            "    UnknownExport = 4,\n}",
+            "    UnknownExport = 4,\n    /// Added by the test.\n    Extra = 5,\n}",
+        )
+    })
+}
+
 fn variant(v: &str) -> PathBuf {
     fixtures().join(format!("lib_{v}.so"))
 }
@@ -317,4 +327,50 @@ fn touching_or_rewriting_identical_bytes_does_not_reload_and_each_new_content_re
         .filter(|e| e["event"] == "reload_attempted")
         .count();
     assert_eq!(attempts, 2, "one attempt per distinct new content: {j:#?}");
+}
+
+#[test]
+fn a_real_cargo_build_of_the_plugin_reloads_it_once() {
+    let fixtures = fixtures();
+    let target = fixtures.parent().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = |v: &str| {
+        let status = std::process::Command::new(&cargo)
+            .current_dir(root)
+            .args(["build", "-p", "plugin-versioned", "--target-dir"])
+            .arg(target)
+            .env("OTOOLS_VERSIONED", v)
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build of version {v}");
+    };
+    build("1");
+    let built = target.join("debug/libversioned.so");
+    let dir = TestDir::new("reload_cargo");
+    let m = dir.manifest(
+        "m.toml",
+        &format!(
+            "reload_debounce = \"200ms\"\n[[dataframe]]\nname = \"d\"\n[[context]]\nname = \"C\"\nperiod = \"2ms\"\ndataframes = [\"d\"]\n\
+             [[context.service]]\nname = \"counter\"\nplugin = \"{}\"\nexport = \"Counter\"\nconfig = {{ dataframe = \"d\" }}\n",
+            built.display()
+        ),
+    );
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    build("2");
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    host.wait_for("version 2 imported");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let j = journal(&events);
+    assert_eq!(
+        j.iter()
+            .filter(|e| e["event"] == "reload_attempted")
+            .count(),
+        1,
+        "{j:#?}"
+    );
 }
