@@ -200,6 +200,11 @@ fn a_bad_new_version_is_refused_and_the_old_one_keeps_serving() {
             "no export `Counter`",
         ),
         (
+            "incompatible otools-api",
+            std::fs::read(incompatible(&dir)).unwrap(),
+            "does not match this host's otools-api",
+        ),
+        (
             "setup error",
             std::fs::read(variant("setup_error")).unwrap(),
             "refuses to set up",
