@@ -379,3 +379,34 @@ fn a_real_cargo_build_of_the_plugin_reloads_it_once() {
         "{j:#?}"
     );
 }
+
+#[test]
+fn reaching_max_loaded_libraries_stops_the_host_with_exit_code_76() {
+    let dir = TestDir::new("reload_ceiling");
+    // Two libraries at start (the watched one and probe): the first reload is the third.
+    let (m, watched) = manifest(&dir, "");
+    let text = std::fs::read_to_string(&m).unwrap().replace(
+        "reload_limit = 100",
+        "reload_limit = 100\nmax_loaded_libraries = 3",
+    );
+    std::fs::write(&m, text).unwrap();
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    swap_in(&watched, &std::fs::read(variant("2")).unwrap());
+    let out = host.finish();
+    assert_eq!(out.code(), 76, "{}", out.stderr);
+    let j = journal(&events);
+    let ok = j
+        .iter()
+        .find(|e| e["event"] == "reload_ok")
+        .expect("the reload itself succeeded");
+    assert_eq!(ok["loaded_versions"], 3);
+    assert!(j.iter().any(|e| e["event"] == "leak_ceiling"));
+    // It stopped cleanly: the serving instance was finalized.
+    assert!(
+        j.iter().any(|e| e["event"] == "finalized"
+            && e["service"] == "counter"
+            && e["generation"] == 2)
+    );
+}
