@@ -38,6 +38,9 @@ use crate::runtime::{Core, Paused, Prepared};
 use crate::supervision::journal;
 use crate::supervision::watchdog::Slot;
 
+/// Marks a refusal that is only about timing (a unit restarting): retried.
+const BUSY: &str = "cannot be swapped now";
+
 /// How reloads are watched and bounded (`[host]` keys and `--no-watch`).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -72,6 +75,8 @@ struct FileState {
 }
 
 struct Accounting {
+    /// Content hashes of every version loaded (refused ones too: they stay mapped).
+    hashes: std::collections::HashSet<u64>,
     versions: usize,
     bytes: u64,
     warned: bool,
@@ -108,6 +113,7 @@ pub fn start(
         );
     }
     let accounting = Accounting {
+        hashes: libraries.iter().map(|l| l.hash).collect(),
         versions: libraries.len(),
         bytes: libraries.iter().map(|l| l.size).sum(),
         warned: false,
@@ -139,7 +145,7 @@ pub fn start(
             };
             loop {
                 let wait = if w.files.values().any(|f| f.pending) {
-                    w.settings.window / 10
+                    (w.settings.window / 10).max(Duration::from_millis(10))
                 } else {
                     Duration::from_secs(3600)
                 };
@@ -252,8 +258,6 @@ impl Watcher {
                 let state = self.files.get_mut(path).expect("known file");
                 state.current = lib.hash;
                 state.rejected = None;
-                self.accounting.versions += 1;
-                self.accounting.bytes += lib.size;
                 journal::record(
                     "reload_ok",
                     "",
@@ -278,7 +282,12 @@ impl Watcher {
             }
             Err(reason) => {
                 if let Some(state) = self.files.get_mut(path) {
-                    state.rejected = Some(hash);
+                    if reason.contains(BUSY) {
+                        // A unit was restarting: try the same content again later.
+                        state.pending = true;
+                    } else {
+                        state.rejected = Some(hash);
+                    }
                 }
                 journal::record(
                     "reload_rejected",
@@ -295,7 +304,17 @@ impl Watcher {
                     "reload of {} refused; the running version keeps serving: {reason}",
                     path.display()
                 );
+                self.check_budget();
             }
+        }
+    }
+
+    /// Counts a version once it is mapped: refused or not, it stays.
+    fn count_loaded(&mut self, lib: &Library) {
+        let a = &mut self.accounting;
+        if a.hashes.insert(lib.hash) {
+            a.versions += 1;
+            a.bytes += lib.size;
         }
     }
 
@@ -329,7 +348,7 @@ impl Watcher {
 
     /// One reload of `path`, on a thread of its own so the watchdog can
     /// abandon a hung `setup`, `export_state` or `import_state`.
-    fn reload(&self, path: &Path) -> Result<(Arc<Library>, usize), String> {
+    fn reload(&mut self, path: &Path) -> Result<(Arc<Library>, usize), String> {
         let lib = loader::load(path, self.settings.verbose)
             .map(Arc::new)
             .map_err(|e| e.to_string())?;
@@ -342,6 +361,7 @@ impl Watcher {
                     .map(move |u| (Arc::clone(c), u))
             })
             .collect();
+        self.count_loaded(&lib);
         for (core, u) in &targets {
             if !core.lib_has_export(*u, &lib) {
                 let (name, export) = core.unit_label(*u);
@@ -352,6 +372,18 @@ impl Watcher {
                 ));
             }
         }
+        // Units that ended for good just take the new library for any later start.
+        let targets: Vec<(Arc<Core>, usize)> = targets
+            .into_iter()
+            .filter(|(core, u)| {
+                if core.is_over(*u) {
+                    core.adopt_library(*u, &lib);
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
         let (tx, rx) = mpsc::channel::<Result<usize, String>>();
         let job = Arc::new(Job {
             current: Mutex::new(path.display().to_string()),
@@ -367,12 +399,8 @@ impl Watcher {
                 let hang_job = Arc::clone(&job);
                 let slot = Slot::register(move |h| {
                     // The job's thread is stuck in a plugin call: undo what it did from here.
-                    for host in hang_job.hosts.lock().iter() {
-                        if host.generation != h.generation
-                            || !hang_job.is_paused(h.unit, h.generation)
-                        {
-                            host.fence();
-                        }
+                    for (_, host) in hang_job.hosts.lock().iter() {
+                        host.fence();
                     }
                     for (core, p) in hang_job.paused.lock().drain(..) {
                         if p.unit() == h.unit && p.generation() == h.generation {
@@ -413,20 +441,13 @@ impl Watcher {
 struct Job {
     /// What the job is calling now (file, export, service), for messages.
     current: Mutex<String>,
-    /// Host handles of the new instances (fenced if the job is abandoned).
-    hosts: Mutex<Vec<Arc<InstanceHost>>>,
+    /// Host handles of the new instances, with their units (fenced if the job is abandoned).
+    hosts: Mutex<Vec<(usize, Arc<InstanceHost>)>>,
     /// Old instances paused so far (resumed on rollback).
     paused: Mutex<Vec<(Arc<Core>, Paused)>>,
 }
 
 impl Job {
-    fn is_paused(&self, unit: usize, generation: u64) -> bool {
-        self.paused
-            .lock()
-            .iter()
-            .any(|(_, p)| p.unit() == unit && p.generation() == generation)
-    }
-
     /// Rolls back: discards the prepared instances, resumes the paused ones.
     fn rollback(
         &self,
@@ -456,7 +477,7 @@ fn swap(
     job: &Job,
     file: &str,
 ) -> Option<Result<usize, String>> {
-    let record = |h: &Arc<InstanceHost>| job.hosts.lock().push(Arc::clone(h));
+    let record = |h: &Arc<InstanceHost>| job.hosts.lock().push((0, Arc::clone(h)));
     let label = |core: &Core, u: usize| {
         let (name, export) = core.unit_label(u);
         format!(
@@ -493,7 +514,7 @@ fn swap(
                 return job.rollback(
                     prepared,
                     slot,
-                    format!("{}: cannot be swapped now: {reason}", label(core, *u)),
+                    format!("{}: {BUSY}: {reason}", label(core, *u)),
                 );
             }
         };
@@ -530,10 +551,18 @@ fn swap(
     // 4. Commit: the point of no return.
     let paused: Vec<(Arc<Core>, Paused)> = job.paused.lock().drain(..).collect();
     let n = prepared.len();
+    let mut kept = 0;
     for ((core, new), (_, old)) in prepared.into_iter().zip(paused) {
-        if core.commit(old, new, lib, slot).is_err() {
-            return None;
+        match core.commit(old, new, lib, slot) {
+            Err(_abandoned) => return None,
+            Ok(true) => {}
+            Ok(false) => kept += 1,
         }
+    }
+    if kept > 0 {
+        return Some(Err(format!(
+            "{file}: {kept} of {n} instance(s) were restarted or stopping during the swap and keep the old version"
+        )));
     }
     Some(Ok(n))
 }

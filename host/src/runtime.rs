@@ -1234,7 +1234,7 @@ impl Core {
     }
 
     /// Pauses unit `u`'s serving instance: no more `main`, its loop stopped.
-    pub fn pause(&self, u: usize) -> Result<Paused, String> {
+    pub fn pause(self: &Arc<Self>, u: usize) -> Result<Paused, String> {
         let unit = &self.units[u];
         let generation = {
             let c = unit.control.lock();
@@ -1255,7 +1255,9 @@ impl Core {
             }
             c.generation
         };
-        let Some(live) = unit.live.load_full() else {
+        // Taken out of service: no new `main` starts, and once the count
+        // drops to one no call is in flight.
+        let Some(live) = unit.live.swap(None) else {
             unit.set_state(State::Ready);
             return Err(String::from("it is not serving"));
         };
@@ -1281,15 +1283,30 @@ impl Core {
                 );
             }
             if !live.loop_done.load(Ordering::SeqCst) {
-                // Put the handle back: the loop is still in a call.
+                // Put everything back: the loop is still in a call.
                 unit.control.lock().loop_thread = Some((generation, t));
                 live.host.retired.store(false, Ordering::SeqCst);
+                unit.live.store(Some(live));
                 unit.set_state(State::Ready);
                 return Err(String::from(
                     "its loop call did not return within shutdown_timeout",
                 ));
             }
             let _ = t.join();
+        }
+        let deadline = Instant::now() + unit.policy.shutdown_timeout;
+        while Arc::strong_count(&live) > 1 {
+            if Instant::now() >= deadline {
+                live.host.retired.store(false, Ordering::SeqCst);
+                live.loop_done.store(false, Ordering::SeqCst);
+                unit.live.store(Some(Arc::clone(&live)));
+                unit.set_state(State::Ready);
+                self.start_loop(u, &live);
+                return Err(String::from(
+                    "its main call did not return within shutdown_timeout",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
         Ok(Paused {
             unit: u,
@@ -1347,6 +1364,7 @@ impl Core {
         let unit = &self.units[p.unit];
         p.live.host.retired.store(false, Ordering::SeqCst);
         p.live.loop_done.store(false, Ordering::SeqCst);
+        unit.live.store(Some(Arc::clone(&p.live)));
         unit.set_state(State::Ready);
         self.start_loop(p.unit, &p.live);
         self.shared.wake.notify();
@@ -1370,7 +1388,7 @@ impl Core {
         Ok(())
     }
 
-    /// Commits a reload of one unit: the old instance is finalized and
+    /// Commits a reload of one unit (false: refused, the old one resumed): the old instance is finalized and
     /// fenced, the new one takes its place under the same name, from `lib`.
     pub fn commit(
         self: &Arc<Self>,
@@ -1378,15 +1396,18 @@ impl Core {
         new: Prepared,
         lib: &Arc<Library>,
         slot: &Slot,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<bool, Abandoned> {
         let u = old.unit;
         let unit = &self.units[u];
-        if self.shared.stopping() || unit.control.lock().generation != old.generation {
+        if self.shared.stopping()
+            || unit.control.lock().generation != old.generation
+            || new.generation != old.generation + 1
+        {
             // Shutting down, or restarted meanwhile: keep the old one where it
             // is (the shutdown finalizes it) and drop the new one.
-            let _ = self.discard(new, slot);
+            self.discard(new, slot)?;
             self.resume(old);
-            return Ok(());
+            return Ok(false);
         }
         let mut previous = old.live;
         unit.live.store(None);
@@ -1421,7 +1442,18 @@ impl Core {
         }
         unit.library.store(Arc::clone(lib));
         self.install(u, new.live);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Is unit `u` over for good (ended or failed)? Such a unit just takes
+    /// the new library for any later start; there is nothing to swap.
+    pub fn is_over(&self, u: usize) -> bool {
+        self.units[u].state().terminal()
+    }
+
+    /// Points an ended unit at a new library.
+    pub fn adopt_library(&self, u: usize, lib: &Arc<Library>) {
+        self.units[u].library.store(Arc::clone(lib));
     }
 }
 

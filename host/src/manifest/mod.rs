@@ -357,11 +357,12 @@ impl Manifest {
                 .reload_debounce
                 .as_ref()
                 .map_or(Duration::from_millis(200), |d| d.get_ref().0),
-            limit: h.reload_limit.unwrap_or(10),
+            limit: h.reload_limit.unwrap_or(10).max(1),
             window: h
                 .reload_window
                 .as_ref()
-                .map_or(Duration::from_secs(60), |d| d.get_ref().0),
+                .map_or(Duration::from_secs(60), |d| d.get_ref().0)
+                .max(Duration::from_millis(10)),
             max_loaded: h.max_loaded_libraries,
             budget_bytes: h.library_budget_mib.unwrap_or(256) << 20,
             verbose,

@@ -63,6 +63,10 @@ pub enum Entry {
     Check = 3,
     /// `finalize` (deadline: `shutdown_timeout`).
     Finalize = 4,
+    /// `export_state` during a reload (deadline: `watchdog`, else `shutdown_timeout`).
+    Export = 5,
+    /// `import_state` during a reload (deadline: `startup_timeout`).
+    Import = 6,
 }
 
 impl Entry {
@@ -74,6 +78,8 @@ impl Entry {
             Entry::Loop => "loop",
             Entry::Check => "check",
             Entry::Finalize => "finalize",
+            Entry::Export => "export_state",
+            Entry::Import => "import_state",
         }
     }
 
@@ -83,6 +89,8 @@ impl Entry {
             1 => Entry::Main,
             2 => Entry::Loop,
             3 => Entry::Check,
+            5 => Entry::Export,
+            6 => Entry::Import,
             _ => Entry::Finalize,
         }
     }
