@@ -863,16 +863,7 @@ impl Core {
         }
         let deadline = Instant::now() + unit.policy.shutdown_timeout;
         if let Some(t) = loop_thread {
-            while !live.loop_done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let seen = self.shared.wake.epoch();
-                if live.loop_done.load(Ordering::SeqCst) {
-                    break;
-                }
-                self.shared.wake.wait_until(
-                    seen,
-                    Some(deadline.min(Instant::now() + Duration::from_millis(50))),
-                );
-            }
+            self.wait_loop_done(&live, deadline);
             if live.loop_done.load(Ordering::SeqCst) {
                 let _ = t.join();
             } else {
@@ -914,6 +905,21 @@ impl Core {
         }
         live.host.fence();
         Ok(())
+    }
+
+    /// Waits (at most until `deadline`) for a retired instance's loop thread
+    /// to leave; true if it did. The loop thread wakes us when it ends.
+    fn wait_loop_done(&self, live: &Live, deadline: Instant) -> bool {
+        loop {
+            let seen = self.shared.wake.epoch();
+            if live.loop_done.load(Ordering::SeqCst) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.shared.wake.wait_until(seen, Some(deadline));
+        }
     }
 
     fn abandon_on_stop(&self, u: usize, live: &Live, entry: &str) {
@@ -1272,16 +1278,7 @@ impl Core {
         };
         if let Some(t) = loop_thread {
             let deadline = Instant::now() + unit.policy.shutdown_timeout;
-            while !live.loop_done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let seen = self.shared.wake.epoch();
-                if live.loop_done.load(Ordering::SeqCst) {
-                    break;
-                }
-                self.shared.wake.wait_until(
-                    seen,
-                    Some(deadline.min(Instant::now() + Duration::from_millis(50))),
-                );
-            }
+            self.wait_loop_done(&live, deadline);
             if !live.loop_done.load(Ordering::SeqCst) {
                 // Put everything back: the loop is still in a call.
                 unit.control.lock().loop_thread = Some((generation, t));
@@ -1457,6 +1454,16 @@ impl Core {
     }
 }
 
+/// What a serving call came to.
+enum Served<T> {
+    /// The unit was not serving: nothing was called.
+    NotServing,
+    /// The call returned this.
+    Returned(T),
+    /// The call failed, or the entry point is not implemented.
+    Failed,
+}
+
 enum Classified {
     Ok,
     Unimplemented,
@@ -1588,94 +1595,76 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Calls `main` of unit `u` if it is serving; true if called.
-    fn call_main(&mut self, u: usize, step: usize) -> Result<bool, Abandoned> {
-        let core = self.core;
-        let unit = &core.units[u];
-        if unit.state() != State::Ready || !unit.has_main.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        let guard = unit.live.load();
-        let Some(live) = guard.as_ref() else {
-            return Ok(false);
-        };
-        let generation = live.host.generation;
-        let r = Core::watched(
-            self.slot,
-            u,
-            generation,
-            Entry::Main,
-            unit.policy.watchdog,
-            position(PHASE_RUN, step),
-            || live.main(),
-        )?;
-        match classify(&live.host, "main", r) {
-            Classified::Ok => {}
-            Classified::Unimplemented => unit.has_main.store(false, Ordering::Relaxed),
-            Classified::Failed(reason) => {
-                drop(guard);
-                core.exit(
-                    u,
-                    generation,
-                    Exit::Failed {
-                        entry: Entry::Main,
-                        reason,
-                    },
-                );
-                return Ok(true);
-            }
-        }
-        if live.host.deactivated() {
-            drop(guard);
-            core.exit(u, generation, Exit::Deactivated);
-        }
-        Ok(true)
-    }
-
-    fn check(&mut self, u: usize, step: usize) -> Result<bool, Abandoned> {
+    /// Calls one entry point (`main` or `check`) of unit `u` if it is
+    /// serving, watched, and reports a failure or a deactivation.
+    fn serve<T>(
+        &mut self,
+        u: usize,
+        step: usize,
+        entry: Entry,
+        call: impl FnOnce(&Live) -> CallResult<T>,
+    ) -> Result<Served<T>, Abandoned> {
         let core = self.core;
         let unit = &core.units[u];
         if unit.state() != State::Ready {
-            return Ok(false);
+            return Ok(Served::NotServing);
         }
         let guard = unit.live.load();
         let Some(live) = guard.as_ref() else {
-            return Ok(false);
+            return Ok(Served::NotServing);
         };
         let generation = live.host.generation;
+        let limit = unit.policy.watchdog;
         let r = Core::watched(
             self.slot,
             u,
             generation,
-            Entry::Check,
-            unit.policy.watchdog,
+            entry,
+            limit,
             position(PHASE_RUN, step),
-            || live.check(),
+            || call(live),
         )?;
-        let value = match r {
-            RResult::ROk(v) => v,
-            RResult::RErr(e) => {
-                if let Classified::Failed(reason) =
-                    classify(&live.host, "check", RResult::<(), _>::RErr(e))
-                {
-                    drop(guard);
-                    core.exit(
-                        u,
-                        generation,
-                        Exit::Failed {
-                            entry: Entry::Check,
-                            reason,
-                        },
-                    );
+        let (served, failed) = match r {
+            RResult::ROk(v) => (Served::Returned(v), None),
+            RResult::RErr(e) => match classify(&live.host, entry.name(), RResult::<(), _>::RErr(e))
+            {
+                Classified::Failed(reason) => (Served::Failed, Some(reason)),
+                _ => {
+                    // Not implemented: a service without `main` is not asked again.
+                    if entry == Entry::Main {
+                        unit.has_main.store(false, Ordering::Relaxed);
+                    }
+                    (Served::Failed, None)
                 }
-                return Ok(false);
-            }
+            },
         };
-        if live.host.deactivated() {
-            drop(guard);
+        let deactivated = live.host.deactivated();
+        drop(guard);
+        if let Some(reason) = failed {
+            core.exit(u, generation, Exit::Failed { entry, reason });
+        } else if deactivated {
             core.exit(u, generation, Exit::Deactivated);
         }
-        Ok(value)
+        Ok(served)
+    }
+
+    /// Calls `main` of unit `u` if it is serving and has one; true if called.
+    fn call_main(&mut self, u: usize, step: usize) -> Result<bool, Abandoned> {
+        if !self.core.units[u].has_main.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        Ok(!matches!(
+            self.serve(u, step, Entry::Main, Live::main)?,
+            Served::NotServing
+        ))
+    }
+
+    /// Evaluates condition `u`; false if it is not serving or failed.
+    fn check(&mut self, u: usize, step: usize) -> Result<bool, Abandoned> {
+        Ok(matches!(
+            self.serve(u, step, Entry::Check, Live::check)?,
+            Served::Returned(true)
+        ))
     }
 
     fn main_loop(&mut self, mut start: usize) -> Result<(), Abandoned> {
