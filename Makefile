@@ -22,11 +22,13 @@ test: build
 ## bench: release build, then every workload; prints one table (see BENCHMARKS.md)
 bench:
 	$(CARGO) build --release --workspace
+	bench/peer/install.sh
 	./target/release/otools-bench
 
 ## bench-smoke: every workload for a moment, no figure checks (CI runs it)
 bench-smoke:
 	$(CARGO) build --release --workspace
+	bench/peer/install.sh
 	./target/release/otools-bench --smoke
 
 ## lint: formatting and clippy with warnings as errors

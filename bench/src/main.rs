@@ -114,6 +114,107 @@ struct Row {
     note: String,
 }
 
+/// A side-by-side row: OTools' figure, otools', and how many times better.
+struct Versus {
+    workload: String,
+    otools_py: Option<f64>,
+    otools_rs: f64,
+    unit: &'static str,
+    /// True when a larger figure is better (a rate), false for a time or size.
+    higher_is_better: bool,
+    goal: String,
+}
+
+impl Versus {
+    fn ratio(&self) -> Option<f64> {
+        let py = self.otools_py?;
+        Some(if self.higher_is_better {
+            self.otools_rs / py
+        } else {
+            py / self.otools_rs
+        })
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    release_dir()
+        .parent()
+        .and_then(Path::parent)
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The Python OTools peer, if `bench/peer/install.sh` could install it.
+fn peer_python() -> Option<PathBuf> {
+    let py = workspace_root().join(".bench/venv/bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import otools"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(py)
+}
+
+/// Runs one peer workload unpinned and pinned to CPU 0 (`taskset`) and
+/// returns the better figure `key` (the larger rate, or the smaller time).
+fn run_peer(
+    py: &Path,
+    workload: &str,
+    arg: &str,
+    key: &str,
+    higher_is_better: bool,
+) -> Option<f64> {
+    let script = workspace_root().join("bench/peer/peer.py");
+    let mut best: Option<f64> = None;
+    for pinned in [false, true] {
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(py);
+            c
+        } else {
+            Command::new(py)
+        };
+        let out = cmd
+            .arg(&script)
+            .args([workload, arg])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .and_then(|v| v[key].as_f64());
+        best = match (best, value) {
+            (None, v) => v,
+            (b, None) => b,
+            (Some(b), Some(v)) => Some(if (v > b) == higher_is_better { v } else { b }),
+        };
+    }
+    best
+}
+
+/// Wall time (s) and peak RSS (KiB) of a whole process run, measured by
+/// the kernel's accounting of the child (the same way for both sides).
+fn whole_process(cmd: &[&str]) -> (f64, f64) {
+    let script = "import resource,subprocess,sys,time\nt=time.perf_counter()\nsubprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)\nprint(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .args(cmd)
+        .output()
+        .expect("python3 to time a process");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text
+        .split_whitespace()
+        .filter_map(|w| w.parse::<f64>().ok());
+    (
+        parts.next().unwrap_or(f64::NAN),
+        parts.next().unwrap_or(f64::NAN),
+    )
+}
+
 fn watchdog_detection(dir: &Path, plugins: &Path, hangs: u64) -> Vec<Row> {
     let m = dir.join("detection.toml");
     std::fs::write(
@@ -367,12 +468,256 @@ fn reload_swaps(dir: &Path, plugins: &Path, reloads: usize, release: bool) -> Ve
     ]
 }
 
+/// ready -> context_stopping of the first context, in seconds, from the journal.
+fn running_seconds(events: &[Value]) -> f64 {
+    let ready = events.iter().find(|e| e["event"] == "ready").map(mono);
+    let stopping = events
+        .iter()
+        .find(|e| e["event"] == "context_stopping")
+        .map(mono);
+    match (ready, stopping) {
+        (Some(a), Some(b)) if b > a => (b - a) / 1e6,
+        _ => f64::NAN,
+    }
+}
+
+fn versus(dir: &Path, plugins: &Path, smoke: bool, py: Option<&Path>) -> Vec<Versus> {
+    let mut rows = Vec::new();
+    let scale = |full: u64, tiny: u64| if smoke { tiny } else { full };
+
+    // 1. dataframe get+set pairs per second from one service's main.
+    let (iterations, pairs) = (scale(200, 2), scale(100_000, 1000));
+    let m = dir.join("pairs.toml");
+    std::fs::write(
+        &m,
+        format!(
+            "{}[[dataframe]]\nname = \"d\"\n[[context]]\nname = \"C\"\ndataframes = [\"d\"]\n\
+             [[context.service]]\nname = \"pairs\"\nplugin = \"probe\"\nexport = \"DfPairs\"\nconfig = {{ dataframe = \"d\", pairs = {pairs} }}\n\
+             [[context.service]]\nname = \"stop\"\nplugin = \"hello\"\nexport = \"StopAfter\"\nconfig = {{ count = {iterations} }}\n",
+            header(plugins)
+        ),
+    )
+    .unwrap();
+    let ev = run(&m, &dir.join("pairs.jsonl"), None);
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+    let rate = (iterations * pairs) as f64 / running_seconds(&ev);
+    let peer = py.and_then(|p| {
+        run_peer(
+            p,
+            "df_pairs",
+            &scale(300_000, 1000).to_string(),
+            "rate",
+            true,
+        )
+    });
+    rows.push(Versus {
+        workload: "dataframe get+set pairs/s, one service's main".into(),
+        otools_py: peer,
+        otools_rs: rate,
+        unit: "pairs/s",
+        higher_is_better: true,
+        goal: ">= 50x and >= 10 M/s".into(),
+    });
+
+    // 2. 4 loops incrementing one key at once.
+    let times = scale(1_000_000, 1000);
+    let mut body = header(plugins);
+    body.push_str("[[dataframe]]\nname = \"counter\"\ninit = { count = 0 }\n[[context]]\nname = \"C\"\ndataframes = [\"counter\"]\n");
+    for i in 0..4 {
+        body.push_str(&format!(
+            "[[context.service]]\nname = \"w{i}\"\nplugin = \"counter\"\nexport = \"LoopIncrement\"\nconfig = {{ key = \"count\", times = {times}, batch = 1000 }}\n"
+        ));
+    }
+    let m = dir.join("loops.toml");
+    std::fs::write(&m, body).unwrap();
+    let ev = run(&m, &dir.join("loops.jsonl"), None);
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^53")]
+    let rate = (4 * times) as f64 / running_seconds(&ev);
+    let peer = py.and_then(|p| run_peer(p, "loops", if smoke { "0.2" } else { "3" }, "rate", true));
+    rows.push(Versus {
+        workload: "4 loops incrementing one key: increments/s (otools: atomic, 0 lost)".into(),
+        otools_py: peer,
+        otools_rs: rate,
+        unit: "incr/s",
+        higher_is_better: true,
+        goal: ">= 20x, 0 lost".into(),
+    });
+
+    // 3. main calls per second, 10 trivial services.
+    let iterations = scale(2_000_000, 1000);
+    let rs = calls_per_second(dir, plugins, iterations, false, 99);
+    let peer = py.and_then(|p| {
+        run_peer(
+            p,
+            "main_calls",
+            &scale(30_000, 100).to_string(),
+            "rate",
+            true,
+        )
+    });
+    rows.push(Versus {
+        workload: "main calls/s, 10 trivial services in one context".into(),
+        otools_py: peer,
+        otools_rs: rs,
+        unit: "calls/s",
+        higher_is_better: true,
+        goal: ">= 1000x".into(),
+    });
+
+    // 4. OTools' counter trigger to N=1000, whole process; and its peak RSS.
+    let m = dir.join("trigger.toml");
+    std::fs::write(
+        &m,
+        format!(
+            "{}[[dataframe]]\nname = \"counter\"\ninit = {{ count = 0 }}\n[[context]]\nname = \"Main\"\ndataframes = [\"counter\"]\n\
+             [[context.service]]\nname = \"increment\"\nplugin = \"counter\"\nexport = \"Increment\"\nconfig = {{ key = \"count\" }}\n\
+             [[context.trigger]]\nname = \"stop\"\nmode = \"or\"\n\
+             condition = [ {{ plugin = \"counter\", export = \"AtLeast\", config = {{ dataframe = \"counter\", key = \"count\", min = 1000 }} }} ]\n\
+             service = [ {{ plugin = \"control\", export = \"Shutdown\" }} ]\n",
+            header(plugins)
+        ),
+    )
+    .unwrap();
+    let otools = release_dir().join("otools");
+    let runs = if smoke { 1 } else { 5 };
+    let mut rs_times = Vec::new();
+    let mut rs_rss = Vec::new();
+    for _ in 0..runs {
+        let (t, rss) = whole_process(&[
+            otools.to_str().unwrap(),
+            "run",
+            m.to_str().unwrap(),
+            "--no-watch",
+        ]);
+        rs_times.push(t);
+        rs_rss.push(rss);
+    }
+    let (py_time, py_rss) = match py {
+        Some(p) => {
+            let script = workspace_root().join("bench/peer/peer.py");
+            let mut times = Vec::new();
+            let mut rss = Vec::new();
+            for _ in 0..runs {
+                let (t, r) = whole_process(&[
+                    p.to_str().unwrap(),
+                    script.to_str().unwrap(),
+                    "counter_trigger",
+                    "1000",
+                ]);
+                times.push(t);
+                rss.push(r);
+            }
+            (Some(median(times)), Some(median(rss)))
+        }
+        None => (None, None),
+    };
+    rows.push(Versus {
+        workload: "counter trigger to N=1000, process start to exit".into(),
+        otools_py: py_time,
+        otools_rs: median(rs_times),
+        unit: "s",
+        higher_is_better: false,
+        goal: ">= 20x faster".into(),
+    });
+    rows.push(Versus {
+        workload: "  peak RSS of that run".into(),
+        otools_py: py_rss.map(|k| k / 1024.0),
+        otools_rs: median(rs_rss) / 1024.0,
+        unit: "MiB",
+        higher_is_better: false,
+        goal: "< 8 MiB".into(),
+    });
+    rows
+}
+
+/// 1,000 services in 100 contexts (otools only): time to all-ready, then
+/// the CPU used while idle with `period = "100ms"`.
+fn many_services(dir: &Path, plugins: &Path, smoke: bool) -> Vec<Row> {
+    let contexts = if smoke { 5 } else { 100 };
+    let mut body = header(plugins);
+    for c in 0..contexts {
+        body.push_str(&format!(
+            "[[context]]\nname = \"c{c}\"\nperiod = \"100ms\"\n"
+        ));
+        for s in 0..10 {
+            body.push_str(&format!(
+                "[[context.service]]\nname = \"s{s}\"\nplugin = \"probe\"\nexport = \"Nop\"\n"
+            ));
+        }
+    }
+    let m = dir.join("many.toml");
+    std::fs::write(&m, body).unwrap();
+    let j = dir.join("many.jsonl");
+    let _ = std::fs::remove_file(&j);
+    let t0 = Instant::now();
+    let mut child = Command::new(release_dir().join("otools"))
+        .args([
+            "run",
+            m.to_str().unwrap(),
+            "--events",
+            j.to_str().unwrap(),
+            "--no-watch",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run otools");
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let n = journal(&j).iter().filter(|e| e["event"] == "ready").count();
+        if n >= contexts {
+            break;
+        }
+        assert!(Instant::now() < deadline, "contexts never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let ready = t0.elapsed().as_secs_f64();
+    let ticks = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<f64> = after
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // utime and stime are fields 14 and 15; after the command they are at 11 and 12.
+        f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)
+    };
+    let window = if smoke { 0.5 } else { 3.0 };
+    let c0 = ticks(child.id());
+    let w0 = Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs_f64(window));
+    let cpu = (ticks(child.id()) - c0) / 100.0 / w0.elapsed().as_secs_f64() * 100.0;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    vec![
+        Row {
+            workload: format!(
+                "{} services in {contexts} contexts: start to all ready",
+                contexts * 10
+            ),
+            figure: format!("{:.3} s", ready),
+            note: "goal: < 1 s (includes loading the manifest and plugins)".into(),
+        },
+        Row {
+            workload: "  idle CPU with period = \"100ms\"".into(),
+            figure: format!("{cpu:.1} % of a core"),
+            note: format!("goal: < 2 %; over {window} s, from /proc/<pid>/stat"),
+        },
+    ]
+}
+
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let plugins = release_dir();
     let dir = scratch();
     let started = Instant::now();
+    let py = peer_python();
+    let vs = versus(&dir, &plugins, smoke, py.as_deref());
     let mut rows = Vec::new();
+    rows.extend(many_services(&dir, &plugins, smoke));
     if smoke {
         rows.extend(watchdog_detection(&dir, &plugins, 3));
         rows.extend(watchdog_cost(&dir, &plugins, 1000, 1));
@@ -383,6 +728,32 @@ fn main() {
         rows.extend(reload_swaps(&dir, &plugins, 200, true));
         rows.extend(reload_swaps(&dir, &plugins, 30, false));
     }
+    let fmt = |v: f64, unit: &str| match unit {
+        "s" => format!("{v:.3} s"),
+        "MiB" => format!("{v:.1} MiB"),
+        _ if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
+        _ => format!("{:.0} k/s", v / 1e3),
+    };
+    let vw = vs.iter().map(|r| r.workload.len()).max().unwrap_or(10);
+    println!(
+        "{:vw$}  {:>12}  {:>12}  {:>9}  goal",
+        "workload (OTools 0.2.2 vs otools)", "OTools", "otools", "ratio"
+    );
+    for r in &vs {
+        println!(
+            "{:vw$}  {:>12}  {:>12}  {:>9}  {}",
+            r.workload,
+            r.otools_py.map_or_else(|| "n/a".into(), |v| fmt(v, r.unit)),
+            fmt(r.otools_rs, r.unit),
+            r.ratio()
+                .map_or_else(|| "n/a".into(), |x| format!("{x:.1}x")),
+            r.goal
+        );
+    }
+    if py.is_none() {
+        println!("(the Python OTools peer is not installed: bench/peer/install.sh)");
+    }
+    println!();
     let w = rows.iter().map(|r| r.workload.len()).max().unwrap_or(10);
     let f = rows.iter().map(|r| r.figure.len()).max().unwrap_or(10);
     println!("{:w$}  {:f$}  note", "workload", "figure");

@@ -432,7 +432,40 @@ impl Service for Nop {
     }
 }
 
+/// Does `pairs` dataframe get+set pairs on key `k` per `main` call: the
+/// dataframe round-trip cost through the plugin boundary, for benchmarks.
+pub struct DfPairs {
+    config: DfPairsConfig,
+}
+
+/// Configuration of [`DfPairs`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DfPairsConfig {
+    /// The dataframe.
+    pub dataframe: String,
+    /// Pairs per `main` call.
+    pub pairs: u64,
+}
+
+impl Service for DfPairs {
+    type Config = DfPairsConfig;
+
+    fn new(config: DfPairsConfig) -> Result<Self> {
+        Ok(DfPairs { config })
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        let df = ctx.dataframe(&self.config.dataframe)?;
+        for _ in 0..self.config.pairs {
+            let n = df.get("k")?.and_then(|v| v.as_i64()).unwrap_or(0);
+            df.set("k", n + 1)?;
+        }
+        Ok(())
+    }
+}
+
 otools_api::export_plugin! {
-    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, Sleeper, StashCounter, Nop],
+    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, Sleeper, StashCounter, Nop, DfPairs],
     conditions: [Constant],
 }
