@@ -17,7 +17,12 @@
 //! the lease word; no allocation except to copy a returned value out or to
 //! insert a new key.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+
+/// Dataframe maps hash keys with FxHash: keys are short strings chosen by
+/// the deployment, not by an adversary, and SipHash was the largest single
+/// cost of a get+set pair when profiled (see BENCHMARKS.md).
+type HashMap<K, V> = StdHashMap<K, V, rustc_hash::FxBuildHasher>;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 

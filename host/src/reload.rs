@@ -202,11 +202,10 @@ fn hex(h: u64) -> String {
 impl Watcher {
     /// Looks at a changed file: reload once per distinct content.
     fn consider(&mut self, path: &Path) {
-        let Ok(bytes) = std::fs::read(path) else {
+        let Ok(hash) = loader::file_hash(path) else {
             // Removed (mid-build, or a rename in progress): the next event will tell.
             return;
         };
-        let hash = loader::content_hash(&bytes);
         let Some(state) = self.files.get_mut(path) else {
             return;
         };

@@ -140,19 +140,31 @@ fn shadow_dir() -> PathBuf {
     std::env::temp_dir().join(format!("otools-{}", std::process::id()))
 }
 
-/// A hash of a library file's content (stable within one process).
+/// A hash of a library file's content (xxh3, 64 bits).
 pub fn content_hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// The content hash of the file at `path`, read in chunks.
+pub fn file_hash(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.digest());
+        }
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// Checks, before the dynamic loader sees the file, that it is a complete
 /// 64-bit little-endian ELF shared object: a file cut short (a copy or a
 /// build still in progress) would be mapped past its end and crash the
 /// process on first access instead of failing cleanly.
-pub fn check_elf(bytes: &[u8]) -> Result<(), String> {
+pub fn check_elf(bytes: &[u8], file_size: u64) -> Result<(), String> {
     let u16_at = |o: usize| {
         bytes
             .get(o..o + 2)
@@ -174,7 +186,7 @@ pub fn check_elf(bytes: &[u8]) -> Result<(), String> {
             "not a shared library (ELF type is not ET_DYN)",
         ));
     }
-    let len = bytes.len() as u64;
+    let len = file_size;
     let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
         return Err(String::from("truncated ELF header"));
     };
@@ -210,6 +222,14 @@ pub fn check_elf(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The first `n` bytes of a file (fewer if it is shorter).
+fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?.take(n).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// Loads and checks the library at `path`, from a private copy.
 pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     if !path.is_file() {
@@ -217,23 +237,28 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
             path: path.to_path_buf(),
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| LoadError::Open {
+    let open_err = |e: std::io::Error| LoadError::Open {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    })?;
-    if let Err(reason) = check_elf(&bytes) {
+    };
+    // The headers are checked on a prefix big enough for them; the segment
+    // bounds need the file size, not its content.
+    let size = std::fs::metadata(path).map_err(open_err)?.len();
+    let head = read_prefix(path, 64 * 1024).map_err(open_err)?;
+    if let Err(reason) = check_elf(&head, size) {
         return Err(LoadError::Open {
             path: path.to_path_buf(),
             reason,
         });
     }
-    let hash = content_hash(&bytes);
+    let hash = file_hash(path).map_err(open_err)?;
     let dir = shadow_dir();
     let stem = path
         .file_stem()
         .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned());
     let shadow = dir.join(format!("{stem}-{hash:016x}.so"));
-    let copied = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&shadow, &bytes));
+    // A kernel-side copy (copy_file_range where available): no user-space buffer.
+    let copied = std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(path, &shadow));
     if let Err(e) = copied {
         return Err(LoadError::Other {
             path: path.to_path_buf(),
@@ -247,7 +272,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     Ok(Library {
         path: path.to_path_buf(),
         hash,
-        size: bytes.len() as u64,
+        size,
         root,
         name: root.plugin_name().as_str().to_owned(),
         version: root.plugin_version().as_str().to_owned(),
