@@ -24,6 +24,7 @@ bench:
 	$(CARGO) build --release --workspace
 	bench/peer/install.sh
 	./target/release/otools-bench
+	$(CARGO) bench -p otools-host --bench hot_paths
 
 ## bench-smoke: every workload for a moment, no figure checks (CI runs it)
 bench-smoke:

@@ -196,23 +196,29 @@ fn run_peer(
     best
 }
 
-/// Wall time (s) and peak RSS (KiB) of a whole process run, measured by
-/// the kernel's accounting of the child (the same way for both sides).
+/// Wall time (s) and peak RSS (KiB) of a whole process run, from GNU
+/// `time` (the kernel's accounting of the child, the same way for both
+/// sides). A Python runner would be wrong here: its fork shows up in the
+/// child's peak RSS before the exec.
 fn whole_process(cmd: &[&str]) -> (f64, f64) {
-    let script = "import resource,subprocess,sys,time\nt=time.perf_counter()\nsubprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)\nprint(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
-    let out = Command::new("python3")
-        .args(["-c", script])
+    // `time` prints the wall time in hundredths only: time the run here.
+    let t0 = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
         .args(cmd)
-        .output()
-        .expect("python3 to time a process");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut parts = text
-        .split_whitespace()
-        .filter_map(|w| w.parse::<f64>().ok());
-    (
-        parts.next().unwrap_or(f64::NAN),
-        parts.next().unwrap_or(f64::NAN),
-    )
+        .stdout(Stdio::null())
+        .output();
+    let wall = t0.elapsed().as_secs_f64();
+    let Ok(out) = out else {
+        return (f64::NAN, f64::NAN);
+    };
+    let text = String::from_utf8_lossy(&out.stderr);
+    let rss = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    (wall, rss)
 }
 
 fn watchdog_detection(dir: &Path, plugins: &Path, hangs: u64) -> Vec<Row> {
