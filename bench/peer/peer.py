@@ -64,8 +64,9 @@ def df_pairs(n):
     emit(rate=result["rate"])
 
 
-def main_calls(iterations):
-    """main calls per second, 10 trivial services in one context."""
+def main_calls(iterations, watchdog=False):
+    """main calls per second, 10 trivial services in one context
+    (with `watchdog`: each service's main watched, 1 s, action warn)."""
     ctx = Context(level=QUIET, name="C")
     state = {"n": 0}
 
@@ -79,10 +80,15 @@ def main_calls(iterations):
             if state["n"] >= iterations:
                 ctx._active = False
 
-    for i in range(10):
-        ctx += Service(Nop, name="nop{}".format(i))
+    services = [Service(Nop, name="nop{}".format(i)) for i in range(10)]
+    for svc in services:
+        ctx += svc
     ctx += Service(Stop, name="stop")
     o = app(ctx)
+    if watchdog:
+        for svc in services:
+            o.Watchdog += (svc, {"main": {"enable": True, "timeout": 1, "action": "warn"}})
+        o.Watchdog.enable()
     o.setup()
     t = time.perf_counter()
     o.run()
@@ -174,6 +180,7 @@ if __name__ == "__main__":
     {
         "df_pairs": lambda: df_pairs(int(arg)),
         "main_calls": lambda: main_calls(int(arg)),
+        "main_calls_watchdog": lambda: main_calls(int(arg), watchdog=True),
         "loops": lambda: loops(arg),
         "counter_trigger": lambda: counter_trigger(int(arg)),
     }[workload]()

@@ -570,6 +570,29 @@ fn versus(dir: &Path, plugins: &Path, smoke: bool, py: Option<&Path>) -> Vec<Ver
         goal: ">= 1000x".into(),
     });
 
+    // 3b. The same with a watchdog on every service (OTools: 1 s, action warn).
+    let rs_wd = calls_per_second(dir, plugins, iterations, true, 98);
+    let peer = py.and_then(|p| {
+        run_peer(
+            p,
+            "main_calls_watchdog",
+            &scale(30, 3).to_string(),
+            "rate",
+            true,
+        )
+    });
+    rows.push(Versus {
+        workload: "  same with a watchdog on every service".into(),
+        otools_py: peer,
+        otools_rs: rs_wd,
+        unit: "calls/s",
+        higher_is_better: true,
+        goal: format!(
+            "otools within 10 % of its run without: {:+.1} %",
+            (rs_wd / rs - 1.0) * 100.0
+        ),
+    });
+
     // 4. OTools' counter trigger to N=1000, whole process; and its peak RSS.
     let m = dir.join("trigger.toml");
     std::fs::write(
@@ -738,7 +761,8 @@ fn main() {
         "s" => format!("{v:.3} s"),
         "MiB" => format!("{v:.1} MiB"),
         _ if v >= 1e6 => format!("{:.2} M/s", v / 1e6),
-        _ => format!("{:.0} k/s", v / 1e3),
+        _ if v >= 1e4 => format!("{:.0} k/s", v / 1e3),
+        _ => format!("{v:.0} /s"),
     };
     let vw = vs.iter().map(|r| r.workload.len()).max().unwrap_or(10);
     println!(
