@@ -23,7 +23,8 @@ pub struct RunCommand {
     #[arg(long)]
     pub no_watch: bool,
     /// Append one JSON line per lifecycle event (started, failed, hung,
-    /// restarting, gave_up, fenced_call, finalized, ...) to this file.
+    /// restarting, gave_up, fenced_call, finalized, reload_attempted,
+    /// reload_ok, reload_rejected, ...) to this file.
     #[arg(long, value_name = "FILE")]
     pub events: Option<std::path::PathBuf>,
 }
