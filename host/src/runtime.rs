@@ -967,14 +967,7 @@ impl Core {
                 return Ok(());
             }
         };
-        let host = Arc::new(InstanceHost::new(
-            Arc::clone(&self.shared),
-            unit.name.clone(),
-            library,
-            unit.export.clone(),
-            generation,
-            Arc::clone(&unit.stash),
-        ));
+        let host = self.new_host(u, library, generation);
         unit.control.lock().host = Some(Arc::clone(&host));
         let mut live = Live {
             host,
@@ -1159,6 +1152,19 @@ impl Core {
             .collect()
     }
 
+    /// The host handle of a new generation of unit `u`, built from `library`.
+    fn new_host(&self, u: usize, library: Arc<Library>, generation: u64) -> Arc<InstanceHost> {
+        let unit = &self.units[u];
+        Arc::new(InstanceHost::new(
+            Arc::clone(&self.shared),
+            unit.name.clone(),
+            library,
+            unit.export.clone(),
+            generation,
+            Arc::clone(&unit.stash),
+        ))
+    }
+
     /// Records a journal event about unit `u`.
     pub fn journal_unit(&self, event: &str, u: usize, generation: u64, fields: &[(&str, Json)]) {
         self.journal(event, u, generation, fields);
@@ -1203,14 +1209,7 @@ impl Core {
             Ok(o) => o,
             Err(e) => return Ok(Err(format!("its config was rejected: {}", e.message))),
         };
-        let host = Arc::new(InstanceHost::new(
-            Arc::clone(&self.shared),
-            unit.name.clone(),
-            Arc::clone(lib),
-            unit.export.clone(),
-            generation,
-            Arc::clone(&unit.stash),
-        ));
+        let host = self.new_host(u, Arc::clone(lib), generation);
         on_host(&host);
         let mut live = Live {
             host,
