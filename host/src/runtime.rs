@@ -27,7 +27,7 @@
 //! ([`crate::supervision::watchdog`]). Its thread cannot be stopped, so it is
 //! abandoned: if it was the driver, a new driver thread takes over at the
 //! next step, so the rest of the context keeps its pace after at most the
-//! watchdog deadline plus one tick.
+//! watchdog deadline plus two ticks.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;

@@ -14,8 +14,8 @@
 //!
 //! A call is never declared before its deadline, and at most two ticks after
 //! it (its start stamp is up to one tick early, and the scan runs once a
-//! tick); the tick is a sixteenth of the shortest watchdog in the manifest,
-//! between 1 ms and 20 ms.
+//! tick); the tick is an eighth of the shortest watchdog in the manifest
+//! (rounded down), between 1 ms and 20 ms.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
