@@ -217,7 +217,7 @@ fn a_bad_new_version_is_refused_and_the_old_one_keeps_serving() {
         (
             "setup hang",
             std::fs::read(variant("setup_hang")).unwrap(),
-            "hung",
+            ": setup hung (no return within",
         ),
         (
             "import error",
@@ -232,7 +232,7 @@ fn a_bad_new_version_is_refused_and_the_old_one_keeps_serving() {
         (
             "import hang",
             std::fs::read(variant("import_hang")).unwrap(),
-            "hung",
+            ": import_state hung (no return within",
         ),
     ];
     for (i, (name, bytes, why)) in cases.iter().enumerate() {

@@ -412,11 +412,7 @@ impl Watcher {
                     let what = hang_job.current.lock().clone();
                     let _ = hang_tx.send(Err(format!(
                         "{what}: {} hung (no return within {})",
-                        if h.entry.name() == "setup" {
-                            "setup or import_state"
-                        } else {
-                            h.entry.name()
-                        },
+                        h.entry.name(),
                         humantime::format_duration(h.limit)
                     )));
                 });

@@ -1319,7 +1319,7 @@ impl Core {
     ) -> Result<Result<ExportedState, String>, Abandoned> {
         let unit = &self.units[p.unit];
         let limit = Some(unit.policy.watchdog.unwrap_or(unit.policy.shutdown_timeout));
-        let r = Core::watched(slot, p.unit, p.generation, Entry::Main, limit, 0, || {
+        let r = Core::watched(slot, p.unit, p.generation, Entry::Export, limit, 0, || {
             p.live.export_state()
         })?;
         Ok(match r {
@@ -1344,7 +1344,7 @@ impl Core {
             slot,
             new.unit,
             new.generation,
-            Entry::Setup,
+            Entry::Import,
             limit,
             0,
             || new.live.import_state(*version, bytes),
