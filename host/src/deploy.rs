@@ -36,8 +36,6 @@ pub struct Options {
 
 /// Everything needed to run a manifest.
 pub struct Deployment {
-    /// All dataframes, in manifest order.
-    pub dataframes: Vec<Arc<Dataframe>>,
     /// All contexts, in manifest order.
     pub contexts: Vec<ContextPlan>,
     /// How many distinct libraries were loaded.
@@ -426,9 +424,8 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         return Err(Diagnostics(errors));
     }
     Ok(Deployment {
-        dataframes,
         contexts,
-        libraries: b.registry.len(),
+        libraries: b.registry.libraries().len(),
         loaded: b.registry.libraries(),
         reload: manifest.reload_settings(opts.verbose),
     })

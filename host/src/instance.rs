@@ -12,7 +12,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -119,7 +119,6 @@ pub struct InstanceHost {
     pub retired: AtomicBool,
     fenced: AtomicBool,
     fenced_calls: AtomicU64,
-    leases_held: AtomicU32,
     leases: Mutex<Vec<u32>>,
     stash: Arc<Mutex<Option<Vec<u8>>>>,
 }
@@ -145,7 +144,6 @@ impl InstanceHost {
             retired: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             fenced_calls: AtomicU64::new(0),
-            leases_held: AtomicU32::new(0),
             leases: Mutex::new(Vec::new()),
             stash,
         }
@@ -172,11 +170,6 @@ impl InstanceHost {
     /// Is this instance fenced?
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)
-    }
-
-    /// How many callbacks were refused since it was fenced.
-    pub fn fenced_calls(&self) -> u64 {
-        self.fenced_calls.load(Ordering::Relaxed)
     }
 
     /// Counts and records a refused callback. The first ten of an instance
@@ -216,7 +209,6 @@ impl InstanceHost {
     /// (e.g. with `mem::forget`) must not lock others out for ever.
     pub fn release_leases(&self) {
         let held = std::mem::take(&mut *self.leases.lock());
-        self.leases_held.store(0, Ordering::Relaxed);
         for df in held {
             if let Some(d) = self.context.dataframes.get(df as usize) {
                 d.release_all(self.owner);
@@ -469,7 +461,6 @@ impl FfiHost for InstanceHost {
                     return RResult::RErr(HostError::Fenced);
                 }
                 held.push(df);
-                self.leases_held.fetch_add(1, Ordering::Relaxed);
             }
             r.into()
         })
@@ -485,7 +476,6 @@ impl FfiHost for InstanceHost {
                 let mut held = self.leases.lock();
                 if let Some(i) = held.iter().position(|h| *h == df) {
                     held.swap_remove(i);
-                    self.leases_held.fetch_sub(1, Ordering::Relaxed);
                 }
             }
             r.into()

@@ -48,16 +48,6 @@ impl Registry {
             .collect()
     }
 
-    /// How many libraries loaded successfully.
-    pub fn len(&self) -> usize {
-        self.loaded.values().filter(|r| r.is_ok()).count()
-    }
-
-    /// True if no library loaded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Has loading `path` been attempted already?
     pub fn seen(&self, path: &Path) -> bool {
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());

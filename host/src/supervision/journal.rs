@@ -32,11 +32,6 @@ pub fn open(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Is a journal open?
-pub fn enabled() -> bool {
-    JOURNAL.get().is_some()
-}
-
 /// Records one event. `fields` adds event-specific keys; an empty
 /// `context` (a host-wide event, such as a reload) is left out.
 pub fn record(

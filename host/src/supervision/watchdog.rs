@@ -159,27 +159,8 @@ impl Slot {
         Watched(slot)
     }
 
-    /// Marks the start of a call with a deadline. Only the owning thread calls this.
-    #[inline]
-    pub fn begin(
-        &self,
-        unit: usize,
-        generation: u64,
-        entry: Entry,
-        limit: Duration,
-        position: u64,
-    ) -> Call {
-        self.begin_at(
-            coarse_ms(),
-            unit,
-            generation,
-            entry,
-            limit_ms(limit),
-            position,
-        )
-    }
-
-    /// [`Slot::begin`] with the deadline already in milliseconds (see [`limit_ms`]).
+    /// Marks the start of a call with a deadline in milliseconds (see
+    /// [`limit_ms`]). Only the owning thread calls this.
     #[inline]
     pub fn begin_ms(
         &self,
