@@ -588,7 +588,7 @@ mod tests {
 
     thread_local! {
         static WATCHED: std::cell::RefCell<std::sync::Weak<Dataframe<Probe>>> =
-            std::cell::RefCell::new(std::sync::Weak::new());
+            const { std::cell::RefCell::new(std::sync::Weak::new()) };
         static DROPS: std::cell::RefCell<Vec<(u32, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
