@@ -171,3 +171,49 @@ fn a_panic_message_carries_the_plugin_source_location() {
     // The plugin's own panic hook output is captured, not printed.
     assert!(!out.stderr.contains("thread '"), "{}", out.stderr);
 }
+
+#[test]
+fn a_journal_that_cannot_be_written_is_reported_once_counted_and_the_host_runs_on() {
+    let dir = TestDir::new("journal_full");
+    let m = dir.manifest(
+        "m.toml",
+        r#"
+[[context]]
+name = "C"
+[[context.service]]
+name = "stop"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 3 }
+"#,
+    );
+    // Every write to /dev/full fails with ENOSPC.
+    let out = crate::util::run_manifest(&m, &["--events", "/dev/full"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let messages = out.messages();
+    let first: Vec<_> = messages
+        .iter()
+        .filter(|m| m.starts_with("cannot write to the event journal: "))
+        .collect();
+    assert_eq!(first.len(), 1, "reported once: {}", out.stderr);
+    assert!(first[0].contains("No space left on device"), "{first:?}");
+    let lost: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| {
+            m.strip_prefix("the event journal lost ")?
+                .strip_suffix(" event(s) to write errors")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(lost.len(), 1, "one summary at exit: {}", out.stderr);
+    assert!(
+        lost[0] > 1,
+        "every lost event is counted, not only the reported one: {lost:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m == "every context ended"),
+        "{}",
+        out.stderr
+    );
+}
