@@ -253,6 +253,26 @@ impl InstanceHost {
             .ok_or(HostError::UnknownDataframe)
     }
 
+    /// Logs and journals a panic in the destructor of the instance's plugin
+    /// object (caught inside the plugin; the object is gone either way).
+    pub fn report_drop_panic(&self, message: &str) {
+        tracing::error!(
+            context = %self.context.name,
+            service = %self.name,
+            library = %self.library.path.display(),
+            export = %self.export,
+            entry = "drop",
+            "drop panicked: {message}"
+        );
+        crate::supervision::journal::record(
+            "drop_panicked",
+            &self.context.name,
+            Some(&self.name),
+            Some(self.generation),
+            &[("reason", message.into())],
+        );
+    }
+
     /// Logs a failed call with everything needed to find the culprit.
     pub fn report_failure(&self, entry: &str, e: &CallError) {
         let what = match e.kind {

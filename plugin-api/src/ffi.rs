@@ -346,6 +346,11 @@ pub struct PluginRoot {
     /// Builds a condition instance from its export name and JSON config (setup not run).
     #[sabi(last_prefix_field)]
     pub new_condition: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiConditionBox>,
+    /// Whether the last instance this thread dropped panicked in its
+    /// destructor: the panic message, caught inside the plugin. Each drop
+    /// of an instance resets it. Appended after the last prefix field:
+    /// plugins built before it existed lack it (the accessor returns `None`).
+    pub take_drop_panic: extern "C" fn() -> ROption<RString>,
 }
 
 impl RootModule for PluginRoot_Ref {
