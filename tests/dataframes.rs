@@ -1,4 +1,4 @@
-use crate::util::{TestDir, run_manifest};
+use crate::util::{Running, TestDir, events_of, run_manifest, wait_for_events};
 
 #[test]
 fn four_loops_incrementing_one_key_atomically_lose_none_of_100000_increments() {
@@ -124,4 +124,134 @@ config = { count = 1 }
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn a_refused_increment_stores_nothing_and_says_why() {
+    let dir = TestDir::new("refused_increment");
+    let body = r#"
+[[dataframe]]
+name = "d"
+init = { f = 1.5, big = 9223372036854775807 }
+[[context]]
+name = "C"
+dataframes = ["d"]
+[[context.service]]
+name = "inc_f"
+plugin = "counter"
+export = "Increment"
+config = { dataframe = "d", key = "f", step = 1 }
+restart = "never"
+[[context.service]]
+name = "inc_big"
+plugin = "counter"
+export = "Increment"
+config = { dataframe = "d", key = "big", step = 1 }
+restart = "never"
+[[context.service]]
+name = "stop"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 3 }
+[[context.service]]
+name = "report"
+plugin = "probe"
+export = "Report"
+config = { dataframe = "d", keys = ["f", "big"] }
+"#;
+    let out = run_manifest(&dir.manifest("m.toml", body), &[]);
+    assert_eq!(
+        out.messages_of("inc_f"),
+        ["main failed: dataframe key `f`: holds float, not an integer; the key keeps its value"],
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.messages_of("inc_big"),
+        [
+            "main failed: dataframe key `big`: adding 1 to 9223372036854775807 overflows a 64-bit integer; the key keeps its value"
+        ],
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.report("d", "f").as_deref(), Some("1.5"));
+    assert_eq!(
+        out.report("d", "big").as_deref(),
+        Some("9223372036854775807")
+    );
+    // A service that failed and was not replaced is a failure of the deployment.
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn a_write_fenced_while_it_waited_for_a_lease_never_lands_after_its_replacement_served() {
+    let dir = TestDir::new("stale_lease_write");
+    let body = r#"
+[[dataframe]]
+name = "data"
+[[dataframe]]
+name = "signal"
+[[context]]
+name = "Holder"
+dataframes = ["data", "signal"]
+[[context.service]]
+name = "hold"
+plugin = "probe"
+export = "HoldLock"
+config = { dataframe = "data", signal = "signal", release_on = "served" }
+[[context]]
+name = "Writers"
+dataframes = ["data", "signal"]
+[[context.service]]
+name = "writer"
+plugin = "probe"
+export = "LeaseWriter"
+config = { dataframe = "data", key = "marker", signal = "signal" }
+watchdog = "500ms"
+restart_delay = "1ms"
+[[context.service]]
+name = "report"
+plugin = "probe"
+export = "Report"
+config = { dataframe = "data", keys = ["marker"] }
+"#;
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(
+        &dir.manifest("m.toml", body),
+        &["--events", events.to_str().unwrap()],
+    );
+    // Generation 1 waits for the lock past its watchdog, generation 2
+    // serves, then the holder releases the lock.
+    host.wait_for("released lock on data");
+    // Whatever generation 1 does once the lock is granted (a refused write,
+    // or a write and then a refused log line), its first refused call is
+    // journaled.
+    let stale = |e: &serde_json::Value| e["generation"] == 1;
+    let j = wait_for_events(&events, 1, |e| {
+        e["event"] == "fenced_call" && e["service"] == "writer" && stale(e)
+    });
+    host.signal("TERM");
+    let out = host.finish();
+    let fenced: Vec<_> = events_of(&j, "fenced_call", "writer")
+        .into_iter()
+        .filter(|e| stale(e))
+        .collect();
+    assert_eq!(
+        fenced[0]["call"], "set",
+        "the stale write itself was refused: {fenced:?}"
+    );
+    assert!(
+        out.messages_of("writer")
+            .iter()
+            .any(|m| m == "replacement served"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.report("data", "marker").as_deref(),
+        Some("absent"),
+        "the stale write became visible: {}",
+        out.stderr
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
 }

@@ -171,3 +171,131 @@ fn a_panic_message_carries_the_plugin_source_location() {
     // The plugin's own panic hook output is captured, not printed.
     assert!(!out.stderr.contains("thread '"), "{}", out.stderr);
 }
+
+#[test]
+fn a_journal_that_cannot_be_written_is_reported_once_counted_and_the_host_runs_on() {
+    let dir = TestDir::new("journal_full");
+    let m = dir.manifest(
+        "m.toml",
+        r#"
+[[context]]
+name = "C"
+[[context.service]]
+name = "stop"
+plugin = "hello"
+export = "StopAfter"
+config = { count = 3 }
+"#,
+    );
+    // Every write to /dev/full fails with ENOSPC.
+    let out = crate::util::run_manifest(&m, &["--events", "/dev/full"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let messages = out.messages();
+    let first: Vec<_> = messages
+        .iter()
+        .filter(|m| m.starts_with("cannot write to the event journal: "))
+        .collect();
+    assert_eq!(first.len(), 1, "reported once: {}", out.stderr);
+    assert!(first[0].contains("No space left on device"), "{first:?}");
+    let lost: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| {
+            m.strip_prefix("the event journal lost ")?
+                .strip_suffix(" event(s) to write errors")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(lost.len(), 1, "one summary at exit: {}", out.stderr);
+    assert!(
+        lost[0] > 1,
+        "every lost event is counted, not only the reported one: {lost:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m == "every context ended"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_panic_in_a_plugin_destructor_is_reported_and_the_host_serves_on() {
+    let dir = TestDir::new("drop_panic");
+    let body = format!(
+        r#"[[context]]
+name = "C"
+period = "2ms"
+[[context.service]]
+name = "bad"
+plugin = "faulty"
+export = "Faulty"
+config = {{ error_in = ["main"], panic_in = ["drop"] }}
+{POLICY}
+[[context.service]]
+name = "healthy"
+plugin = "hello"
+export = "Greeter"
+config = {{ loop_interval_ms = 5 }}
+"#
+    );
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(
+        &dir.manifest("m.toml", &body),
+        &["--events", events.to_str().unwrap()],
+    );
+    // Each replacement drops the failed generation, whose destructor panics;
+    // before the guard, the host died at the first one (and this fails at once).
+    host.wait_for("generation 2 started");
+    host.wait_for("generation 3 started");
+    wait_for_events(&events, 1, |e| {
+        e["event"] == "gave_up" && e["service"] == "bad"
+    });
+    host.wait_for("from main (call");
+    host.wait_for("from main (call");
+    host.signal("TERM");
+    let out = host.finish();
+    // Giving up is a failure of the deployment.
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    let reports: Vec<Value> = out
+        .logs()
+        .into_iter()
+        .filter(|l| l["entry"] == "drop")
+        .collect();
+    let generations: Vec<u64> = crate::util::journal(&events)
+        .iter()
+        .filter(|e| e["event"] == "drop_panicked" && e["service"] == "bad")
+        .map(|e| {
+            assert!(
+                e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("injected fault in drop (at ")),
+                "{e}"
+            );
+            e["generation"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        generations,
+        [1, 2, 3],
+        "every dropped generation: {}",
+        out.stderr
+    );
+    assert_eq!(reports.len(), 3, "{}", out.stderr);
+    for r in &reports {
+        assert_eq!(r["level"], "ERROR");
+        assert_eq!(r["service"], "bad");
+        assert_eq!(r["export"], "Faulty");
+        assert!(
+            r["library"]
+                .as_str()
+                .is_some_and(|l| l.ends_with("libfaulty.so")),
+            "{r}"
+        );
+        assert!(
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("drop panicked: injected fault in drop (at ")),
+            "{r}"
+        );
+    }
+}

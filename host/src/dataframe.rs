@@ -13,9 +13,20 @@
 //! for a conflicting lease up to their timeout and then fail with
 //! [`HostError::Timeout`]; they never proceed unlocked.
 //!
+//! A write by a fenced instance (one replaced while it waited for a lease
+//! or for the map lock) is refused under the map lock, right before it
+//! would become visible ([`Caller`]), so a stale instance never writes after
+//! its replacement served.
+//!
+//! A value a plugin built frees itself through the plugin's code, so every
+//! value an operation takes (the new value of a set or of a
+//! compare-and-swap, the value it replaces) is dropped after every host
+//! lock is released, including when the operation fails or times out: the
+//! closures that run under a lock only borrow it.
+//!
 //! Fast path: one uncontended `RwLock` acquisition plus one atomic load of
-//! the lease word; no allocation except to copy a returned value out or to
-//! insert a new key.
+//! the lease word (and one of the caller's fence for a write); no
+//! allocation except to copy a returned value out or to insert a new key.
 
 use std::collections::HashMap as StdHashMap;
 
@@ -23,10 +34,10 @@ use std::collections::HashMap as StdHashMap;
 /// the deployment, not by an adversary, and SipHash was the largest single
 /// cost of a get+set pair when profiled (see BENCHMARKS.md).
 type HashMap<K, V> = StdHashMap<K, V, rustc_hash::FxBuildHasher>;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use otools_api::ffi::{CasOutcome, LockMode};
+use otools_api::ffi::LockMode;
 use otools_api::{HostError, Value};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -38,6 +49,35 @@ pub type OwnerId = u64;
 
 /// A deadline for waiting on a lease; `None` waits as long as it takes.
 pub type Deadline = Option<Instant>;
+
+/// Who performs an operation: the lease owner, and the instance's fence
+/// flag if it can be fenced. A plain [`OwnerId`] converts into a caller that
+/// is never fenced.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    id: OwnerId,
+    fence: Option<&'a AtomicBool>,
+}
+
+impl<'a> Caller<'a> {
+    /// The caller `id`, whose writes are refused once `fence` is set.
+    pub fn fenced_by(id: OwnerId, fence: &'a AtomicBool) -> Caller<'a> {
+        Caller {
+            id,
+            fence: Some(fence),
+        }
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.fence.is_some_and(|f| f.load(Ordering::Acquire))
+    }
+}
+
+impl From<OwnerId> for Caller<'static> {
+    fn from(id: OwnerId) -> Caller<'static> {
+        Caller { id, fence: None }
+    }
+}
 
 #[derive(Default)]
 struct Leases {
@@ -62,17 +102,18 @@ impl Leases {
     }
 }
 
-/// One dataframe.
-pub struct Dataframe {
+/// One dataframe. The values are [`Value`]s; the type parameter lets the
+/// unit tests store a value whose drop they can observe.
+pub struct Dataframe<V = Value> {
     name: String,
-    map: RwLock<HashMap<String, Value>>,
+    map: RwLock<HashMap<String, V>>,
     /// Mirror of `leases` readable without a lock: 0 = no lease.
     lease_word: AtomicU64,
     leases: Mutex<Leases>,
     lease_released: Condvar,
 }
 
-impl std::fmt::Debug for Dataframe {
+impl<V> std::fmt::Debug for Dataframe<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dataframe")
             .field("name", &self.name)
@@ -90,6 +131,54 @@ impl Dataframe {
         name: impl Into<String>,
         init: impl IntoIterator<Item = (String, Value)>,
     ) -> Dataframe {
+        Dataframe::holding(name, init)
+    }
+
+    /// Adds `by` to the number under `key` (absent = 0) and returns the new
+    /// value. An integer plus an integer is an integer, refused with
+    /// [`HostError::WrongType`] if it overflows `i64`; adding an integer to a
+    /// float key is refused too (an integer increment is exact, a float sum
+    /// is not: use a float `by`); an integer plus a float is a float. A
+    /// refused addition stores nothing.
+    pub fn add<'f>(
+        &self,
+        me: impl Into<Caller<'f>>,
+        key: &str,
+        by: &Value,
+        deadline: Deadline,
+    ) -> Result<Value, HostError> {
+        self.with_write(me.into(), deadline, |m| {
+            let new = match (m.get(key), by) {
+                (None, Value::Int(_) | Value::Float(_)) => by.clone(),
+                (Some(Value::Int(a)), Value::Int(b)) => {
+                    Value::Int(a.checked_add(*b).ok_or(HostError::WrongType)?)
+                }
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "int + float is a float, as in OTools"
+                )]
+                (Some(Value::Int(a)), Value::Float(b)) => Value::Float(*a as f64 + b),
+                (Some(Value::Float(a)), Value::Float(b)) => Value::Float(a + b),
+                _ => return Err(HostError::WrongType),
+            };
+            // The value replaced is a number: dropping it runs no plugin code.
+            match m.get_mut(key) {
+                Some(slot) => *slot = new.clone(),
+                None => {
+                    m.insert(key.to_owned(), new.clone());
+                }
+            }
+            Ok(new)
+        })?
+    }
+}
+
+impl<V: Clone + PartialEq> Dataframe<V> {
+    /// A dataframe holding `init`, of any value type.
+    fn holding(
+        name: impl Into<String>,
+        init: impl IntoIterator<Item = (String, V)>,
+    ) -> Dataframe<V> {
         Dataframe {
             name: name.into(),
             map: RwLock::new(init.into_iter().collect()),
@@ -107,7 +196,7 @@ impl Dataframe {
     fn read_map(
         &self,
         deadline: Deadline,
-    ) -> Result<RwLockReadGuard<'_, HashMap<String, Value>>, HostError> {
+    ) -> Result<RwLockReadGuard<'_, HashMap<String, V>>, HostError> {
         match deadline {
             None => Ok(self.map.read()),
             Some(d) => self.map.try_read_until(d).ok_or(HostError::Timeout),
@@ -117,7 +206,7 @@ impl Dataframe {
     fn write_map(
         &self,
         deadline: Deadline,
-    ) -> Result<RwLockWriteGuard<'_, HashMap<String, Value>>, HostError> {
+    ) -> Result<RwLockWriteGuard<'_, HashMap<String, V>>, HostError> {
         match deadline {
             None => Ok(self.map.write()),
             Some(d) => self.map.try_write_until(d).ok_or(HostError::Timeout),
@@ -156,7 +245,7 @@ impl Dataframe {
         &self,
         me: OwnerId,
         deadline: Deadline,
-        f: impl Fn(&HashMap<String, Value>) -> R,
+        f: impl Fn(&HashMap<String, V>) -> R,
     ) -> Result<R, HostError> {
         {
             let map = self.read_map(deadline)?;
@@ -167,113 +256,98 @@ impl Dataframe {
         self.wait_lease(me, false, deadline, || Ok(f(&*self.read_map(deadline)?)))
     }
 
+    /// Runs `f` under the map's write lock once `me` may write. A fenced
+    /// caller is refused under that lock, right before `f` would write: a
+    /// replacement's writes take the same lock after the fence was set, so
+    /// a stale write can never follow them.
     fn with_write<R>(
         &self,
-        me: OwnerId,
+        me: Caller<'_>,
         deadline: Deadline,
-        f: impl FnOnce(&mut HashMap<String, Value>) -> R,
+        f: impl FnOnce(&mut HashMap<String, V>) -> R,
     ) -> Result<R, HostError> {
+        let unless_fenced = |map: &mut HashMap<String, V>| {
+            if me.is_fenced() {
+                Err(HostError::Fenced)
+            } else {
+                Ok(f(map))
+            }
+        };
         let mut map = self.write_map(deadline)?;
-        if fast_allows(self.lease_word.load(Ordering::Acquire), me, true) {
-            return Ok(f(&mut map));
+        if fast_allows(self.lease_word.load(Ordering::Acquire), me.id, true) {
+            return unless_fenced(&mut map);
         }
         drop(map);
-        self.wait_lease(me, true, deadline, || {
-            Ok(f(&mut *self.write_map(deadline)?))
+        self.wait_lease(me.id, true, deadline, || {
+            unless_fenced(&mut *self.write_map(deadline)?)
         })
     }
 
     /// The value under `key`, if any.
-    pub fn get(
-        &self,
-        me: OwnerId,
-        key: &str,
-        deadline: Deadline,
-    ) -> Result<Option<Value>, HostError> {
+    pub fn get(&self, me: OwnerId, key: &str, deadline: Deadline) -> Result<Option<V>, HostError> {
         self.with_read(me, deadline, |m| m.get(key).cloned())
     }
 
     /// Stores `value` under `key`.
-    pub fn set(
+    pub fn set<'f>(
         &self,
-        me: OwnerId,
+        me: impl Into<Caller<'f>>,
         key: &str,
-        value: Value,
+        value: V,
         deadline: Deadline,
     ) -> Result<(), HostError> {
-        let old = self.with_write(me, deadline, |m| match m.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, value)),
-            None => {
-                m.insert(key.to_owned(), value);
-                None
+        // The closure only borrows the value: if it never runs (a timeout,
+        // a fenced caller), the value is still ours to drop below.
+        let mut value = Some(value);
+        let old = self.with_write(me.into(), deadline, |m| {
+            let new = value.take()?;
+            match m.get_mut(key) {
+                Some(slot) => Some(std::mem::replace(slot, new)),
+                None => {
+                    m.insert(key.to_owned(), new);
+                    None
+                }
             }
-        })?;
-        drop(old); // freed after the lock is released
-        Ok(())
+        });
+        // Freed after every lock is released: the value replaced, or the
+        // new one if the write failed.
+        drop(value);
+        old.map(drop)
     }
 
     /// Removes `key`, returning its value.
-    pub fn remove(
+    pub fn remove<'f>(
         &self,
-        me: OwnerId,
+        me: impl Into<Caller<'f>>,
         key: &str,
         deadline: Deadline,
-    ) -> Result<Option<Value>, HostError> {
-        self.with_write(me, deadline, |m| m.remove(key))
+    ) -> Result<Option<V>, HostError> {
+        self.with_write(me.into(), deadline, |m| m.remove(key))
     }
 
-    /// Adds `by` to the number under `key` (absent = 0) and returns the new value.
-    /// Integers wrap on overflow; an integer plus a float is a float.
-    pub fn add(
+    /// Replaces the value under `key` with `new` if it equals `expected`
+    /// (None = absent): `Ok(())` if it did, else `Err` with the value found.
+    pub fn compare_and_swap<'f>(
         &self,
-        me: OwnerId,
+        me: impl Into<Caller<'f>>,
         key: &str,
-        by: &Value,
+        expected: Option<&V>,
+        new: V,
         deadline: Deadline,
-    ) -> Result<Value, HostError> {
-        self.with_write(me, deadline, |m| {
-            let new = match (m.get(key), by) {
-                (None, Value::Int(_) | Value::Float(_)) => by.clone(),
-                (Some(Value::Int(a)), Value::Int(b)) => Value::Int(a.wrapping_add(*b)),
-                #[expect(
-                    clippy::cast_precision_loss,
-                    reason = "int + float is a float, as in OTools"
-                )]
-                (Some(Value::Int(a)), Value::Float(b)) => Value::Float(*a as f64 + b),
-                #[expect(clippy::cast_precision_loss, reason = "float + int is a float")]
-                (Some(Value::Float(a)), Value::Int(b)) => Value::Float(a + *b as f64),
-                (Some(Value::Float(a)), Value::Float(b)) => Value::Float(a + b),
-                _ => return Err(HostError::WrongType),
+    ) -> Result<Result<(), Option<V>>, HostError> {
+        // As in `set`: the closure only borrows `new`, so a failed swap
+        // drops it below, after the locks, not under them.
+        let mut new = Some(new);
+        let result = self.with_write(me.into(), deadline, |m| {
+            let current = m.get(key);
+            let taken = if current == expected {
+                new.take()
+            } else {
+                None
             };
-            match m.get_mut(key) {
-                Some(slot) => *slot = new.clone(),
-                None => {
-                    m.insert(key.to_owned(), new.clone());
-                }
-            }
-            Ok(new)
-        })?
-    }
-
-    /// Replaces the value under `key` with `new` if it equals `expected` (None = absent).
-    pub fn compare_and_swap(
-        &self,
-        me: OwnerId,
-        key: &str,
-        expected: Option<&Value>,
-        new: Value,
-        deadline: Deadline,
-    ) -> Result<CasOutcome, HostError> {
-        let (outcome, old) = self.with_write(me, deadline, |m| {
-            if m.get(key) != expected {
-                return (
-                    CasOutcome {
-                        swapped: false,
-                        actual: m.get(key).cloned().into(),
-                    },
-                    None,
-                );
-            }
+            let Some(new) = taken else {
+                return (Err(current.cloned()), None);
+            };
             let old = match m.get_mut(key) {
                 Some(slot) => Some(std::mem::replace(slot, new)),
                 None => {
@@ -281,14 +355,10 @@ impl Dataframe {
                     None
                 }
             };
-            (
-                CasOutcome {
-                    swapped: true,
-                    actual: None.into(),
-                },
-                old,
-            )
-        })?;
+            (Ok(()), old)
+        });
+        drop(new);
+        let (outcome, old) = result?;
         drop(old);
         Ok(outcome)
     }
@@ -399,15 +469,14 @@ mod tests {
             df.add(1, "s", &Value::Int(1), None),
             Err(HostError::WrongType)
         );
-        let o = df
-            .compare_and_swap(1, "k", None, Value::from(1), None)
-            .unwrap();
-        assert!(o.swapped);
-        let o = df
-            .compare_and_swap(1, "k", None, Value::from(2), None)
-            .unwrap();
-        assert!(!o.swapped);
-        assert_eq!(o.actual.into_option(), Some(Value::from(1)));
+        assert_eq!(
+            df.compare_and_swap(1, "k", None, Value::from(1), None),
+            Ok(Ok(()))
+        );
+        assert_eq!(
+            df.compare_and_swap(1, "k", None, Value::from(2), None),
+            Ok(Err(Some(Value::from(1))))
+        );
     }
 
     #[test]
@@ -451,6 +520,138 @@ mod tests {
         df.set(1, "n", Value::Int(10), None).unwrap();
         df.release(1, LockMode::Write).unwrap();
         assert_eq!(t.join().unwrap(), Ok(Value::Int(11)));
+    }
+
+    #[test]
+    fn an_integer_increment_of_a_float_key_is_refused_and_stores_nothing() {
+        let df = Dataframe::new("d", [("f".to_owned(), Value::Float(1.5))]);
+        assert_eq!(
+            df.add(1, "f", &Value::Int(1), None),
+            Err(HostError::WrongType)
+        );
+        assert_eq!(df.get(1, "f", None), Ok(Some(Value::Float(1.5))));
+        // A float addition to it still works.
+        assert_eq!(
+            df.add(1, "f", &Value::Float(1.0), None),
+            Ok(Value::Float(2.5))
+        );
+    }
+
+    #[test]
+    fn an_increment_past_i64_max_is_refused_and_stores_nothing() {
+        let df = Dataframe::new("d", [("n".to_owned(), Value::Int(i64::MAX - 1))]);
+        assert_eq!(
+            df.add(1, "n", &Value::Int(1), None),
+            Ok(Value::Int(i64::MAX))
+        );
+        assert_eq!(
+            df.add(1, "n", &Value::Int(1), None),
+            Err(HostError::WrongType)
+        );
+        assert_eq!(df.get(1, "n", None), Ok(Some(Value::Int(i64::MAX))));
+        df.set(1, "m", Value::Int(i64::MIN), None).unwrap();
+        assert_eq!(
+            df.add(1, "m", &Value::Int(-1), None),
+            Err(HostError::WrongType)
+        );
+        assert_eq!(df.get(1, "m", None), Ok(Some(Value::Int(i64::MIN))));
+    }
+
+    #[test]
+    fn a_write_fenced_while_it_waited_for_a_lease_is_refused_when_the_lease_is_granted() {
+        let df = Arc::new(Dataframe::new("d", []));
+        let fence = Arc::new(AtomicBool::new(false));
+        df.acquire(1, LockMode::Write, None).unwrap();
+        let (df2, fence2) = (Arc::clone(&df), Arc::clone(&fence));
+        let stale = std::thread::spawn(move || {
+            df2.set(
+                Caller::fenced_by(2, &fence2),
+                "k",
+                Value::from("stale"),
+                None,
+            )
+        });
+        // Fenced, whether it is already waiting or not yet: the outcome is the same.
+        fence.store(true, Ordering::SeqCst);
+        df.set(1, "k", Value::from("fresh"), None).unwrap();
+        df.release(1, LockMode::Write).unwrap();
+        assert_eq!(stale.join().unwrap(), Err(HostError::Fenced));
+        assert_eq!(df.get(3, "k", None), Ok(Some(Value::from("fresh"))));
+    }
+
+    /// A value that records, when dropped, whether the dataframe in
+    /// [`WATCHED`] had its map lock or its lease mutex held at that moment:
+    /// the observable stand-in for a plugin-built value, whose drop runs
+    /// plugin code.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Probe(u32);
+
+    thread_local! {
+        static WATCHED: std::cell::RefCell<std::sync::Weak<Dataframe<Probe>>> =
+            const { std::cell::RefCell::new(std::sync::Weak::new()) };
+        static DROPS: std::cell::RefCell<Vec<(u32, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let Some(df) = WATCHED.with(|w| w.borrow().upgrade()) else {
+                return;
+            };
+            let locked = df.map.try_read().is_none() || df.leases.try_lock().is_none();
+            DROPS.with(|d| d.borrow_mut().push((self.0, locked)));
+        }
+    }
+
+    fn drops() -> Vec<(u32, bool)> {
+        DROPS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
+
+    #[test]
+    fn values_an_operation_takes_are_dropped_after_its_locks_are_released() {
+        let df = Arc::new(Dataframe::holding("d", [("k".to_owned(), Probe(1))]));
+        WATCHED.with(|w| *w.borrow_mut() = Arc::downgrade(&df));
+        // How probe `id` was dropped: one entry per drop, true = under a lock.
+        let dropped = |id: u32| -> Vec<bool> {
+            drops()
+                .into_iter()
+                .filter(|d| d.0 == id)
+                .map(|d| d.1)
+                .collect()
+        };
+
+        // A failed compare-and-swap (fast path: the map lock).
+        let r = df.compare_and_swap(7, "k", Some(&Probe(0)), Probe(2), None);
+        assert_eq!(r, Ok(Err(Some(Probe(1)))));
+        assert_eq!(dropped(2), [false], "the new value of a failed swap");
+
+        // A failed compare-and-swap by a read-lease holder (slow path: the
+        // lease mutex and the map lock).
+        df.acquire(7, LockMode::Read, None).unwrap();
+        let r = df.compare_and_swap(7, "k", Some(&Probe(0)), Probe(3), None);
+        assert_eq!(r, Ok(Err(Some(Probe(1)))));
+        assert_eq!(
+            dropped(3),
+            [false],
+            "the new value of a failed swap under a lease"
+        );
+        df.release(7, LockMode::Read).unwrap();
+
+        // A set that times out on another instance's lease.
+        df.acquire(8, LockMode::Write, None).unwrap();
+        assert_eq!(df.set(7, "k", Probe(4), soon(10)), Err(HostError::Timeout));
+        assert_eq!(dropped(4), [false], "the value of a timed-out set");
+        df.release(8, LockMode::Write).unwrap();
+
+        // A set by a fenced instance.
+        let fenced = AtomicBool::new(true);
+        let r = df.set(Caller::fenced_by(7, &fenced), "k", Probe(5), None);
+        assert_eq!(r, Err(HostError::Fenced));
+        assert_eq!(dropped(5), [false], "the value of a refused set");
+
+        // A set that succeeds drops the value it replaces.
+        df.set(7, "k", Probe(6), None).unwrap();
+        assert_eq!(dropped(1), [false], "the replaced value");
+        WATCHED.with(|w| *w.borrow_mut() = std::sync::Weak::new());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use otools_api::ffi::{
 use otools_api::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
 
-use crate::dataframe::{Dataframe, Deadline, OwnerId};
+use crate::dataframe::{Caller, Dataframe, Deadline, OwnerId};
 use crate::logging;
 use crate::plugin::Library;
 
@@ -189,6 +189,21 @@ impl InstanceHost {
         }
     }
 
+    /// Who the instance is to a dataframe: its lease owner id, and its fence,
+    /// which the dataframe checks again under its lock right before a write.
+    fn writer(&self) -> Caller<'_> {
+        Caller::fenced_by(self.owner, &self.fenced)
+    }
+
+    /// Counts and records a write refused by the dataframe because the
+    /// instance was fenced while it waited (for a lease or the map lock).
+    fn refused_late<T>(&self, call: &str, r: Result<T, HostError>) -> Result<T, HostError> {
+        if matches!(r, Err(HostError::Fenced)) {
+            self.refuse(call);
+        }
+        r
+    }
+
     /// True (and counted) if the instance is fenced.
     fn fenced_check(&self, call: &str) -> bool {
         if self.fenced.load(Ordering::Relaxed) {
@@ -228,6 +243,26 @@ impl InstanceHost {
             .get(index as usize)
             .map(|d| &**d)
             .ok_or(HostError::UnknownDataframe)
+    }
+
+    /// Logs and journals a panic in the destructor of the instance's plugin
+    /// object (caught inside the plugin; the object is gone either way).
+    pub fn report_drop_panic(&self, message: &str) {
+        tracing::error!(
+            context = %self.context.name,
+            service = %self.name,
+            library = %self.library.path.display(),
+            export = %self.export,
+            entry = "drop",
+            "drop panicked: {message}"
+        );
+        crate::supervision::journal::record(
+            "drop_panicked",
+            &self.context.name,
+            Some(&self.name),
+            Some(self.generation),
+            &[("reason", message.into())],
+        );
     }
 
     /// Logs a failed call with everything needed to find the culprit.
@@ -359,9 +394,10 @@ impl FfiHost for InstanceHost {
             return RResult::RErr(HostError::Fenced);
         }
         shield("set", RResult::RErr(HostError::Internal), || {
-            self.df(df)
-                .and_then(|d| d.set(self.owner, key.as_str(), value, deadline(timeout_ns)))
-                .into()
+            let r = self
+                .df(df)
+                .and_then(|d| d.set(self.writer(), key.as_str(), value, deadline(timeout_ns)));
+            self.refused_late("set", r).into()
         })
     }
 
@@ -375,10 +411,10 @@ impl FfiHost for InstanceHost {
             return RResult::RErr(HostError::Fenced);
         }
         shield("remove", RResult::RErr(HostError::Internal), || {
-            self.df(df)
-                .and_then(|d| d.remove(self.owner, key.as_str(), deadline(timeout_ns)))
-                .map(ROption::from)
-                .into()
+            let r = self
+                .df(df)
+                .and_then(|d| d.remove(self.writer(), key.as_str(), deadline(timeout_ns)));
+            self.refused_late("remove", r).map(ROption::from).into()
         })
     }
 
@@ -393,9 +429,10 @@ impl FfiHost for InstanceHost {
             return RResult::RErr(HostError::Fenced);
         }
         shield("add", RResult::RErr(HostError::Internal), || {
-            self.df(df)
-                .and_then(|d| d.add(self.owner, key.as_str(), &by, deadline(timeout_ns)))
-                .into()
+            let r = self
+                .df(df)
+                .and_then(|d| d.add(self.writer(), key.as_str(), &by, deadline(timeout_ns)));
+            self.refused_late("add", r).into()
         })
     }
 
@@ -414,15 +451,25 @@ impl FfiHost for InstanceHost {
             "compare_and_swap",
             RResult::RErr(HostError::Internal),
             || {
-                self.df(df)
-                    .and_then(|d| {
-                        d.compare_and_swap(
-                            self.owner,
-                            key.as_str(),
-                            expected.as_ref().into_option(),
-                            new,
-                            deadline(timeout_ns),
-                        )
+                let r = self.df(df).and_then(|d| {
+                    d.compare_and_swap(
+                        self.writer(),
+                        key.as_str(),
+                        expected.as_ref().into_option(),
+                        new,
+                        deadline(timeout_ns),
+                    )
+                });
+                self.refused_late("compare_and_swap", r)
+                    .map(|outcome| match outcome {
+                        Ok(()) => CasOutcome {
+                            swapped: true,
+                            actual: ROption::RNone,
+                        },
+                        Err(actual) => CasOutcome {
+                            swapped: false,
+                            actual: actual.into(),
+                        },
                     })
                     .into()
             },

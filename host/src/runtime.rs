@@ -195,9 +195,39 @@ pub struct Live {
     pub host: Arc<InstanceHost>,
     object: Obj,
     loop_done: AtomicBool,
+    /// Declared after `object`, so dropped right after it, on the same thread.
+    _drop_report: DropReport,
+}
+
+/// Reports a panic in the destructor of a plugin object. The plugin's
+/// adapter catches it (abi_stable would abort the process) and keeps the
+/// message, which this collects right after the object was dropped.
+struct DropReport(Arc<InstanceHost>);
+
+impl Drop for DropReport {
+    fn drop(&mut self) {
+        let host = &self.0;
+        let message = host
+            .library
+            .root
+            .take_drop_panic()
+            .and_then(|take| take().into_option());
+        if let Some(message) = message {
+            host.report_drop_panic(message.as_str());
+        }
+    }
 }
 
 impl Live {
+    fn new(host: Arc<InstanceHost>, object: Obj) -> Live {
+        Live {
+            _drop_report: DropReport(Arc::clone(&host)),
+            host,
+            object,
+            loop_done: AtomicBool::new(false),
+        }
+    }
+
     fn main(&self) -> CallResult {
         match &self.object {
             Obj::Service(o) => self.host.with_handle(|h| o.main(h)),
@@ -432,11 +462,7 @@ impl Core {
                     1,
                     Arc::clone(&stash),
                 ));
-                let live = Live {
-                    host: Arc::clone(&host),
-                    object: u.initial,
-                    loop_done: AtomicBool::new(false),
-                };
+                let live = Live::new(Arc::clone(&host), u.initial);
                 Unit {
                     name: u.name,
                     kind: u.kind,
@@ -969,11 +995,7 @@ impl Core {
         };
         let host = self.new_host(u, library, generation);
         unit.control.lock().host = Some(Arc::clone(&host));
-        let mut live = Live {
-            host,
-            object,
-            loop_done: AtomicBool::new(false),
-        };
+        let mut live = Live::new(host, object);
         let r = Core::watched(
             slot,
             u,
@@ -1211,11 +1233,7 @@ impl Core {
         };
         let host = self.new_host(u, Arc::clone(lib), generation);
         on_host(&host);
-        let mut live = Live {
-            host,
-            object,
-            loop_done: AtomicBool::new(false),
-        };
+        let mut live = Live::new(host, object);
         let r = Core::watched(
             slot,
             u,

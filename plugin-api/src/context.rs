@@ -208,6 +208,10 @@ impl<'a> Dataframe<'a> {
     /// Atomically adds `by` to the integer under `key` (absent counts as 0)
     /// and returns the new value. No update is ever lost, whatever the
     /// number of threads.
+    ///
+    /// A key holding anything but an integer (a float included: use
+    /// [`Dataframe::add_float`]) and a sum that would overflow `i64` are
+    /// refused with [`HostError::WrongType`]; the key keeps its value.
     pub fn increment(&self, key: &str, by: i64) -> Result<i64> {
         match self.host.df_add(
             self.index,
@@ -217,7 +221,31 @@ impl<'a> Dataframe<'a> {
         ) {
             RResult::ROk(Value::Int(n)) => Ok(n),
             RResult::ROk(_) => self.fail(HostError::WrongType, key),
+            RResult::RErr(HostError::WrongType) => Err(self.refused_increment(key, by)),
             RResult::RErr(e) => self.fail(e, key),
+        }
+    }
+
+    /// The error of a refused increment, telling an overflow from a
+    /// non-integer key (the host reports both as `WrongType`, and the
+    /// current value, read after the fact, tells which).
+    fn refused_increment(&self, key: &str, by: i64) -> Error {
+        let subject = format!("dataframe key `{key}`");
+        match self.get(key) {
+            Ok(Some(Value::Int(n))) if n.checked_add(by).is_none() => Error::host_message(
+                HostError::WrongType,
+                format!(
+                    "{subject}: adding {by} to {n} overflows a 64-bit integer; the key keeps its value"
+                ),
+            ),
+            Ok(Some(v)) => Error::host_message(
+                HostError::WrongType,
+                format!(
+                    "{subject}: holds {}, not an integer; the key keeps its value",
+                    v.type_name()
+                ),
+            ),
+            _ => Error::host(HostError::WrongType, &subject),
         }
     }
 

@@ -63,6 +63,14 @@ impl Error {
         }
     }
 
+    /// A host error of `kind` with a message more precise than its description.
+    pub(crate) fn host_message(kind: HostError, message: String) -> Error {
+        Error {
+            kind: Kind::Host(kind),
+            message,
+        }
+    }
+
     /// The error `main` and `run_loop` return by default: "this service has
     /// no such entry point". The host stops calling that entry point, quietly.
     /// Return it yourself when a configuration leaves a service without a loop.

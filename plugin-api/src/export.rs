@@ -9,6 +9,11 @@
 //! panic message and location. A panic hook installed when the library is
 //! loaded captures that message instead of printing it; panics outside entry
 //! points (e.g. on a thread the plugin spawned itself) still print as usual.
+//!
+//! Dropping an instance is guarded the same way: abi_stable aborts the
+//! process on a panic in the destructor of a trait object, so the adapters
+//! drop the plugin's value inside `catch_unwind`, and keep the message for
+//! the host to collect right after the drop (`PluginRoot::take_drop_panic`).
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -33,6 +38,8 @@ use crate::service::{Condition, Service};
 thread_local! {
     static IN_ENTRY_POINT: Cell<bool> = const { Cell::new(false) };
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The panic of the last instance this thread dropped, if it panicked.
+    static DROP_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 static HOOK: Once = Once::new();
@@ -87,24 +94,64 @@ fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
     }
 }
 
-struct ServiceAdapter<S>(S);
+/// Drops `value` like an entry point runs: a panic in its destructor is
+/// caught and its message kept in `DROP_PANIC` (cleared otherwise), for
+/// the host to collect with `take_drop_panic` right after the drop.
+fn guarded_drop<T>(value: Option<T>) {
+    let outcome = guard(move || {
+        drop(value);
+        Ok(())
+    });
+    let message = match outcome {
+        RResult::ROk(()) => None,
+        RResult::RErr(e) => Some(e.message.into_string()),
+    };
+    DROP_PANIC.with(|p| *p.borrow_mut() = message);
+}
+
+/// The error of a call on an adapter whose value was already dropped: it
+/// cannot happen (the host never calls a dropped object), but the adapter
+/// must answer something without `unsafe`.
+fn dropped<T>() -> Result<T> {
+    Err(Error::msg("the instance was already dropped"))
+}
+
+/// A [`Service`] behind the FFI trait. The value is an `Option` only so that
+/// `Drop` can take it out and drop it inside the panic guard; it is `Some`
+/// for the adapter's whole life.
+struct ServiceAdapter<S>(Option<S>);
+
+impl<S> ServiceAdapter<S> {
+    fn get(&self) -> Result<&S> {
+        self.0.as_ref().map_or_else(dropped, Ok)
+    }
+    fn get_mut(&mut self) -> Result<&mut S> {
+        self.0.as_mut().map_or_else(dropped, Ok)
+    }
+}
+
+impl<S> Drop for ServiceAdapter<S> {
+    fn drop(&mut self) {
+        guarded_drop(self.0.take());
+    }
+}
 
 impl<S: Service> FfiService for ServiceAdapter<S> {
     fn setup(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.0.setup(&Context::from_host(host)))
+        guard(|| self.get_mut()?.setup(&Context::from_host(host)))
     }
     fn main(&self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.0.main(&Context::from_host(host)))
+        guard(|| self.get()?.main(&Context::from_host(host)))
     }
     fn run_loop(&self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.0.run_loop(&Context::from_host(host)))
+        guard(|| self.get()?.run_loop(&Context::from_host(host)))
     }
     fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.0.finalize(&Context::from_host(host)))
+        guard(|| self.get_mut()?.finalize(&Context::from_host(host)))
     }
     fn export_state(&self, host: HostRef<'_>) -> CallResult<ROption<Tuple2<u32, RVec<u8>>>> {
         guard(|| {
-            let state = self.0.export_state(&Context::from_host(host))?;
+            let state = self.get()?.export_state(&Context::from_host(host))?;
             Ok(state.map(|(v, b)| Tuple2(v, RVec::from(b))).into())
         })
     }
@@ -115,23 +162,39 @@ impl<S: Service> FfiService for ServiceAdapter<S> {
         bytes: RSlice<'_, u8>,
     ) -> CallResult {
         guard(|| {
-            self.0
+            self.get_mut()?
                 .import_state(&Context::from_host(host), version, bytes.as_slice())
         })
     }
 }
 
-struct ConditionAdapter<C>(C);
+/// A [`Condition`] behind the FFI trait; `Option` as in [`ServiceAdapter`].
+struct ConditionAdapter<C>(Option<C>);
+
+impl<C> ConditionAdapter<C> {
+    fn get(&self) -> Result<&C> {
+        self.0.as_ref().map_or_else(dropped, Ok)
+    }
+    fn get_mut(&mut self) -> Result<&mut C> {
+        self.0.as_mut().map_or_else(dropped, Ok)
+    }
+}
+
+impl<C> Drop for ConditionAdapter<C> {
+    fn drop(&mut self) {
+        guarded_drop(self.0.take());
+    }
+}
 
 impl<C: Condition> FfiCondition for ConditionAdapter<C> {
     fn setup(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.0.setup(&Context::from_host(host)))
+        guard(|| self.get_mut()?.setup(&Context::from_host(host)))
     }
     fn check(&self, host: HostRef<'_>) -> CallResult<bool> {
-        guard(|| self.0.check(&Context::from_host(host)))
+        guard(|| self.get()?.check(&Context::from_host(host)))
     }
     fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.0.finalize(&Context::from_host(host)))
+        guard(|| self.get_mut()?.finalize(&Context::from_host(host)))
     }
 }
 
@@ -154,7 +217,7 @@ pub fn new_service<S: Service>(config_json: &str) -> Result<FfiServiceBox> {
     let config = parse_config::<S::Config>(config_json)?;
     let service = S::new(config).map_err(Error::rejecting_config)?;
     Ok(FfiService_TO::from_value(
-        ServiceAdapter(service),
+        ServiceAdapter(Some(service)),
         TD_Opaque,
     ))
 }
@@ -165,7 +228,7 @@ pub fn new_condition<C: Condition>(config_json: &str) -> Result<FfiConditionBox>
     let config = parse_config::<C::Config>(config_json)?;
     let condition = C::new(config).map_err(Error::rejecting_config)?;
     Ok(FfiCondition_TO::from_value(
-        ConditionAdapter(condition),
+        ConditionAdapter(Some(condition)),
         TD_Opaque,
     ))
 }
@@ -229,6 +292,13 @@ extern "C" fn new_condition_ffi<P: PluginExports>(
     }
 }
 
+extern "C" fn take_drop_panic() -> ROption<RString> {
+    DROP_PANIC
+        .with(|p| p.borrow_mut().take())
+        .map(RString::from)
+        .into()
+}
+
 fn root_module<P: PluginExports>() -> PluginRoot_Ref {
     install_panic_hook();
     PluginRoot {
@@ -238,6 +308,7 @@ fn root_module<P: PluginExports>() -> PluginRoot_Ref {
         exports: exports::<P>,
         new_service: new_service_ffi::<P>,
         new_condition: new_condition_ffi::<P>,
+        take_drop_panic,
     }
     .leak_into_prefix()
 }
@@ -330,6 +401,26 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("dropped badly");
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_destructor_is_caught_and_kept_for_the_host() {
+        install_panic_hook();
+        let adapter = ServiceAdapter(Some(PanicsOnDrop));
+        drop(adapter);
+        let message = take_drop_panic().into_option().unwrap();
+        assert!(message.starts_with("dropped badly (at "), "{message}");
+        // A clean drop clears it.
+        drop(ServiceAdapter(Some(())));
+        assert_eq!(take_drop_panic().into_option(), None);
     }
 
     #[test]

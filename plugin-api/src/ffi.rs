@@ -114,7 +114,10 @@ pub enum HostError {
     NotPermitted = 1,
     /// The dataframe stayed locked by another service for the whole timeout.
     Timeout = 2,
-    /// The operation needs another type of value (e.g. incrementing a string).
+    /// The operation needs another type of value (e.g. incrementing a
+    /// string, or adding an integer to a float), or its integer result does
+    /// not fit in an `i64`. Nothing was stored. (Overflow reuses this kind:
+    /// a new variant would break the ABI for every built plugin.)
     WrongType = 3,
     /// The calling instance was replaced; its calls are refused.
     Fenced = 4,
@@ -131,7 +134,9 @@ impl HostError {
             HostError::UnknownDataframe => "no such dataframe",
             HostError::NotPermitted => "this context does not list the dataframe",
             HostError::Timeout => "timed out waiting for the dataframe lock",
-            HostError::WrongType => "the stored value has the wrong type for this operation",
+            HostError::WrongType => {
+                "the stored value has the wrong type for this operation, or the result overflows"
+            }
             HostError::Fenced => "this instance was replaced; its calls are refused",
             HostError::LockState => "lock not held by this service, or already held",
             HostError::Internal => "internal host error",
@@ -226,6 +231,8 @@ pub trait FfiHost: Send + Sync {
         timeout_ns: u64,
     ) -> RResult<ROption<Value>, HostError>;
     /// Adds `by` (integer or float) to a numeric key atomically; an absent key counts as 0.
+    /// An integer `by` needs an integer key and an `i64` result, else
+    /// `WrongType` and nothing is stored; a float `by` makes the key a float.
     fn df_add(
         &self,
         df: u32,
@@ -339,6 +346,11 @@ pub struct PluginRoot {
     /// Builds a condition instance from its export name and JSON config (setup not run).
     #[sabi(last_prefix_field)]
     pub new_condition: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiConditionBox>,
+    /// Whether the last instance this thread dropped panicked in its
+    /// destructor: the panic message, caught inside the plugin. Each drop
+    /// of an instance resets it. Appended after the last prefix field:
+    /// plugins built before it existed lack it (the accessor returns `None`).
+    pub take_drop_panic: extern "C" fn() -> ROption<RString>,
 }
 
 impl RootModule for PluginRoot_Ref {

@@ -117,6 +117,8 @@ impl RunCommand {
         if self.no_watch {
             deployment.reload.watch = false;
         }
-        crate::supervisor::run(deployment)
+        let code = crate::supervisor::run(deployment);
+        crate::supervision::journal::finish();
+        code
     }
 }

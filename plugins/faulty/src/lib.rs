@@ -12,6 +12,10 @@
 //!
 //! A hang sleeps `hang_ms` (0 = for ever) and then, if `write_after_hang`
 //! names a dataframe key, writes `true` to it: a stale instance waking up.
+//!
+//! `drop` is listed like an entry point but may only be in `panic_in`: the
+//! instance's destructor panics (when the host drops it, after `finalize`
+//! or when it replaces the instance).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,11 +25,11 @@ use std::time::Duration;
 use otools_api::{Condition, Context, Error, Result, Service};
 use serde::Deserialize;
 
-/// The entry points of [`Faulty`] that the lists may name.
-pub const SERVICE_ENTRY_POINTS: &[&str] = &["setup", "main", "loop", "finalize"];
+/// The entry points of [`Faulty`] that the lists may name (`drop` is its destructor).
+pub const SERVICE_ENTRY_POINTS: &[&str] = &["setup", "main", "loop", "finalize", "drop"];
 
-/// The entry points of [`FaultyCondition`] that the lists may name.
-pub const CONDITION_ENTRY_POINTS: &[&str] = &["setup", "check", "finalize"];
+/// The entry points of [`FaultyCondition`] that the lists may name (`drop` is its destructor).
+pub const CONDITION_ENTRY_POINTS: &[&str] = &["setup", "check", "finalize", "drop"];
 
 /// Tags whose `once` fault has fired in this process.
 fn fired() -> &'static Mutex<HashSet<String>> {
@@ -128,6 +132,9 @@ impl Faults {
                 if entry.1.is_some() {
                     otools_api::bail!("`{name}` is listed for two faults");
                 }
+                if entry.0 == "drop" && fault != Fault::Panic {
+                    otools_api::bail!("`drop` can only be listed in `panic_in`");
+                }
                 entry.1 = Some(fault);
             }
         }
@@ -163,19 +170,19 @@ impl Faults {
         r
     }
 
-    /// Applies the rule to one call of `entry`.
-    fn apply(&self, entry: &str, ctx: &Context<'_>) -> Result<()> {
-        let Some((_, Some(fault), calls)) = self.entries.iter().find(|e| e.0 == entry) else {
-            return Ok(());
+    /// The fault one call of `entry` injects now, if any, with its message.
+    fn due(&self, entry: &str) -> Option<(Fault, String)> {
+        let (_, Some(fault), calls) = self.entries.iter().find(|e| e.0 == entry)? else {
+            return None;
         };
         let n = calls.fetch_add(1, Ordering::Relaxed);
         if n < self.config.after {
-            return Ok(());
+            return None;
         }
         if let Some(p) = self.config.probability
             && self.roll() >= p
         {
-            return Ok(());
+            return None;
         }
         if self.config.once
             && !fired()
@@ -183,9 +190,23 @@ impl Faults {
                 .map(|mut f| f.insert(self.config.tag.clone()))
                 .unwrap_or(false)
         {
-            return Ok(());
+            return None;
         }
-        let text = format!("{} in {entry}", self.config.message);
+        Some((*fault, format!("{} in {entry}", self.config.message)))
+    }
+
+    /// Panics if the destructor is listed (and due).
+    fn drop_fault(&self) {
+        if let Some((Fault::Panic, text)) = self.due("drop") {
+            panic!("{text}");
+        }
+    }
+
+    /// Applies the rule to one call of `entry`.
+    fn apply(&self, entry: &str, ctx: &Context<'_>) -> Result<()> {
+        let Some((fault, text)) = self.due(entry) else {
+            return Ok(());
+        };
         match fault {
             Fault::Panic => panic!("{text}"),
             Fault::Error => Err(Error::msg(text)),
@@ -276,6 +297,12 @@ impl Service for Faulty {
     }
 }
 
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        self.faults.drop_fault();
+    }
+}
+
 /// A condition that faults on request; otherwise returns `value`.
 pub struct FaultyCondition {
     faults: Faults,
@@ -315,6 +342,12 @@ impl Condition for FaultyCondition {
     }
 }
 
+impl Drop for FaultyCondition {
+    fn drop(&mut self) {
+        self.faults.drop_fault();
+    }
+}
+
 otools_api::export_plugin! {
     services: [Faulty],
     conditions: [FaultyCondition],
@@ -340,6 +373,8 @@ mod tests {
         );
         assert!(Faults::new(SERVICE_ENTRY_POINTS, config(r#"{"probability":1.5}"#)).is_err());
         assert!(Faults::new(SERVICE_ENTRY_POINTS, config(r#"{"error_in":["main"]}"#)).is_ok());
+        assert!(Faults::new(SERVICE_ENTRY_POINTS, config(r#"{"hang_in":["drop"]}"#)).is_err());
+        assert!(Faults::new(SERVICE_ENTRY_POINTS, config(r#"{"panic_in":["drop"]}"#)).is_ok());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! host: a constant condition, services that record or report dataframe
 //! keys, log their lifecycle, check that `setup` ran before `main`, and a
 //! pair (`HoldLock`, `TryLocked`) that exercises dataframe locks and lock
-//! timeouts across two contexts.
+//! timeouts across two contexts, and a `LeaseWriter` that a replacement
+//! overtakes while it waits for `HoldLock`'s lease.
 //!
 //! Where a service waits for another, it polls a dataframe every few
 //! milliseconds and gives up with an error after [`DEADLINE`].
@@ -228,8 +229,9 @@ impl Service for SetupGate {
 }
 
 /// On its first `main` call: write-locks `dataframe`, sets `held = true` in
-/// `signal`, waits until `signal` has `saw_timeout = true`, releases the lock
-/// and terminates its context. Pairs with [`TryLocked`].
+/// `signal`, waits until `signal` has `release_on = true` (`saw_timeout` by
+/// default), releases the lock and terminates its context. Pairs with
+/// [`TryLocked`] and [`LeaseWriter`].
 pub struct HoldLock {
     config: HoldLockConfig,
     started: AtomicBool,
@@ -243,6 +245,13 @@ pub struct HoldLockConfig {
     pub dataframe: String,
     /// Another dataframe, used to signal between the two services.
     pub signal: String,
+    /// The key of `signal` that releases the lock.
+    #[serde(default = "default_release_on")]
+    pub release_on: String,
+}
+
+fn default_release_on() -> String {
+    String::from("saw_timeout")
 }
 
 impl Service for HoldLock {
@@ -265,7 +274,7 @@ impl Service for HoldLock {
         let signal = ctx.dataframe(&c.signal)?;
         let guard = df.lock_write()?;
         signal.set("held", true)?;
-        wait_until_true(&signal, &c.signal, "saw_timeout")?;
+        wait_until_true(&signal, &c.signal, &c.release_on)?;
         drop(guard);
         ctx.info(format_args!("released lock on {}", c.dataframe));
         ctx.terminate_context();
@@ -330,6 +339,61 @@ impl Service for TryLocked {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A writer that its replacement overtakes while it waits for a lease.
+/// Pairs with [`HoldLock`] (`release_on = "served"`). Each `main` call does
+/// nothing until `signal` has `held = true`; then the first instance of
+/// the process to get there (it claims `signal.writer`) writes `"stale"` to
+/// `key` of `dataframe`, which waits for the lock without a timeout, and
+/// then logs what the write returned. Every later instance (a replacement)
+/// sets `signal.served = true` instead, so the holder releases the lock
+/// only after a replacement has served.
+pub struct LeaseWriter {
+    config: LeaseWriterConfig,
+    announced: AtomicBool,
+}
+
+/// Configuration of [`LeaseWriter`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseWriterConfig {
+    /// The dataframe [`HoldLock`] locks.
+    pub dataframe: String,
+    /// The key written.
+    pub key: String,
+    /// The dataframe used to signal between the services.
+    pub signal: String,
+}
+
+impl Service for LeaseWriter {
+    type Config = LeaseWriterConfig;
+
+    fn new(config: LeaseWriterConfig) -> Result<Self> {
+        check_distinct(&config.dataframe, &config.signal)?;
+        Ok(LeaseWriter {
+            config,
+            announced: AtomicBool::new(false),
+        })
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        let c = &self.config;
+        let signal = ctx.dataframe(&c.signal)?;
+        if !matches!(signal.get("held")?, Some(Value::Bool(true))) {
+            return Ok(());
+        }
+        if signal.compare_and_swap("writer", None, true)?.is_ok() {
+            let written = ctx.dataframe(&c.dataframe)?.set(&c.key, "stale");
+            ctx.info(format_args!("stale write returned {written:?}"));
+            return written;
+        }
+        signal.set("served", true)?;
+        if !self.announced.swap(true, Ordering::Relaxed) {
+            ctx.info("replacement served");
+        }
+        Ok(())
     }
 }
 
@@ -466,6 +530,6 @@ impl Service for DfPairs {
 }
 
 otools_api::export_plugin! {
-    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, Sleeper, StashCounter, Nop, DfPairs],
+    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, LeaseWriter, Sleeper, StashCounter, Nop, DfPairs],
     conditions: [Constant],
 }
