@@ -4,6 +4,7 @@
 //! later, on the context's thread). Every problem is collected, with the
 //! manifest line it comes from, so `otools check` reports them all at once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8};
@@ -17,7 +18,7 @@ use crate::dataframe::Dataframe;
 use crate::instance::{ContextShared, Wake};
 use crate::manifest::validate::validate;
 use crate::manifest::{
-    ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry,
+    ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry, shown,
 };
 use crate::plugin::{LoadError, Registry};
 use crate::runtime::{ContextPlan, StepPlan, UnitPlan, construct};
@@ -256,7 +257,7 @@ impl Builder<'_> {
     fn context(
         &mut self,
         c: &ContextDecl,
-        all_dataframes: &[Arc<Dataframe>],
+        all_dataframes: &HashMap<&str, &Arc<Dataframe>>,
         names: &Arc<Vec<String>>,
     ) -> ContextPlan {
         let host_level = self.manifest.host_level();
@@ -270,9 +271,8 @@ impl Builder<'_> {
             .iter()
             .filter_map(|n| {
                 all_dataframes
-                    .iter()
-                    .find(|d| d.name() == n.get_ref())
-                    .cloned()
+                    .get(n.get_ref().as_str())
+                    .map(|d| Arc::clone(d))
             })
             .collect();
         let shared = Arc::new(ContextShared {
@@ -284,13 +284,13 @@ impl Builder<'_> {
             dataframes,
             all_dataframes: Arc::clone(names),
         });
-        let ckey = format!("context \"{}\"", c.name.get_ref());
+        let ckey = format!("context \"{}\"", shown(c.name.get_ref()));
         let mut units = Vec::new();
         let mut steps = Vec::new();
         for entry in c.entries() {
             match entry {
                 EntryDecl::Service(s) => {
-                    let key = format!("{ckey} > service \"{}\"", s.name.get_ref());
+                    let key = format!("{ckey} > service \"{}\"", shown(s.name.get_ref()));
                     let policy = s.policy(c, host_shutdown);
                     if let Some(u) = self.unit(
                         ExportKind::Service,
@@ -309,7 +309,7 @@ impl Builder<'_> {
                 }
                 EntryDecl::Trigger(t) => {
                     let tname = t.name.get_ref().clone();
-                    let key = format!("{ckey} > trigger \"{tname}\"");
+                    let key = format!("{ckey} > trigger \"{}\"", shown(&tname));
                     let mut conditions = Vec::new();
                     for (i, e) in t.condition.iter().enumerate() {
                         let ekey = format!("{key} > condition #{}", i + 1);
@@ -414,14 +414,19 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
             .map(|d| d.name().to_owned())
             .collect::<Vec<_>>(),
     );
+    // The first of each name (a duplicate is an error reported by `validate`).
+    let mut by_name = HashMap::new();
+    for d in &dataframes {
+        by_name.entry(d.name()).or_insert(d);
+    }
     let contexts: Vec<ContextPlan> = manifest
         .contexts
         .iter()
-        .map(|c| b.context(c, &dataframes, &names))
+        .map(|c| b.context(c, &by_name, &names))
         .collect();
     if !b.errors.is_empty() {
         let mut errors = b.errors;
-        errors.sort_by_key(|d| (d.line, d.column));
+        errors.sort_by_key(|d| d.position);
         errors.dedup();
         return Err(Diagnostics(errors));
     }

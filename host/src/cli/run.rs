@@ -5,10 +5,10 @@ use clap::Args;
 use otools_api::LogLevel;
 use tracing_subscriber::EnvFilter;
 
-use super::{LogArgs, ManifestArgs, exit};
+use super::{LogArgs, ManifestArgs, exit, print_errors};
 use crate::deploy::{self, Options};
 use crate::logging::{self, directive};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Diagnostics, Manifest};
 
 /// Run a deployment.
 #[derive(Debug, Args)]
@@ -63,21 +63,30 @@ fn filters(log: &LogArgs, m: &Manifest) -> Result<(EnvFilter, Option<LogLevel>),
     ))
 }
 
+/// Reports why nothing was started (the diagnostics, or one error already
+/// printed when `errors` is empty) and returns the exit code: every failure
+/// before starting ends with the same line.
+fn refuse(errors: &Diagnostics) -> u8 {
+    if errors.0.is_empty() {
+        eprintln!("1 error(s); nothing was started");
+    } else {
+        print_errors(errors, "; nothing was started");
+    }
+    exit::CONFIG_ERROR
+}
+
 impl RunCommand {
     /// Runs the deployment; returns the exit code.
     pub fn execute(&self) -> u8 {
         let m = match manifest::load(&self.manifest.manifest) {
             Ok(m) => m,
-            Err(d) => {
-                eprintln!("{d}");
-                return exit::CONFIG_ERROR;
-            }
+            Err(d) => return refuse(&d),
         };
         let (filter, level_override) = match filters(&self.log, &m) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("error: {e}");
-                return exit::CONFIG_ERROR;
+                return refuse(&Diagnostics(Vec::new()));
             }
         };
         logging::init(self.log.log_format, filter);
@@ -88,7 +97,7 @@ impl RunCommand {
                 "error: cannot open the event journal {}: {e}",
                 path.display()
             );
-            return exit::CONFIG_ERROR;
+            return refuse(&Diagnostics(Vec::new()));
         }
         let opts = Options {
             plugin_dir: self.manifest.plugin_dir.clone(),
@@ -97,11 +106,7 @@ impl RunCommand {
         };
         let mut deployment = match deploy::build(&m, &opts) {
             Ok(d) => d,
-            Err(d) => {
-                eprintln!("{d}");
-                eprintln!("{} error(s); nothing was started", d.0.len());
-                return exit::CONFIG_ERROR;
-            }
+            Err(d) => return refuse(&d),
         };
         let (contexts, services, triggers, _) = deployment.counts();
         tracing::info!(
