@@ -315,6 +315,45 @@ fn a_key_nested_too_deeply_is_reported_at_the_key() {
 }
 
 #[test]
+fn a_config_value_of_the_wrong_type_is_reported_at_the_value() {
+    // counter's `Increment` takes `step: i64`; `Record` of probe takes a string `key`.
+    let body = format!(
+        "{CONTEXT}[[context.service]]\nname = \"inc\"\nplugin = \"counter\"\nexport = \"Increment\"\nconfig = {{ dataframe = \"d\", step = \"two\" }}\n\
+         [[context.service]]\nname = \"inc2\"\nplugin = \"counter\"\nexport = \"Increment\"\n[context.service.config]\ndataframe = \"d\"\nstep = 1.5\n\
+         [[context.trigger]]\nname = \"t\"\ncondition = [ {{ plugin = \"probe\", export = \"Constant\", config = {{ value = \"yes\" }} }} ]\nservice = [ {{ plugin = \"control\", export = \"Shutdown\" }} ]\n"
+    );
+    let (out, path) = check("config_type", &body);
+    assert!(
+        out.stderr.contains(&format!(
+            "{path}:10:36: context \"C\" > service \"inc\" > config > step: "
+        )),
+        "expected the position of `\"two\"` (10:36):\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{path}:17:8: context \"C\" > service \"inc2\" > config > step: "
+        )),
+        "expected the position of `1.5` (17:8):\n{}",
+        out.stderr
+    );
+    assert_at(
+        &out,
+        &path,
+        10,
+        "invalid type: string \"two\", expected i64",
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{path}:20:75: context \"C\" > trigger \"t\" > condition #1 > config > value: "
+        )),
+        "expected the position of `\"yes\"` (20:75):\n{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(" at line "), "{}", out.stderr);
+}
+
+#[test]
 fn a_missing_manifest_is_reported_as_not_found_without_a_position() {
     util::build();
     let out = run(&["check", "/nonexistent/m.toml"]);

@@ -16,6 +16,7 @@ use toml::Spanned;
 
 use crate::dataframe::Dataframe;
 use crate::instance::{ContextShared, Wake};
+use crate::manifest::config::ConfigJson;
 use crate::manifest::validate::validate;
 use crate::manifest::{
     ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry, shown,
@@ -170,13 +171,6 @@ impl Builder<'_> {
         }
     }
 
-    fn config_json(config: Option<&Spanned<toml::Table>>) -> String {
-        config.map_or_else(
-            || String::from("{}"),
-            |c| toml_to_json(&toml::Value::Table(c.get_ref().clone())).to_string(),
-        )
-    }
-
     #[expect(
         clippy::too_many_arguments,
         reason = "one call site per manifest item kind; the arguments are the item's parts"
@@ -225,7 +219,8 @@ impl Builder<'_> {
             ));
             return None;
         }
-        let config_json = Self::config_json(config);
+        let json = ConfigJson::new(config.map(Spanned::get_ref));
+        let config_json = json.text.clone();
         match construct(&lib, kind, export_name, &config_json) {
             Ok(initial) => Some(UnitPlan {
                 name,
@@ -238,15 +233,19 @@ impl Builder<'_> {
                 initial,
             }),
             Err(e) => {
-                let at = config.map_or(anchor, |c| c.span().start);
+                // At the key or value concerned when the plugin's message
+                // says where in the JSON; else at the config table.
+                let table_at = config.map_or(anchor, |c| c.span().start);
+                let tree = config.and_then(|c| self.manifest.config_spans(c.span().start));
+                let found = json.locate(e.message.as_str(), tree, table_at);
                 self.errors.push(self.manifest.diagnostic(
-                    at,
-                    format!("{key} > config"),
+                    found.at,
+                    format!("{key} > config{}", found.key),
                     format!(
                         "`{}` of plugin `{}` rejected its config: {}",
                         export_name,
                         plugin.get_ref(),
-                        e.message
+                        found.message
                     ),
                 ));
                 None

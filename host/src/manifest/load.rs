@@ -35,6 +35,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
     let mut manifest = Manifest {
         path: path.to_path_buf(),
         line_starts: super::line_starts(&source),
+        configs: std::collections::BTreeMap::new(),
         source,
         host: HostSection::default(),
         dataframes: Vec::new(),
@@ -90,6 +91,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
             "context" => {
                 for (i, v) in array_items(&manifest, value, "context", &mut errors).into_iter().enumerate() {
                     let label = context_label(&v, i);
+                    super::config::SpanTree::collect(&v, &mut manifest.configs);
                     match item::<ContextDecl>(v) {
                         Ok(c) => manifest.contexts.push(c),
                         Err((at, msg)) => errors.push(manifest.diagnostic(at, label, msg)),

@@ -7,6 +7,7 @@
 //! references. Turning a manifest into running instances (loading plugins,
 //! handing them their config) is the job of [`crate::deploy`].
 
+pub mod config;
 pub mod load;
 pub mod validate;
 
@@ -35,6 +36,8 @@ pub struct Manifest {
     /// Byte offset of the start of every line of `source`, to turn an offset
     /// into a line in O(log n) (not by scanning from the start per error).
     line_starts: Vec<usize>,
+    /// The spans inside every `config` table, by the table's byte offset.
+    configs: std::collections::BTreeMap<usize, config::SpanTree>,
     /// `[host]`.
     pub host: HostSection,
     /// `[[dataframe]]`, in file order.
@@ -388,6 +391,11 @@ impl Manifest {
             .get(start..at)
             .map_or(1, |s| s.chars().count() + 1);
         (index + 1, column)
+    }
+
+    /// The spans inside the `config` table at byte offset `at`.
+    pub fn config_spans(&self, at: usize) -> Option<&config::SpanTree> {
+        self.configs.get(&at)
     }
 
     /// The folder the manifest lives in (relative paths start there).
