@@ -63,15 +63,16 @@ fn filters(log: &LogArgs, m: &Manifest) -> Result<(EnvFilter, Option<LogLevel>),
     ))
 }
 
-/// Reports why nothing was started (the diagnostics, or one error already
-/// printed when `errors` is empty) and returns the exit code: every failure
-/// before starting ends with the same line.
+/// Reports the manifest's problems and returns the exit code: every failure
+/// before anything starts ends with `N error(s); nothing was started`.
 fn refuse(errors: &Diagnostics) -> u8 {
-    if errors.0.is_empty() {
-        eprintln!("1 error(s); nothing was started");
-    } else {
-        print_errors(errors, "; nothing was started");
-    }
+    print_errors(errors, "; nothing was started");
+    exit::CONFIG_ERROR
+}
+
+/// Like [`refuse`], for one problem that is not in the manifest.
+fn refuse_one(message: &str) -> u8 {
+    eprintln!("error: {message}\n1 error(s); nothing was started");
     exit::CONFIG_ERROR
 }
 
@@ -84,20 +85,16 @@ impl RunCommand {
         };
         let (filter, level_override) = match filters(&self.log, &m) {
             Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return refuse(&Diagnostics(Vec::new()));
-            }
+            Err(e) => return refuse_one(&e),
         };
         logging::init(self.log.log_format, filter);
         if let Some(path) = &self.events
             && let Err(e) = crate::supervision::journal::open(path)
         {
-            eprintln!(
-                "error: cannot open the event journal {}: {e}",
+            return refuse_one(&format!(
+                "cannot open the event journal {}: {e}",
                 path.display()
-            );
-            return refuse(&Diagnostics(Vec::new()));
+            ));
         }
         let opts = Options {
             plugin_dir: self.manifest.plugin_dir.clone(),

@@ -78,8 +78,15 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
             match entry {
                 EntryDecl::Service(s) => check_supervision(m, &key, &s.keys(), &mut errors),
                 EntryDecl::Trigger(t) => {
-                    for (i, e) in t.condition.iter().chain(&t.service).enumerate() {
-                        let ekey = format!("{key} > #{}", i + 1);
+                    let conditions = t
+                        .condition
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| ("condition", i, e));
+                    let services = t.service.iter().enumerate().map(|(i, e)| ("service", i, e));
+                    for (what, i, e) in conditions.chain(services) {
+                        // The same key as `deploy` uses for the entry.
+                        let ekey = format!("{key} > {what} #{}", i + 1);
                         if let Some(n) = &e.get_ref().name {
                             check_name(m, n, &format!("{ekey} > name"), &mut errors);
                         }
