@@ -171,19 +171,6 @@ fn check_reports_every_problem_not_just_the_first() {
 }
 
 #[test]
-fn a_missing_manifest_file_is_an_error() {
-    util::build();
-    let out = run(&["check", "/nonexistent/m.toml"]);
-    assert_eq!(out.code(), 2);
-    assert!(
-        out.stderr.contains("/nonexistent/m.toml")
-            && out.stderr.contains("cannot read the manifest"),
-        "{}",
-        out.stderr
-    );
-}
-
-#[test]
 fn supervision_keys_are_checked() {
     let body = format!(
         "{CONTEXT}[[context.service]]\nname = \"x\"\nplugin = \"probe\"\nexport = \"Nop\"\nwatchdog = \"0s\"\nrestart_delay = \"2s\"\nmax_restart_delay = \"1s\"\nrestart = \"sometimes\"\n"
@@ -200,4 +187,258 @@ fn supervision_keys_are_checked() {
         12,
         "`max_restart_delay` must not be shorter than `restart_delay`",
     );
+}
+
+/// Asserts that `text` carries no raw control character (it would reach a terminal or a log as is).
+fn assert_no_raw_control(text: &str) {
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(raw.is_empty(), "raw control characters {raw:?} in:\n{text}");
+}
+
+#[test]
+fn a_name_with_a_nul_or_a_control_character_is_refused_with_its_line_and_key() {
+    // A NUL in a service name, an ESC in a trigger name: `check` refuses both,
+    // naming the line and key and showing the character escaped.
+    let body = format!(
+        "{CONTEXT}[[context.service]]\nname = \"s\\u0000x\"\nplugin = \"probe\"\nexport = \"Nop\"\n\
+         [[context.trigger]]\nname = \"t\\u001b[31m\"\ncondition = [ {{ plugin = \"probe\", export = \"Constant\", config = {{ value = true }} }} ]\nservice = [ {{ plugin = \"control\", export = \"Shutdown\" }} ]\n{STOP}"
+    );
+    let (out, path) = check("name_control", &body);
+    assert_at(
+        &out,
+        &path,
+        7,
+        "context \"C\" > service \"s\\0x\" > name: invalid name",
+    );
+    assert_at(&out, &path, 7, "`\\0`");
+    assert_at(
+        &out,
+        &path,
+        11,
+        "context \"C\" > trigger \"t\\u{1b}[31m\" > name: invalid name",
+    );
+    assert_at(&out, &path, 11, "`\\u{1b}`");
+    assert_no_raw_control(&out.stderr);
+
+    // A NUL in a context name made `run` panic on the main thread (exit 101):
+    // it is refused before anything starts.
+    let body = format!("[[context]]\nname = \"C\\u0000\"\n{STOP}");
+    let dir = TestDir::new("name_nul_run");
+    let m = dir.manifest("m.toml", &body);
+    let path = m.to_string_lossy().into_owned();
+    let out = run(&["run", &path]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert_at(&out, &path, 5, "context \"C\\0\" > name: invalid name");
+    assert!(out.stderr.contains("nothing was started"), "{}", out.stderr);
+    assert_no_raw_control(&out.stderr);
+}
+
+#[test]
+fn names_of_letters_digits_dashes_dots_and_underscores_in_any_script_are_accepted() {
+    let body = "[[dataframe]]\nname = \"état-1.v2\"\n[[context]]\nname = \"Main_ctx\"\ndataframes = [\"état-1.v2\"]\n\
+                [[context.service]]\nname = \"größe.日本-3\"\nplugin = \"hello\"\nexport = \"StopAfter\"\nconfig = { count = 1 }\n";
+    let dir = TestDir::new("names_ok");
+    let m = dir.manifest("m.toml", body);
+    let out = run(&["check", m.to_str().unwrap()]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+}
+
+/// The first lines of a long output.
+fn head(text: &str) -> String {
+    text.lines().take(20).collect::<Vec<_>>().join("\n")
+}
+
+/// Counts the diagnostic lines (`error: FILE:LINE:COLUMN: ...`) of `out`.
+fn diagnostics(out: &Output) -> usize {
+    out.stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .count()
+}
+
+#[test]
+fn check_reports_every_one_of_twenty_thousand_errors() {
+    const N: usize = 20_000;
+    // 20,000 bad values (parse errors) ...
+    let mut body = String::new();
+    for i in 0..N {
+        body.push_str(&format!(
+            "[[context]]\nname = \"c{i}\"\nperiod = \"soon\"\n"
+        ));
+    }
+    let (out, path) = check("many_bad_values", &body);
+    assert_eq!(diagnostics(&out), N, "{}", head(&out.stderr));
+    assert!(out.stderr.contains(&format!("{N} error(s)")));
+    assert_at(&out, &path, 3 + 3 * N, "invalid duration `soon`");
+
+    // ... and 20,000 duplicate names (cross-check errors, once the file parses).
+    let mut body = String::new();
+    for _ in 0..=N {
+        body.push_str(
+            "[[dataframe]]\nname = \"d\"\n[[context]]\nname = \"C\"\ndataframes = [\"d\"]\n",
+        );
+    }
+    let (out, path) = check("many_duplicates", &body);
+    assert_eq!(diagnostics(&out), 2 * N, "{}", head(&out.stderr));
+    assert_at(
+        &out,
+        &path,
+        5 + 5 * N,
+        "duplicate dataframe name `d` (first declared on line 5)",
+    );
+    assert_at(
+        &out,
+        &path,
+        7 + 5 * N,
+        "duplicate context name `C` (first declared on line 7)",
+    );
+}
+
+#[test]
+fn a_key_nested_too_deeply_is_reported_at_the_key() {
+    let deep = "x.".repeat(100);
+    let (out, path) = check(
+        "deep_key",
+        &format!(
+            "{CONTEXT}{STOP}[[context.service]]\nname = \"s\"\nplugin = \"probe\"\nexport = \"Nop\"\nconfig.{deep}y = 1\n"
+        ),
+    );
+    assert_at(&out, &path, 15, "invalid TOML");
+    assert!(
+        out.stderr.contains(&format!("{path}:15:1:")),
+        "expected the key's position 15:1:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_config_value_of_the_wrong_type_is_reported_at_the_value() {
+    // counter's `Increment` takes `step: i64`; `Record` of probe takes a string `key`.
+    let body = format!(
+        "{CONTEXT}[[context.service]]\nname = \"inc\"\nplugin = \"counter\"\nexport = \"Increment\"\nconfig = {{ dataframe = \"d\", step = \"two\" }}\n\
+         [[context.service]]\nname = \"inc2\"\nplugin = \"counter\"\nexport = \"Increment\"\n[context.service.config]\ndataframe = \"d\"\nstep = 1.5\n\
+         [[context.trigger]]\nname = \"t\"\ncondition = [ {{ plugin = \"probe\", export = \"Constant\", config = {{ value = \"yes\" }} }} ]\nservice = [ {{ plugin = \"control\", export = \"Shutdown\" }} ]\n"
+    );
+    let (out, path) = check("config_type", &body);
+    assert!(
+        out.stderr.contains(&format!(
+            "{path}:10:36: context \"C\" > service \"inc\" > config > step: "
+        )),
+        "expected the position of `\"two\"` (10:36):\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{path}:17:8: context \"C\" > service \"inc2\" > config > step: "
+        )),
+        "expected the position of `1.5` (17:8):\n{}",
+        out.stderr
+    );
+    assert_at(
+        &out,
+        &path,
+        10,
+        "invalid type: string \"two\", expected i64",
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{path}:20:75: context \"C\" > trigger \"t\" > condition #1 > config > value: "
+        )),
+        "expected the position of `\"yes\"` (20:75):\n{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(" at line "), "{}", out.stderr);
+}
+
+#[test]
+fn a_missing_manifest_is_reported_as_not_found_without_a_position() {
+    util::build();
+    let out = run(&["check", "/nonexistent/m.toml"]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l == "error: /nonexistent/m.toml: manifest not found"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(":1:1"), "{}", out.stderr);
+}
+
+#[test]
+fn every_failure_of_run_before_starting_ends_with_nothing_was_started() {
+    let dir = TestDir::new("run_prestart");
+    let syntax = dir.manifest("syntax.toml", &format!("{CONTEXT}[[context.service]\n"));
+    let unknown = dir.manifest("unknown.toml", &format!("{CONTEXT}perod = \"1s\"\n{STOP}"));
+    let good = dir.manifest("good.toml", &format!("{CONTEXT}{STOP}"));
+    let good = good.to_str().unwrap();
+    let events = dir.path.join("no/such/folder/events.jsonl");
+    let cases: [(&str, Vec<&str>); 5] = [
+        ("syntax", vec!["run", syntax.to_str().unwrap()]),
+        ("unknown key", vec!["run", unknown.to_str().unwrap()]),
+        ("missing file", vec!["run", "/nonexistent/m.toml"]),
+        ("bad filter", vec!["run", good, "--log-level", "info,[=bad"]),
+        (
+            "events",
+            vec!["run", good, "--events", events.to_str().unwrap()],
+        ),
+    ];
+    for (what, args) in cases {
+        let out = run(&args);
+        assert_eq!(out.code(), 2, "{what}: {}", out.stderr);
+        let last = out.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.ends_with("error(s); nothing was started"),
+            "{what}: the last line is {last:?}:\n{}",
+            out.stderr
+        );
+    }
+}
+
+/// The codes of the first table after `**Exit codes**` in README.md.
+fn readme_exit_codes() -> Vec<u32> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("read README.md");
+    let table = readme
+        .split_once("**Exit codes**")
+        .expect("README has an exit-code table")
+        .1;
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            l.trim_start_matches('|')
+                .split('|')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn help_lists_every_exit_code_of_the_readme() {
+    util::build();
+    let out = run(&["--help"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let help: Vec<u32> = out
+        .stdout
+        .split_once("Exit codes:")
+        .expect("--help lists the exit codes")
+        .1
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("  ")?;
+            l.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    let readme = readme_exit_codes();
+    assert_eq!(help, readme, "--help:\n{}", out.stdout);
+    // The codes agreed for this host, each documented in both.
+    assert_eq!(readme, [0, 1, 2, 3, 71, 75, 76, 130]);
 }

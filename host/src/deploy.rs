@@ -4,6 +4,7 @@
 //! later, on the context's thread). Every problem is collected, with the
 //! manifest line it comes from, so `otools check` reports them all at once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8};
@@ -15,9 +16,10 @@ use toml::Spanned;
 
 use crate::dataframe::Dataframe;
 use crate::instance::{ContextShared, Wake};
+use crate::manifest::config::ConfigJson;
 use crate::manifest::validate::validate;
 use crate::manifest::{
-    ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry,
+    ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry, shown,
 };
 use crate::plugin::{LoadError, Registry};
 use crate::runtime::{ContextPlan, StepPlan, UnitPlan, construct};
@@ -167,13 +169,6 @@ impl Builder<'_> {
         }
     }
 
-    fn config_json(config: Option<&Spanned<toml::Table>>) -> String {
-        config.map_or_else(
-            || String::from("{}"),
-            |c| toml_to_json(&toml::Value::Table(c.get_ref().clone())).to_string(),
-        )
-    }
-
     #[expect(
         clippy::too_many_arguments,
         reason = "one call site per manifest item kind; the arguments are the item's parts"
@@ -222,7 +217,8 @@ impl Builder<'_> {
             ));
             return None;
         }
-        let config_json = Self::config_json(config);
+        let json = ConfigJson::new(config.map(Spanned::get_ref));
+        let config_json = json.text.clone();
         match construct(&lib, kind, export_name, &config_json) {
             Ok(initial) => Some(UnitPlan {
                 name,
@@ -235,15 +231,19 @@ impl Builder<'_> {
                 initial,
             }),
             Err(e) => {
-                let at = config.map_or(anchor, |c| c.span().start);
+                // At the key or value concerned when the plugin's message
+                // says where in the JSON; else at the config table.
+                let table_at = config.map_or(anchor, |c| c.span().start);
+                let tree = config.and_then(|c| self.manifest.config_spans(c.span().start));
+                let found = json.locate(e.message.as_str(), tree, table_at);
                 self.errors.push(self.manifest.diagnostic(
-                    at,
-                    format!("{key} > config"),
+                    found.at,
+                    format!("{key} > config{}", found.key),
                     format!(
                         "`{}` of plugin `{}` rejected its config: {}",
                         export_name,
                         plugin.get_ref(),
-                        e.message
+                        found.message
                     ),
                 ));
                 None
@@ -254,7 +254,7 @@ impl Builder<'_> {
     fn context(
         &mut self,
         c: &ContextDecl,
-        all_dataframes: &[Arc<Dataframe>],
+        all_dataframes: &HashMap<&str, &Arc<Dataframe>>,
         names: &Arc<Vec<String>>,
     ) -> ContextPlan {
         let host_level = self.manifest.host_level();
@@ -268,9 +268,8 @@ impl Builder<'_> {
             .iter()
             .filter_map(|n| {
                 all_dataframes
-                    .iter()
-                    .find(|d| d.name() == n.get_ref())
-                    .cloned()
+                    .get(n.get_ref().as_str())
+                    .map(|d| Arc::clone(d))
             })
             .collect();
         let shared = Arc::new(ContextShared {
@@ -282,13 +281,13 @@ impl Builder<'_> {
             dataframes,
             all_dataframes: Arc::clone(names),
         });
-        let ckey = format!("context \"{}\"", c.name.get_ref());
+        let ckey = format!("context \"{}\"", shown(c.name.get_ref()));
         let mut units = Vec::new();
         let mut steps = Vec::new();
         for entry in c.entries() {
             match entry {
                 EntryDecl::Service(s) => {
-                    let key = format!("{ckey} > service \"{}\"", s.name.get_ref());
+                    let key = format!("{ckey} > service \"{}\"", shown(s.name.get_ref()));
                     let policy = s.policy(c, host_shutdown);
                     if let Some(u) = self.unit(
                         ExportKind::Service,
@@ -307,7 +306,7 @@ impl Builder<'_> {
                 }
                 EntryDecl::Trigger(t) => {
                     let tname = t.name.get_ref().clone();
-                    let key = format!("{ckey} > trigger \"{tname}\"");
+                    let key = format!("{ckey} > trigger \"{}\"", shown(&tname));
                     let mut conditions = Vec::new();
                     for (i, e) in t.condition.iter().enumerate() {
                         let ekey = format!("{key} > condition #{}", i + 1);
@@ -412,14 +411,19 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
             .map(|d| d.name().to_owned())
             .collect::<Vec<_>>(),
     );
+    // The first of each name (a duplicate is an error reported by `validate`).
+    let mut by_name = HashMap::new();
+    for d in &dataframes {
+        by_name.entry(d.name()).or_insert(d);
+    }
     let contexts: Vec<ContextPlan> = manifest
         .contexts
         .iter()
-        .map(|c| b.context(c, &dataframes, &names))
+        .map(|c| b.context(c, &by_name, &names))
         .collect();
     if !b.errors.is_empty() {
         let mut errors = b.errors;
-        errors.sort_by_key(|d| (d.line, d.column));
+        errors.sort_by_key(|d| d.position);
         errors.dedup();
         return Err(Diagnostics(errors));
     }

@@ -199,16 +199,10 @@ impl<C: Condition> FfiCondition for ConditionAdapter<C> {
 }
 
 fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| {
-        // Positions refer to the JSON the host generated, not to the
-        // manifest: the host adds the manifest line itself.
-        let text = e.to_string();
-        let text = match text.rfind(" at line ") {
-            Some(i) => text[..i].to_owned(),
-            None => text,
-        };
-        Error::invalid_config(text)
-    })
+    // The message keeps serde_json's ` at line 1 column N`: it refers to the
+    // JSON the host generated, and the host turns it into the manifest line,
+    // column and key of the value concerned (then removes it).
+    serde_json::from_str(json).map_err(|e| Error::invalid_config(e.to_string()))
 }
 
 /// Builds a service instance from its JSON config. Used by [`export_plugin!`](crate::export_plugin).

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use clap::Args;
 
-use super::{ManifestArgs, exit};
+use super::{ManifestArgs, exit, print_errors};
 use crate::deploy::{self, Options};
 use crate::manifest;
 
@@ -23,8 +23,7 @@ impl CheckCommand {
         let m = match manifest::load(&self.manifest.manifest) {
             Ok(m) => m,
             Err(d) => {
-                eprintln!("{d}");
-                eprintln!("{} error(s)", d.0.len());
+                print_errors(&d, "");
                 return exit::CONFIG_ERROR;
             }
         };
@@ -46,8 +45,7 @@ impl CheckCommand {
                 exit::OK
             }
             Err(d) => {
-                eprintln!("{d}");
-                eprintln!("{} error(s)", d.0.len());
+                print_errors(&d, "");
                 exit::CONFIG_ERROR
             }
         }

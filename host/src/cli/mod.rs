@@ -41,11 +41,15 @@ Exit codes:
   0    every context ended and was finalized (also after a first SIGINT/SIGTERM)
   1    runtime failure: a service logged at fatal, or ended in failure (gave up,
        or failed with restart = \"never\")
-  2    manifest or plugin error before anything ran (check: problems found),
-       or the --events file cannot be opened
-  3    stopped, but a finalize or loop call overran shutdown_timeout and was abandoned
+  2    nothing ran: manifest or plugin error (check: problems found), an invalid
+       --log-level, or the --events file cannot be opened
+  3    stopped, but something was abandoned: a finalize, or a loop or main call,
+       overran shutdown_timeout, or a context overran its shutdown budget
+  71   the host could not create a thread it needs (the system's thread limit)
   75   a service gave up with on_give_up = \"exit_host\" (for systemd to restart the host)
-  76   hot reloads reached max_loaded_libraries (libraries are never unloaded)
+  76   a leak ceiling was reached: hot reloads loaded max_loaded_libraries
+       versions, or max_abandoned_threads threads were abandoned; stopped
+       cleanly for systemd to restart the host
   130  second SIGINT/SIGTERM: exited at once";
 
 /// otools: run OTools-style deployments of Rust plugins.
@@ -74,6 +78,16 @@ pub enum Command {
     Check(CheckCommand),
     /// Show a plugin library's interface version and exports.
     Inspect(InspectCommand),
+}
+
+/// Prints every diagnostic, then `N error(s)` followed by `closing`, to
+/// standard error in one buffered write (one line per write made a long
+/// report slow).
+fn print_errors(errors: &crate::manifest::Diagnostics, closing: &str) {
+    use std::io::Write as _;
+    let mut text = errors.to_string();
+    text.push_str(&format!("\n{} error(s){closing}\n", errors.0.len()));
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Options shared by the commands that read a manifest.

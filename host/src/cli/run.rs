@@ -5,10 +5,10 @@ use clap::Args;
 use otools_api::LogLevel;
 use tracing_subscriber::EnvFilter;
 
-use super::{LogArgs, ManifestArgs, exit};
+use super::{LogArgs, ManifestArgs, exit, print_errors};
 use crate::deploy::{self, Options};
 use crate::logging::{self, directive};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, Diagnostics, Manifest};
 
 /// Run a deployment.
 #[derive(Debug, Args)]
@@ -63,32 +63,38 @@ fn filters(log: &LogArgs, m: &Manifest) -> Result<(EnvFilter, Option<LogLevel>),
     ))
 }
 
+/// Reports the manifest's problems and returns the exit code: every failure
+/// before anything starts ends with `N error(s); nothing was started`.
+fn refuse(errors: &Diagnostics) -> u8 {
+    print_errors(errors, "; nothing was started");
+    exit::CONFIG_ERROR
+}
+
+/// Like [`refuse`], for one problem that is not in the manifest.
+fn refuse_one(message: &str) -> u8 {
+    eprintln!("error: {message}\n1 error(s); nothing was started");
+    exit::CONFIG_ERROR
+}
+
 impl RunCommand {
     /// Runs the deployment; returns the exit code.
     pub fn execute(&self) -> u8 {
         let m = match manifest::load(&self.manifest.manifest) {
             Ok(m) => m,
-            Err(d) => {
-                eprintln!("{d}");
-                return exit::CONFIG_ERROR;
-            }
+            Err(d) => return refuse(&d),
         };
         let (filter, level_override) = match filters(&self.log, &m) {
             Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::CONFIG_ERROR;
-            }
+            Err(e) => return refuse_one(&e),
         };
         logging::init(self.log.log_format, filter);
         if let Some(path) = &self.events
             && let Err(e) = crate::supervision::journal::open(path)
         {
-            eprintln!(
-                "error: cannot open the event journal {}: {e}",
+            return refuse_one(&format!(
+                "cannot open the event journal {}: {e}",
                 path.display()
-            );
-            return exit::CONFIG_ERROR;
+            ));
         }
         let opts = Options {
             plugin_dir: self.manifest.plugin_dir.clone(),
@@ -97,11 +103,7 @@ impl RunCommand {
         };
         let mut deployment = match deploy::build(&m, &opts) {
             Ok(d) => d,
-            Err(d) => {
-                eprintln!("{d}");
-                eprintln!("{} error(s); nothing was started", d.0.len());
-                return exit::CONFIG_ERROR;
-            }
+            Err(d) => return refuse(&d),
         };
         let (contexts, services, triggers, _) = deployment.counts();
         tracing::info!(

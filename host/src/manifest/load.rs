@@ -15,12 +15,16 @@ use super::{
 /// Reads and parses the manifest at `path`, reporting every error found.
 pub fn load(path: &Path) -> Result<Manifest, Diagnostics> {
     let source = std::fs::read_to_string(path).map_err(|e| {
+        // No position: the problem is the file, not a place in it.
+        let message = match e.kind() {
+            std::io::ErrorKind::NotFound => String::from("manifest not found"),
+            _ => format!("cannot read the manifest: {e}"),
+        };
         Diagnostics(vec![Diagnostic {
             file: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            key: String::from("(file)"),
-            message: format!("cannot read the manifest: {e}"),
+            position: None,
+            key: String::new(),
+            message,
         }])
     })?;
     parse(path, source)
@@ -30,6 +34,8 @@ pub fn load(path: &Path) -> Result<Manifest, Diagnostics> {
 pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
     let mut manifest = Manifest {
         path: path.to_path_buf(),
+        line_starts: super::line_starts(&source),
+        configs: std::collections::BTreeMap::new(),
         source,
         host: HostSection::default(),
         dataframes: Vec::new(),
@@ -41,7 +47,9 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
         let errors = syntax
             .iter()
             .map(|e| {
-                let at = e.span().map_or(0, |s| s.start);
+                // The parser gives no position for a key of too many dotted
+                // parts ("recursion limit"): that error is at the deepest key.
+                let at = e.span().map_or_else(|| deepest_key(&text), |s| s.start);
                 manifest.diagnostic(at, "(syntax)", format!("invalid TOML: {}", e.message()))
             })
             .collect();
@@ -83,6 +91,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
             "context" => {
                 for (i, v) in array_items(&manifest, value, "context", &mut errors).into_iter().enumerate() {
                     let label = context_label(&v, i);
+                    super::config::SpanTree::collect(&v, &mut manifest.configs);
                     match item::<ContextDecl>(v) {
                         Ok(c) => manifest.contexts.push(c),
                         Err((at, msg)) => errors.push(manifest.diagnostic(at, label, msg)),
@@ -108,9 +117,65 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
     if errors.is_empty() {
         Ok(manifest)
     } else {
-        errors.sort_by_key(|d| (d.line, d.column));
+        errors.sort_by_key(|d| d.position);
         Err(Diagnostics(errors))
     }
+}
+
+/// The byte offset of the first of the keys with the most dotted parts
+/// (`a.b.c = 1`, `[a.b.c]`) in `text`, or 0 if it has no key.
+fn deepest_key(text: &str) -> usize {
+    use toml_parser::parser::EventReceiver;
+    use toml_parser::{ErrorSink, Span};
+
+    /// Counts the parts of each key as the parser reports them.
+    #[derive(Default)]
+    struct Deepest {
+        /// (parts, start) of the key being read.
+        current: Option<(usize, usize)>,
+        /// (parts, start) of the deepest key so far.
+        deepest: (usize, usize),
+    }
+    impl Deepest {
+        fn end_key(&mut self) {
+            if let Some(key) = self.current.take()
+                && key.0 > self.deepest.0
+            {
+                self.deepest = key;
+            }
+        }
+    }
+    impl EventReceiver for Deepest {
+        fn simple_key(
+            &mut self,
+            span: Span,
+            _: Option<toml_parser::decoder::Encoding>,
+            _: &mut dyn ErrorSink,
+        ) {
+            let (parts, start) = self.current.unwrap_or((0, span.start()));
+            self.current = Some((parts + 1, start));
+        }
+        fn key_sep(&mut self, _: Span, _: &mut dyn ErrorSink) {}
+        fn whitespace(&mut self, _: Span, _: &mut dyn ErrorSink) {}
+        fn key_val_sep(&mut self, _: Span, _: &mut dyn ErrorSink) {
+            self.end_key();
+        }
+        fn std_table_close(&mut self, _: Span, _: &mut dyn ErrorSink) {
+            self.end_key();
+        }
+        fn array_table_close(&mut self, _: Span, _: &mut dyn ErrorSink) {
+            self.end_key();
+        }
+        fn newline(&mut self, _: Span, _: &mut dyn ErrorSink) {
+            self.end_key();
+        }
+    }
+
+    let tokens = toml_parser::Source::new(text).lex().into_vec();
+    let mut receiver = Deepest::default();
+    toml_parser::parser::parse_document(&tokens, &mut receiver, &mut ());
+    receiver.end_key();
+    receiver.deepest.1
 }
 
 /// Deserializes one item, returning the error's byte offset and message.
@@ -152,7 +217,7 @@ fn context_label(value: &Spanned<DeValue<'_>>, index: usize) -> String {
         .and_then(|n| n.get_ref().as_str())
         .map_or_else(
             || format!("context #{}", index + 1),
-            |n| format!("context \"{n}\""),
+            |n| format!("context \"{}\"", super::shown(n)),
         )
 }
 
@@ -227,6 +292,17 @@ config = { key = "count" }
         let e = errs("version = 1\n[[context]\n");
         assert!(e[0].starts_with("m.toml:2:"), "{e:?}");
         assert!(e[0].contains("invalid TOML"), "{e:?}");
+    }
+
+    #[test]
+    fn a_too_deep_dotted_key_is_reported_at_the_key() {
+        let deep = "a.".repeat(200);
+        let e = errs(&format!(
+            "version = 1\n[host]\n  {deep}b = 1\nx = {{ y.z = 1 }}\n"
+        ));
+        assert!(e[0].starts_with("m.toml:3:3: (syntax)"), "{e:?}");
+        let e = errs(&format!("version = 1\n\n[{deep}b]\n"));
+        assert!(e[0].starts_with("m.toml:3:2: (syntax)"), "{e:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! references. Turning a manifest into running instances (loading plugins,
 //! handing them their config) is the job of [`crate::deploy`].
 
+pub mod config;
 pub mod load;
 pub mod validate;
 
@@ -32,6 +33,11 @@ pub struct Manifest {
     pub path: PathBuf,
     /// The file's text, kept to turn byte offsets into lines and columns.
     pub source: String,
+    /// Byte offset of the start of every line of `source`, to turn an offset
+    /// into a line in O(log n) (not by scanning from the start per error).
+    line_starts: Vec<usize>,
+    /// The spans inside every `config` table, by the table's byte offset.
+    configs: std::collections::BTreeMap<usize, config::SpanTree>,
     /// `[host]`.
     pub host: HostSection,
     /// `[[dataframe]]`, in file order.
@@ -268,11 +274,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
 pub struct Diagnostic {
     /// The manifest file.
     pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column (in characters).
-    pub column: usize,
-    /// The key or item concerned, e.g. `context "Main" > service "tick" > export`.
+    /// 1-based line and column (in characters); `None` when the problem
+    /// concerns the whole file (it cannot be read).
+    pub position: Option<(usize, usize)>,
+    /// The key or item concerned, e.g. `context "Main" > service "tick" > export`
+    /// (empty when the problem concerns the whole file).
     pub key: String,
     /// What is wrong and what was expected.
     pub message: String,
@@ -280,16 +286,66 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.key,
-            self.message
-        )
+        write!(f, "{}", Escaped(&self.file.display().to_string()))?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", Escaped(&self.key))?;
+        }
+        write!(f, ": {}", Escaped(&self.message))
     }
+}
+
+/// Text from a manifest (a name, a value, a path) shown with its control
+/// characters escaped (`\0`, `\u{1b}`), so that it can neither break a line
+/// nor drive a terminal. Line breaks and tabs of multi-line messages stay.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some((i, c)) = rest
+            .char_indices()
+            .find(|&(_, c)| c.is_control() && c != '\n' && c != '\t')
+        {
+            f.write_str(rest.get(..i).unwrap_or_default())?;
+            write!(f, "{}", c.escape_debug())?;
+            rest = rest.get(i + c.len_utf8()..).unwrap_or_default();
+        }
+        f.write_str(rest)
+    }
+}
+
+/// A name as it appears in a key or message: with anything that is not
+/// printable escaped the way Rust writes it in a string literal.
+pub fn shown(name: &str) -> String {
+    name.escape_debug().to_string()
+}
+
+/// Whether `c` may appear in a name (of a context, service, trigger, stack
+/// entry or dataframe): a letter, mark or digit of any script or `_` (Unicode's
+/// identifier characters, UAX #31 `XID_Continue`, as in Rust or Python
+/// identifiers), `-` or `.`. Names appear in log lines (`context/service:`),
+/// `key=value` fields, journal lines and thread names, so spaces, `/`, `:`,
+/// `=`, quotes and control characters are kept out of them.
+pub fn is_name_char(c: char) -> bool {
+    unicode_ident::is_xid_continue(c) || c == '-' || c == '.'
+}
+
+/// Why `name` is not a valid name, if it is not.
+pub fn name_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some(String::from("a name must not be empty"));
+    }
+    let (i, bad) = name.chars().enumerate().find(|(_, c)| !is_name_char(*c))?;
+    Some(format!(
+        "invalid name `{}`: character {} `{}` (U+{:04X}) is not allowed; a name is made of letters, digits, `_`, `-` and `.`",
+        shown(name),
+        i + 1,
+        bad.escape_debug(),
+        u32::from(bad)
+    ))
 }
 
 /// Every problem found in a manifest.
@@ -316,14 +372,30 @@ impl Manifest {
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> Diagnostic {
-        let (line, column) = line_column(&self.source, at);
         Diagnostic {
             file: self.path.clone(),
-            line,
-            column,
+            position: Some(self.line_column(at)),
             key: key.into(),
             message: message.into(),
         }
+    }
+
+    /// 1-based line and column of byte offset `at` of the file.
+    pub fn line_column(&self, at: usize) -> (usize, usize) {
+        let at = at.min(self.source.len());
+        // The last line starting at or before `at`.
+        let index = self.line_starts.partition_point(|&s| s <= at).max(1) - 1;
+        let start = self.line_starts.get(index).copied().unwrap_or(0);
+        let column = self
+            .source
+            .get(start..at)
+            .map_or(1, |s| s.chars().count() + 1);
+        (index + 1, column)
+    }
+
+    /// The spans inside the `config` table at byte offset `at`.
+    pub fn config_spans(&self, at: usize) -> Option<&config::SpanTree> {
+        self.configs.get(&at)
     }
 
     /// The folder the manifest lives in (relative paths start there).
@@ -496,7 +568,15 @@ impl<'a> EntryDecl<'a> {
     }
 }
 
-/// 1-based line and column of byte offset `at` in `source`.
+/// Byte offsets of the starts of the lines of `source`.
+fn line_starts(source: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+/// 1-based line and column of byte offset `at` in `source` (scans from the
+/// start: for one offset; [`Manifest::line_column`] is the fast way for many).
 pub fn line_column(source: &str, at: usize) -> (usize, usize) {
     let at = at.min(source.len());
     let before = source.get(..at).unwrap_or(source);
@@ -540,5 +620,38 @@ mod tests {
         assert_eq!(line_column(s, 0), (1, 1));
         assert_eq!(line_column(s, 6), (2, 1));
         assert_eq!(line_column(s, 10), (2, 4));
+        let m = load::parse(
+            &PathBuf::from("m.toml"),
+            String::from("version = 1\n# bé = 2\n\n"),
+        )
+        .unwrap();
+        for at in 0..=m.source.len() + 2 {
+            if m.source.is_char_boundary(at.min(m.source.len())) {
+                assert_eq!(m.line_column(at), line_column(&m.source, at), "at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_letters_digits_and_a_few_signs_of_any_script() {
+        for ok in ["Main", "tick-2", "a.b_c", "état", "日本", "größe"] {
+            assert_eq!(name_error(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            " a",
+            "a/b",
+            "a:b",
+            "a\0",
+            "a\u{1b}[31m",
+            "a\u{202e}",
+            "\"q\"",
+        ] {
+            assert!(name_error(bad).is_some(), "{bad:?}");
+        }
+        let e = name_error("x\u{1b}").unwrap();
+        assert!(e.contains("`\\u{1b}` (U+001B)"), "{e}");
+        assert!(!e.contains('\u{1b}'), "{e}");
     }
 }

@@ -1,11 +1,13 @@
 //! Cross-checks of a parsed manifest that the types alone cannot express:
-//! unique names, dataframes that exist, triggers that have conditions and
-//! services. Plugins, exports and configs are checked when they are loaded
+//! unique names made of allowed characters, dataframes that exist, triggers
+//! that have conditions and services. Plugins, exports and configs are checked when they are loaded
 //! ([`crate::deploy`]).
 
 use std::collections::HashMap;
 
-use super::{Diagnostic, EntryDecl, Manifest, SupervisionKeys};
+use toml::Spanned;
+
+use super::{Diagnostic, EntryDecl, Manifest, SupervisionKeys, name_error, shown};
 
 /// Every cross-reference problem in the manifest.
 pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
@@ -14,36 +16,25 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
     let mut dataframes = HashMap::new();
     for d in &m.dataframes {
         let name = d.name.get_ref();
-        if let Some(first) = dataframes.insert(name.as_str(), d.name.span().start) {
-            let (line, _) = super::line_column(&m.source, first);
+        let shown = shown(name);
+        if let Some(first) = first_of(&mut dataframes, name, d.name.span().start) {
+            let (line, _) = m.line_column(first);
             errors.push(m.diagnostic(
                 d.name.span().start,
-                format!("dataframe \"{name}\" > name"),
-                format!("duplicate dataframe name `{name}` (first declared on line {line})"),
+                format!("dataframe \"{shown}\" > name"),
+                format!("duplicate dataframe name `{shown}` (first declared on line {line})"),
             ));
         }
-        if name.is_empty() {
-            errors.push(m.diagnostic(
-                d.name.span().start,
-                "dataframe > name",
-                "a name must not be empty",
-            ));
-        }
+        check_name(m, &d.name, "dataframe > name", &mut errors);
     }
 
     let mut contexts = HashMap::new();
     for c in &m.contexts {
-        let cname = c.name.get_ref();
+        let cname = shown(c.name.get_ref());
         let ckey = format!("context \"{cname}\"");
-        if cname.is_empty() {
-            errors.push(m.diagnostic(
-                c.name.span().start,
-                format!("{ckey} > name"),
-                "a name must not be empty",
-            ));
-        }
-        if let Some(first) = contexts.insert(cname.as_str(), c.name.span().start) {
-            let (line, _) = super::line_column(&m.source, first);
+        check_name(m, &c.name, &format!("{ckey} > name"), &mut errors);
+        if let Some(first) = first_of(&mut contexts, c.name.get_ref(), c.name.span().start) {
+            let (line, _) = m.line_column(first);
             errors.push(m.diagnostic(
                 c.name.span().start,
                 format!("{ckey} > name"),
@@ -57,7 +48,7 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
                     format!("{ckey} > dataframes"),
                     format!(
                         "unknown dataframe `{}`; declared dataframes: {}",
-                        d.get_ref(),
+                        shown(d.get_ref()),
                         list(m.dataframes.iter().map(|d| d.name.get_ref().as_str()))
                     ),
                 ));
@@ -71,35 +62,35 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
                 EntryDecl::Service(_) => ("service", "service"),
                 EntryDecl::Trigger(_) => ("trigger", "trigger"),
             };
-            let key = format!("{ckey} > {kind} \"{}\"", name.get_ref());
-            if name.get_ref().is_empty() {
-                errors.push(m.diagnostic(
-                    name.span().start,
-                    format!("{key} > name"),
-                    "a name must not be empty",
-                ));
-            }
-            if let Some(first) = names.insert(name.get_ref().as_str(), name.span().start) {
-                let (line, _) = super::line_column(&m.source, first);
+            let shown_name = shown(name.get_ref());
+            let key = format!("{ckey} > {kind} \"{shown_name}\"");
+            check_name(m, name, &format!("{key} > name"), &mut errors);
+            if let Some(first) = first_of(&mut names, name.get_ref(), name.span().start) {
+                let (line, _) = m.line_column(first);
                 errors.push(m.diagnostic(
                     name.span().start,
                     format!("{key} > name"),
                     format!(
-                        "duplicate name `{}` in context `{cname}` (first used on line {line}); services and triggers share one namespace",
-                        name.get_ref()
+                        "duplicate name `{shown_name}` in context `{cname}` (first used on line {line}); services and triggers share one namespace"
                     ),
                 ));
             }
             match entry {
                 EntryDecl::Service(s) => check_supervision(m, &key, &s.keys(), &mut errors),
                 EntryDecl::Trigger(t) => {
-                    for (i, e) in t.condition.iter().chain(&t.service).enumerate() {
-                        check_supervision(
-                            m,
-                            &format!("{key} > #{}", i + 1),
-                            &e.get_ref().keys(),
-                            &mut errors,
-                        );
+                    let conditions = t
+                        .condition
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| ("condition", i, e));
+                    let services = t.service.iter().enumerate().map(|(i, e)| ("service", i, e));
+                    for (what, i, e) in conditions.chain(services) {
+                        // The same key as `deploy` uses for the entry.
+                        let ekey = format!("{key} > {what} #{}", i + 1);
+                        if let Some(n) = &e.get_ref().name {
+                            check_name(m, n, &format!("{ekey} > name"), &mut errors);
+                        }
+                        check_supervision(m, &ekey, &e.get_ref().keys(), &mut errors);
                     }
                 }
             }
@@ -108,20 +99,20 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
                     errors.push(m.diagnostic(
                         name.span().start,
                         format!("{key} > condition"),
-                        format!("{what} `{}` has no condition; add `condition = [ {{ plugin = ..., export = ... }} ]`", name.get_ref()),
+                        format!("{what} `{shown_name}` has no condition; add `condition = [ {{ plugin = ..., export = ... }} ]`"),
                     ));
                 }
                 if t.service.is_empty() {
                     errors.push(m.diagnostic(
                         name.span().start,
                         format!("{key} > service"),
-                        format!("{what} `{}` has no service to run when it fires; add `service = [ {{ plugin = ..., export = ... }} ]`", name.get_ref()),
+                        format!("{what} `{shown_name}` has no service to run when it fires; add `service = [ {{ plugin = ..., export = ... }} ]`"),
                     ));
                 }
             }
         }
     }
-    errors.sort_by_key(|d| (d.line, d.column));
+    errors.sort_by_key(|d| d.position);
     errors
 }
 
@@ -159,10 +150,38 @@ fn check_supervision(
     }
 }
 
-fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    let v: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+/// Records where `name` is first declared; for a name seen before, returns
+/// the offset of its first declaration (not of the previous duplicate).
+fn first_of<'a>(seen: &mut HashMap<&'a str, usize>, name: &'a str, at: usize) -> Option<usize> {
+    match seen.entry(name) {
+        std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(at);
+            None
+        }
+    }
+}
+
+/// A name that is empty or has a character outside [`is_name_char`] is an error at the name.
+fn check_name(m: &Manifest, name: &Spanned<String>, key: &str, errors: &mut Vec<Diagnostic>) {
+    if let Some(message) = name_error(name.get_ref()) {
+        errors.push(m.diagnostic(name.span().start, key, message));
+    }
+}
+
+/// Names for a message: the first few, and how many more (a message per
+/// error that listed them all would make `check` quadratic in their number).
+fn list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    const SHOWN: usize = 10;
+    let total = names.len();
+    let v: Vec<String> = names
+        .take(SHOWN)
+        .map(|n| format!("`{}`", shown(n)))
+        .collect();
     if v.is_empty() {
         String::from("(none)")
+    } else if total > SHOWN {
+        format!("{} and {} more", v.join(", "), total - SHOWN)
     } else {
         v.join(", ")
     }
