@@ -49,6 +49,7 @@ use crate::plugin::Library;
 use crate::supervision::journal;
 use crate::supervision::policy::{Decision, GiveUp, Policy, Restart, Strategy, Tracker};
 use crate::supervision::watchdog::{Entry, Hung, Slot, Watched, limit_ms};
+use crate::threads;
 
 /// What context threads tell the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -496,9 +497,13 @@ impl Core {
     fn spawn_driver(self: &Arc<Self>, resume: Resume, epoch: u64) -> std::io::Result<()> {
         let core = Arc::clone(self);
         std::thread::Builder::new()
-            .name(format!("ctx-{}", self.shared.name))
+            .name(threads::thread_name("ctx-", &self.shared.name))
             .spawn(move || drive(&core, epoch, resume))
             .map(drop)
+            .inspect_err(|e| {
+                let what = format!("the driver of context {}", self.shared.name);
+                threads::spawn_failed(&what, e);
+            })
     }
 
     fn journal(&self, event: &str, u: usize, generation: u64, fields: &[(&str, Json)]) {
@@ -720,10 +725,11 @@ impl Core {
         }
         let core = Arc::clone(self);
         let spawned = std::thread::Builder::new()
-            .name(format!("restart-{}", self.shared.name))
+            .name(threads::thread_name("restart-", &self.shared.name))
             .spawn(move || work(&core, &ops, from));
         if let Err(e) = spawned {
-            tracing::error!(context = %self.shared.name, "cannot start a restart worker: {e}");
+            let what = format!("a restart worker of context {}", self.shared.name);
+            threads::spawn_failed(&what, &e);
             self.worker_done();
         }
     }
@@ -783,8 +789,13 @@ impl Core {
                 Resume::Shutdown(index)
             }
         };
-        if let Err(e) = self.spawn_driver(resume, epoch + 1) {
-            tracing::error!(context = %self.shared.name, "cannot start a replacement driver thread: {e}");
+        if self.spawn_driver(resume, epoch + 1).is_err() {
+            // Journaled and logged, and the supervisor stops everything; no
+            // thread is left to finalize this context's instances.
+            tracing::error!(context = %self.shared.name, "no driver left: the context ends without finalizing");
+            self.abandoned.store(true, Ordering::SeqCst);
+            self.ended.store(true, Ordering::SeqCst);
+            let _ = self.events.send(ContextEvent::Ended(self.index));
         }
     }
 
@@ -1065,14 +1076,15 @@ impl Core {
         let l = Arc::clone(live);
         unit.loop_running.store(true, Ordering::SeqCst);
         match std::thread::Builder::new()
-            .name(format!("loop-{}", unit.name))
+            .name(threads::thread_name("loop-", &unit.name))
             .spawn(move || loop_thread(&core, u, &l))
         {
             // A previous generation's handle, if any, belongs to an abandoned thread: detach it.
             Ok(t) => c.loop_thread = Some((generation, t)),
             Err(e) => {
                 unit.loop_running.store(false, Ordering::SeqCst);
-                tracing::error!(context = %self.shared.name, service = %unit.name, "cannot start the loop thread: {e}");
+                let what = format!("the loop thread of {}/{}", self.shared.name, unit.name);
+                threads::spawn_failed(&what, &e);
             }
         }
     }

@@ -32,7 +32,10 @@ pub mod exit {
     pub const GAVE_UP: u8 = 75;
     /// Hot reloads loaded `max_loaded_libraries` versions: stopped cleanly so an OS supervisor restarts the host.
     pub const LEAK_CEILING: u8 = 76;
-    /// A second SIGINT/SIGTERM: exited at once, without waiting.
+    /// The host could not create a thread it needs (EX_OSERR: the system's
+    /// thread limit is reached): it stopped every context cleanly.
+    pub const CANNOT_SPAWN: u8 = 71;
+    /// A second SIGINT/SIGTERM/SIGHUP: exited at once, without waiting.
     pub const FORCED: u8 = 130;
 }
 

@@ -1,5 +1,7 @@
 //! `otools run MANIFEST`: load, validate, build, then run until every
-//! context has ended or a signal arrives.
+//! context has ended or a signal arrives. Signals are handled from the
+//! start (see [`crate::signals`]): a first signal while loading stops
+//! before anything runs, with code 0.
 
 use clap::Args;
 use otools_api::LogLevel;
@@ -9,6 +11,8 @@ use super::{LogArgs, ManifestArgs, exit};
 use crate::deploy::{self, Options};
 use crate::logging::{self, directive};
 use crate::manifest::{self, Manifest};
+use crate::signals;
+use crate::supervision::watchdog;
 
 /// Run a deployment.
 #[derive(Debug, Args)]
@@ -66,6 +70,12 @@ fn filters(log: &LogArgs, m: &Manifest) -> Result<(EnvFilter, Option<LogLevel>),
 impl RunCommand {
     /// Runs the deployment; returns the exit code.
     pub fn execute(&self) -> u8 {
+        // First of all, so that a signal while the manifest is read or the
+        // plugins load stops the host cleanly instead of killing it.
+        if let Err(e) = signals::install() {
+            eprintln!("error: cannot create a thread to watch for signals: {e}");
+            return exit::CANNOT_SPAWN;
+        }
         let m = match manifest::load(&self.manifest.manifest) {
             Ok(m) => m,
             Err(d) => {
@@ -73,6 +83,13 @@ impl RunCommand {
                 return exit::CONFIG_ERROR;
             }
         };
+        if let Some(sig) = signals::requested() {
+            eprintln!(
+                "received {} while reading the manifest: stopped before anything ran",
+                signals::name(sig)
+            );
+            return exit::OK;
+        }
         let (filter, level_override) = match filters(&self.log, &m) {
             Ok(f) => f,
             Err(e) => {
@@ -103,6 +120,16 @@ impl RunCommand {
                 return exit::CONFIG_ERROR;
             }
         };
+        if let Some(sig) = signals::requested() {
+            // Returning drops the deployment: the instances built so far and
+            // the loaded plugins are released the normal way.
+            tracing::info!(
+                "received {} while loading the plugins: stopped before anything ran",
+                signals::name(sig)
+            );
+            return exit::OK;
+        }
+        watchdog::set_max_abandoned_threads(m.max_abandoned_threads());
         let (contexts, services, triggers, _) = deployment.counts();
         tracing::info!(
             "starting {}: {contexts} context(s), {services} service(s), {triggers} trigger(s), {} plugin librar{}",
