@@ -69,6 +69,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a deployment until every context has ended or a signal arrives.
+    ///
+    /// Signals: SIGINT, SIGTERM and SIGHUP are handled from the start. The
+    /// first one stops cleanly: while the plugins are still loading, before
+    /// anything runs; once running, every context stops and finalizes its
+    /// instances (exit code 0 unless something else failed). SIGHUP is the
+    /// same graceful stop as SIGTERM (no reload: hot reload follows the
+    /// plugin files). A second signal exits at once with code 130.
     #[command(after_help = EXIT_CODES)]
     Run(RunCommand),
     /// Parse and validate a manifest, load every plugin and build every
