@@ -733,3 +733,50 @@ fn a_thread_that_cannot_be_created_stops_every_context_cleanly_with_71() {
         );
     }
 }
+
+#[test]
+fn unwatched_loop_calls_abandoned_at_restarts_count_toward_max_abandoned_threads() {
+    let dir = TestDir::new("abandoned_loops");
+    // `failing` fails every main call; under one_for_all each restart stops
+    // `stuck`, whose loop call never returns and has no watchdog: stopping
+    // gives up on it after shutdown_timeout, leaving its thread behind.
+    let m = dir.manifest(
+        "m.toml",
+        r#"max_abandoned_threads = 3
+[[context]]
+name = "C"
+strategy = "one_for_all"
+[[context.service]]
+name = "stuck"
+plugin = "faulty"
+export = "Faulty"
+config = { has_loop = true, hang_in = ["loop"] }
+shutdown_timeout = "50ms"
+[[context.service]]
+name = "failing"
+plugin = "faulty"
+export = "Faulty"
+config = { error_in = ["main"] }
+max_restarts = 10
+restart_window = "10m"
+restart_delay = "1ms"
+max_restart_delay = "1ms"
+on_give_up = "exit_host"
+"#,
+    );
+    let (events, arg) = events_arg(&dir);
+    let out = run_manifest(&m, &["--events", &arg]);
+    assert_eq!(out.code(), 76, "{}", out.stderr);
+    let j = journal(&events);
+    let at = position(&j, |e| e["event"] == "leak_ceiling").expect("leak_ceiling");
+    assert_eq!(j[at]["kind"], "abandoned_threads");
+    assert_eq!(j[at]["abandoned_threads"], 3);
+    let loops_before = j[..at]
+        .iter()
+        .filter(|e| e["event"] == "abandoned" && e["service"] == "stuck" && e["entry"] == "loop")
+        .count();
+    assert_eq!(
+        loops_before, 2,
+        "the third abandoned loop reaches the ceiling (journaled before its own `abandoned`)"
+    );
+}

@@ -48,7 +48,7 @@ use crate::manifest::Mode;
 use crate::plugin::Library;
 use crate::supervision::journal;
 use crate::supervision::policy::{Decision, GiveUp, Policy, Restart, Strategy, Tracker};
-use crate::supervision::watchdog::{Entry, Hung, Slot, Watched, limit_ms};
+use crate::supervision::watchdog::{self, Entry, Hung, Slot, Watched, limit_ms};
 use crate::threads;
 
 /// What context threads tell the supervisor.
@@ -196,7 +196,17 @@ pub struct Live {
     pub host: Arc<InstanceHost>,
     object: Obj,
     loop_done: AtomicBool,
+    /// Its loop thread's fate: [`LOOP_RUNNING`], [`LOOP_LEFT`] or [`LOOP_ABANDONED`].
+    loop_fate: AtomicU8,
 }
+
+/// A loop thread is running (or none was started yet).
+const LOOP_RUNNING: u8 = 0;
+/// The loop thread left.
+const LOOP_LEFT: u8 = 1;
+/// Stopping the instance gave up waiting for its unwatched loop call: the
+/// thread is abandoned and counted (see `watchdog::thread_abandoned`).
+const LOOP_ABANDONED: u8 = 2;
 
 impl Live {
     fn main(&self) -> CallResult {
@@ -437,6 +447,7 @@ impl Core {
                     host: Arc::clone(&host),
                     object: u.initial,
                     loop_done: AtomicBool::new(false),
+                    loop_fate: AtomicU8::new(LOOP_RUNNING),
                 };
                 Unit {
                     name: u.name,
@@ -936,6 +947,22 @@ impl Core {
     fn abandon_on_stop(&self, u: usize, live: &Live, entry: &str) {
         let unit = &self.units[u];
         live.host.fence();
+        // A watched loop call is counted by the watchdog when it declares it
+        // hung; an unwatched one is counted here, once, unless it just left.
+        if entry == "loop"
+            && unit.policy.watchdog.is_none()
+            && live
+                .loop_fate
+                .compare_exchange(
+                    LOOP_RUNNING,
+                    LOOP_ABANDONED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
+        {
+            watchdog::thread_abandoned();
+        }
         if self.shared.stopping() {
             self.abandoned.store(true, Ordering::SeqCst);
         }
@@ -984,6 +1011,7 @@ impl Core {
             host,
             object,
             loop_done: AtomicBool::new(false),
+            loop_fate: AtomicU8::new(LOOP_RUNNING),
         };
         let r = Core::watched(
             slot,
@@ -1075,6 +1103,7 @@ impl Core {
         let core = Arc::clone(self);
         let l = Arc::clone(live);
         unit.loop_running.store(true, Ordering::SeqCst);
+        live.loop_fate.store(LOOP_RUNNING, Ordering::SeqCst);
         match std::thread::Builder::new()
             .name(threads::thread_name("loop-", &unit.name))
             .spawn(move || loop_thread(&core, u, &l))
@@ -1227,6 +1256,7 @@ impl Core {
             host,
             object,
             loop_done: AtomicBool::new(false),
+            loop_fate: AtomicU8::new(LOOP_RUNNING),
         };
         let r = Core::watched(
             slot,
@@ -1882,6 +1912,14 @@ fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
                 break;
             }
         }
+    }
+    if live
+        .loop_fate
+        .compare_exchange(LOOP_RUNNING, LOOP_LEFT, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // Abandoned while stopping: it no longer holds a thread.
+        watchdog::abandoned_thread_returned();
     }
     live.loop_done.store(true, Ordering::SeqCst);
     if unit.control.lock().generation == generation {

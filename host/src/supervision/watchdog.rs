@@ -68,7 +68,9 @@ pub fn abandoned_threads() -> usize {
 }
 
 /// A thread was abandoned in a hung call: count it, and act at the ceiling.
-fn thread_abandoned() {
+/// The watchdog calls it for the calls it declares hung; stopping an
+/// instance calls it for an unwatched loop call it gave up waiting for.
+pub fn thread_abandoned() {
     let n = ABANDONED_THREADS.fetch_add(1, Ordering::SeqCst) + 1;
     let max = MAX_ABANDONED_THREADS.load(Ordering::Relaxed);
     if n < max || CEILING_HIT.swap(true, Ordering::SeqCst) {
@@ -95,7 +97,7 @@ fn thread_abandoned() {
 }
 
 /// An abandoned thread's call returned: it leaves, so it no longer counts.
-fn abandoned_thread_returned() {
+pub fn abandoned_thread_returned() {
     let _ = ABANDONED_THREADS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
         Some(n.saturating_sub(1))
     });
