@@ -405,3 +405,212 @@ fn text_logs_name_the_level_context_and_service() {
         "no colours when stderr is not a terminal: {line:?}"
     );
 }
+
+/// Sends `sig` to process `pid` straight from the test.
+fn send(pid: u32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, sig).expect("send a signal to the host");
+}
+
+/// The folder of the private copies of plugin libraries that process `pid`
+/// has mapped, once it has mapped one.
+fn mapped_private_copies(pid: u32) -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let tmp = std::env::temp_dir();
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(std::path::Path::new)
+        .find(|p| p.starts_with(&tmp) && p.to_string_lossy().contains(".so"))
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_path_buf)
+}
+
+/// Is `sig` pending (sent, not yet delivered) for process `pid`?
+fn pending(pid: u32, sig: rustix::process::Signal) -> bool {
+    let bit = 1u64 << (sig.as_raw() - 1);
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("ShdPnd:")
+                .or_else(|| l.strip_prefix("SigPnd:"))
+        })
+        .filter_map(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .any(|m| m & bit != 0)
+}
+
+/// One context using six plugin libraries, each loaded (and privately
+/// copied) before anything runs.
+const SIX_LIBRARIES: &str = r#"
+[[dataframe]]
+name = "d"
+[[context]]
+name = "A"
+dataframes = ["d"]
+period = "20ms"
+[[context.service]]
+name = "greeter"
+plugin = "hello"
+export = "Greeter"
+config = { loop_interval_ms = 20 }
+[[context.service]]
+name = "life"
+plugin = "probe"
+export = "Lifecycle"
+[[context.service]]
+name = "faulty"
+plugin = "faulty"
+export = "Faulty"
+[[context.service]]
+name = "inc"
+plugin = "counter"
+export = "Increment"
+config = { dataframe = "d", key = "n" }
+[[context.service]]
+name = "versioned"
+plugin = "versioned"
+export = "Counter"
+config = { dataframe = "d" }
+[[context.service]]
+name = "quit"
+plugin = "control"
+export = "Deactivate"
+config = { after = 1000000 }
+"#;
+
+#[test]
+fn a_sigterm_while_plugins_load_stops_cleanly_with_code_0_and_removes_the_private_copies() {
+    let dir = TestDir::new("sigterm_while_loading");
+    let m = dir.manifest("m.toml", SIX_LIBRARIES);
+    let m = m.to_string_lossy().into_owned();
+    let mut during_loading = 0;
+    for round in 0..5 {
+        let mut child = crate::util::spawn(&["run", &m, "--log-format", "json"]);
+        let pid = child.id();
+        // The first private copy is mapped: the plugins are loading.
+        let deadline = std::time::Instant::now() + crate::util::DEADLINE;
+        let copies = loop {
+            if let Some(d) = mapped_private_copies(pid) {
+                break d;
+            }
+            let exited = child.try_wait().expect("wait for otools");
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "round {round}: no plugin was ever mapped ({exited:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        send(pid, rustix::process::Signal::TERM);
+        let out = crate::util::wait(child);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: not a clean stop: {out:?}"
+        );
+        assert!(
+            !copies.exists(),
+            "round {round}: {} is left behind",
+            copies.display()
+        );
+        during_loading += usize::from(out.stderr.contains("while loading the plugins"));
+    }
+    println!("{during_loading} of 5 signals arrived while the plugins loaded");
+}
+
+#[test]
+fn sighup_finalizes_every_service_of_every_context_and_exits_0() {
+    let dir = TestDir::new("sighup");
+    let m = dir.manifest(
+        "m.toml",
+        r#"
+[[context]]
+name = "A"
+[[context.service]]
+name = "greeter"
+plugin = "hello"
+export = "Greeter"
+config = { loop_interval_ms = 5 }
+[[context.service]]
+name = "lifeA"
+plugin = "probe"
+export = "Lifecycle"
+[[context]]
+name = "B"
+[[context.service]]
+name = "lifeB"
+plugin = "probe"
+export = "Lifecycle"
+"#,
+    );
+    let mut host = Running::start(&m);
+    host.wait_for("from the loop (call 2)");
+    host.signal("HUP");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    for life in ["lifeA", "lifeB"] {
+        let finals = out
+            .messages_of(life)
+            .iter()
+            .filter(|m| **m == format!("finalize {life}"))
+            .count();
+        assert_eq!(finals, 1, "{life}: {}", out.stderr);
+    }
+    assert!(
+        out.messages()
+            .iter()
+            .any(|m| m.starts_with("received SIGHUP")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_second_sigterm_right_after_the_first_exits_at_once_with_130() {
+    let dir = TestDir::new("two_sigterms");
+    // Finalizing runs in reverse order: `slow` finalizes first and takes
+    // three seconds, then `life` would log its finalize.
+    let m = dir.manifest(
+        "m.toml",
+        r#"shutdown_timeout = "1m"
+[[context]]
+name = "C"
+[[context.service]]
+name = "life"
+plugin = "probe"
+export = "Lifecycle"
+[[context.service]]
+name = "slow"
+plugin = "faulty"
+export = "Faulty"
+config = { hang_in = ["finalize"], hang_ms = 3000 }
+"#,
+    );
+    for round in 0..3 {
+        let mut host = Running::start(&m);
+        host.wait_for("all contexts ready");
+        let pid = host.pid();
+        send(pid, rustix::process::Signal::TERM);
+        // The second goes as soon as the kernel has delivered the first (the
+        // kernel itself merges a signal sent while the same one is pending).
+        let deadline = std::time::Instant::now() + crate::util::DEADLINE;
+        while pending(pid, rustix::process::Signal::TERM) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SIGTERM never delivered"
+            );
+        }
+        send(pid, rustix::process::Signal::TERM);
+        let out = host.finish();
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "round {round}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.messages_of("life").iter().any(|m| m == "finalize life"),
+            "round {round}: the shutdown ran to its end: {}",
+            out.stderr
+        );
+    }
+}

@@ -604,3 +604,216 @@ fn sd_notify_sends_ready_watchdog_pings_and_stopping_in_order() {
     expected.extend(std::iter::repeat_n("WATCHDOG=1", seen.len() - stopping - 1));
     assert_eq!(seen, expected);
 }
+
+#[test]
+fn abandoned_threads_reaching_max_abandoned_threads_stop_every_context_and_exit_76() {
+    let dir = TestDir::new("abandoned_ceiling");
+    // Every call of `hang` hangs for ever: each generation leaves one thread.
+    let m = dir.manifest(
+        "m.toml",
+        r#"max_abandoned_threads = 5
+[[context]]
+name = "C"
+[[context.service]]
+name = "life"
+plugin = "probe"
+export = "Lifecycle"
+[[context.service]]
+name = "hang"
+plugin = "faulty"
+export = "Faulty"
+config = { hang_in = ["main"] }
+watchdog = "10ms"
+max_restarts = 1000
+restart_window = "10m"
+restart_delay = "1ms"
+max_restart_delay = "1ms"
+"#,
+    );
+    let (events, arg) = events_arg(&dir);
+    let out = run_manifest(&m, &["--events", &arg]);
+    assert_eq!(out.code(), 76, "{}", out.stderr);
+    let j = journal(&events);
+    let ceilings: Vec<&Value> = j.iter().filter(|e| e["event"] == "leak_ceiling").collect();
+    assert_eq!(ceilings.len(), 1, "{j:#?}");
+    assert_eq!(ceilings[0]["kind"], "abandoned_threads");
+    assert_eq!(ceilings[0]["abandoned_threads"], 5);
+    assert_eq!(ceilings[0]["max"], 5);
+    let hung_before = j
+        .iter()
+        .take_while(|e| e["event"] != "leak_ceiling")
+        .filter(|e| e["event"] == "hung" && e["service"] == "hang")
+        .count();
+    assert_eq!(
+        hung_before, 4,
+        "the fifth hung call reaches the ceiling (journaled before its own `hung`)"
+    );
+    assert_eq!(
+        events_of(&j, "finalized", "life").len(),
+        1,
+        "every context stopped cleanly: {}",
+        out.stderr
+    );
+}
+
+/// A pids cgroup (v1 `pids` hierarchy, or v2 with the pids controller)
+/// holding at most `max` tasks, removed when dropped.
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    fn new(max: usize) -> PidsCgroup {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "otools-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+            let p = Path::new(base).join(&name);
+            if std::fs::create_dir(&p).is_ok() {
+                if std::fs::write(p.join("pids.max"), max.to_string()).is_ok() {
+                    return PidsCgroup(p);
+                }
+                let _ = std::fs::remove_dir(&p);
+            }
+        }
+        panic!(
+            "this test limits the host's threads with a pids cgroup: it needs root and a \
+             writable /sys/fs/cgroup/pids (cgroup v1) or /sys/fs/cgroup with the pids controller"
+        );
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_thread_that_cannot_be_created_stops_every_context_cleanly_with_71() {
+    let dir = TestDir::new("thread_limit");
+    let mut body = String::new();
+    for i in 0..20 {
+        body.push_str(&format!(
+            "[[context]]\nname = \"C{i}\"\n\
+             [[context.service]]\nname = \"life{i}\"\nplugin = \"probe\"\nexport = \"Lifecycle\"\n\
+             [[context.service]]\nname = \"greeter{i}\"\nplugin = \"hello\"\nexport = \"Greeter\"\nconfig = {{ loop_interval_ms = 5 }}\n"
+        ));
+    }
+    let m = dir.manifest("m.toml", &body);
+    // 16 tasks: the main thread, the signal watchers and the first context
+    // drivers, then a driver cannot be created. 40: every driver starts,
+    // then a loop thread cannot be created.
+    for max in [16, 40] {
+        let cgroup = PidsCgroup::new(max);
+        let (events, arg) = events_arg(&dir);
+        let _ = std::fs::remove_file(&events);
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                cgroup.0.display()
+            ))
+            .arg(crate::util::otools())
+            .args([
+                "run",
+                &m.to_string_lossy(),
+                "--log-format",
+                "json",
+                "--events",
+                &arg,
+            ])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start otools in the cgroup");
+        let out = crate::util::wait(child);
+        drop(cgroup);
+        assert_eq!(out.status.code(), Some(71), "pids.max {max}: {out:?}");
+        let j = journal(&events);
+        assert!(
+            j.iter().any(|e| e["event"] == "thread_spawn_failed"),
+            "pids.max {max}: {j:#?}"
+        );
+        assert!(
+            out.messages()
+                .iter()
+                .any(|m| m.starts_with("cannot create a thread")),
+            "pids.max {max}: {}",
+            out.stderr
+        );
+        // Stopped cleanly: every instance that was set up was finalized.
+        let setups: Vec<String> = out
+            .messages()
+            .into_iter()
+            .filter_map(|m| m.strip_prefix("setup ").map(str::to_owned))
+            .collect();
+        let mut finals: Vec<String> = out
+            .messages()
+            .into_iter()
+            .filter_map(|m| m.strip_prefix("finalize ").map(str::to_owned))
+            .collect();
+        finals.sort();
+        let mut expected = setups.clone();
+        expected.sort();
+        assert_eq!(finals, expected, "pids.max {max}: {}", out.stderr);
+        println!(
+            "pids.max {max}: {} instance(s) set up and finalized; failed: {:?}",
+            setups.len(),
+            j.iter()
+                .filter(|e| e["event"] == "thread_spawn_failed")
+                .map(|e| e["thread"].to_string())
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn unwatched_loop_calls_abandoned_at_restarts_count_toward_max_abandoned_threads() {
+    let dir = TestDir::new("abandoned_loops");
+    // `failing` fails every main call; under one_for_all each restart stops
+    // `stuck`, whose loop call never returns and has no watchdog: stopping
+    // gives up on it after shutdown_timeout, leaving its thread behind.
+    let m = dir.manifest(
+        "m.toml",
+        r#"max_abandoned_threads = 3
+[[context]]
+name = "C"
+strategy = "one_for_all"
+[[context.service]]
+name = "stuck"
+plugin = "faulty"
+export = "Faulty"
+config = { has_loop = true, hang_in = ["loop"] }
+shutdown_timeout = "50ms"
+[[context.service]]
+name = "failing"
+plugin = "faulty"
+export = "Faulty"
+config = { error_in = ["main"] }
+max_restarts = 10
+restart_window = "10m"
+restart_delay = "1ms"
+max_restart_delay = "1ms"
+on_give_up = "exit_host"
+"#,
+    );
+    let (events, arg) = events_arg(&dir);
+    let out = run_manifest(&m, &["--events", &arg]);
+    assert_eq!(out.code(), 76, "{}", out.stderr);
+    let j = journal(&events);
+    let at = position(&j, |e| e["event"] == "leak_ceiling").expect("leak_ceiling");
+    assert_eq!(j[at]["kind"], "abandoned_threads");
+    assert_eq!(j[at]["abandoned_threads"], 3);
+    let loops_before = j[..at]
+        .iter()
+        .filter(|e| e["event"] == "abandoned" && e["service"] == "stuck" && e["entry"] == "loop")
+        .count();
+    assert_eq!(
+        loops_before, 2,
+        "the third abandoned loop reaches the ceiling (journaled before its own `abandoned`)"
+    );
+}

@@ -7,7 +7,8 @@
 //! *triggers* (conditions that fire a stack of services). [`deploy`] turns a
 //! manifest into instances built from plugins ([`plugin`]); [`instance`] is
 //! the host handle every plugin call receives; [`supervisor`] runs the
-//! contexts and handles signals; [`cli`] is the command line and
+//! contexts; [`signals`] handles signals from the start of `run`;
+//! [`threads`] starts the host's threads; [`cli`] is the command line and
 //! [`logging`] the log format.
 
 pub mod cli;
@@ -19,5 +20,7 @@ pub mod manifest;
 pub mod plugin;
 pub mod reload;
 pub mod runtime;
+pub mod signals;
 pub mod supervision;
 pub mod supervisor;
+pub mod threads;

@@ -178,7 +178,8 @@ pub fn start(
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!("hot reload is off: cannot start its thread: {e}");
+        // Journaled, logged, and the host stops (see `crate::threads`).
+        crate::threads::spawn_failed("the hot reload watcher", &e);
     }
 }
 
@@ -339,7 +340,10 @@ impl Watcher {
                 "",
                 None,
                 None,
-                &[("loaded_versions", self.accounting.versions.into())],
+                &[
+                    ("kind", "loaded_libraries".into()),
+                    ("loaded_versions", self.accounting.versions.into()),
+                ],
             );
             (self.on_ceiling)(Ceiling::Reached);
         }
@@ -422,6 +426,7 @@ impl Watcher {
                 }
             });
         if let Err(e) = spawned {
+            crate::threads::spawn_failed("a reload job", &e);
             return Err(format!("cannot start the reload: {e}"));
         }
         match rx.recv() {

@@ -48,7 +48,8 @@ use crate::manifest::Mode;
 use crate::plugin::Library;
 use crate::supervision::journal;
 use crate::supervision::policy::{Decision, GiveUp, Policy, Restart, Strategy, Tracker};
-use crate::supervision::watchdog::{Entry, Hung, Slot, Watched, limit_ms};
+use crate::supervision::watchdog::{self, Entry, Hung, Slot, Watched, limit_ms};
+use crate::threads;
 
 /// What context threads tell the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +196,8 @@ pub struct Live {
     pub host: Arc<InstanceHost>,
     object: Obj,
     loop_done: AtomicBool,
+    /// Its loop thread's fate: [`LOOP_RUNNING`], [`LOOP_LEFT`] or [`LOOP_ABANDONED`].
+    loop_fate: AtomicU8,
     /// Declared after `object`, so dropped right after it, on the same thread.
     _drop_report: DropReport,
 }
@@ -218,6 +221,14 @@ impl Drop for DropReport {
     }
 }
 
+/// A loop thread is running (or none was started yet).
+const LOOP_RUNNING: u8 = 0;
+/// The loop thread left.
+const LOOP_LEFT: u8 = 1;
+/// Stopping the instance gave up waiting for its unwatched loop call: the
+/// thread is abandoned and counted (see `watchdog::thread_abandoned`).
+const LOOP_ABANDONED: u8 = 2;
+
 impl Live {
     fn new(host: Arc<InstanceHost>, object: Obj) -> Live {
         Live {
@@ -225,6 +236,7 @@ impl Live {
             host,
             object,
             loop_done: AtomicBool::new(false),
+            loop_fate: AtomicU8::new(LOOP_RUNNING),
         }
     }
 
@@ -522,9 +534,13 @@ impl Core {
     fn spawn_driver(self: &Arc<Self>, resume: Resume, epoch: u64) -> std::io::Result<()> {
         let core = Arc::clone(self);
         std::thread::Builder::new()
-            .name(format!("ctx-{}", self.shared.name))
+            .name(threads::thread_name("ctx-", &self.shared.name))
             .spawn(move || drive(&core, epoch, resume))
             .map(drop)
+            .inspect_err(|e| {
+                let what = format!("the driver of context {}", self.shared.name);
+                threads::spawn_failed(&what, e);
+            })
     }
 
     fn journal(&self, event: &str, u: usize, generation: u64, fields: &[(&str, Json)]) {
@@ -746,10 +762,11 @@ impl Core {
         }
         let core = Arc::clone(self);
         let spawned = std::thread::Builder::new()
-            .name(format!("restart-{}", self.shared.name))
+            .name(threads::thread_name("restart-", &self.shared.name))
             .spawn(move || work(&core, &ops, from));
         if let Err(e) = spawned {
-            tracing::error!(context = %self.shared.name, "cannot start a restart worker: {e}");
+            let what = format!("a restart worker of context {}", self.shared.name);
+            threads::spawn_failed(&what, &e);
             self.worker_done();
         }
     }
@@ -809,8 +826,13 @@ impl Core {
                 Resume::Shutdown(index)
             }
         };
-        if let Err(e) = self.spawn_driver(resume, epoch + 1) {
-            tracing::error!(context = %self.shared.name, "cannot start a replacement driver thread: {e}");
+        if self.spawn_driver(resume, epoch + 1).is_err() {
+            // Journaled and logged, and the supervisor stops everything; no
+            // thread is left to finalize this context's instances.
+            tracing::error!(context = %self.shared.name, "no driver left: the context ends without finalizing");
+            self.abandoned.store(true, Ordering::SeqCst);
+            self.ended.store(true, Ordering::SeqCst);
+            let _ = self.events.send(ContextEvent::Ended(self.index));
         }
     }
 
@@ -951,6 +973,22 @@ impl Core {
     fn abandon_on_stop(&self, u: usize, live: &Live, entry: &str) {
         let unit = &self.units[u];
         live.host.fence();
+        // A watched loop call is counted by the watchdog when it declares it
+        // hung; an unwatched one is counted here, once, unless it just left.
+        if entry == "loop"
+            && unit.policy.watchdog.is_none()
+            && live
+                .loop_fate
+                .compare_exchange(
+                    LOOP_RUNNING,
+                    LOOP_ABANDONED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
+        {
+            watchdog::thread_abandoned();
+        }
         if self.shared.stopping() {
             self.abandoned.store(true, Ordering::SeqCst);
         }
@@ -1086,15 +1124,17 @@ impl Core {
         let core = Arc::clone(self);
         let l = Arc::clone(live);
         unit.loop_running.store(true, Ordering::SeqCst);
+        live.loop_fate.store(LOOP_RUNNING, Ordering::SeqCst);
         match std::thread::Builder::new()
-            .name(format!("loop-{}", unit.name))
+            .name(threads::thread_name("loop-", &unit.name))
             .spawn(move || loop_thread(&core, u, &l))
         {
             // A previous generation's handle, if any, belongs to an abandoned thread: detach it.
             Ok(t) => c.loop_thread = Some((generation, t)),
             Err(e) => {
                 unit.loop_running.store(false, Ordering::SeqCst);
-                tracing::error!(context = %self.shared.name, service = %unit.name, "cannot start the loop thread: {e}");
+                let what = format!("the loop thread of {}/{}", self.shared.name, unit.name);
+                threads::spawn_failed(&what, &e);
             }
         }
     }
@@ -1888,6 +1928,14 @@ fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
                 break;
             }
         }
+    }
+    if live
+        .loop_fate
+        .compare_exchange(LOOP_RUNNING, LOOP_LEFT, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // Abandoned while stopping: it no longer holds a thread.
+        watchdog::abandoned_thread_returned();
     }
     live.loop_done.store(true, Ordering::SeqCst);
     if unit.control.lock().generation == generation {

@@ -1,9 +1,11 @@
-//! The top of the process: starts every context, the watchdog and the
-//! signal watcher, talks to systemd, and decides the exit code.
+//! The top of the process: starts every context and the watchdog, talks to
+//! systemd, and decides the exit code.
 //!
-//! The first SIGINT/SIGTERM asks every context to stop: each finalizes its
-//! instances in reverse order, each `finalize` bounded by its
-//! `shutdown_timeout`. A second signal exits at once. A context that does
+//! The first SIGINT/SIGTERM/SIGHUP ([`crate::signals`]) asks every context
+//! to stop: each finalizes its instances in reverse order, each `finalize`
+//! bounded by its `shutdown_timeout`. A second signal exits at once. A
+//! thread that cannot be created ([`crate::threads`]) and the ceiling of
+//! abandoned threads ([`watchdog`]) stop every context the same way. A context that does
 //! not finish stopping within its budget (one second plus twice the sum of
 //! its services' shutdown timeouts, a backstop the per-call deadlines should
 //! never let it reach) is abandoned and named.
@@ -13,52 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
-
 use crate::cli::exit;
 use crate::deploy::Deployment;
 use crate::runtime::{ContextEvent, Core, StartGate};
 use crate::supervision::{journal, notify, watchdog};
+use crate::{signals, threads};
 
 enum Msg {
     Context(ContextEvent),
     LeakCeiling,
     Signal(i32),
-    SecondSignal(i32),
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        _ => "signal",
-    }
-}
-
-fn watch_signals(tx: mpsc::Sender<Msg>) {
-    match Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => {
-            let spawned = std::thread::Builder::new()
-                .name("signals".into())
-                .spawn(move || {
-                    for (n, sig) in signals.forever().enumerate() {
-                        let msg = if n == 0 {
-                            Msg::Signal(sig)
-                        } else {
-                            Msg::SecondSignal(sig)
-                        };
-                        if tx.send(msg).is_err() {
-                            break;
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!("cannot watch for signals: {e}");
-            }
-        }
-        Err(e) => tracing::warn!("cannot watch for signals: {e}"),
-    }
+    CannotSpawn,
 }
 
 /// Is every context making progress (for systemd's `WATCHDOG=1`)? A context
@@ -80,7 +47,24 @@ fn progress_check(cores: Vec<Arc<Core>>) -> impl Fn() -> bool + Send + 'static {
 /// Runs a deployment to its end and returns the process exit code.
 pub fn run(deployment: Deployment) -> u8 {
     let (tx, rx) = mpsc::channel::<Msg>();
-    watch_signals(tx.clone());
+    {
+        let tx = tx.clone();
+        signals::on_first(move |sig| {
+            let _ = tx.send(Msg::Signal(sig));
+        });
+    }
+    {
+        let tx = tx.clone();
+        threads::on_failure(move || {
+            let _ = tx.send(Msg::CannotSpawn);
+        });
+    }
+    {
+        let tx = tx.clone();
+        watchdog::on_ceiling(move || {
+            let _ = tx.send(Msg::LeakCeiling);
+        });
+    }
 
     let total = deployment.contexts.len();
     if total == 0 {
@@ -98,38 +82,24 @@ pub fn run(deployment: Deployment) -> u8 {
         .map(|(i, plan)| Core::new(i, plan, Arc::clone(&gate), ctx_tx.clone()))
         .collect();
     drop(ctx_tx);
-    watchdog::start(progress_check(cores.clone()));
-    for core in &cores {
-        if let Err(e) = core.start() {
-            tracing::error!(context = %core.shared.name, "cannot start the context thread: {e}");
-            return exit::RUNTIME_FAILURE;
+    // Forward context events into the one channel the loop below reads.
+    // Nothing runs yet: without this thread or the watchdog, stop here.
+    {
+        let tx = tx.clone();
+        let forwarder = threads::spawn("the context event forwarder", "ctx-events", move || {
+            for e in ctx_rx {
+                if tx.send(Msg::Context(e)).is_err() {
+                    break;
+                }
+            }
+        });
+        if forwarder.is_err() {
+            return exit::CANNOT_SPAWN;
         }
     }
-    {
-        let tx = tx.clone();
-        crate::reload::start(
-            cores.clone(),
-            deployment.loaded.clone(),
-            deployment.reload.clone(),
-            move |_| {
-                let _ = tx.send(Msg::LeakCeiling);
-            },
-        );
+    if watchdog::start(progress_check(cores.clone())).is_err() {
+        return exit::CANNOT_SPAWN;
     }
-    // Forward context events into the one channel the loop below reads.
-    {
-        let tx = tx.clone();
-        let _ = std::thread::Builder::new()
-            .name("ctx-events".into())
-            .spawn(move || {
-                for e in ctx_rx {
-                    if tx.send(Msg::Context(e)).is_err() {
-                        break;
-                    }
-                }
-            });
-    }
-    drop(tx);
 
     let mut ended = vec![false; total];
     let mut abandoned = vec![false; total];
@@ -137,6 +107,7 @@ pub fn run(deployment: Deployment) -> u8 {
     let mut deadlines: Vec<Option<Instant>> = vec![None; total];
     let mut exit_host = false;
     let mut leak_ceiling = false;
+    let mut cannot_spawn = false;
     let stop_all = |deadlines: &mut Vec<Option<Instant>>| {
         notify::send("STOPPING=1");
         for (i, core) in cores.iter().enumerate() {
@@ -147,7 +118,35 @@ pub fn run(deployment: Deployment) -> u8 {
         }
         gate.abort();
     };
+    for (i, core) in cores.iter().enumerate() {
+        if core.start().is_err() {
+            // Journaled and logged where it failed. The contexts not started
+            // have nothing to finalize; the others stop and finalize.
+            cannot_spawn = true;
+            for e in &mut ended[i..] {
+                *e = true;
+            }
+            stop_all(&mut deadlines);
+            break;
+        }
+    }
+    if !cannot_spawn {
+        let tx = tx.clone();
+        crate::reload::start(
+            cores.clone(),
+            deployment.loaded.clone(),
+            deployment.reload.clone(),
+            move |_| {
+                let _ = tx.send(Msg::LeakCeiling);
+            },
+        );
+    }
+    drop(tx);
+
     loop {
+        if ended.iter().all(|e| *e) {
+            break;
+        }
         let next = deadlines
             .iter()
             .zip(&ended)
@@ -216,21 +215,28 @@ pub fn run(deployment: Deployment) -> u8 {
                 leak_ceiling = true;
                 stop_all(&mut deadlines);
             }
-            Some(Msg::Signal(sig)) => {
-                tracing::info!(
-                    "received {}: stopping every context (finalizing); send it again to exit at once",
-                    signal_name(sig)
-                );
+            Some(Msg::CannotSpawn) => {
+                cannot_spawn = true;
                 stop_all(&mut deadlines);
             }
-            Some(Msg::SecondSignal(sig)) => {
-                tracing::warn!("received {} again: exiting now", signal_name(sig));
-                return exit::FORCED;
+            Some(Msg::Signal(sig)) => {
+                tracing::info!(
+                    "received {}: stopping every context (finalizing); send a signal again to exit at once",
+                    signals::name(sig)
+                );
+                stop_all(&mut deadlines);
             }
         }
     }
     let abandoned_any =
         abandoned.iter().any(|a| *a) || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst));
+    if cannot_spawn || threads::any_failed() {
+        tracing::error!(
+            "stopped because a thread could not be created (see above); exit code {}",
+            exit::CANNOT_SPAWN
+        );
+        return exit::CANNOT_SPAWN;
+    }
     if exit_host {
         return exit::GAVE_UP;
     }

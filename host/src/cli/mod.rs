@@ -32,7 +32,10 @@ pub mod exit {
     pub const GAVE_UP: u8 = 75;
     /// Hot reloads loaded `max_loaded_libraries` versions: stopped cleanly so an OS supervisor restarts the host.
     pub const LEAK_CEILING: u8 = 76;
-    /// A second SIGINT/SIGTERM: exited at once, without waiting.
+    /// The host could not create a thread it needs (EX_OSERR: the system's
+    /// thread limit is reached): it stopped every context cleanly.
+    pub const CANNOT_SPAWN: u8 = 71;
+    /// A second SIGINT/SIGTERM/SIGHUP: exited at once, without waiting.
     pub const FORCED: u8 = 130;
 }
 
@@ -70,6 +73,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a deployment until every context has ended or a signal arrives.
+    ///
+    /// Signals: SIGINT, SIGTERM and SIGHUP are handled from the start. The
+    /// first one stops cleanly: while the plugins are still loading, before
+    /// anything runs; once running, every context stops and finalizes its
+    /// instances (exit code 0 unless something else failed). SIGHUP is the
+    /// same graceful stop as SIGTERM (no reload: hot reload follows the
+    /// plugin files). A second signal exits at once with code 130.
     #[command(after_help = EXIT_CODES)]
     Run(RunCommand),
     /// Parse and validate a manifest, load every plugin and build every

@@ -1,5 +1,7 @@
 //! `otools run MANIFEST`: load, validate, build, then run until every
-//! context has ended or a signal arrives.
+//! context has ended or a signal arrives. Signals are handled from the
+//! start (see [`crate::signals`]): a first signal while loading stops
+//! before anything runs, with code 0.
 
 use clap::Args;
 use otools_api::LogLevel;
@@ -9,6 +11,8 @@ use super::{LogArgs, ManifestArgs, exit, print_errors};
 use crate::deploy::{self, Options};
 use crate::logging::{self, directive};
 use crate::manifest::{self, Diagnostics, Manifest};
+use crate::signals;
+use crate::supervision::watchdog;
 
 /// Run a deployment.
 #[derive(Debug, Args)]
@@ -79,10 +83,23 @@ fn refuse_one(message: &str) -> u8 {
 impl RunCommand {
     /// Runs the deployment; returns the exit code.
     pub fn execute(&self) -> u8 {
+        // First of all, so that a signal while the manifest is read or the
+        // plugins load stops the host cleanly instead of killing it.
+        if let Err(e) = signals::install() {
+            eprintln!("error: cannot create a thread to watch for signals: {e}");
+            return exit::CANNOT_SPAWN;
+        }
         let m = match manifest::load(&self.manifest.manifest) {
             Ok(m) => m,
             Err(d) => return refuse(&d),
         };
+        if let Some(sig) = signals::requested() {
+            eprintln!(
+                "received {} while reading the manifest: stopped before anything ran",
+                signals::name(sig)
+            );
+            return exit::OK;
+        }
         let (filter, level_override) = match filters(&self.log, &m) {
             Ok(f) => f,
             Err(e) => return refuse_one(&e),
@@ -105,6 +122,16 @@ impl RunCommand {
             Ok(d) => d,
             Err(d) => return refuse(&d),
         };
+        if let Some(sig) = signals::requested() {
+            // Returning drops the deployment: the instances built so far and
+            // the loaded plugins are released the normal way.
+            tracing::info!(
+                "received {} while loading the plugins: stopped before anything ran",
+                signals::name(sig)
+            );
+            return exit::OK;
+        }
+        watchdog::set_max_abandoned_threads(m.max_abandoned_threads());
         let (contexts, services, triggers, _) = deployment.counts();
         tracing::info!(
             "starting {}: {contexts} context(s), {services} service(s), {triggers} trigger(s), {} plugin librar{}",

@@ -46,6 +46,9 @@ pub struct Manifest {
     pub contexts: Vec<ContextDecl>,
 }
 
+/// The default of `[host] max_abandoned_threads`.
+pub const DEFAULT_MAX_ABANDONED_THREADS: usize = 256;
+
 /// `[host]`: settings of the whole process.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +72,9 @@ pub struct HostSection {
     pub max_loaded_libraries: Option<usize>,
     /// Warn once loaded library versions add up to more than this many MiB (default 256).
     pub library_budget_mib: Option<u64>,
+    /// Stop everything and exit with code 76 once this many threads are left
+    /// in hung plugin calls at the same time (default 256).
+    pub max_abandoned_threads: Option<usize>,
 }
 
 /// `[[dataframe]]`: a shared key/value store owned by the host.
@@ -439,6 +445,15 @@ impl Manifest {
             budget_bytes: h.library_budget_mib.unwrap_or(256) << 20,
             verbose,
         }
+    }
+
+    /// How many threads may be left in hung plugin calls at once before the
+    /// host stops with code 76 (default 256, at least 1).
+    pub fn max_abandoned_threads(&self) -> usize {
+        self.host
+            .max_abandoned_threads
+            .unwrap_or(DEFAULT_MAX_ABANDONED_THREADS)
+            .max(1)
     }
 
     /// The shutdown timeout (default 5 s).

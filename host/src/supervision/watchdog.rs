@@ -12,18 +12,26 @@
 //! the hang and the calling thread, when (if ever) it returns, learns that
 //! it was abandoned and leaves without touching anything.
 //!
+//! A thread whose call was declared hung is *abandoned*: it cannot be
+//! stopped, and stays until the plugin call returns (if ever). The watchdog
+//! counts the threads abandoned and not yet returned, host-wide; once they
+//! reach `[host] max_abandoned_threads` it journals a `leak_ceiling` event
+//! (kind `abandoned_threads`) and tells the supervisor, which stops every
+//! context and exits with code 76.
+//!
 //! A call is never declared before its deadline, and at most two ticks after
 //! it (its start stamp is up to one tick early, and the scan runs once a
 //! tick); the tick is an eighth of the shortest watchdog in the manifest
 //! (rounded down), between 1 ms and 20 ms.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::notify;
+use super::{journal, notify};
+use crate::threads;
 
 /// A slot's call id when no call is running.
 const IDLE: u64 = 0;
@@ -35,6 +43,65 @@ static NOW_MS: AtomicU64 = AtomicU64::new(0);
 static TICK_MS: AtomicU64 = AtomicU64::new(20);
 static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 static STARTED: AtomicBool = AtomicBool::new(false);
+/// Threads abandoned in a hung call that have not returned yet.
+static ABANDONED_THREADS: AtomicUsize = AtomicUsize::new(0);
+static MAX_ABANDONED_THREADS: AtomicUsize =
+    AtomicUsize::new(crate::manifest::DEFAULT_MAX_ABANDONED_THREADS);
+static CEILING_HIT: AtomicBool = AtomicBool::new(false);
+type CeilingHandler = Box<dyn Fn() + Send + Sync>;
+static ON_CEILING: Mutex<Option<CeilingHandler>> = Mutex::new(None);
+
+/// Sets `[host] max_abandoned_threads` (at least 1).
+pub fn set_max_abandoned_threads(max: usize) {
+    MAX_ABANDONED_THREADS.store(max.max(1), Ordering::Relaxed);
+}
+
+/// Sets what to do once `max_abandoned_threads` is reached (the supervisor
+/// stops everything); called at most once.
+pub fn on_ceiling(handler: impl Fn() + Send + Sync + 'static) {
+    *ON_CEILING.lock() = Some(Box::new(handler));
+}
+
+/// Threads abandoned in a hung call that have not returned yet.
+pub fn abandoned_threads() -> usize {
+    ABANDONED_THREADS.load(Ordering::SeqCst)
+}
+
+/// A thread was abandoned in a hung call: count it, and act at the ceiling.
+/// The watchdog calls it for the calls it declares hung; stopping an
+/// instance calls it for an unwatched loop call it gave up waiting for.
+pub fn thread_abandoned() {
+    let n = ABANDONED_THREADS.fetch_add(1, Ordering::SeqCst) + 1;
+    let max = MAX_ABANDONED_THREADS.load(Ordering::Relaxed);
+    if n < max || CEILING_HIT.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tracing::error!(
+        "{n} threads are left in hung plugin calls (max_abandoned_threads = {max}): \
+         stopping every context, then exiting with code 76 so that the host restarts clean"
+    );
+    journal::record(
+        "leak_ceiling",
+        "",
+        None,
+        None,
+        &[
+            ("kind", "abandoned_threads".into()),
+            ("abandoned_threads", n.into()),
+            ("max", max.into()),
+        ],
+    );
+    if let Some(h) = ON_CEILING.lock().as_ref() {
+        h();
+    }
+}
+
+/// An abandoned thread's call returned: it leaves, so it no longer counts.
+pub fn abandoned_thread_returned() {
+    let _ = ABANDONED_THREADS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+        Some(n.saturating_sub(1))
+    });
+}
 
 fn start_instant() -> Instant {
     *START.get_or_init(Instant::now)
@@ -202,7 +269,11 @@ impl Slot {
     /// Marks the end of a call: false if the watchdog abandoned it meanwhile
     /// (the caller must then leave without touching anything).
     pub fn end(&self, call: Call) -> bool {
-        self.call.swap(IDLE, Ordering::AcqRel) == call.0
+        let in_time = self.call.swap(IDLE, Ordering::AcqRel) == call.0;
+        if !in_time {
+            abandoned_thread_returned();
+        }
+        in_time
     }
 
     /// Declares the running call hung if it overran; returns what it was.
@@ -250,9 +321,10 @@ pub fn configure(shortest: Option<Duration>) {
 
 /// Starts the watchdog thread (once). `healthy` decides whether a systemd
 /// `WATCHDOG=1` ping is deserved (only asked when systemd wants pings).
-pub fn start(healthy: impl Fn() -> bool + Send + 'static) {
+/// Fails when the thread cannot be created (see [`crate::threads`]).
+pub fn start(healthy: impl Fn() -> bool + Send + 'static) -> std::io::Result<()> {
     if STARTED.swap(true, Ordering::SeqCst) {
-        return;
+        return Ok(());
     }
     start_instant();
     NOW_MS.store(precise_ms(), Ordering::Relaxed);
@@ -269,6 +341,7 @@ pub fn start(healthy: impl Fn() -> bool + Send + 'static) {
                 let slots: Vec<Arc<Slot>> = SLOTS.lock().clone();
                 for slot in slots {
                     if let Some(h) = slot.check(now) {
+                        thread_abandoned();
                         (slot.on_hang)(h);
                     }
                 }
@@ -282,9 +355,10 @@ pub fn start(healthy: impl Fn() -> bool + Send + 'static) {
                 }
             }
         });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the watchdog thread: {e}; hung calls will not be detected");
+    if let Err(e) = &spawned {
+        threads::spawn_failed("the watchdog", e);
     }
+    spawned.map(drop)
 }
 
 #[cfg(test)]
