@@ -614,3 +614,66 @@ config = { hang_in = ["finalize"], hang_ms = 3000 }
         );
     }
 }
+
+#[test]
+fn a_host_started_with_sighup_ignored_keeps_ignoring_it() {
+    let dir = TestDir::new("nohup");
+    let m = looping_manifest(&dir, "30s", 5);
+    // As `nohup` does: SIGHUP ignored, which exec keeps.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' HUP; exec \"$0\" \"$@\"")
+        .arg(crate::util::otools())
+        .args(["run", &m.to_string_lossy(), "--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start otools with SIGHUP ignored");
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(crate::util::DEADLINE)
+            .unwrap_or_else(|e| panic!("{e}: {}", seen.join("\n")));
+        let ready = line.contains("from the loop (call 2)");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    // Were SIGHUP handled, it would be the first signal and SIGTERM the
+    // second (exit 130).
+    send(pid, rustix::process::Signal::HUP);
+    send(pid, rustix::process::Signal::TERM);
+    loop {
+        match rx.recv_timeout(crate::util::DEADLINE) {
+            Ok(line) => seen.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("otools did not exit: {}", seen.join("\n"));
+            }
+        }
+    }
+    let status = child.wait().expect("wait for otools");
+    let text = seen.join("\n");
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("received SIGTERM: stopping every context"),
+        "{text}"
+    );
+    assert!(!text.contains("SIGHUP"), "{text}");
+    assert!(text.contains("finalize life"), "{text}");
+}

@@ -5,10 +5,10 @@
 //! to stop: each finalizes its instances in reverse order, each `finalize`
 //! bounded by its `shutdown_timeout`. A second signal exits at once. A
 //! thread that cannot be created ([`crate::threads`]) and the ceiling of
-//! abandoned threads ([`watchdog`]) stop every context the same way. A context that does
-//! not finish stopping within its budget (one second plus twice the sum of
-//! its services' shutdown timeouts, a backstop the per-call deadlines should
-//! never let it reach) is abandoned and named.
+//! abandoned threads ([`watchdog`]) stop every context the same way. A
+//! context that does not finish stopping within its budget (one second plus
+//! twice the sum of its services' shutdown timeouts, a backstop the per-call
+//! deadlines should never let it reach) is abandoned and named.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
