@@ -1025,7 +1025,10 @@ impl Core {
                     generation,
                     Exit::Failed {
                         entry: Entry::Setup,
-                        reason: format!("construction failed: {}", e.message),
+                        reason: format!(
+                            "construction failed: {}",
+                            crate::manifest::config::without_position(e.message.as_str())
+                        ),
                     },
                 );
                 return Ok(());
@@ -1269,7 +1272,10 @@ impl Core {
         let generation = unit.control.lock().generation + 1;
         let object = match construct(lib, unit.kind, &unit.export, &unit.config_json) {
             Ok(o) => o,
-            Err(e) => return Ok(Err(format!("its config was rejected: {}", e.message))),
+            Err(e) => {
+                let message = crate::manifest::config::without_position(e.message.as_str());
+                return Ok(Err(format!("its config was rejected: {message}")));
+            }
         };
         let host = self.new_host(u, Arc::clone(lib), generation);
         on_host(&host);

@@ -231,6 +231,12 @@ impl ConfigJson {
     }
 }
 
+/// A plugin's config message without serde_json's position in the JSON
+/// (meaningless to a reader of the manifest or the logs).
+pub fn without_position(message: &str) -> &str {
+    split_position(message).map_or(message, |(text, _)| text)
+}
+
 /// `message` without serde_json's ` at line 1 column N` suffix, and `N`.
 fn split_position(message: &str) -> Option<(&str, usize)> {
     let (text, position) = message.rsplit_once(" at line ")?;
@@ -293,5 +299,10 @@ mod tests {
         let json = ConfigJson::new(Some(&table("a = 1\n")));
         let found = json.locate("`step` must not be 0", None, 7);
         assert_eq!((found.at, found.key.as_str()), (7, ""));
+        assert_eq!(without_position("bad at line 1 column 9"), "bad");
+        assert_eq!(
+            without_position("`step` must not be 0"),
+            "`step` must not be 0"
+        );
     }
 }
