@@ -30,7 +30,9 @@ pub mod exit {
     pub const SHUTDOWN_TIMEOUT: u8 = 3;
     /// A service gave up with `on_give_up = "exit_host"` (EX_TEMPFAIL: let systemd restart the host).
     pub const GAVE_UP: u8 = 75;
-    /// Hot reloads loaded `max_loaded_libraries` versions: stopped cleanly so an OS supervisor restarts the host.
+    /// A leak ceiling was reached (hot reloads loaded `max_loaded_libraries` versions, or
+    /// `max_abandoned_threads` threads are stuck in hung calls): stopped cleanly so an OS
+    /// supervisor restarts the host.
     pub const LEAK_CEILING: u8 = 76;
     /// The host could not create a thread it needs (EX_OSERR: the system's
     /// thread limit is reached): it stopped every context cleanly.
