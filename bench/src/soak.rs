@@ -21,12 +21,16 @@
 //!   a trigger's stack service. Hangs last 150 ms, 400 ms, 1 s or for ever,
 //!   under a 50 ms watchdog. One service per context deactivates itself
 //!   often under `restart = "always"`, so its `setup` and `finalize` run
-//!   (and fault) again and again. Some hosts have a fragile service that
-//!   gives up (`stop_service`, `stop_context` or `exit_host`).
+//!   (and fault) again and again, and in some contexts a crasher fails
+//!   every `setup` (a crash loop under the back-off). Some hosts have a
+//!   fragile service that gives up (`stop_service`, `stop_context` or
+//!   `exit_host`), and one host in three is calm (fewer faults, all
+//!   `one_for_one`) so that some reloads find every instance serving.
 //! - **File swaps.** The `libfaulty.so` that the faulty main/loop services
 //!   and the triggers come from is replaced under the live host every
-//!   0.2-2.5 s (the deactivating service comes from an unswapped copy,
-//!   `libcycler.so`, or its setup faults would refuse every reload): rewritten in place in
+//!   0.2-2.5 s (the deactivating service and the crasher come from an
+//!   unswapped copy, `libcycler.so`, or their setup faults would refuse
+//!   every reload): rewritten in place in
 //!   chunks, rewritten in place twice within a third of a second, renamed
 //!   over, copied over, rewritten with identical bytes, or replaced by a
 //!   truncated file, garbage or a library that is not a plugin (then a good
@@ -47,8 +51,10 @@
 //! as the host lives to report, or any increment follows it. The unit tests
 //! below feed both kinds of loss to the check.
 //!
-//! **Report.** Grep-able lines: `soak run` per host, `soak swaps`,
-//! `soak faults`, `soak rss` windows, `soak goal` (one per goal, `met` or
+//! **Report.** Grep-able lines: `soak run` per host (with `stop_ms`, from
+//! the signal to the exit, and `exit_lag_ms`, from the host's last journal
+//! event to its exit, an upper bound by the few ms the journal opens after
+//! the spawn), `soak swaps`, `soak faults`, `soak stops`, `soak rss` windows, `soak goal` (one per goal, `met` or
 //! `MISSED`) and last a `soak summary` line. The exit code is 1 when a goal
 //! is missed, 2 when the harness cannot run. Goals: 0 host exits by a
 //! signal (a host killed by SIGBUS, SIGABRT, SIGSEGV, or by the SIGTERM,
@@ -170,8 +176,15 @@ fn inline_service(name: &str, plugin: &str, export: &str, config: &str, extra: &
     s
 }
 
-/// The number of instances (services and conditions) a manifest runs.
-const INSTANCES: u64 = (CONTEXTS * 7) as u64;
+/// The most instances (services and conditions) a manifest runs.
+const INSTANCES: u64 = (CONTEXTS * 8) as u64;
+
+/// The largest shutdown budget of one context of the manifest: 1 s plus
+/// twice the sum of its instances' `shutdown_timeout` (300 ms each; README
+/// "Finalize").
+fn context_budget() -> Duration {
+    Duration::from_secs(1) + 2 * 8 * Duration::from_millis(300)
+}
 
 /// A fresh manifest for one host.
 fn manifest(rng: &mut fastrand::Rng, plugins: &Path, cap: bool) -> String {
@@ -193,13 +206,13 @@ fn manifest(rng: &mut fastrand::Rng, plugins: &Path, cap: bool) -> String {
     });
     // One host in three is calm: one_for_one everywhere and 20 times fewer
     // faults, so that some reloads find every instance serving.
-    let calm = rng.u32(0..3) == 0;
-    let strategies: &[&str] = if calm {
+    let is_calm = rng.u32(0..3) == 0;
+    let strategies: &[&str] = if is_calm {
         &["one_for_one"]
     } else {
         &["one_for_one", "one_for_one", "one_for_all", "rest_for_one"]
     };
-    let calm = if calm { 0.05 } else { 1.0 };
+    let calm = if is_calm { 0.05 } else { 1.0 };
     for c in 0..CONTEXTS {
         let strategy = strategies[rng.usize(0..strategies.len())];
         m.push_str(&format!(
@@ -242,6 +255,20 @@ fn manifest(rng: &mut fastrand::Rng, plugins: &Path, cap: bool) -> String {
             &format!("deactivate_in = [\"main\"], {cycle}"),
             &supervision(None),
         ));
+        // Every generation draws the same numbers (one seed per config), so
+        // the cycler's setup faults in all generations or in none. The
+        // crasher's setup always faults: a crash loop under the back-off.
+        // Not under one_for_all, where it would restart the whole context.
+        if !is_calm && strategy != "one_for_all" && rng.bool() {
+            let kind = ["panic_in", "error_in", "hang_in"][rng.usize(0..3)];
+            m.push_str(&inline_service(
+                "crasher",
+                "cycler",
+                "Faulty",
+                &format!("{kind} = [\"setup\"], hang_ms = 400, message = \"soak fault\""),
+                &supervision(None),
+            ));
+        }
         // A trigger: a faulty condition and a faulty stack service.
         let p = (0.0005 + rng.f64() * 0.0045) * calm;
         let cond = fault_keys(rng, &["setup", "check", "finalize"], p, &[150, 400, 1000]);
@@ -508,6 +535,8 @@ struct Outcome {
     stuck: bool,
     sent: Option<(Sig, bool)>,
     lived: Duration,
+    /// From the signal to the exit.
+    stop: Option<Duration>,
     heard: Heard,
     threads_ready: Option<u64>,
     threads_peak: u64,
@@ -572,6 +601,7 @@ fn run_host(
         stuck: false,
         sent: None,
         lived: Duration::ZERO,
+        stop: None,
         heard: Heard::default(),
         threads_ready: None,
         threads_peak: 0,
@@ -637,6 +667,7 @@ fn run_host(
         );
     }
     out.lived = started.elapsed();
+    out.stop = signalled_at.map(|s| s.elapsed());
     out.heard = reader.join().unwrap_or_default();
     out.leftovers = std::fs::read_dir(tmp).map(Iterator::count).unwrap_or(0);
     let _ = std::fs::remove_dir_all(tmp);
@@ -656,14 +687,20 @@ struct Tally {
     rejected: BTreeMap<&'static str, u64>,
 }
 
-fn read_journal(path: &Path, tally: &mut Tally) -> u64 {
+/// Tallies one host's journal; returns its `abandoned` events (threads
+/// given up on) and the time of its last event (`mono_us`, in ms).
+fn read_journal(path: &Path, tally: &mut Tally) -> (u64, Option<u64>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut abandoned = 0;
+    let mut last_ms = None;
     let mut generations: HashMap<(String, String), u64> = HashMap::new();
     for v in text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
     {
+        if let Some(us) = v["mono_us"].as_u64() {
+            last_ms = Some(us / 1000);
+        }
         let event = v["event"].as_str().unwrap_or("").to_owned();
         let entry = v["entry"].as_str().unwrap_or("").to_owned();
         match event.as_str() {
@@ -711,7 +748,7 @@ fn read_journal(path: &Path, tally: &mut Tally) -> u64 {
         *tally.events.entry(event).or_default() += 1;
     }
     tally.abandoned_peak_per_host = tally.abandoned_peak_per_host.max(abandoned);
-    abandoned
+    (abandoned, last_ms)
 }
 
 // ---------------------------------------------------------------- main
@@ -823,6 +860,9 @@ fn main() {
     let mut sent: BTreeMap<String, u64> = BTreeMap::new();
     let mut double_forced = 0u64;
     let mut double_sent = 0u64;
+    let mut stop_ms_max = 0u64;
+    let mut exit_lag_max = 0u64;
+    let mut exit_lag_over_1s = 0u64;
     let mut over_cap = 0u64;
     let mut threads_over_start_peak = 0u64;
     let mut leftovers = 0u64;
@@ -846,7 +886,17 @@ fn main() {
             sig: [Sig::Term, Sig::Term, Sig::Int, Sig::Hup, Sig::DoubleTerm][rng.usize(0..5)],
         };
         let o = run_host(&otools, &work, run, &plan, t0, &mut samples);
-        let abandoned = read_journal(&journal, &mut tally);
+        let (abandoned, last_event_ms) = read_journal(&journal, &mut tally);
+        // The journal opens a few ms after the spawn: an upper bound on the
+        // time from the last journaled event (a context ending) to the exit.
+        let exit_lag_ms = last_event_ms.map(|l| (o.lived.as_millis() as u64).saturating_sub(l));
+        if let Some(stop) = o.stop {
+            stop_ms_max = stop_ms_max.max(stop.as_millis() as u64);
+        }
+        if let Some(lag) = exit_lag_ms {
+            exit_lag_max = exit_lag_max.max(lag);
+            exit_lag_over_1s += u64::from(lag > 1000);
+        }
         let (l, a, notes) = lost_increments(&o.heard);
         lost += l;
         acked += a;
@@ -919,7 +969,7 @@ fn main() {
             String::new()
         };
         println!(
-            "soak run={run} lived_ms={} signal={} exit=\"{exit}\" acked_increments={a} lost_increments={l} \
+            "soak run={run} lived_ms={} signal={} stop_ms={} exit_lag_ms={} exit=\"{exit}\" acked_increments={a} lost_increments={l} \
              threads_ready={} threads_peak={} rss_ready_kib={} rss_peak_kib={} abandoned={abandoned} \
              private_copies_left={}{tail_file}",
             o.lived.as_millis(),
@@ -931,6 +981,8 @@ fn main() {
                     if loading { "(loading)" } else { "" }
                 ))
                 .unwrap_or_else(|| "none".into()),
+            o.stop.map_or("-".into(), |d| d.as_millis().to_string()),
+            exit_lag_ms.map_or("-".into(), |l| l.to_string()),
             o.threads_ready.map_or("-".into(), |t| t.to_string()),
             o.threads_peak,
             o.rss_first.map_or("-".into(), |t| t.to_string()),
@@ -985,6 +1037,11 @@ fn main() {
             .map(|(k, v)| format!("code_{k}={v}"))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    println!(
+        "soak stops stop_ms_max={stop_ms_max} exit_lag_ms_max={exit_lag_max} exit_lag_over_1s={exit_lag_over_1s} \
+         context_budget_ms={}",
+        context_budget().as_millis()
     );
     // RSS and threads over time, in ten windows.
     let window = (elapsed / 10).max(Duration::from_secs(1));
