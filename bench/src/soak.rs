@@ -68,7 +68,7 @@
 #![allow(clippy::print_stdout, reason = "the report is this program's output")]
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -503,6 +503,41 @@ fn proc_status(pid: u32) -> Option<(u64, u64)> {
     Some((field("Threads:")?, field("VmRSS:")?))
 }
 
+/// Watches a host's stderr file for "all contexts ready", reading only
+/// what was added since the last look, until it is found.
+struct ReadyWatch {
+    file: Option<std::fs::File>,
+    carry: Vec<u8>,
+    seen: bool,
+}
+
+impl ReadyWatch {
+    const NEEDLE: &'static [u8] = b"all contexts ready";
+
+    fn new(path: &Path) -> ReadyWatch {
+        ReadyWatch {
+            file: std::fs::File::open(path).ok(),
+            carry: Vec::new(),
+            seen: false,
+        }
+    }
+
+    fn poll(&mut self) -> bool {
+        if self.seen {
+            return true;
+        }
+        let Some(f) = self.file.as_mut() else {
+            return false;
+        };
+        let mut buf = std::mem::take(&mut self.carry);
+        let _ = f.read_to_end(&mut buf);
+        self.seen = buf.windows(Self::NEEDLE.len()).any(|w| w == Self::NEEDLE);
+        let keep = buf.len().saturating_sub(Self::NEEDLE.len());
+        self.carry = buf.split_off(keep);
+        self.seen
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sig {
     Term,
@@ -562,6 +597,7 @@ fn run_host(
     samples: &mut Vec<Sample>,
 ) -> Outcome {
     let manifest = work.join(format!("run-{run}.toml"));
+    let stderr_path = work.join(format!("run-{run}.stderr"));
     let journal = work.join(format!("run-{run}.jsonl"));
     let tmp = &work.join(format!("tmp-{run}"));
     std::fs::create_dir_all(tmp).expect("tmp dir");
@@ -579,23 +615,12 @@ fn run_host(
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        // A file, not a pipe: a harness that reads slowly never holds the host up.
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
         .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", otools.display())));
     let pid = child.id();
-    let ready = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let stderr = child.stderr.take().expect("piped stderr");
-        let ready = Arc::clone(&ready);
-        std::thread::spawn(move || {
-            let mut heard = Heard::default();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                hear(&line, &mut heard, &ready);
-            }
-            heard
-        })
-    };
+    let mut ready = ReadyWatch::new(&stderr_path);
     let mut out = Outcome {
         status: None,
         stuck: false,
@@ -620,7 +645,7 @@ fn run_host(
         }
         let now = Instant::now();
         if signalled_at.is_none() && now >= started + plan.signal_after {
-            let loading = !ready.load(Ordering::SeqCst);
+            let loading = !ready.poll();
             let sig = match plan.sig {
                 Sig::Term | Sig::DoubleTerm => Signal::TERM,
                 Sig::Int => Signal::INT,
@@ -642,7 +667,7 @@ fn run_host(
         if now >= next_sample {
             next_sample = now + SAMPLE_EVERY;
             if let Some((threads, rss)) = proc_status(pid) {
-                if ready.load(Ordering::SeqCst) {
+                if ready.poll() {
                     out.threads_ready.get_or_insert(threads);
                     out.rss_first.get_or_insert(rss);
                     out.rss_last = rss;
@@ -668,7 +693,14 @@ fn run_host(
     }
     out.lived = started.elapsed();
     out.stop = signalled_at.map(|s| s.elapsed());
-    out.heard = reader.join().unwrap_or_default();
+    let unused = AtomicBool::new(false);
+    if let Ok(f) = std::fs::File::open(&stderr_path) {
+        for line in BufReader::new(f).lines() {
+            let Ok(line) = line else { break };
+            hear(&line, &mut out.heard, &unused);
+        }
+    }
+    let _ = std::fs::remove_file(&stderr_path);
     out.leftovers = std::fs::read_dir(tmp).map(Iterator::count).unwrap_or(0);
     let _ = std::fs::remove_dir_all(tmp);
     out
@@ -938,8 +970,17 @@ fn main() {
                 }
             }
         }
-        if l > 0 {
+        // Slow stops keep their stderr tail too (the time is reported, not judged).
+        let slow = o
+            .stop
+            .is_some_and(|d| d > context_budget() + Duration::from_secs(1))
+            || exit_lag_ms.is_some_and(|l| l > 1000);
+        if l > 0 || slow {
             odd = true;
+        }
+        // A file refused at start (exit 2) stays bad for a moment: do not spin.
+        if o.status.and_then(|s| s.code()) == Some(2) {
+            std::thread::sleep(Duration::from_millis(250));
         }
         let over = o.threads_ready.map(|r| o.threads_peak.saturating_sub(r));
         if let Some(over) = over {
