@@ -10,7 +10,9 @@
 //!
 //! The mix, all at once:
 //! - **Hosts.** One `otools run` at a time, with `--events` and
-//!   `--log-format json`, a fresh manifest per host, and its own `TMPDIR`
+//!   `--log-format json` (stderr to a file, read once the host has exited,
+//!   so a slow harness never holds the host up), a fresh manifest per host,
+//!   and its own `TMPDIR`
 //!   (so private copies left behind are visible). Each host gets one signal
 //!   at a random moment: SIGTERM, SIGINT, SIGHUP or two SIGTERMs back to
 //!   back, about one in six within 100 ms of the start (while it is still
