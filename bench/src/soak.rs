@@ -16,7 +16,9 @@
 //!   (so private copies left behind are visible). Each host gets one signal
 //!   at a random moment: SIGTERM, SIGINT, SIGHUP or two SIGTERMs back to
 //!   back, about one in six within 100 ms of the start (while it is still
-//!   loading). Then the next host starts, until the time is up.
+//!   loading). A host still running 10 s after a SIGHUP (which it may
+//!   handle as a reload) then gets a SIGTERM. Then the next host starts,
+//!   until the time is up.
 //! - **Faults.** In each of the 4 contexts, `faulty` services and a
 //!   `faulty` trigger panic, fail or hang at random (seeded) in every entry
 //!   point: `setup`, `main`, `loop`, `finalize`, `check`, and the `main` of
@@ -54,9 +56,8 @@
 //! below feed both kinds of loss to the check.
 //!
 //! **Report.** Grep-able lines: `soak run` per host (with `stop_ms`, from
-//! the signal to the exit, and `exit_lag_ms`, from the host's last journal
-//! event to its exit, an upper bound by the few ms the journal opens after
-//! the spawn), `soak swaps`, `soak faults`, `soak stops`, `soak rss` windows, `soak goal` (one per goal, `met` or
+//! the signal to the exit, and `exit_lag_ms`, from the wall-clock `ts` of
+//! the host's last journal event to the exit the harness saw, within 50 ms), `soak swaps`, `soak faults`, `soak stops`, `soak rss` windows, `soak goal` (one per goal, `met` or
 //! `MISSED`) and last a `soak summary` line. The exit code is 1 when a goal
 //! is missed, 2 when the harness cannot run. Goals: 0 host exits by a
 //! signal (a host killed by SIGBUS, SIGABRT, SIGSEGV, or by the SIGTERM,
@@ -91,6 +92,9 @@ const CAP: u64 = 32;
 const MAX_LOADED: u64 = 48;
 /// How long a host may take to exit after its signal before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a host may keep running after a SIGHUP (which it may handle
+/// as a reload) before it gets a SIGTERM.
+const HUP_GRACE: Duration = Duration::from_secs(10);
 /// How often `/proc/<pid>/status` is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 /// Exit codes the host documents (README "Exit codes", plus 71 from issue 9).
@@ -572,8 +576,12 @@ struct Outcome {
     stuck: bool,
     sent: Option<(Sig, bool)>,
     lived: Duration,
-    /// From the signal to the exit.
+    /// From the signal (after a SIGHUP the host survived: the SIGTERM) to the exit.
     stop: Option<Duration>,
+    /// The host was still running `HUP_GRACE` after a SIGHUP.
+    hup_survived: bool,
+    /// When the exit was seen (wall clock, ms since epoch; polled every <= 50 ms).
+    exited_ms: Option<u64>,
     heard: Heard,
     threads_ready: Option<u64>,
     threads_peak: u64,
@@ -629,6 +637,8 @@ fn run_host(
         sent: None,
         lived: Duration::ZERO,
         stop: None,
+        hup_survived: false,
+        exited_ms: None,
         heard: Heard::default(),
         threads_ready: None,
         threads_peak: 0,
@@ -643,6 +653,7 @@ fn run_host(
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             out.status = Some(status);
+            out.exited_ms = Some(now_ms());
             break;
         }
         let now = Instant::now();
@@ -658,6 +669,16 @@ fn run_host(
                 let _ = kill_process(raw, Signal::TERM);
             }
             out.sent = Some((plan.sig, loading));
+            signalled_at = Some(now);
+        }
+        // SIGHUP may be handled as a reload that keeps the host running:
+        // after a while, a SIGTERM (the stop deadline starts again from it).
+        if plan.sig == Sig::Hup
+            && !out.hup_survived
+            && signalled_at.is_some_and(|s| now >= s + HUP_GRACE)
+        {
+            out.hup_survived = true;
+            let _ = kill_process(raw, Signal::TERM);
             signalled_at = Some(now);
         }
         if signalled_at.is_some_and(|s| now >= s + STOP_DEADLINE) {
@@ -721,8 +742,30 @@ struct Tally {
     rejected: BTreeMap<&'static str, u64>,
 }
 
+/// Milliseconds since the Unix epoch of a journal `ts`
+/// (`2026-11-26T14:33:36.499Z`, UTC).
+fn ts_ms(ts: &str) -> Option<u64> {
+    let n = |r: std::ops::Range<usize>| -> Option<i64> { ts.get(r)?.parse().ok() };
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss, ms) = (n(11..13)?, n(14..16)?, n(17..19)?, n(20..23)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from((((days * 24 + hh) * 60 + mm) * 60 + ss) * 1000 + ms).ok()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Tallies one host's journal; returns its `abandoned` events (threads
-/// given up on) and the time of its last event (`mono_us`, in ms).
+/// given up on) and the wall-clock time of its last event (ms since epoch).
 fn read_journal(path: &Path, tally: &mut Tally) -> (u64, Option<u64>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut abandoned = 0;
@@ -732,8 +775,8 @@ fn read_journal(path: &Path, tally: &mut Tally) -> (u64, Option<u64>) {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
     {
-        if let Some(us) = v["mono_us"].as_u64() {
-            last_ms = Some(us / 1000);
+        if let Some(ms) = v["ts"].as_str().and_then(ts_ms) {
+            last_ms = Some(ms);
         }
         let event = v["event"].as_str().unwrap_or("").to_owned();
         let entry = v["entry"].as_str().unwrap_or("").to_owned();
@@ -894,6 +937,7 @@ fn main() {
     let mut sent: BTreeMap<String, u64> = BTreeMap::new();
     let mut double_forced = 0u64;
     let mut double_sent = 0u64;
+    let mut hup_survived = 0u64;
     let mut stop_ms_max = 0u64;
     let mut exit_lag_max = 0u64;
     let mut exit_lag_over_1s = 0u64;
@@ -921,9 +965,10 @@ fn main() {
         };
         let o = run_host(&otools, &work, run, &plan, t0, &mut samples);
         let (abandoned, last_event_ms) = read_journal(&journal, &mut tally);
-        // The journal opens a few ms after the spawn: an upper bound on the
-        // time from the last journaled event (a context ending) to the exit.
-        let exit_lag_ms = last_event_ms.map(|l| (o.lived.as_millis() as u64).saturating_sub(l));
+        // From the last journaled event (a context ending) to the exit seen.
+        let exit_lag_ms = last_event_ms
+            .zip(o.exited_ms)
+            .map(|(l, e)| e.saturating_sub(l));
         if let Some(stop) = o.stop {
             stop_ms_max = stop_ms_max.max(stop.as_millis() as u64);
         }
@@ -934,6 +979,7 @@ fn main() {
         let (l, a, notes) = lost_increments(&o.heard);
         lost += l;
         acked += a;
+        hup_survived += u64::from(o.hup_survived);
         let double = matches!(o.sent, Some((Sig::DoubleTerm, _)));
         double_sent += u64::from(double);
         if let Some((s, loading)) = o.sent {
@@ -1074,7 +1120,8 @@ fn main() {
             .join(" ")
     );
     println!(
-        "soak exits {} double_sigterm_sent={double_sent} double_sigterm_exit_130={double_forced} private_copies_left={leftovers}",
+        "soak exits {} double_sigterm_sent={double_sent} double_sigterm_exit_130={double_forced} \
+         sighup_survived_10s={hup_survived} private_copies_left={leftovers}",
         codes
             .iter()
             .map(|(k, v)| format!("code_{k}={v}"))
@@ -1243,6 +1290,14 @@ mod tests {
             ("C3", "report", "report shared.a = 16"),
         ]);
         assert_eq!(lost_increments(&h).0, 0);
+    }
+
+    #[test]
+    fn journal_timestamps_are_read_as_epoch_milliseconds() {
+        assert_eq!(ts_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(ts_ms("2026-11-26T14:33:36.499Z"), Some(1_795_703_616_499));
+        assert_eq!(ts_ms("2000-03-01T00:00:01.002Z"), Some(951_868_801_002));
+        assert_eq!(ts_ms("garbage"), None);
     }
 
     #[test]
