@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build demo test bench bench-smoke lint fmt doc ci clean
+.PHONY: all build demo test bench bench-smoke soak lint fmt doc ci clean
 
 all: build
 
@@ -31,6 +31,13 @@ bench-smoke:
 	$(CARGO) build --release --workspace
 	bench/peer/install.sh
 	./target/release/otools-bench --smoke
+
+## soak: release build, then the chaos mix for SOAK_SECS seconds (default 600;
+## SOAK_SEED replays a schedule); prints a report, fails if a goal is missed.
+## Not run by CI (see BENCHMARKS.md, "Soak")
+soak:
+	$(CARGO) build --release --workspace
+	./target/release/otools-soak
 
 ## lint: formatting and clippy with warnings as errors
 lint:
