@@ -295,6 +295,11 @@ impl Running {
         }
     }
 
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal (by name, e.g. `TERM`) to the host.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
