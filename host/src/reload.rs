@@ -757,9 +757,36 @@ fn swap(
         }
     }
     if kept > 0 {
-        return Some(Err(format!(
-            "{file}: {BUSY}: {kept} of {n} instance(s) were restarted or stopping during the swap and keep the old version"
-        )));
+        return Some(Err(kept_old_version(file, kept, n)));
     }
     Some(Ok(n))
+}
+
+/// The refusal when some units were restarted or stopping at the commit:
+/// only about timing, so the same content is tried again.
+fn kept_old_version(file: &str, kept: usize, n: usize) -> String {
+    format!(
+        "{file}: {BUSY}: {kept} of {n} instance(s) were restarted or stopping during the swap and keep the old version"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_swap_that_a_restart_interrupted_is_tried_again_not_refused_for_good() {
+        let refusal = Refusal::from(kept_old_version("/x/libp.so", 1, 2));
+        assert_eq!(refusal.retry, Retry::Later, "{}", refusal.reason);
+    }
+
+    #[test]
+    fn a_unit_not_serving_at_the_pause_is_tried_again() {
+        let refusal = Refusal::from(format!(
+            "f: export `E` (`s` in context `C`): {BUSY}: it is not serving"
+        ));
+        assert_eq!(refusal.retry, Retry::Later);
+        let refusal = Refusal::from(String::from("f: setup failed: no"));
+        assert_eq!(refusal.retry, Retry::Never);
+    }
 }
