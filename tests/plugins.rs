@@ -73,3 +73,86 @@ fn a_manifest_using_a_file_that_is_not_a_plugin_fails_with_its_line() {
         out.stderr
     );
 }
+
+#[test]
+fn a_crate_built_without_cdylib_is_told_to_add_cdylib_to_its_crate_type() {
+    // otools-api is a library crate without `crate-type = ["cdylib"]`:
+    // `cargo build` leaves target/<profile>/libotools_api.rlib and no .so.
+    let dir = TestDir::new("rlib_only");
+    let m = dir.manifest(
+        "m.toml",
+        "[[context]]\nname = \"C\"\n[[context.service]]\nname = \"x\"\nplugin = \"otools_api\"\nexport = \"X\"\n",
+    );
+    let out = run(&["check", m.to_str().unwrap()]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("libotools_api.rlib")
+            && out.stderr.contains("crate-type = [\"cdylib\"]"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("build it with"), "{}", out.stderr);
+}
+
+/// What is left in a temporary folder: (name, is a folder, mode bits).
+fn listing(tmp: &std::path::Path) -> Vec<(String, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                meta.is_dir(),
+                meta.permissions().mode() & 0o777,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_private_copy_folder_is_unpredictable_owner_only_and_removed_on_every_exit() {
+    let dir = TestDir::new("private_dir");
+    let tmp = dir.path.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let env = [("TMPDIR", tmp.to_str().unwrap())];
+    let m = dir.manifest(
+        "m.toml",
+        "[[context]]\nname = \"C\"\nperiod = \"10ms\"\n[[context.service]]\nname = \"h\"\nplugin = \"hello\"\nexport = \"Greeter\"\n",
+    );
+    let mut host = crate::util::Running::start_env(&m, &[], &env);
+    host.wait_for("all contexts ready");
+    let pid = host.pid();
+    let seen = listing(&tmp);
+    assert_eq!(seen.len(), 1, "one private folder while running: {seen:?}");
+    let (name, is_dir, mode) = &seen[0];
+    assert!(*is_dir && name.starts_with("otools-"), "{seen:?}");
+    assert_ne!(*name, format!("otools-{pid}"), "not named by the pid");
+    assert_eq!(*mode, 0o700, "{name}: only its owner may enter it");
+    assert!(
+        std::fs::read_dir(tmp.join(name)).unwrap().next().is_none(),
+        "each copy is removed once loaded"
+    );
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(listing(&tmp), vec![], "removed at a normal exit");
+    // A refused manifest (exit 2) after a library was loaded, and `check`.
+    let bad = dir.manifest(
+        "bad.toml",
+        "[[context]]\nname = \"C\"\n[[context.service]]\nname = \"h\"\nplugin = \"hello\"\nexport = \"NoSuchExport\"\n",
+    );
+    for args in [
+        ["run", bad.to_str().unwrap()],
+        ["check", m.to_str().unwrap()],
+    ] {
+        let out = crate::util::wait(crate::util::spawn_env(&args, &env));
+        assert!(
+            out.code() == 2 || out.code() == 0,
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert_eq!(listing(&tmp), vec![], "{args:?}: nothing left");
+    }
+}

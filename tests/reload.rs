@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -409,4 +410,137 @@ fn reaching_max_loaded_libraries_stops_the_host_with_exit_code_76() {
             && e["service"] == "counter"
             && e["generation"] == 2)
     );
+}
+
+/// Rewrites `dest` in place (same inode, truncated first) in `chunks`
+/// flushed writes, `gap` apart: a slow writer, such as a copy over a
+/// network or a build writing its output, that a reload must wait out.
+fn rewrite_in_place_slowly(dest: &Path, bytes: &[u8], chunks: usize, gap: Duration) {
+    use std::io::Write;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(dest)
+        .unwrap();
+    for chunk in bytes.chunks(bytes.len() / chunks + 1) {
+        // The pause is the scenario (a writer that is slow), not a wait for the host.
+        std::thread::sleep(gap);
+        out.write_all(chunk).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn a_plugin_file_rewritten_in_place_slowly_is_loaded_once_complete_and_only_then() {
+    let dir = TestDir::new("reload_in_place");
+    let (m, watched) = manifest(&dir, "");
+    // The write takes longer than the debounce, with gaps much shorter than it.
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("reload_debounce = \"50ms\"", "reload_debounce = \"1s\"");
+    std::fs::write(&m, text).unwrap();
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    let v2 = std::fs::read(variant("2")).unwrap();
+    rewrite_in_place_slowly(&watched, &v2, 24, Duration::from_millis(100));
+    let j = wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    host.wait_for("version 2 imported");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "the host survived: {}", out.stderr);
+    let attempts: Vec<&Value> = j
+        .iter()
+        .filter(|e| e["event"] == "reload_attempted")
+        .collect();
+    let ok: Vec<&Value> = j.iter().filter(|e| e["event"] == "reload_ok").collect();
+    assert!(
+        !j.iter().any(|e| e["event"] == "reload_rejected"),
+        "a partly written file was never tried: {j:#?}"
+    );
+    assert_eq!(attempts.len(), 1, "one attempt, at the end: {j:#?}");
+    assert_eq!(ok.len(), 1, "{j:#?}");
+    assert_eq!(attempts[0]["hash"], ok[0]["hash"], "{j:#?}");
+}
+
+#[test]
+fn a_symlink_swapped_to_a_new_target_reloads_and_so_does_a_new_content_of_its_target() {
+    let dir = TestDir::new("reload_symlink");
+    let (m, watched) = manifest(&dir, "");
+    // `current.so` is a symlink, swapped the way deployment tools do it
+    // (a new link renamed over the old one, as `ln -sfn` or `mv -T`).
+    let v1_dir = dir.path.join("v1");
+    let v2_dir = dir.path.join("v2");
+    std::fs::create_dir_all(&v1_dir).unwrap();
+    std::fs::create_dir_all(&v2_dir).unwrap();
+    std::fs::rename(&watched, v1_dir.join("libcounting.so")).unwrap();
+    std::fs::copy(variant("2"), v2_dir.join("libcounting.so")).unwrap();
+    let link = dir.path.join("current.so");
+    std::os::unix::fs::symlink(v1_dir.join("libcounting.so"), &link).unwrap();
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace(watched.to_str().unwrap(), link.to_str().unwrap());
+    std::fs::write(&m, text).unwrap();
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    let tmp = dir.path.join("current.so.new");
+    std::os::unix::fs::symlink(v2_dir.join("libcounting.so"), &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    host.wait_for("version 2 imported");
+    // The link now leads into v2/: a new content there reloads too.
+    swap_in(
+        &v2_dir.join("libcounting.so"),
+        &std::fs::read(variant("1")).unwrap(),
+    );
+    let j = wait_for_events(&events, 2, |e| e["event"] == "reload_ok");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let started: Vec<&Value> = crate::util::events_of(&j, "started", "counter");
+    assert_eq!(started.len(), 3, "generations 1, 2 and 3: {j:#?}");
+    assert!(
+        out.stderr.contains("now leads to"),
+        "the new target is logged: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_fixed_file_revives_a_service_that_gave_up_with_its_restart_history_cleared() {
+    let dir = TestDir::new("reload_revive");
+    let (m, watched) = manifest(&dir, "max_restarts = 1\nrestart_delay = \"1ms\"");
+    std::fs::copy(variant("setup_error"), &watched).unwrap();
+    // A service that keeps the context running after `counter` gave up.
+    let mut text = std::fs::read_to_string(&m).unwrap();
+    text.push_str(
+        "[[context.service]]\nname = \"keep\"\nplugin = \"hello\"\nexport = \"Greeter\"\n",
+    );
+    std::fs::write(&m, text).unwrap();
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    wait_for_events(&events, 1, |e| {
+        e["event"] == "gave_up" && e["service"] == "counter"
+    });
+    swap_in(&watched, &std::fs::read(variant("1")).unwrap());
+    let j = wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    host.wait_for("version 1 set up");
+    host.signal("TERM");
+    let out = host.finish();
+    let ok = pos(&j, |e| e["event"] == "reload_ok");
+    let revived = pos(&j, |e| e["event"] == "revived" && e["service"] == "counter");
+    assert!(revived < ok, "{j:#?}");
+    assert_eq!(j[ok]["revived"], 1, "{j:#?}");
+    let j = journal(&events);
+    let gave_up = &crate::util::events_of(&j, "gave_up", "counter")[0];
+    let started = crate::util::events_of(&j, "started", "counter");
+    assert_eq!(started.len(), 1, "{j:#?}");
+    assert_eq!(
+        started[0]["generation"].as_u64(),
+        gave_up["generation"].as_u64().map(|g| g + 1),
+        "the revived generation follows the one that gave up: {j:#?}"
+    );
+    // Revived and serving, it no longer counts as failed: a clean exit.
+    assert_eq!(out.code(), 0, "{}", out.stderr);
 }

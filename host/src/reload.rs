@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use notify_debouncer_mini::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use parking_lot::Mutex;
 
 use crate::instance::InstanceHost;
@@ -71,7 +71,42 @@ struct FileState {
     current: u64,
     rejected: Option<u64>,
     attempts: VecDeque<Instant>,
+    /// Postponed by the rate limit, or refused for timing only: look again.
     pending: bool,
+    /// Changed recently: look again once it has been quiet for the debounce.
+    settling: bool,
+    /// The file as last seen, and since when it looks like that.
+    seen: Option<(loader::Fingerprint, Instant)>,
+    /// Where the path leads (symlinks resolved), watched as well.
+    target: PathBuf,
+}
+
+/// Why a reload did not happen, and whether the same content is tried again.
+struct Refusal {
+    reason: String,
+    retry: Retry,
+}
+
+/// When refused content is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Never: only a different content is tried.
+    Never,
+    /// A unit was restarting or stopping: again a little later.
+    Later,
+    /// The file changed while it was read: again once it is quiet.
+    WhenQuiet,
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Refusal {
+        let retry = if reason.contains(BUSY) {
+            Retry::Later
+        } else {
+            Retry::Never
+        };
+        Refusal { reason, retry }
+    }
 }
 
 struct Accounting {
@@ -96,11 +131,14 @@ pub fn start(
     let mut files: HashMap<PathBuf, FileState> = HashMap::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
     for lib in &libraries {
-        let path = absolute(&lib.path);
-        if let Some(dir) = path.parent()
-            && !dirs.iter().any(|d| d == dir)
-        {
-            dirs.push(dir.to_path_buf());
+        // The path as the manifest names it (a symlink stays a symlink),
+        // and where it leads now: both folders are watched.
+        let path = lexical(&lib.path);
+        let target = canonical(&path);
+        for dir in [path.parent(), target.parent()].into_iter().flatten() {
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
         }
         files.insert(
             path,
@@ -109,6 +147,9 @@ pub fn start(
                 rejected: None,
                 attempts: VecDeque::new(),
                 pending: false,
+                settling: false,
+                seen: None,
+                target,
             },
         );
     }
@@ -118,23 +159,35 @@ pub fn start(
         bytes: libraries.iter().map(|l| l.size).sum(),
         warned: false,
     };
+    // The watches are in place when this returns: a change from then on is
+    // seen. A change between loading and now is caught by looking at every
+    // file once, first thing on the thread.
+    // The raw events only say "look at this file"; whether it is quiet is
+    // decided here (see `Watcher::quiet`), so a flood of events in a busy
+    // folder (a build tree) cannot hold a reload back. Opening or reading a
+    // file (the host's own copies too) is no change.
+    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+    let watcher = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
+        if !matches!(&r, Ok(e) if matches!(e.kind, EventKind::Access(_))) {
+            let _ = tx.send(r);
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("hot reload is off: cannot watch plugin files: {e}");
+            return;
+        }
+    };
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!("hot reload: cannot watch {}: {e}", dir.display());
+        }
+    }
+    tracing::debug!("watching {} plugin file(s) for changes", files.len());
     let spawned = std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
-            let (tx, rx) = mpsc::channel::<DebounceEventResult>();
-            let mut debouncer = match new_debouncer(settings.debounce, tx) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!("hot reload is off: cannot watch plugin files: {e}");
-                    return;
-                }
-            };
-            for dir in &dirs {
-                if let Err(e) = debouncer.watcher().watch(dir, RecursiveMode::NonRecursive) {
-                    tracing::warn!("hot reload: cannot watch {}: {e}", dir.display());
-                }
-            }
-            tracing::debug!("watching {} plugin file(s) for changes", files.len());
             let mut w = Watcher {
                 cores,
                 files,
@@ -142,38 +195,57 @@ pub fn start(
                 accounting,
                 on_ceiling: Box::new(on_ceiling),
                 ceiling_hit: false,
+                watcher,
+                dirs,
             };
+            let all: Vec<PathBuf> = w.files.keys().cloned().collect();
+            for path in all {
+                w.consider(&path);
+            }
+            let mut pending_due = Instant::now();
             loop {
-                let wait = if w.files.values().any(|f| f.pending) {
-                    (w.settings.window / 10).max(Duration::from_millis(10))
-                } else {
-                    Duration::from_secs(3600)
-                };
-                match rx.recv_timeout(wait) {
-                    Ok(Ok(events)) => {
-                        let mut changed: Vec<PathBuf> =
-                            events.into_iter().map(|e| absolute(&e.path)).collect();
-                        changed.sort();
-                        changed.dedup();
-                        for path in changed {
-                            if w.files.contains_key(&path) {
-                                w.consider(&path);
+                let mut batch = Vec::new();
+                match rx.recv_timeout(w.next_look()) {
+                    Ok(r) => batch.push(r),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                while batch.len() < 10_000
+                    && let Ok(r) = rx.try_recv()
+                {
+                    batch.push(r);
+                }
+                let mut due: Vec<PathBuf> = Vec::new();
+                for r in batch {
+                    match r {
+                        Ok(event) => {
+                            for p in event.paths {
+                                let p = lexical(&p);
+                                for (key, f) in &w.files {
+                                    if (*key == p || f.target == p) && !due.contains(key) {
+                                        due.push(key.clone());
+                                    }
+                                }
                             }
                         }
+                        Err(e) => tracing::warn!("hot reload: watch error: {e}"),
                     }
-                    Ok(Err(e)) => tracing::warn!("hot reload: watch error: {e}"),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let pending: Vec<PathBuf> = w
-                            .files
-                            .iter()
-                            .filter(|(_, f)| f.pending)
-                            .map(|(p, _)| p.clone())
-                            .collect();
-                        for path in pending {
-                            w.consider(&path);
-                        }
+                }
+                // Files waiting to be quiet are looked at on every round (a
+                // stat); postponed ones every window / 10.
+                let now = Instant::now();
+                let look_pending = now >= pending_due;
+                if look_pending {
+                    pending_due = now + w.pending_period();
+                }
+                for (key, f) in &w.files {
+                    if (f.settling || (f.pending && look_pending)) && !due.contains(key) {
+                        due.push(key.clone());
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                due.sort();
+                for path in due {
+                    w.consider(&path);
                 }
             }
         });
@@ -183,8 +255,14 @@ pub fn start(
     }
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+/// The absolute path, symlinks kept (the name the manifest uses).
+fn lexical(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Where a path leads now, symlinks resolved.
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| lexical(p))
 }
 
 struct Watcher {
@@ -194,6 +272,9 @@ struct Watcher {
     accounting: Accounting,
     on_ceiling: Box<dyn Fn(Ceiling) + Send>,
     ceiling_hit: bool,
+    watcher: RecommendedWatcher,
+    /// The folders watched so far.
+    dirs: Vec<PathBuf>,
 }
 
 fn hex(h: u64) -> String {
@@ -201,15 +282,96 @@ fn hex(h: u64) -> String {
 }
 
 impl Watcher {
-    /// Looks at a changed file: reload once per distinct content.
-    fn consider(&mut self, path: &Path) {
-        let Ok(hash) = loader::file_hash(path) else {
+    /// How long to wait for events before looking at files again.
+    fn next_look(&self) -> Duration {
+        let mut wait = Duration::from_secs(3600);
+        if self.files.values().any(|f| f.settling) {
+            wait = wait.min((self.settings.debounce / 4).max(Duration::from_millis(5)));
+        }
+        if self.files.values().any(|f| f.pending) {
+            wait = wait.min(self.pending_period());
+        }
+        wait
+    }
+
+    /// How often a postponed file is looked at again.
+    fn pending_period(&self) -> Duration {
+        (self.settings.window / 10).max(Duration::from_millis(10))
+    }
+
+    /// Has the file been quiet (same size, times and inode) for the
+    /// debounce? The first event of a write arrives while it is still
+    /// going on: such a file is looked at again until it has been left
+    /// alone for the debounce.
+    fn quiet(&mut self, path: &Path) -> Option<loader::Fingerprint> {
+        let debounce = self.settings.debounce;
+        let state = self.files.get_mut(path)?;
+        let Ok(now_seen) = loader::Fingerprint::of(path) else {
             // Removed (mid-build, or a rename in progress): the next event will tell.
-            return;
+            state.seen = None;
+            state.settling = false;
+            return None;
         };
+        let now = Instant::now();
+        let by_ctime = now_seen.unchanged_for().is_some_and(|d| d >= debounce);
+        let quiet = match state.seen {
+            Some((before, since)) if before == now_seen => {
+                by_ctime || now.duration_since(since) >= debounce
+            }
+            _ => {
+                state.seen = Some((now_seen, now));
+                by_ctime
+            }
+        };
+        state.settling = !quiet;
+        quiet.then_some(now_seen)
+    }
+
+    /// Follows a path that is (or became) a symlink: the folder of what it
+    /// leads to is watched too, so that a change of the target is seen.
+    fn follow(&mut self, path: &Path) {
+        let target = canonical(path);
         let Some(state) = self.files.get_mut(path) else {
             return;
         };
+        if state.target == target {
+            return;
+        }
+        tracing::info!(
+            "{} now leads to {}: watching that file",
+            path.display(),
+            target.display()
+        );
+        state.target.clone_from(&target);
+        if let Some(dir) = target.parent()
+            && !self.dirs.iter().any(|d| d == dir)
+        {
+            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!("hot reload: cannot watch {}: {e}", dir.display());
+            }
+            self.dirs.push(dir.to_path_buf());
+        }
+    }
+
+    /// Looks at a changed file: reload once per distinct content.
+    fn consider(&mut self, path: &Path) {
+        let Some(quiet) = self.quiet(path) else {
+            return;
+        };
+        self.follow(path);
+        let hash = loader::file_hash(path);
+        let Some(state) = self.files.get_mut(path) else {
+            return;
+        };
+        let Ok(hash) = hash else {
+            return;
+        };
+        if loader::Fingerprint::of(path).ok() != Some(quiet) {
+            // It changed while it was hashed: wait for it to be quiet again.
+            state.seen = None;
+            state.settling = true;
+            return;
+        }
         if hash == state.current || Some(hash) == state.rejected {
             state.pending = false;
             return;
@@ -254,10 +416,11 @@ impl Watcher {
             ],
         );
         match self.reload(path) {
-            Ok((lib, swapped)) => {
-                let state = self.files.get_mut(path).expect("known file");
-                state.current = lib.hash;
-                state.rejected = None;
+            Ok((lib, swapped, revived)) => {
+                if let Some(state) = self.files.get_mut(path) {
+                    state.current = lib.hash;
+                    state.rejected = None;
+                }
                 journal::record(
                     "reload_ok",
                     "",
@@ -267,26 +430,31 @@ impl Watcher {
                         ("file", path.display().to_string().into()),
                         ("hash", hex(lib.hash).into()),
                         ("instances", swapped.into()),
+                        ("revived", revived.into()),
                         ("loaded_versions", self.accounting.versions.into()),
                         ("loaded_bytes", self.accounting.bytes.into()),
                     ],
                 );
                 tracing::info!(
-                    "reloaded {} ({} instance(s) replaced; {} library versions loaded, {} KiB, never unloaded)",
+                    "reloaded {} ({} instance(s) replaced, {} revived; {} library versions loaded, {} KiB, never unloaded)",
                     path.display(),
                     swapped,
+                    revived,
                     self.accounting.versions,
                     self.accounting.bytes / 1024
                 );
                 self.check_budget();
             }
-            Err(reason) => {
+            Err(Refusal { reason, retry }) => {
                 if let Some(state) = self.files.get_mut(path) {
-                    if reason.contains(BUSY) {
-                        // A unit was restarting: try the same content again later.
-                        state.pending = true;
-                    } else {
-                        state.rejected = Some(hash);
+                    // Only about timing: try the same content again.
+                    match retry {
+                        Retry::Never => state.rejected = Some(hash),
+                        Retry::Later => state.pending = true,
+                        Retry::WhenQuiet => {
+                            state.seen = None;
+                            state.settling = true;
+                        }
                     }
                 }
                 journal::record(
@@ -351,10 +519,17 @@ impl Watcher {
 
     /// One reload of `path`, on a thread of its own so the watchdog can
     /// abandon a hung `setup`, `export_state` or `import_state`.
-    fn reload(&mut self, path: &Path) -> Result<(Arc<Library>, usize), String> {
-        let lib = loader::load(path, self.settings.verbose)
-            .map(Arc::new)
-            .map_err(|e| e.to_string())?;
+    fn reload(&mut self, path: &Path) -> Result<(Arc<Library>, usize, usize), Refusal> {
+        let lib = match loader::load(path, self.settings.verbose) {
+            Ok(lib) => Arc::new(lib),
+            Err(e @ loader::LoadError::Changing { .. }) => {
+                return Err(Refusal {
+                    reason: e.to_string(),
+                    retry: Retry::WhenQuiet,
+                });
+            }
+            Err(e) => return Err(e.to_string().into()),
+        };
         let targets: Vec<(Arc<Core>, usize)> = self
             .cores
             .iter()
@@ -372,14 +547,21 @@ impl Watcher {
                     "{}: the new version has no export `{export}` (used by `{name}` in context `{}`)",
                     path.display(),
                     core.shared.name
-                ));
+                )
+                .into());
             }
         }
-        // Units that ended for good just take the new library for any later start.
+        // Units that are over have nothing to swap: one that failed for good
+        // (it gave up) is revived with the new version once the others are
+        // swapped; one that ended normally takes it for any later start.
+        let mut failed: Vec<(Arc<Core>, usize)> = Vec::new();
         let targets: Vec<(Arc<Core>, usize)> = targets
             .into_iter()
             .filter(|(core, u)| {
-                if core.is_over(*u) {
+                if core.has_failed(*u) {
+                    failed.push((Arc::clone(core), *u));
+                    false
+                } else if core.is_over(*u) {
                     core.adopt_library(*u, &lib);
                     false
                 } else {
@@ -387,6 +569,17 @@ impl Watcher {
                 }
             })
             .collect();
+        let file = path.display().to_string();
+        let revive = |swapped: usize| {
+            let revived = failed
+                .iter()
+                .filter(|(core, u)| core.revive(*u, &lib, &file))
+                .count();
+            (Arc::clone(&lib), swapped, revived)
+        };
+        if targets.is_empty() {
+            return Ok(revive(0));
+        }
         let (tx, rx) = mpsc::channel::<Result<usize, String>>();
         let job = Arc::new(Job {
             current: Mutex::new(path.display().to_string()),
@@ -394,7 +587,7 @@ impl Watcher {
             paused: Mutex::new(Vec::new()),
         });
         let job_lib = Arc::clone(&lib);
-        let file = path.display().to_string();
+        let job_file = file.clone();
         let spawned = std::thread::Builder::new()
             .name("reload-job".into())
             .spawn(move || {
@@ -405,7 +598,11 @@ impl Watcher {
                     for (_, host) in hang_job.hosts.lock().iter() {
                         host.fence();
                     }
-                    for (core, p) in hang_job.paused.lock().drain(..) {
+                    // Taken out first: resuming or exiting a paused instance can
+                    // drop it, and a plugin's `Drop` never runs under a host lock.
+                    let paused: Vec<(Arc<Core>, Paused)> =
+                        hang_job.paused.lock().drain(..).collect();
+                    for (core, p) in paused {
                         if p.unit() == h.unit && p.generation() == h.generation {
                             // The old instance itself hung while exporting its state.
                             core.hung_while_paused(p, h);
@@ -420,19 +617,19 @@ impl Watcher {
                         humantime::format_duration(h.limit)
                     )));
                 });
-                let result = swap(&targets, &job_lib, &slot, &job, &file);
+                let result = swap(&targets, &job_lib, &slot, &job, &job_file);
                 if let Some(r) = result {
                     let _ = tx.send(r);
                 }
             });
         if let Err(e) = spawned {
             crate::threads::spawn_failed("a reload job", &e);
-            return Err(format!("cannot start the reload: {e}"));
+            return Err(format!("cannot start the reload: {e}").into());
         }
         match rx.recv() {
-            Ok(Ok(n)) => Ok((lib, n)),
-            Ok(Err(reason)) => Err(reason),
-            Err(_) => Err(String::from("the reload stopped without a result")),
+            Ok(Ok(n)) => Ok(revive(n)),
+            Ok(Err(reason)) => Err(reason.into()),
+            Err(_) => Err(String::from("the reload stopped without a result").into()),
         }
     }
 }
@@ -460,7 +657,8 @@ impl Job {
                 return None;
             }
         }
-        for (core, p) in self.paused.lock().drain(..) {
+        let paused: Vec<(Arc<Core>, Paused)> = self.paused.lock().drain(..).collect();
+        for (core, p) in paused {
             core.resume(p);
         }
         Some(Err(reason))
@@ -560,9 +758,36 @@ fn swap(
         }
     }
     if kept > 0 {
-        return Some(Err(format!(
-            "{file}: {kept} of {n} instance(s) were restarted or stopping during the swap and keep the old version"
-        )));
+        return Some(Err(kept_old_version(file, kept, n)));
     }
     Some(Ok(n))
+}
+
+/// The refusal when some units were restarted or stopping at the commit:
+/// only about timing, so the same content is tried again.
+fn kept_old_version(file: &str, kept: usize, n: usize) -> String {
+    format!(
+        "{file}: {BUSY}: {kept} of {n} instance(s) were restarted or stopping during the swap and keep the old version"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_swap_that_a_restart_interrupted_is_tried_again_not_refused_for_good() {
+        let refusal = Refusal::from(kept_old_version("/x/libp.so", 1, 2));
+        assert_eq!(refusal.retry, Retry::Later, "{}", refusal.reason);
+    }
+
+    #[test]
+    fn a_unit_not_serving_at_the_pause_is_tried_again() {
+        let refusal = Refusal::from(format!(
+            "f: export `E` (`s` in context `C`): {BUSY}: it is not serving"
+        ));
+        assert_eq!(refusal.retry, Retry::Later);
+        let refusal = Refusal::from(String::from("f: setup failed: no"));
+        assert_eq!(refusal.retry, Retry::Never);
+    }
 }

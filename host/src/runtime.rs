@@ -1207,13 +1207,16 @@ impl Paused {
 }
 
 impl Core {
-    /// The units whose library was loaded from the file at `path` (compared canonically).
+    /// The units whose library was loaded from the file at `path`. Paths
+    /// are compared as absolute paths with symlinks kept: a symlink swapped
+    /// to a new target is still the path the units were loaded from (units
+    /// sharing a file share its `Library`, so they name it the same way).
     pub fn units_of_file(&self, path: &std::path::Path) -> Vec<usize> {
-        let canonical =
-            |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let target = canonical(path);
+        let absolute =
+            |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let target = absolute(path);
         (0..self.units.len())
-            .filter(|u| canonical(&self.units[*u].library.load().path) == target)
+            .filter(|u| absolute(&self.units[*u].library.load().path) == target)
             .collect()
     }
 
@@ -1514,6 +1517,57 @@ impl Core {
     /// Points an ended unit at a new library.
     pub fn adopt_library(&self, u: usize, lib: &Arc<Library>) {
         self.units[u].library.store(Arc::clone(lib));
+    }
+
+    /// Did unit `u` fail for good (it gave up, or failed with no restart)?
+    pub fn has_failed(&self, u: usize) -> bool {
+        self.units[u].state() == State::Failed
+    }
+
+    /// Revives unit `u`, which failed for good, with `lib` (a hot reload of
+    /// its file): its restart history is cleared and a new generation
+    /// starts, journaled as `revived`. False (the unit just takes the
+    /// library for any later start) when its context is stopping or over.
+    pub fn revive(self: &Arc<Self>, u: usize, lib: &Arc<Library>, file: &str) -> bool {
+        let unit = &self.units[u];
+        unit.library.store(Arc::clone(lib));
+        let generation = {
+            let mut c = unit.control.lock();
+            if self.shared.stopping()
+                || self.ended.load(Ordering::SeqCst)
+                || unit
+                    .state
+                    .compare_exchange(
+                        State::Failed as u8,
+                        State::Down as u8,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+            {
+                drop(c);
+                tracing::warn!(
+                    context = %self.shared.name,
+                    service = %unit.name,
+                    "not revived by the reload of {file}: its context is stopping or has ended"
+                );
+                return false;
+            }
+            c.tracker = Tracker::default();
+            c.generation
+        };
+        // It no longer counts as failed (the exit code); others still may.
+        let others = self.units.iter().any(|x| x.state() == State::Failed);
+        self.failed.store(others, Ordering::SeqCst);
+        self.journal("revived", u, generation, &[("file", file.into())]);
+        tracing::info!(
+            context = %self.shared.name,
+            service = %unit.name,
+            "revived by the reload of {file} (its restart history cleared)"
+        );
+        self.spawn_worker(vec![Op::Start(u)], 0, true);
+        self.shared.wake.notify();
+        true
     }
 }
 

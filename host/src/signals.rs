@@ -123,6 +123,8 @@ fn delivered(sig: i32) {
     } else {
         eprintln!("{msg}");
     }
+    // `exit` runs no destructor: remove the private library copies first.
+    crate::plugin::loader::remove_private_dir();
     std::process::exit(i32::from(exit::FORCED));
 }
 

@@ -76,6 +76,25 @@ pub enum LoadError {
         /// Where we looked.
         path: PathBuf,
     },
+    /// No `.so` at the path, but cargo's `.rlib` of the same crate is there.
+    #[error(
+        "plugin library not found: {path}; {rlib} is there, so the crate builds only an rlib: \
+         add `crate-type = [\"cdylib\"]` to the `[lib]` section of its Cargo.toml and build it again"
+    )]
+    NotACdylib {
+        /// Where we looked.
+        path: PathBuf,
+        /// The rlib found next to it.
+        rlib: PathBuf,
+    },
+    /// The file changed while it was being copied (a write in progress): try again once it is quiet.
+    #[error(
+        "{path} changed while it was being read (a write in progress?): try again once it is complete"
+    )]
+    Changing {
+        /// The file.
+        path: PathBuf,
+    },
     /// The dynamic loader refused the file (not a shared library, truncated, ...).
     #[error("cannot load {path} as a shared library: {reason}")]
     Open {
@@ -133,11 +152,99 @@ pub enum LoadError {
 /// Libraries are never loaded from their own path: the dynamic loader
 /// matches libraries by path (a second version at the same path would get
 /// the old code back) and a library overwritten in place while mapped
-/// crashes the process. Each version is copied to a private file named by
-/// its content hash, loaded from there, and the copy is removed at once
-/// (the mapping stays valid).
-fn shadow_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("otools-{}", std::process::id()))
+/// crashes the process. Each version is copied to a private file, checked
+/// and hashed there (the copy cannot change under us, the original can),
+/// loaded from there, and the copy is removed at once (the mapping stays
+/// valid).
+///
+/// The private folder is made once per process by `tempfile`: mode 0700,
+/// an unpredictable name (`otools-XXXXXX` in `$TMPDIR`). It lives until
+/// [`remove_private_dir`], which every exit path of the process must call.
+enum PrivateDir {
+    /// Not needed yet.
+    Unopened,
+    /// Made; removed by [`remove_private_dir`].
+    Open(tempfile::TempDir),
+    /// Removed: the process is exiting, nothing more is loaded.
+    Closed,
+}
+
+static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
+
+/// The private folder, made on first use.
+fn private_dir() -> std::io::Result<PathBuf> {
+    let mut dir = PRIVATE_DIR.lock();
+    match &*dir {
+        PrivateDir::Open(d) => Ok(d.path().to_path_buf()),
+        PrivateDir::Closed => Err(std::io::Error::other(
+            "the host is exiting (its private folder is removed)",
+        )),
+        PrivateDir::Unopened => {
+            use std::os::unix::fs::PermissionsExt;
+            let d = tempfile::Builder::new()
+                .prefix("otools-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()?;
+            let path = d.path().to_path_buf();
+            *dir = PrivateDir::Open(d);
+            Ok(path)
+        }
+    }
+}
+
+/// Removes the private folder of library copies with anything left in it
+/// (a copy interrupted by an exit); a later [`load`] fails. Idempotent and
+/// callable from any thread. Statics are never dropped and
+/// `std::process::exit` runs no destructor, so every way out of the
+/// process calls this first: the binary's `main` on return or unwind, and
+/// any explicit `exit` (the forced exit on a second signal).
+pub fn remove_private_dir() {
+    let previous = std::mem::replace(&mut *PRIVATE_DIR.lock(), PrivateDir::Closed);
+    if let PrivateDir::Open(d) = previous {
+        let path = d.path().to_path_buf();
+        // A copy still being written can make one pass fail (not empty).
+        if d.close().is_err() {
+            for _ in 0..3 {
+                if std::fs::remove_dir_all(&path).is_ok() || !path.exists() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Size, modification and change times and inode of a file: if none of
+/// them changed, neither did the file (its writers update them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of the file at `path` (symlinks followed).
+    pub fn of(path: &Path) -> std::io::Result<Fingerprint> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(Fingerprint {
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+        })
+    }
+
+    /// How long ago the file last changed, by its change time (which no
+    /// tool can set back, unlike the modification time); `None` if the
+    /// clock says it is in the future.
+    pub fn unchanged_for(&self) -> Option<std::time::Duration> {
+        let secs = u64::try_from(self.ctime.0).ok()?;
+        let nanos = u32::try_from(self.ctime.1).ok()?;
+        let changed = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        std::time::SystemTime::now().duration_since(changed).ok()
+    }
 }
 
 /// A hash of a library file's content (xxh3, 64 bits).
@@ -230,44 +337,73 @@ fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Where cargo leaves a crate's rlib when the `.so` the manifest expects
+/// is missing: `libfoo.rlib` next to `libfoo.so`. A crate without
+/// `crate-type = ["cdylib"]` builds only that.
+fn rlib_instead(path: &Path) -> Option<PathBuf> {
+    let rlib = path.with_extension("rlib");
+    (path.extension().is_some_and(|e| e == "so") && rlib.is_file()).then_some(rlib)
+}
+
 /// Loads and checks the library at `path`, from a private copy.
 pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     if !path.is_file() {
+        if let Some(rlib) = rlib_instead(path) {
+            return Err(LoadError::NotACdylib {
+                path: path.to_path_buf(),
+                rlib,
+            });
+        }
         return Err(LoadError::NotFound {
             path: path.to_path_buf(),
         });
     }
+    let copy_err = |what: &str, e: std::io::Error| LoadError::Other {
+        path: path.to_path_buf(),
+        detail: format!("cannot copy it to the host's private folder ({what}): {e}"),
+    };
+    let before = Fingerprint::of(path).map_err(|e| copy_err("stat", e))?;
+    let dir = private_dir().map_err(|e| copy_err("folder", e))?;
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned());
+    let mut copy = tempfile::Builder::new()
+        .prefix(&format!("{stem}-"))
+        .suffix(".so")
+        .tempfile_in(&dir)
+        .map_err(|e| copy_err("create", e))?;
+    // A kernel-side copy (copy_file_range where available): no user-space buffer.
+    let copied =
+        std::fs::File::open(path).and_then(|mut from| std::io::copy(&mut from, copy.as_file_mut()));
+    if let Err(e) = copied {
+        return Err(copy_err("copy", e));
+    }
+    if Fingerprint::of(path).ok() != Some(before) {
+        return Err(LoadError::Changing {
+            path: path.to_path_buf(),
+        });
+    }
+    // Everything below looks at the copy: what is checked and hashed is
+    // exactly what is loaded, whatever happens to the original meanwhile.
+    let shadow = copy.path().to_path_buf();
     let open_err = |e: std::io::Error| LoadError::Open {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
     // The headers are checked on a prefix big enough for them; the segment
     // bounds need the file size, not its content.
-    let size = std::fs::metadata(path).map_err(open_err)?.len();
-    let head = read_prefix(path, 64 * 1024).map_err(open_err)?;
+    let size = std::fs::metadata(&shadow).map_err(open_err)?.len();
+    let head = read_prefix(&shadow, 64 * 1024).map_err(open_err)?;
     if let Err(reason) = check_elf(&head, size) {
         return Err(LoadError::Open {
             path: path.to_path_buf(),
             reason,
         });
     }
-    let hash = file_hash(path).map_err(open_err)?;
-    let dir = shadow_dir();
-    let stem = path
-        .file_stem()
-        .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned());
-    let shadow = dir.join(format!("{stem}-{hash:016x}.so"));
-    // A kernel-side copy (copy_file_range where available): no user-space buffer.
-    let copied = std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(path, &shadow));
-    if let Err(e) = copied {
-        return Err(LoadError::Other {
-            path: path.to_path_buf(),
-            detail: format!("cannot copy it to {}: {e}", shadow.display()),
-        });
-    }
+    let hash = file_hash(&shadow).map_err(open_err)?;
     let loaded = load_from(path, &shadow, verbose);
-    let _ = std::fs::remove_file(&shadow);
-    let _ = std::fs::remove_dir(&dir);
+    // Removed at once (the mapping stays valid).
+    drop(copy);
     let (root, exports) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
