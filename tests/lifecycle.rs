@@ -589,6 +589,7 @@ config = { hang_in = ["finalize"], hang_ms = 3000 }
         let mut host = Running::start(&m);
         host.wait_for("all contexts ready");
         let pid = host.pid();
+        let private = mapped_private_copies(pid).expect("the host maps its private copies");
         send(pid, rustix::process::Signal::TERM);
         // The second goes as soon as the kernel has delivered the first (the
         // kernel itself merges a signal sent while the same one is pending).
@@ -611,6 +612,12 @@ config = { hang_in = ["finalize"], hang_ms = 3000 }
             !out.messages_of("life").iter().any(|m| m == "finalize life"),
             "round {round}: the shutdown ran to its end: {}",
             out.stderr
+        );
+        // `exit` runs no destructor: the forced exit removes it itself.
+        assert!(
+            !private.exists(),
+            "round {round}: the forced exit left {}",
+            private.display()
         );
     }
 }
