@@ -383,3 +383,30 @@ impl RootModule for PluginRoot_Ref {
 /// The ABI version: this crate's package version, which abi_stable checks
 /// when the host loads a library (see [the crate docs](crate#the-abi-version)).
 pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the host compares is this crate's version: in the library
+    /// header (the root module's) and in every boundary type's layout.
+    #[test]
+    fn the_checked_versions_are_this_crates() {
+        assert_eq!(
+            <PluginRoot_Ref as RootModule>::VERSION_STRINGS
+                .version
+                .as_str(),
+            ABI_VERSION
+        );
+        for layout in [
+            <ExportInfo as StableAbi>::LAYOUT,
+            <CallError as StableAbi>::LAYOUT,
+            <Value as StableAbi>::LAYOUT,
+            <FfiServiceBox as StableAbi>::LAYOUT,
+        ] {
+            let (package, version) = layout.package_and_version();
+            assert_eq!(package.as_str(), "otools-abi", "{}", layout.name());
+            assert_eq!(version.version.as_str(), ABI_VERSION, "{}", layout.name());
+        }
+    }
+}
