@@ -96,7 +96,11 @@ pub(crate) fn build_variant(
 pub(crate) fn build_fixture(dir: &TestDir, name: &str, variant: &Variant<'_>) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let ws = dir.path.join(name);
-    let abi = ws.join("abi");
+    // Folders named after the fixture: cargo hashes a path package by its
+    // path relative to the workspace, and every fixture shares one target
+    // dir, so two fixtures' `otools-abi 0.3.0` in a folder of the same
+    // name would share (and race for) one artifact.
+    let abi = ws.join(format!("abi-{name}"));
     copy_dir(&root.join("abi/src"), &abi.join("src"));
     edit_file(&abi.join("src/lib.rs"), variant.edit_abi);
     // The package name must stay `otools-abi`: abi_stable compares it too.
@@ -109,14 +113,14 @@ pub(crate) fn build_fixture(dir: &TestDir, name: &str, variant: &Variant<'_>) ->
         ),
     )
     .unwrap();
-    let api = ws.join("api");
+    let api = ws.join(format!("api-{name}"));
     copy_dir(&root.join("plugin-api/src"), &api.join("src"));
     edit_file(&api.join("src/context.rs"), variant.edit_context);
     std::fs::write(
         api.join("Cargo.toml"),
         format!(
             "[package]\nname = \"otools-api\"\nversion = \"{}\"\nedition = \"2024\"\n\n[dependencies]\n\
-             otools-abi = {{ path = \"../abi\" }}\nabi_stable = \"0.11.3\"\n\
+             otools-abi = {{ path = \"../abi-{name}\" }}\nabi_stable = \"0.11.3\"\n\
              serde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n",
             variant.api_version
         ),
@@ -129,13 +133,15 @@ pub(crate) fn build_fixture(dir: &TestDir, name: &str, variant: &Variant<'_>) ->
         plugin.join("Cargo.toml"),
         format!(
             "[package]\nname = \"plugin-{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\nname = \"{name}\"\ncrate-type = [\"cdylib\"]\n\n\
-             [dependencies]\notools-api = {{ path = \"../api\" }}\n"
+             [dependencies]\notools-api = {{ path = \"../api-{name}\" }}\n"
         ),
     )
     .unwrap();
     std::fs::write(
         ws.join("Cargo.toml"),
-        "[workspace]\nresolver = \"3\"\nmembers = [\"abi\", \"api\", \"plugin\"]\n",
+        format!(
+            "[workspace]\nresolver = \"3\"\nmembers = [\"abi-{name}\", \"api-{name}\", \"plugin\"]\n"
+        ),
     )
     .unwrap();
     // Same dependency versions as the host, and no network needed.
