@@ -100,7 +100,8 @@
 //! refused with a message saying which side to rebuild. The version of
 //! this crate is not checked: a plugin built against an older or newer
 //! `otools-api` loads as long as both use a compatible `otools-abi`. The
-//! rules for growing the ABI without breaking old plugins are in [`ffi`].
+//! rules for growing the ABI without breaking old plugins are in the crate
+//! docs of `otools-abi` (re-exported as [`ffi`]).
 //!
 //! # Glossary (abi_stable's words)
 //! - *interface*: `otools-abi` (with this crate over it), shared by both sides.
