@@ -10,7 +10,7 @@
 /// The shared kit: build once, write manifests, run the binary.
 mod util;
 
-/// Libraries built against an incompatible otools-api are refused clearly.
+/// Libraries built against an incompatible ABI are refused clearly; another otools-api on the same ABI loads.
 mod compat;
 /// Dataframe semantics through real plugins: atomic updates, lock timeouts, values.
 mod dataframes;

@@ -12,6 +12,11 @@ fn inspect_lists_the_interface_version_and_every_export() {
     );
     assert!(out.stdout.contains("otools-api: "), "{}", out.stdout);
     assert!(
+        out.stdout.contains("otools-abi: ") && out.stdout.contains(", compatible)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
         out.stdout.contains("services:   Increment, LoopIncrement"),
         "{}",
         out.stdout

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use otools_api::Value;
-use otools_api::ffi::ExportKind;
+use otools_abi::ExportKind;
+use otools_abi::Value;
 use otools_host::dataframe::Dataframe;
 use otools_host::instance::{ContextShared, InstanceHost, Wake};
 use otools_host::manifest::Mode;

@@ -37,8 +37,8 @@ type HashMap<K, V> = StdHashMap<K, V, rustc_hash::FxBuildHasher>;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use otools_api::ffi::LockMode;
-use otools_api::{HostError, Value};
+use otools_abi::LockMode;
+use otools_abi::{HostError, Value};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Bit of the lease word marking a write lease; the low bits are the owner.

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::time::Duration;
 
-use otools_api::ffi::ExportKind;
-use otools_api::{LogLevel, Value};
+use otools_abi::ExportKind;
+use otools_abi::{LogLevel, Value};
 use toml::Spanned;
 
 use crate::dataframe::Dataframe;

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
-use otools_api::ffi::{
+use otools_abi::{
     CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, NO_TIMEOUT,
 };
-use otools_api::{HostError, LogLevel, Value};
+use otools_abi::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
 
 use crate::dataframe::{Caller, Dataframe, Deadline, OwnerId};

@@ -13,7 +13,7 @@ use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 use std::time::SystemTime;
 
-use otools_api::LogLevel;
+use otools_abi::LogLevel;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;

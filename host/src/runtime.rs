@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RStr};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use otools_api::ffi::{
+use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportKind, FfiConditionBox, FfiServiceBox,
 };
 use parking_lot::{Condvar, Mutex};

@@ -12,8 +12,8 @@ use std::time::Duration;
 use abi_stable::std_types::{RResult, RStr};
 
 use crate::error::{Error, Result};
-use crate::ffi::{HostError, HostRef, LockMode, NO_TIMEOUT};
-use crate::value::Value;
+use otools_abi::Value;
+use otools_abi::{HostError, HostRef, LockMode, NO_TIMEOUT};
 
 /// What a service or condition may ask of the host during one call.
 pub struct Context<'a> {

@@ -10,7 +10,7 @@ use std::fmt;
 
 use abi_stable::std_types::RString;
 
-use crate::ffi::{CallError, CallErrorKind, HostError};
+use otools_abi::{CallError, CallErrorKind, HostError};
 
 /// The result type of every plugin entry point.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -28,12 +28,12 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::ffi::{
-    API_VERSION, CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition,
-    FfiCondition_TO, FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef,
-    PluginRoot, PluginRoot_Ref,
-};
+use crate::ffi::API_VERSION;
 use crate::service::{Condition, Service};
+use otools_abi::{
+    CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
+    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, PluginRoot, PluginRoot_Ref,
+};
 
 thread_local! {
     static IN_ENTRY_POINT: Cell<bool> = const { Cell::new(false) };

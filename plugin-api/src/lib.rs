@@ -88,34 +88,45 @@
 //!
 //! # Compatibility
 //!
+//! This crate is in two layers, as `tracing` sits on `tracing-core`: the
+//! types that cross the boundary and their version are in the small
+//! `otools-abi` crate (re-exported here as [`ffi`]); this crate adds the
+//! author's API on top ([`Context`], [`Service`], [`export_plugin!`] and
+//! helpers), in plain Rust.
+//!
 //! The host checks, when it loads a library, that it was built against a
-//! compatible `otools-api` (same `0.minor` version) and that every type
+//! compatible `otools-abi` (same `0.minor` version) and that every type
 //! crossing the boundary has the layout the host expects; a mismatch is
-//! refused with a message saying which side to rebuild. The rules for
-//! growing the interface without breaking old plugins are in [`ffi`].
+//! refused with a message saying which side to rebuild. The version of
+//! this crate is not checked: a plugin built against an older or newer
+//! `otools-api` loads as long as both use a compatible `otools-abi`. The
+//! rules for growing the ABI without breaking old plugins are in the crate
+//! docs of `otools-abi` (re-exported as [`ffi`]).
 //!
 //! # Glossary (abi_stable's words)
-//! - *interface*: this crate, shared by both sides.
+//! - *interface*: `otools-abi` (with this crate over it), shared by both sides.
 //! - *implementation*: a plugin library.
 //! - *user*: the `otools` host, which loads implementations.
-
-#![allow(
-    non_local_definitions,
-    reason = "emitted by abi_stable's derive and #[sabi_trait] expansions"
-)]
 
 mod context;
 mod error;
 mod export;
-pub mod ffi;
 mod service;
-mod value;
+
+/// The FFI types and the ABI version, from `otools-abi`; plugin authors
+/// never need them (kept under this name for code that used them here).
+pub mod ffi {
+    pub use otools_abi::*;
+
+    /// The `otools-api` version this crate is (and a plugin was built
+    /// against). Informational: the host checks [`ABI_VERSION`] instead.
+    pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+}
 
 pub use context::{Context, Dataframe, LockGuard};
 pub use error::{Error, Result};
-pub use ffi::{HostError, LogLevel};
+pub use otools_abi::{HostError, LogLevel, TypeMismatch, Value};
 pub use service::{Condition, NoConfig, Service};
-pub use value::{TypeMismatch, Value};
 
 #[doc(hidden)]
 pub mod __private {

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
-use otools_api::ffi::{API_VERSION, ExportKind};
+use otools_abi::{ABI_VERSION, ExportKind};
 
 use super::exit;
 use crate::plugin::loader;
@@ -34,7 +34,12 @@ impl InspectCommand {
                 );
                 let _ = writeln!(
                     std::io::stdout(),
-                    "otools-api: {} (host: {API_VERSION}, compatible)",
+                    "otools-abi: {} (host: {ABI_VERSION}, compatible)",
+                    lib.abi_version
+                );
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "otools-api: {} (not checked)",
                     lib.api_version
                 );
                 for (kind, label) in [

@@ -4,7 +4,7 @@
 //! before anything runs, with code 0.
 
 use clap::Args;
-use otools_api::LogLevel;
+use otools_abi::LogLevel;
 use tracing_subscriber::EnvFilter;
 
 use super::{LogArgs, ManifestArgs, exit, print_errors};

@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use otools_api::LogLevel;
+use otools_abi::LogLevel;
 
 use crate::supervision::policy::{GiveUp, Policy, Restart, Strategy};
 use serde::Deserialize;

@@ -1,8 +1,9 @@
 //! Opening one plugin library and checking it before any of its code runs.
 //!
 //! abi_stable does the work: it reads the library's header, compares the
-//! `otools-api` version the plugin was built against with ours, and checks
-//! the layout of every type that crosses the boundary. This module turns its
+//! ABI version the plugin was built against (`otools-abi`'s package version,
+//! which `otools-api` pins; `otools-api`'s own version is not checked) with
+//! ours, and checks the layout of every type that crosses the boundary. This module turns its
 //! errors into one short line that says what is wrong and which side to
 //! rebuild; abi_stable's full layout report (kilobytes) is kept for `-v`.
 //!
@@ -16,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
-use otools_api::ffi::{API_VERSION, ExportInfo, ExportKind, PluginRoot_Ref};
+use otools_abi::{ABI_VERSION, ExportInfo, ExportKind, PluginRoot_Ref};
+use otools_api::ffi::API_VERSION;
 
 /// A loaded, checked plugin library.
 pub struct Library {
@@ -33,8 +35,10 @@ pub struct Library {
     pub name: String,
     /// The plugin crate's version.
     pub version: String,
-    /// The `otools-api` version it was built against.
+    /// The `otools-api` version it was built against (not checked).
     pub api_version: String,
+    /// The ABI (`otools-abi`) version it was built against (checked).
+    pub abi_version: String,
     /// What it exports.
     pub exports: Vec<ExportInfo>,
 }
@@ -112,30 +116,34 @@ pub enum LoadError {
         /// The file.
         path: PathBuf,
     },
-    /// Built against an `otools-api` version this host cannot use.
+    /// Built against an ABI (`otools-abi`) version this host cannot use.
     #[error(
-        "{path} was built against otools-api {plugin_api}, but this host uses otools-api {host_api}: {advice}"
+        "{path} was built against otools-abi {plugin_abi}, but this host uses otools-abi {host_abi}: {advice}"
     )]
     IncompatibleVersion {
         /// The file.
         path: PathBuf,
-        /// The version in the plugin.
-        plugin_api: String,
+        /// The ABI version in the plugin.
+        plugin_abi: String,
         /// Ours.
-        host_api: String,
+        host_abi: String,
         /// Which side to rebuild.
         advice: String,
     },
-    /// Same version numbers, different type layouts.
+    /// Same ABI version numbers, different type layouts.
     #[error(
-        "{path} does not match this host's otools-api {host_api} (the layout of the types crossing the \
-         boundary differs): rebuild the plugin against otools-api {host_api}{detail}"
+        "{path} does not match this host's otools-api {host_api} on otools-abi {host_abi} (the layout of \
+         the types crossing the boundary differs): {advice}{detail}"
     )]
     Layout {
         /// The file.
         path: PathBuf,
-        /// Ours.
+        /// The `otools-api` this host ships with.
         host_api: String,
+        /// Our ABI version.
+        host_abi: String,
+        /// Which side to rebuild.
+        advice: String,
         /// The first lines of abi_stable's report, or all of it with -v.
         detail: String,
     },
@@ -404,7 +412,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     let loaded = load_from(path, &shadow, verbose);
     // Removed at once (the mapping stays valid).
     drop(copy);
-    let (root, exports) = loaded?;
+    let (root, exports, abi_version) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -413,6 +421,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         name: root.plugin_name().as_str().to_owned(),
         version: root.plugin_version().as_str().to_owned(),
         api_version: root.api_version().as_str().to_owned(),
+        abi_version,
         exports,
     })
 }
@@ -421,31 +430,42 @@ fn load_from(
     path: &Path,
     shadow: &Path,
     verbose: bool,
-) -> Result<(PluginRoot_Ref, Vec<ExportInfo>), LoadError> {
+) -> Result<(PluginRoot_Ref, Vec<ExportInfo>, String), LoadError> {
     let header = lib_header_from_path(shadow).map_err(|e| convert(path, e, None, verbose))?;
-    let plugin_api = VersionNumber::new(header.version_strings()).ok();
+    // The header's version is `otools-abi`'s: the root module type lives there.
+    let abi_version = header.version_strings().version.as_str().to_owned();
+    let plugin_abi = VersionNumber::new(header.version_strings()).ok();
     let root = header
         .init_root_module::<PluginRoot_Ref>()
-        .map_err(|e| convert(path, e, plugin_api, verbose))?;
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let exports = root.exports()().into_vec();
-    Ok((root, exports))
+    Ok((root, exports, abi_version))
 }
 
 fn newer(a: VersionNumber, b: VersionNumber) -> bool {
     (a.major, a.minor, a.patch) > (b.major, b.minor, b.patch)
 }
 
-fn host_api() -> Option<VersionNumber> {
+fn host_abi() -> Option<VersionNumber> {
     VersionNumber::new(VersionStrings {
-        version: API_VERSION.into(),
+        version: ABI_VERSION.into(),
     })
     .ok()
+}
+
+/// What to rebuild the plugin against: the `otools-api` shipped with this
+/// host, or any other on the same ABI.
+fn rebuild_advice() -> String {
+    let abi_minor = ABI_VERSION.rsplit_once('.').map_or(ABI_VERSION, |(m, _)| m);
+    format!(
+        "rebuild the plugin against otools-api {API_VERSION} (or any otools-api on otools-abi {abi_minor})"
+    )
 }
 
 fn convert(
     path: &Path,
     e: LibraryError,
-    plugin_api: Option<VersionNumber>,
+    plugin_abi: Option<VersionNumber>,
     verbose: bool,
 ) -> LoadError {
     let path = path.to_path_buf();
@@ -471,15 +491,16 @@ fn convert(
             );
             let advice = if newer {
                 format!(
-                    "the plugin is newer; upgrade the host, or rebuild the plugin against otools-api {API_VERSION}"
+                    "the plugin is newer; upgrade the host, or {}",
+                    rebuild_advice()
                 )
             } else {
-                format!("rebuild the plugin against otools-api {API_VERSION}")
+                rebuild_advice()
             };
             LoadError::IncompatibleVersion {
                 path,
-                plugin_api: actual_version.to_string(),
-                host_api: expected_version.to_string(),
+                plugin_abi: actual_version.to_string(),
+                host_abi: expected_version.to_string(),
                 advice,
             }
         }
@@ -493,20 +514,23 @@ fn convert(
                     summarize(&report)
                 )
             };
-            match (plugin_api, host_api()) {
+            match (plugin_abi, host_abi()) {
                 // abi_stable accepts a plugin of a newer 0.minor; its layout
                 // then differs because the host is the older side.
                 (Some(p), Some(h)) if newer(p, h) => LoadError::IncompatibleVersion {
                     path,
-                    plugin_api: p.to_string(),
-                    host_api: h.to_string(),
+                    plugin_abi: p.to_string(),
+                    host_abi: h.to_string(),
                     advice: format!(
-                        "the plugin is newer; upgrade the host, or rebuild the plugin against otools-api {API_VERSION}{detail}"
+                        "the plugin is newer; upgrade the host, or {}{detail}",
+                        rebuild_advice()
                     ),
                 },
                 _ => LoadError::Layout {
                     path,
                     host_api: API_VERSION.to_owned(),
+                    host_abi: ABI_VERSION.to_owned(),
+                    advice: rebuild_advice(),
                     detail,
                 },
             }

@@ -1,23 +1,40 @@
-//! Everything that crosses the boundary between the host and a plugin library.
+//! `otools-abi`: everything that crosses the boundary between the otools
+//! host and a plugin library, and the version of that boundary.
 //!
-//! Plugin authors never use this module: [`crate::export_plugin!`] writes the
-//! glue, and [`crate::Context`] wraps the host handle. The host uses it to load
-//! a library and drive its instances.
+//! This crate sits under `otools-api` as `tracing-core` sits under
+//! `tracing`: plugin authors never use it directly (`otools-api` re-exports
+//! what they need, and its `export_plugin!` writes the glue), and the host
+//! depends on it to load a library and drive its instances. Everything
+//! here is an FFI type (a `StableAbi` type, a `#[sabi_trait]`, the root
+//! module) or a method on one; the author's API (`Context`, `Service`,
+//! helpers) lives in `otools-api`, which may change freely.
+//!
+//! # The ABI version
+//!
+//! The ABI version is this crate's package version, [`ABI_VERSION`]. It is
+//! what abi_stable compares when the host loads a library: the root
+//! module's version ([`PluginRoot_Ref`]'s `VERSION_STRINGS`) and the package
+//! version recorded in the layout of every type below (same `0.minor`
+//! required). `otools-api`'s own version is not checked, so a new helper in
+//! `otools-api` does not make the host refuse plugins built before it.
 //!
 //! # Evolution
 //!
 //! The root module ([`PluginRoot`]) and the three traits are abi_stable *prefix
 //! types*: a field or method may only ever be **added after** the one marked
 //! `#[sabi(last_prefix_field)]`, never inserted, removed or changed. A host
-//! then loads plugins built against an older `otools-api` of the same minor
-//! version and sees the missing newer entries as absent. Anything else (a
-//! changed type, a reordered method) is a breaking change: bump the minor
-//! version of `otools-api` (we are at 0.x), and abi_stable will refuse the
-//! mismatched side with a layout error that the host shortens for the user.
+//! then loads plugins built against an older `otools-abi` of the same minor
+//! version and sees the missing newer entries as absent; such an addition
+//! bumps the patch version. Anything else (a changed type, a new enum
+//! variant, a reordered method) is a breaking change: bump the minor version
+//! of `otools-abi` (we are at 0.x), and the host refuses plugins of the other
+//! minor with a message saying which side to rebuild (a layout change
+//! forgotten without a bump is still refused, by abi_stable's layout check).
+//! A pure-Rust addition (a method or conversion on [`Value`]) is a patch.
 
 #![allow(
     non_local_definitions,
-    reason = "emitted by abi_stable's #[sabi_trait] expansion"
+    reason = "emitted by abi_stable's StableAbi derive and #[sabi_trait] expansions"
 )]
 #![allow(
     non_camel_case_types,
@@ -38,7 +55,9 @@ use abi_stable::sabi_types::{RRef, VersionStrings};
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
-use crate::value::Value;
+mod value;
+
+pub use value::{TypeMismatch, Value};
 
 /// Timeout argument meaning "wait as long as it takes".
 pub const NO_TIMEOUT: u64 = u64::MAX;
@@ -312,9 +331,9 @@ pub type FfiConditionBox = FfiCondition_TO<'static, RBox<()>>;
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExportKind {
-    /// A [`crate::Service`].
+    /// A service (`otools_api::Service`).
     Service = 0,
-    /// A [`crate::Condition`].
+    /// A condition (`otools_api::Condition`).
     Condition = 1,
 }
 
@@ -337,7 +356,8 @@ pub struct PluginRoot {
     pub plugin_name: RStr<'static>,
     /// The plugin crate's package version.
     pub plugin_version: RStr<'static>,
-    /// The `otools-api` version the plugin was built against.
+    /// The `otools-api` version the plugin was built against (for display:
+    /// the ABI version, which the host checks, is in the library header).
     pub api_version: RStr<'static>,
     /// Lists the services and conditions the library exports.
     pub exports: extern "C" fn() -> RVec<ExportInfo>,
@@ -360,5 +380,33 @@ impl RootModule for PluginRoot_Ref {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
-/// The `otools-api` version this crate is (and a plugin was built against).
-pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The ABI version: this crate's package version, which abi_stable checks
+/// when the host loads a library (see [the crate docs](crate#the-abi-version)).
+pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the host compares is this crate's version: in the library
+    /// header (the root module's) and in every boundary type's layout.
+    #[test]
+    fn the_checked_versions_are_this_crates() {
+        assert_eq!(
+            <PluginRoot_Ref as RootModule>::VERSION_STRINGS
+                .version
+                .as_str(),
+            ABI_VERSION
+        );
+        for layout in [
+            <ExportInfo as StableAbi>::LAYOUT,
+            <CallError as StableAbi>::LAYOUT,
+            <Value as StableAbi>::LAYOUT,
+            <FfiServiceBox as StableAbi>::LAYOUT,
+        ] {
+            let (package, version) = layout.package_and_version();
+            assert_eq!(package.as_str(), "otools-abi", "{}", layout.name());
+            assert_eq!(version.version.as_str(), ABI_VERSION, "{}", layout.name());
+        }
+    }
+}
