@@ -683,13 +683,16 @@ fn a_failed_import_in_the_second_unit_leaves_both_on_the_old_version_and_a_fixed
 #[test]
 fn an_old_instance_hanging_in_finalize_at_the_commit_does_not_split_the_swap() {
     let dir = TestDir::new("reload_split_finalize");
-    let (m, watched) = two_counters(&dir, "", ", hang_in_finalize = \"1\"");
+    // Both old instances hang in `finalize`: the first hang leaves the
+    // second unit to be committed by a new thread.
+    let hang = ", hang_in_finalize = \"1\"";
+    let (m, watched) = two_counters(&dir, hang, hang);
     let events = dir.path.join("events.jsonl");
     let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
     host.wait_for("version 1 set up");
     swap_in(&watched, &std::fs::read(variant("2")).unwrap());
-    // Past the point of no return every unit is swapped: the second old
-    // instance hanging in its `finalize` is abandoned, not a failed reload.
+    // Past the point of no return every unit is swapped: an old instance
+    // hanging in its `finalize` is abandoned, not a failed reload.
     let j = wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
     let ok = &j[pos(&j, |e| e["event"] == "reload_ok")];
     assert_eq!(ok["instances"], 2, "{j:#?}");
@@ -697,15 +700,21 @@ fn an_old_instance_hanging_in_finalize_at_the_commit_does_not_split_the_swap() {
         e["event"] == "started" && e["service"] == "counter2" && e["generation"] == 2
     });
     assert!(!j.iter().any(|e| e["event"] == "reload_rejected"), "{j:#?}");
-    pos(&j, |e| {
-        e["event"] == "hung"
-            && e["service"] == "counter2"
-            && e["generation"] == 1
-            && e["entry"] == "finalize"
-    });
-    pos(&j, |e| {
-        e["event"] == "abandoned" && e["service"] == "counter2" && e["generation"] == 1
-    });
+    for s in ["counter", "counter2"] {
+        let hung = pos(&j, |e| {
+            e["event"] == "hung"
+                && e["service"] == s
+                && e["generation"] == 1
+                && e["entry"] == "finalize"
+        });
+        let abandoned = pos(&j, |e| {
+            e["event"] == "abandoned" && e["service"] == s && e["generation"] == 1
+        });
+        let started = pos(&j, |e| {
+            e["event"] == "started" && e["service"] == s && e["generation"] == 2
+        });
+        assert!(hung < abandoned && abandoned < started, "{s}: {j:#?}");
+    }
     host.signal("TERM");
     let out = host.finish();
     assert_eq!(out.code(), 0, "{}", out.stderr);

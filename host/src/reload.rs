@@ -18,6 +18,10 @@
 //! the same names. Any failure (load, ABI, missing export, config, setup
 //! error, panic or hang, import) rolls everything back: new instances are
 //! finalized, old ones resume, and one line says which file, export and why.
+//! Past that point of no return nothing undoes the swap (see `Swap`), so
+//! every unit of the file ends on the new version or every one on the old.
+//! An old instance that hangs in `export_state` exits under its restart
+//! policy, and the content is tried again at the file's next change.
 //!
 //! Nothing is ever unloaded (see ARCHITECTURE.md): every loaded version is
 //! counted, with its size, and a ceiling can make the host exit so that an
