@@ -30,7 +30,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -603,6 +603,7 @@ impl Watcher {
             committed: AtomicBool::new(false),
             commits: Mutex::new(VecDeque::new()),
             committing: Mutex::new(None),
+            kept: AtomicUsize::new(0),
         });
         if let Err(e) = swap.spawn(targets) {
             return Err(format!("cannot start the reload: {e}").into());
@@ -628,7 +629,10 @@ impl Watcher {
 /// finalized and its successor serves. From there nothing undoes it: an old
 /// instance that hangs in `finalize` is abandoned and its successor serves
 /// anyway, and the commit of the units left goes on from a new thread.
-/// Hence every unit ends on the new version, or every unit on the old one.
+/// Hence every unit ends on the new version, or every unit on the old one;
+/// the one exception is a stop of the host during the commit, which wins
+/// as it does before (the units not yet committed keep the old version and
+/// are finalized with their context).
 struct Swap {
     lib: Arc<Library>,
     file: String,
@@ -652,6 +656,9 @@ struct Swap {
     commits: Mutex<VecDeque<(Arc<Core>, Paused, Prepared)>>,
     /// The successor of the old instance being finalized now.
     committing: Mutex<Option<(Arc<Core>, Prepared)>>,
+    /// Units left on the old version because their context began stopping
+    /// during the commit.
+    kept: AtomicUsize,
 }
 
 impl Swap {
@@ -676,7 +683,16 @@ impl Swap {
                     }
                 }
                 if swap.commit_rest(&slot).is_some() {
-                    swap.send(Ok(swap.n));
+                    let kept = swap.kept.load(Ordering::SeqCst);
+                    swap.send(if kept == 0 {
+                        Ok(swap.n)
+                    } else {
+                        Err(format!(
+                            "{}: {BUSY}: {kept} of {} instance(s) kept the old version: their context began stopping during the commit",
+                            swap.file, swap.n
+                        )
+                        .into())
+                    });
                 }
             })
             .map(drop)
@@ -849,6 +865,15 @@ impl Swap {
             let Some((core, old, new)) = next else {
                 return Some(());
             };
+            if !core.can_commit(&old) {
+                // Its context began stopping: the stop wins (the host is
+                // on its way out, versions no longer matter). The old
+                // instance is finalized with its context.
+                self.kept.fetch_add(1, Ordering::SeqCst);
+                core.resume(old);
+                core.discard(new, slot).ok()?;
+                continue;
+            }
             *self.current.lock() = format!("{} (old version)", self.label(&core, old.unit()));
             *self.committing.lock() = Some((Arc::clone(&core), new));
             core.retire(old, slot).ok()?;
