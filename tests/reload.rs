@@ -21,6 +21,7 @@ const VARIANTS: &[&str] = &[
     "import_error",
     "import_panic",
     "import_hang",
+    "3",
 ];
 
 /// Builds every variant once (in a target folder of their own) and returns
@@ -543,4 +544,188 @@ fn a_fixed_file_revives_a_service_that_gave_up_with_its_restart_history_cleared(
     );
     // Revived and serving, it no longer counts as failed: a clean exit.
     assert_eq!(out.code(), 0, "{}", out.stderr);
+}
+
+/// The manifest of [`manifest`] with `keys` added to `counter`'s config and
+/// a second service of the same file, `counter2`, with `keys2` in its config.
+fn two_counters(dir: &TestDir, keys: &str, keys2: &str) -> (PathBuf, PathBuf) {
+    let (m, watched) = manifest(dir, "shutdown_timeout = \"300ms\"\nrestart_delay = \"1ms\"");
+    let mut text = std::fs::read_to_string(&m).unwrap().replacen(
+        "config = { dataframe = \"d\" }",
+        &format!("config = {{ dataframe = \"d\"{keys} }}"),
+        1,
+    );
+    text.push_str(&format!(
+        "[[context.service]]\nname = \"counter2\"\nplugin = \"{}\"\nexport = \"Counter\"\n\
+         config = {{ dataframe = \"d\"{keys2} }}\nstartup_timeout = \"300ms\"\nshutdown_timeout = \"300ms\"\n",
+        watched.display()
+    ));
+    std::fs::write(&m, text).unwrap();
+    (m, watched)
+}
+
+fn generations_started(j: &[Value], service: &str) -> Vec<u64> {
+    crate::util::events_of(j, "started", service)
+        .iter()
+        .filter_map(|e| e["generation"].as_u64())
+        .collect()
+}
+
+#[test]
+fn a_hang_in_export_state_restarts_that_unit_on_the_old_version_and_the_content_is_tried_again() {
+    let dir = TestDir::new("reload_export_hang");
+    let (m, watched) = two_counters(&dir, ", hang_in_export = \"1\"", "");
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    let v2 = std::fs::read(variant("2")).unwrap();
+    swap_in(&watched, &v2);
+    let j = wait_for_events(&events, 1, |e| e["event"] == "reload_rejected");
+    let rejected = &j[pos(&j, |e| e["event"] == "reload_rejected")];
+    let reason = rejected["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("export_state hung"), "{reason}");
+    assert!(reason.contains("libcounting.so"), "{reason}");
+    // The hung instance is abandoned and a fresh generation of the old
+    // version takes its place under the restart policy.
+    let j = wait_for_events(&events, 1, |e| {
+        e["event"] == "started" && e["service"] == "counter" && e["generation"] == 2
+    });
+    let hung = pos(&j, |e| {
+        e["event"] == "hung" && e["service"] == "counter" && e["entry"] == "export_state"
+    });
+    let abandoned = pos(&j, |e| {
+        e["event"] == "abandoned" && e["service"] == "counter" && e["generation"] == 1
+    });
+    assert!(hung < abandoned, "{j:#?}");
+    // The same content is tried again once the file changes again (here:
+    // the same bytes written anew); the new generation hangs the same way.
+    swap_in(&watched, &v2);
+    let j = wait_for_events(&events, 2, |e| e["event"] == "reload_rejected");
+    let attempts: Vec<&Value> = j
+        .iter()
+        .filter(|e| e["event"] == "reload_attempted")
+        .collect();
+    assert_eq!(attempts.len(), 2, "{j:#?}");
+    assert_eq!(attempts[0]["hash"], attempts[1]["hash"], "{j:#?}");
+    wait_for_events(&events, 1, |e| {
+        e["event"] == "started" && e["service"] == "counter" && e["generation"] == 3
+    });
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let j = journal(&events);
+    assert!(!j.iter().any(|e| e["event"] == "reload_ok"), "{j:#?}");
+    // Every other unit kept serving its first generation, on the old version.
+    assert_eq!(generations_started(&j, "counter2"), [1], "{j:#?}");
+    assert_eq!(generations_started(&j, "report"), [1], "{j:#?}");
+    assert_eq!(generations_started(&j, "counter"), [1, 2, 3], "{j:#?}");
+    let n = |k: &str| {
+        out.report("d", k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(n("by_1") > 0, "the old version served");
+    assert_eq!(n("by_2"), 0, "the new version never served");
+    for s in ["counter", "counter2"] {
+        assert!(
+            !out.messages_of(s).iter().any(|m| m.contains("imported")),
+            "{s} was never swapped"
+        );
+    }
+}
+
+#[test]
+fn a_failed_import_in_the_second_unit_leaves_both_on_the_old_version_and_a_fixed_file_reloads_both()
+{
+    let dir = TestDir::new("reload_split_import");
+    let (m, watched) = two_counters(&dir, "", ", fail_import = \"2\"");
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    swap_in(&watched, &std::fs::read(variant("2")).unwrap());
+    let j = wait_for_events(&events, 1, |e| e["event"] == "reload_rejected");
+    let reason = j[pos(&j, |e| e["event"] == "reload_rejected")]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("refuses the state"), "{reason}");
+    assert!(reason.contains("counter2"), "{reason}");
+    assert_eq!(generations_started(&j, "counter"), [1], "{j:#?}");
+    assert_eq!(generations_started(&j, "counter2"), [1], "{j:#?}");
+    // A later, fixed content swaps both.
+    swap_in(&watched, &std::fs::read(variant("3")).unwrap());
+    let j = wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    let ok = &j[pos(&j, |e| e["event"] == "reload_ok")];
+    assert_eq!(ok["instances"], 2, "{j:#?}");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let j = journal(&events);
+    for s in ["counter", "counter2"] {
+        assert_eq!(generations_started(&j, s), [1, 2], "{s}: {j:#?}");
+        // (A version 2 instance of `counter` may have imported the state
+        // before the refusal: it was discarded, never serving.)
+        let imported: Vec<String> = out
+            .messages_of(s)
+            .into_iter()
+            .filter(|m| m.contains("version 3 imported"))
+            .collect();
+        assert_eq!(imported.len(), 1, "{s}: {imported:?}");
+    }
+    let n = |k: &str| {
+        out.report("d", k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(n("by_2"), 0, "version 2 never served");
+}
+
+#[test]
+fn an_old_instance_hanging_in_finalize_at_the_commit_does_not_split_the_swap() {
+    let dir = TestDir::new("reload_split_finalize");
+    // Both old instances hang in `finalize`: the first hang leaves the
+    // second unit to be committed by a new thread.
+    let hang = ", hang_in_finalize = \"1\"";
+    let (m, watched) = two_counters(&dir, hang, hang);
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    swap_in(&watched, &std::fs::read(variant("2")).unwrap());
+    // Past the point of no return every unit is swapped: an old instance
+    // hanging in its `finalize` is abandoned, not a failed reload.
+    let j = wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    let ok = &j[pos(&j, |e| e["event"] == "reload_ok")];
+    assert_eq!(ok["instances"], 2, "{j:#?}");
+    let j = wait_for_events(&events, 1, |e| {
+        e["event"] == "started" && e["service"] == "counter2" && e["generation"] == 2
+    });
+    assert!(!j.iter().any(|e| e["event"] == "reload_rejected"), "{j:#?}");
+    for s in ["counter", "counter2"] {
+        let hung = pos(&j, |e| {
+            e["event"] == "hung"
+                && e["service"] == s
+                && e["generation"] == 1
+                && e["entry"] == "finalize"
+        });
+        let abandoned = pos(&j, |e| {
+            e["event"] == "abandoned" && e["service"] == s && e["generation"] == 1
+        });
+        let started = pos(&j, |e| {
+            e["event"] == "started" && e["service"] == s && e["generation"] == 2
+        });
+        assert!(hung < abandoned && abandoned < started, "{s}: {j:#?}");
+    }
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let j = journal(&events);
+    for s in ["counter", "counter2"] {
+        assert_eq!(generations_started(&j, s), [1, 2], "{s}: {j:#?}");
+        assert!(
+            out.messages_of(s)
+                .iter()
+                .any(|m| m.contains("version 2 imported")),
+            "{s} runs version 2"
+        );
+    }
 }

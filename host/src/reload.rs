@@ -18,6 +18,10 @@
 //! the same names. Any failure (load, ABI, missing export, config, setup
 //! error, panic or hang, import) rolls everything back: new instances are
 //! finalized, old ones resume, and one line says which file, export and why.
+//! Past that point of no return nothing undoes the swap (see `Swap`), so
+//! every unit of the file ends on the new version or every one on the old.
+//! An old instance that hangs in `export_state` exits under its restart
+//! policy, and the content is tried again at the file's next change.
 //!
 //! Nothing is ever unloaded (see ARCHITECTURE.md): every loaded version is
 //! counted, with its size, and a ceiling can make the host exit so that an
@@ -26,6 +30,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +41,7 @@ use crate::instance::InstanceHost;
 use crate::plugin::{Library, loader};
 use crate::runtime::{Core, Paused, Prepared};
 use crate::supervision::journal;
-use crate::supervision::watchdog::Slot;
+use crate::supervision::watchdog::{Hung, Slot};
 
 /// Marks a refusal that is only about timing (a unit restarting): retried.
 const BUSY: &str = "cannot be swapped now";
@@ -96,6 +101,10 @@ enum Retry {
     Later,
     /// The file changed while it was read: again once it is quiet.
     WhenQuiet,
+    /// The old version failed to hand over (its `export_state` hung): not
+    /// the new content's fault, so it is tried again when the file changes
+    /// again, even to the same bytes.
+    OnChange,
 }
 
 impl From<String> for Refusal {
@@ -455,6 +464,7 @@ impl Watcher {
                             state.seen = None;
                             state.settling = true;
                         }
+                        Retry::OnChange => {}
                     }
                 }
                 journal::record(
@@ -580,78 +590,307 @@ impl Watcher {
         if targets.is_empty() {
             return Ok(revive(0));
         }
-        let (tx, rx) = mpsc::channel::<Result<usize, String>>();
-        let job = Arc::new(Job {
-            current: Mutex::new(path.display().to_string()),
+        let (tx, rx) = mpsc::channel::<Result<usize, Refusal>>();
+        let swap = Arc::new(Swap {
+            lib: Arc::clone(&lib),
+            file: file.clone(),
+            n: targets.len(),
+            tx,
+            current: Mutex::new(file.clone()),
             hosts: Mutex::new(Vec::new()),
+            exporting: Mutex::new(None),
             paused: Mutex::new(Vec::new()),
+            committed: AtomicBool::new(false),
+            commits: Mutex::new(VecDeque::new()),
+            committing: Mutex::new(None),
+            kept: AtomicUsize::new(0),
         });
-        let job_lib = Arc::clone(&lib);
-        let job_file = file.clone();
-        let spawned = std::thread::Builder::new()
-            .name("reload-job".into())
-            .spawn(move || {
-                let hang_tx = tx.clone();
-                let hang_job = Arc::clone(&job);
-                let slot = Slot::register(move |h| {
-                    // The job's thread is stuck in a plugin call: undo what it did from here.
-                    for (_, host) in hang_job.hosts.lock().iter() {
-                        host.fence();
-                    }
-                    // Taken out first: resuming or exiting a paused instance can
-                    // drop it, and a plugin's `Drop` never runs under a host lock.
-                    let paused: Vec<(Arc<Core>, Paused)> =
-                        hang_job.paused.lock().drain(..).collect();
-                    for (core, p) in paused {
-                        if p.unit() == h.unit && p.generation() == h.generation {
-                            // The old instance itself hung while exporting its state.
-                            core.hung_while_paused(p, h);
-                        } else {
-                            core.resume(p);
-                        }
-                    }
-                    let what = hang_job.current.lock().clone();
-                    let _ = hang_tx.send(Err(format!(
-                        "{what}: {} hung (no return within {})",
-                        h.entry.name(),
-                        humantime::format_duration(h.limit)
-                    )));
-                });
-                let result = swap(&targets, &job_lib, &slot, &job, &job_file);
-                if let Some(r) = result {
-                    let _ = tx.send(r);
-                }
-            });
-        if let Err(e) = spawned {
-            crate::threads::spawn_failed("a reload job", &e);
+        if let Err(e) = swap.spawn(targets) {
             return Err(format!("cannot start the reload: {e}").into());
         }
         match rx.recv() {
             Ok(Ok(n)) => Ok(revive(n)),
-            Ok(Err(reason)) => Err(reason.into()),
+            Ok(Err(refusal)) => Err(refusal),
             Err(_) => Err(String::from("the reload stopped without a result").into()),
         }
     }
 }
 
-/// What a reload job has done so far, shared with its hang handler.
-struct Job {
-    /// What the job is calling now (file, export, service), for messages.
+/// One hot swap of every unit that uses a file, all or nothing; it owns
+/// the protocol and is shared with the hang handler of the thread running
+/// it (a `reload-job`).
+///
+/// Until the *point of no return* a failure anywhere (config, `setup`,
+/// pause, `export_state`, `import_state`, a unit restarted or its context
+/// stopping) rolls every unit back: new instances are discarded, paused
+/// ones resume, none was committed. Only once every new instance is set up
+/// and has imported its state, and every old one is paused and still
+/// current, is the swap committed, unit by unit: the old instance is
+/// finalized and its successor serves. From there nothing undoes it: an old
+/// instance that hangs in `finalize` is abandoned and its successor serves
+/// anyway, and the commit of the units left goes on from a new thread.
+/// Hence every unit ends on the new version, or every unit on the old one;
+/// the one exception is a stop of the host during the commit, which wins
+/// as it does before (the units not yet committed keep the old version and
+/// are finalized with their context).
+struct Swap {
+    lib: Arc<Library>,
+    file: String,
+    /// How many units are swapped.
+    n: usize,
+    /// Where the outcome goes (sent once).
+    tx: mpsc::Sender<Result<usize, Refusal>>,
+    /// What the swap is calling now (file, export, service), for messages.
     current: Mutex<String>,
-    /// Host handles of the new instances, with their units (fenced if the job is abandoned).
-    hosts: Mutex<Vec<(usize, Arc<InstanceHost>)>>,
-    /// Old instances paused so far (resumed on rollback).
+    /// Host handles of the new instances (fenced if the swap is abandoned
+    /// before the point of no return).
+    hosts: Mutex<Vec<Arc<InstanceHost>>>,
+    /// The old instance whose `export_state` is running (its context, unit
+    /// and generation): a hang there ends it under its restart policy.
+    exporting: Mutex<Option<(Arc<Core>, usize, u64)>>,
+    /// Old instances paused and exported so far (resumed on rollback).
     paused: Mutex<Vec<(Arc<Core>, Paused)>>,
+    /// Past the point of no return.
+    committed: AtomicBool,
+    /// Past the point of no return: the units still to commit, in order.
+    commits: Mutex<VecDeque<(Arc<Core>, Paused, Prepared)>>,
+    /// The successor of the old instance being finalized now.
+    committing: Mutex<Option<(Arc<Core>, Prepared)>>,
+    /// Units left on the old version because their context began stopping
+    /// during the commit.
+    kept: AtomicUsize,
 }
 
-impl Job {
+impl Swap {
+    /// Runs the swap of `targets` on a thread of its own, so the watchdog
+    /// can abandon a hung plugin call; with no targets, the rest of the
+    /// commit.
+    fn spawn(self: &Arc<Self>, targets: Vec<(Arc<Core>, usize)>) -> std::io::Result<()> {
+        let swap = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("reload-job".into())
+            .spawn(move || {
+                let handler = Arc::clone(&swap);
+                let slot = Slot::register(move |h| handler.on_hang(h));
+                if !targets.is_empty() {
+                    match swap.prepare_all(&targets, &slot) {
+                        None => return,
+                        Some(Err(refusal)) => {
+                            swap.send(Err(refusal));
+                            return;
+                        }
+                        Some(Ok(())) => {}
+                    }
+                }
+                if swap.commit_rest(&slot).is_some() {
+                    let kept = swap.kept.load(Ordering::SeqCst);
+                    swap.send(if kept == 0 {
+                        Ok(swap.n)
+                    } else {
+                        Err(format!(
+                            "{}: {BUSY}: {kept} of {} instance(s) kept the old version: their context began stopping during the commit",
+                            swap.file, swap.n
+                        )
+                        .into())
+                    });
+                }
+            })
+            .map(drop)
+            .inspect_err(|e| crate::threads::spawn_failed("a reload job", e))
+    }
+
+    fn send(&self, outcome: Result<usize, Refusal>) {
+        let _ = self.tx.send(outcome);
+    }
+
+    fn label(&self, core: &Core, u: usize) -> String {
+        let (name, export) = core.unit_label(u);
+        format!(
+            "{}: export `{export}` (`{name}` in context `{}`)",
+            self.file, core.shared.name
+        )
+    }
+
+    /// A call of the swap's thread hung; that thread is abandoned.
+    fn on_hang(self: &Arc<Self>, h: Hung) {
+        if self.committed.load(Ordering::SeqCst) {
+            // An old instance hung in its `finalize`: abandoned, not
+            // finalized; its successor serves all the same, and the units
+            // left are committed from a new thread.
+            let committing = self.committing.lock().take();
+            if let Some((core, new)) = committing {
+                core.retire_hung(h);
+                core.promote(new, &self.lib);
+            }
+            if let Err(e) = self.spawn(Vec::new()) {
+                // Journaled, and the host stops (see `crate::threads`).
+                self.send(Err(
+                    format!("{}: cannot finish the swap: {e}", self.file).into()
+                ));
+            }
+            return;
+        }
+        // Before the point of no return: undo everything from here.
+        for host in self.hosts.lock().iter() {
+            host.fence();
+        }
+        // Taken out first: resuming or exiting a paused instance can drop
+        // it, and a plugin's `Drop` never runs under a host lock.
+        let exporting = self.exporting.lock().take();
+        let retry = match exporting {
+            Some((core, u, generation)) => {
+                // The old instance itself hung: it exits under its restart
+                // policy (a fresh generation of the old version). The new
+                // content is not at fault: tried again when the file changes.
+                core.hung_while_paused(u, generation, h);
+                Retry::OnChange
+            }
+            None => Retry::Never,
+        };
+        let paused: Vec<(Arc<Core>, Paused)> = self.paused.lock().drain(..).collect();
+        for (core, p) in paused {
+            core.resume(p);
+        }
+        let what = self.current.lock().clone();
+        self.send(Err(Refusal {
+            reason: format!(
+                "{what}: {} hung (no return within {})",
+                h.entry.name(),
+                humantime::format_duration(h.limit)
+            ),
+            retry,
+        }));
+    }
+
+    /// Up to the point of no return: prepare all, pause all, hand the state
+    /// over, check that every unit can still be committed; or roll back.
+    /// `None` when the thread was abandoned (its hang handler has rolled
+    /// back and reported).
+    fn prepare_all(
+        &self,
+        targets: &[(Arc<Core>, usize)],
+        slot: &Slot,
+    ) -> Option<Result<(), Refusal>> {
+        let record = |h: &Arc<InstanceHost>| self.hosts.lock().push(Arc::clone(h));
+        // 1. Build and set up every new instance while the old ones serve.
+        let mut prepared: Vec<(Arc<Core>, Prepared)> = Vec::new();
+        for (core, u) in targets {
+            *self.current.lock() = self.label(core, *u);
+            match core.prepare(*u, &self.lib, slot, &record) {
+                Err(_abandoned) => return None,
+                Ok(Err(reason)) => {
+                    let reason = format!("{}: {reason}", self.label(core, *u));
+                    return self.rollback(prepared, slot, reason);
+                }
+                Ok(Ok(p)) => {
+                    core.journal_unit(
+                        "reload_setup_ok",
+                        *u,
+                        p.generation(),
+                        &[("file", self.file.as_str().into())],
+                    );
+                    prepared.push((Arc::clone(core), p));
+                }
+            }
+        }
+        // 2. Pause the old instances and take their state.
+        let mut states = Vec::new();
+        for (core, u) in targets {
+            let p = match core.pause(*u) {
+                Ok(p) => p,
+                Err(reason) => {
+                    let reason = format!("{}: {BUSY}: {reason}", self.label(core, *u));
+                    return self.rollback(prepared, slot, reason);
+                }
+            };
+            *self.current.lock() = format!("{} (old version)", self.label(core, *u));
+            // Known before the call: if it hangs, the hang handler ends
+            // this instance under its restart policy.
+            *self.exporting.lock() = Some((Arc::clone(core), *u, p.generation()));
+            let Ok(exported) = core.export(&p, slot) else {
+                return None;
+            };
+            *self.exporting.lock() = None;
+            self.paused.lock().push((Arc::clone(core), p));
+            match exported {
+                Err(reason) => {
+                    let reason = format!("{} (old version): {reason}", self.label(core, *u));
+                    return self.rollback(prepared, slot, reason);
+                }
+                Ok(state) => states.push(state),
+            }
+        }
+        // 3. Hand the state over.
+        for (i, state) in states.iter().enumerate() {
+            let outcome = {
+                let (core, new) = &mut prepared[i];
+                let u = new.unit();
+                *self.current.lock() = self.label(core, u);
+                core.import(new, state.as_ref(), slot)
+                    .map(|r| r.map_err(|e| format!("{}: {e}", self.label(core, u))))
+            };
+            match outcome {
+                Err(_abandoned) => return None,
+                Ok(Err(reason)) => return self.rollback(prepared, slot, reason),
+                Ok(Ok(())) => {}
+            }
+        }
+        // 4. Every unit still what was paused (no restart, its context not
+        // stopping)? Then this is the point of no return.
+        let stale = self
+            .paused
+            .lock()
+            .iter()
+            .find(|(core, p)| !core.can_commit(p))
+            .map(|(core, p)| interrupted(&self.label(core, p.unit())));
+        if let Some(reason) = stale {
+            return self.rollback(prepared, slot, reason);
+        }
+        let paused: Vec<(Arc<Core>, Paused)> = self.paused.lock().drain(..).collect();
+        let mut commits = self.commits.lock();
+        for ((core, new), (_, old)) in prepared.into_iter().zip(paused) {
+            commits.push_back((core, old, new));
+        }
+        drop(commits);
+        self.committed.store(true, Ordering::SeqCst);
+        Some(Ok(()))
+    }
+
+    /// Past the point of no return: for each unit left, finalize the old
+    /// instance, then let the new one serve. `None` when the thread was
+    /// abandoned (its hang handler carries on).
+    fn commit_rest(&self, slot: &Slot) -> Option<()> {
+        loop {
+            let next = self.commits.lock().pop_front();
+            let Some((core, old, new)) = next else {
+                return Some(());
+            };
+            if !core.can_commit(&old) {
+                // Its context began stopping: the stop wins (the host is
+                // on its way out, versions no longer matter). The old
+                // instance is finalized with its context.
+                self.kept.fetch_add(1, Ordering::SeqCst);
+                core.resume(old);
+                core.discard(new, slot).ok()?;
+                continue;
+            }
+            *self.current.lock() = format!("{} (old version)", self.label(&core, old.unit()));
+            *self.committing.lock() = Some((Arc::clone(&core), new));
+            core.retire(old, slot).ok()?;
+            let committing = self.committing.lock().take();
+            if let Some((core, new)) = committing {
+                core.promote(new, &self.lib);
+            }
+        }
+    }
+
     /// Rolls back: discards the prepared instances, resumes the paused ones.
     fn rollback(
         &self,
         prepared: Vec<(Arc<Core>, Prepared)>,
         slot: &Slot,
         reason: String,
-    ) -> Option<Result<usize, String>> {
+    ) -> Option<Result<(), Refusal>> {
         for (core, p) in prepared {
             if core.discard(p, slot).is_err() {
                 return None;
@@ -661,113 +900,15 @@ impl Job {
         for (core, p) in paused {
             core.resume(p);
         }
-        Some(Err(reason))
+        Some(Err(reason.into()))
     }
 }
 
-/// The body of a reload job: prepare all, pause all, hand the state over,
-/// commit all, or roll back. `None` when the job was abandoned (its hang
-/// handler has rolled back and reported).
-fn swap(
-    targets: &[(Arc<Core>, usize)],
-    lib: &Arc<Library>,
-    slot: &Slot,
-    job: &Job,
-    file: &str,
-) -> Option<Result<usize, String>> {
-    let record = |h: &Arc<InstanceHost>| job.hosts.lock().push((0, Arc::clone(h)));
-    let label = |core: &Core, u: usize| {
-        let (name, export) = core.unit_label(u);
-        format!(
-            "{file}: export `{export}` (`{name}` in context `{}`)",
-            core.shared.name
-        )
-    };
-    // 1. Build and set up every new instance while the old ones serve.
-    let mut prepared: Vec<(Arc<Core>, Prepared)> = Vec::new();
-    for (core, u) in targets {
-        *job.current.lock() = label(core, *u);
-        match core.prepare(*u, lib, slot, &record) {
-            Err(_abandoned) => return None,
-            Ok(Err(reason)) => {
-                return job.rollback(prepared, slot, format!("{}: {reason}", label(core, *u)));
-            }
-            Ok(Ok(p)) => {
-                core.journal_unit(
-                    "reload_setup_ok",
-                    *u,
-                    p.generation(),
-                    &[("file", file.into())],
-                );
-                prepared.push((Arc::clone(core), p));
-            }
-        }
-    }
-    // 2. Pause the old instances and take their state.
-    let mut states = Vec::new();
-    for (core, u) in targets {
-        let p = match core.pause(*u) {
-            Ok(p) => p,
-            Err(reason) => {
-                return job.rollback(
-                    prepared,
-                    slot,
-                    format!("{}: {BUSY}: {reason}", label(core, *u)),
-                );
-            }
-        };
-        *job.current.lock() = format!("{} (old version)", label(core, *u));
-        let exported = core.export(&p, slot);
-        job.paused.lock().push((Arc::clone(core), p));
-        match exported {
-            Err(_abandoned) => return None,
-            Ok(Err(reason)) => {
-                return job.rollback(
-                    prepared,
-                    slot,
-                    format!("{} (old version): {reason}", label(core, *u)),
-                );
-            }
-            Ok(Ok(state)) => states.push(state),
-        }
-    }
-    // 3. Hand the state over.
-    for (i, state) in states.iter().enumerate() {
-        let outcome = {
-            let (core, new) = &mut prepared[i];
-            let u = new.unit();
-            *job.current.lock() = label(core, u);
-            core.import(new, state.as_ref(), slot)
-                .map(|r| r.map_err(|e| format!("{}: {e}", label(core, u))))
-        };
-        match outcome {
-            Err(_abandoned) => return None,
-            Ok(Err(reason)) => return job.rollback(prepared, slot, reason),
-            Ok(Ok(())) => {}
-        }
-    }
-    // 4. Commit: the point of no return.
-    let paused: Vec<(Arc<Core>, Paused)> = job.paused.lock().drain(..).collect();
-    let n = prepared.len();
-    let mut kept = 0;
-    for ((core, new), (_, old)) in prepared.into_iter().zip(paused) {
-        match core.commit(old, new, lib, slot) {
-            Err(_abandoned) => return None,
-            Ok(true) => {}
-            Ok(false) => kept += 1,
-        }
-    }
-    if kept > 0 {
-        return Some(Err(kept_old_version(file, kept, n)));
-    }
-    Some(Ok(n))
-}
-
-/// The refusal when some units were restarted or stopping at the commit:
-/// only about timing, so the same content is tried again.
-fn kept_old_version(file: &str, kept: usize, n: usize) -> String {
+/// The refusal when a unit was restarted, or its context began stopping,
+/// during the swap: only about timing, so the same content is tried again.
+fn interrupted(label: &str) -> String {
     format!(
-        "{file}: {BUSY}: {kept} of {n} instance(s) were restarted or stopping during the swap and keep the old version"
+        "{label}: {BUSY}: it was restarted or its context began stopping during the swap; every unit keeps the old version"
     )
 }
 
@@ -777,7 +918,7 @@ mod tests {
 
     #[test]
     fn a_swap_that_a_restart_interrupted_is_tried_again_not_refused_for_good() {
-        let refusal = Refusal::from(kept_old_version("/x/libp.so", 1, 2));
+        let refusal = Refusal::from(interrupted("/x/libp.so: export `E` (`s` in context `C`)"));
         assert_eq!(refusal.retry, Retry::Later, "{}", refusal.reason);
     }
 

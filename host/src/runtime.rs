@@ -1238,12 +1238,16 @@ impl Core {
         self.journal(event, u, generation, fields);
     }
 
-    /// A paused instance hung during a reload: it exits under its restart policy.
-    pub fn hung_while_paused(self: &Arc<Self>, p: Paused, h: Hung) {
-        self.units[p.unit].set_state(State::Ready);
+    /// Generation `generation` of unit `u`, paused for a reload, hung in a
+    /// call (its `export_state`): it exits under its restart policy (fenced,
+    /// abandoned, a fresh generation started from the unit's library). The
+    /// `Paused` itself stays with the abandoned thread, which is still in
+    /// the call.
+    pub fn hung_while_paused(self: &Arc<Self>, u: usize, generation: u64, h: Hung) {
+        self.units[u].set_state(State::Ready);
         self.exit(
-            p.unit,
-            p.generation,
+            u,
+            generation,
             Exit::Hung {
                 entry: h.entry,
                 limit: h.limit,
@@ -1451,29 +1455,19 @@ impl Core {
         Ok(())
     }
 
-    /// Commits a reload of one unit (false: refused, the old one resumed): the old instance is finalized and
-    /// fenced, the new one takes its place under the same name, from `lib`.
-    pub fn commit(
-        self: &Arc<Self>,
-        old: Paused,
-        new: Prepared,
-        lib: &Arc<Library>,
-        slot: &Slot,
-    ) -> Result<bool, Abandoned> {
+    /// Can the paused instance still be swapped: its context is not
+    /// stopping and the unit was not restarted meanwhile?
+    pub fn can_commit(&self, old: &Paused) -> bool {
+        !self.shared.stopping() && self.units[old.unit].control.lock().generation == old.generation
+    }
+
+    /// The first half of committing a reload of one unit: the paused old
+    /// instance is finalized (watched by `shutdown_timeout`) and fenced.
+    /// [`Core::promote`] puts its successor in its place.
+    pub fn retire(&self, old: Paused, slot: &Slot) -> Result<(), Abandoned> {
         let u = old.unit;
         let unit = &self.units[u];
-        if self.shared.stopping()
-            || unit.control.lock().generation != old.generation
-            || new.generation != old.generation + 1
-        {
-            // Shutting down, or restarted meanwhile: keep the old one where it
-            // is (the shutdown finalizes it) and drop the new one.
-            self.discard(new, slot)?;
-            self.resume(old);
-            return Ok(false);
-        }
         let mut previous = old.live;
-        unit.live.store(None);
         let deadline = Instant::now() + unit.policy.shutdown_timeout;
         while Arc::strong_count(&previous) > 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
@@ -1498,14 +1492,26 @@ impl Core {
             None => self.journal("abandoned", u, old.generation, &[("entry", "main".into())]),
         }
         previous.host.fence();
+        Ok(())
+    }
+
+    /// The old instance's `finalize` in [`Core::retire`] hung: it is
+    /// fenced and abandoned, not finalized (its successor still takes over).
+    pub fn retire_hung(&self, h: Hung) {
+        self.finalize_hung(h, false);
+    }
+
+    /// The second half of committing a reload of one unit: the new instance
+    /// serves under the same name, from `lib`.
+    pub fn promote(self: &Arc<Self>, new: Prepared, lib: &Arc<Library>) {
+        let unit = &self.units[new.unit];
         {
             let mut c = unit.control.lock();
             c.generation = new.generation;
             c.host = Some(Arc::clone(&new.live.host));
         }
         unit.library.store(Arc::clone(lib));
-        self.install(u, new.live);
-        Ok(true)
+        self.install(new.unit, new.live);
     }
 
     /// Is unit `u` over for good (ended or failed)? Such a unit just takes

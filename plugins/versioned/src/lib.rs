@@ -4,6 +4,11 @@
 //! `setup_panic`, `setup_hang` fail in `setup`; `import_error`,
 //! `import_panic`, `import_hang` fail when handed the old version's state.
 //!
+//! Config keys make one instance misbehave in one version only (their value
+//! is a version tag; absent: never): `hang_in_export` hangs in
+//! `export_state`, `hang_in_finalize` hangs in `finalize`, `fail_import`
+//! refuses the state in `import_state`.
+//!
 //! The service `Counter` counts its `main` calls, adds one to the dataframe
 //! key `count` and to `by_<version>` on each, and hands its call count to
 //! its successor through `export_state` / `import_state` (schema 1).
@@ -24,6 +29,20 @@ pub const VERSION: &str = match option_env!("OTOOLS_VERSIONED") {
 pub struct Counter {
     dataframe: String,
     calls: AtomicU64,
+    hang_in_export: Option<String>,
+    hang_in_finalize: Option<String>,
+    fail_import: Option<String>,
+}
+
+/// Is `tag` (a config value) this build's version?
+fn is_this_version(tag: Option<&String>) -> bool {
+    tag.is_some_and(|t| t == VERSION)
+}
+
+fn hang() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// Configuration of [`Counter`].
@@ -32,6 +51,15 @@ pub struct Counter {
 pub struct CounterConfig {
     /// Where to count.
     pub dataframe: String,
+    /// Hang in `export_state` in this version.
+    #[serde(default)]
+    pub hang_in_export: Option<String>,
+    /// Hang in `finalize` in this version.
+    #[serde(default)]
+    pub hang_in_finalize: Option<String>,
+    /// Fail in `import_state` in this version.
+    #[serde(default)]
+    pub fail_import: Option<String>,
 }
 
 impl Service for Counter {
@@ -41,6 +69,9 @@ impl Service for Counter {
         Ok(Counter {
             dataframe: config.dataframe,
             calls: AtomicU64::new(0),
+            hang_in_export: config.hang_in_export,
+            hang_in_finalize: config.hang_in_finalize,
+            fail_import: config.fail_import,
         })
     }
 
@@ -66,7 +97,17 @@ impl Service for Counter {
         Ok(())
     }
 
+    fn finalize(&mut self, _: &Context<'_>) -> Result<()> {
+        if is_this_version(self.hang_in_finalize.as_ref()) {
+            hang();
+        }
+        Ok(())
+    }
+
     fn export_state(&self, _: &Context<'_>) -> Result<Option<(u32, Vec<u8>)>> {
+        if is_this_version(self.hang_in_export.as_ref()) {
+            hang();
+        }
         Ok(Some((
             1,
             self.calls.load(Ordering::Relaxed).to_le_bytes().to_vec(),
@@ -81,6 +122,9 @@ impl Service for Counter {
                 std::thread::sleep(Duration::from_secs(3600));
             },
             _ => {}
+        }
+        if is_this_version(self.fail_import.as_ref()) {
+            otools_api::bail!("version {VERSION} refuses the state of this instance");
         }
         if version != 1 {
             otools_api::bail!("unknown state schema {version}");
