@@ -43,7 +43,8 @@ pub mod exit {
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    every context ended and was finalized (also after a first SIGINT/SIGTERM)
+  0    every context ended and was finalized (also after a first SIGINT, SIGTERM
+       or SIGHUP, and when one came before anything ran)
   1    runtime failure: a service logged at fatal, or ended in failure (gave up,
        or failed with restart = \"never\")
   2    nothing ran: manifest or plugin error (check: problems found), an invalid
@@ -55,7 +56,7 @@ Exit codes:
   76   a leak ceiling was reached: hot reloads loaded max_loaded_libraries
        versions, or max_abandoned_threads threads were abandoned; stopped
        cleanly for systemd to restart the host
-  130  second SIGINT/SIGTERM: exited at once";
+  130  a second SIGINT, SIGTERM or SIGHUP: exited at once";
 
 /// otools: run OTools-style deployments of Rust plugins.
 #[derive(Debug, Parser)]
