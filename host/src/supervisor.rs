@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use crate::cli::exit;
 use crate::deploy::Deployment;
+use crate::event::{self, Event};
 use crate::runtime::{ContextEvent, Core, StartGate};
-use crate::supervision::{journal, notify, watchdog};
+use crate::supervision::{notify, watchdog};
 use crate::{signals, threads};
 
 enum Msg {
@@ -166,13 +167,9 @@ pub fn run(deployment: Deployment) -> u8 {
                                 "did not finish stopping within its shutdown budget ({}): abandoned",
                                 humantime::format_duration(cores[i].shutdown_budget())
                             );
-                            journal::record(
-                                "abandoned",
-                                &cores[i].shared.name,
-                                None,
-                                None,
-                                &[("entry", "context".into())],
-                            );
+                            event::emit(Event::ContextAbandoned {
+                                context: cores[i].shared.name.clone(),
+                            });
                             ended[i] = true;
                             abandoned[i] = true;
                         }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::supervision::journal;
+use crate::event::{self, Event};
 
 /// Set once any thread could not be created.
 static FAILED: AtomicBool = AtomicBool::new(false);
@@ -80,13 +80,10 @@ pub fn spawn_failed(what: &str, e: &std::io::Error) {
     let what = thread_name("", what);
     let what = what.as_str();
     FAILED.store(true, Ordering::SeqCst);
-    journal::record(
-        "thread_spawn_failed",
-        "",
-        None,
-        None,
-        &[("thread", what.into()), ("error", e.to_string().into())],
-    );
+    event::emit(Event::ThreadSpawnFailed {
+        thread: what.into(),
+        error: e.to_string(),
+    });
     tracing::error!(
         "cannot create a thread ({what}): {e}; the system's thread limit may be reached. \
          Stopping every context, then exiting with code {}",

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{journal, notify};
+use super::notify;
+use crate::event::{self, Ceiling, Event};
 use crate::threads;
 
 /// A slot's call id when no call is running.
@@ -80,17 +81,10 @@ pub fn thread_abandoned() {
         "{n} threads are left in hung plugin calls (max_abandoned_threads = {max}): \
          stopping every context, then exiting with code 76 so that the host restarts clean"
     );
-    journal::record(
-        "leak_ceiling",
-        "",
-        None,
-        None,
-        &[
-            ("kind", "abandoned_threads".into()),
-            ("abandoned_threads", n.into()),
-            ("max", max.into()),
-        ],
-    );
+    event::emit(Event::LeakCeiling(Ceiling::AbandonedThreads {
+        abandoned_threads: u64::try_from(n).unwrap_or(u64::MAX),
+        max: u64::try_from(max).unwrap_or(u64::MAX),
+    }));
     if let Some(h) = ON_CEILING.lock().as_ref() {
         h();
     }
