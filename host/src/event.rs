@@ -7,15 +7,18 @@
 //! ([`crate::supervision::journal::Journal`]) is one, [`UnitStates`] (the
 //! latest state of every unit, for a status view or metrics) another.
 //!
-//! An [`Events`] hub is a value: two hubs never see each other's events.
-//! The host installs its one hub with [`install`] when `otools run`
-//! starts, and the code that records events reaches it through [`emit`].
-//! That hub is process-wide by choice (explicit, set once): the watchdog
-//! and the thread starter, which also record events, are process-wide
-//! themselves.
+//! An [`Events`] hub is a value, not a static: two hubs never see each
+//! other's events. `otools run` builds one and hands it down in
+//! [`crate::deploy::Options::events`]: every context's
+//! [`crate::instance::ContextShared::events`] (the runtime and every
+//! instance handle record there), the reload watcher and the supervisor
+//! hold it. The process-wide watchdog and thread starter only describe the
+//! `leak_ceiling` and `thread_spawn_failed` events; the supervisor's
+//! handlers record them.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::fmt;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde_json::Value as Json;
@@ -438,19 +441,11 @@ impl Events {
     }
 }
 
-/// The host's hub, set once by `otools run` ([`install`]).
-static HOST: OnceLock<Arc<Events>> = OnceLock::new();
-
-/// Makes `events` the hub [`emit`] delivers to. Only the first call counts
-/// (one host per `otools run`); false if a hub was installed already.
-pub fn install(events: Arc<Events>) -> bool {
-    HOST.set(events).is_ok()
-}
-
-/// Records `e` with the host's hub; nothing when none was installed.
-pub fn emit(e: Event) {
-    if let Some(h) = HOST.get() {
-        h.emit(&e);
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("sinks", &self.sinks.len())
+            .finish()
     }
 }
 

@@ -24,7 +24,7 @@ use otools_abi::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
 
 use crate::dataframe::{Caller, Dataframe, Deadline, OwnerId};
-use crate::event::{self, Event};
+use crate::event::{self, Event, Events};
 use crate::logging;
 use crate::plugin::Library;
 
@@ -81,6 +81,8 @@ pub struct ContextShared {
     pub dataframes: Vec<Arc<Dataframe>>,
     /// Names of all dataframes of the manifest, to tell "unknown" from "not listed".
     pub all_dataframes: Arc<Vec<String>>,
+    /// Where the context's lifecycle events go (the host's hub).
+    pub events: Arc<Events>,
 }
 
 impl ContextShared {
@@ -185,7 +187,7 @@ impl InstanceHost {
     fn refuse(&self, call: &str) {
         let n = self.fenced_calls.fetch_add(1, Ordering::Relaxed) + 1;
         if n <= 10 || n % 1000 == 0 {
-            event::emit(Event::FencedCall {
+            self.context.events.emit(&Event::FencedCall {
                 unit: self.unit_id(),
                 call: call.into(),
                 fenced_calls: n,
@@ -260,7 +262,7 @@ impl InstanceHost {
             entry = "drop",
             "drop panicked: {message}"
         );
-        event::emit(Event::DropPanicked {
+        self.context.events.emit(&Event::DropPanicked {
             unit: self.unit_id(),
             reason: message.into(),
         });

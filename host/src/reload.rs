@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use parking_lot::Mutex;
 
-use crate::event::{self, Event};
+use crate::event::{self, Event, Events};
 use crate::instance::InstanceHost;
 use crate::plugin::{Library, loader};
 use crate::runtime::{Core, Paused, Prepared};
@@ -132,6 +132,7 @@ pub fn start(
     cores: Vec<Arc<Core>>,
     libraries: Vec<Arc<Library>>,
     settings: Settings,
+    events: Arc<Events>,
     on_ceiling: impl Fn(Ceiling) + Send + 'static,
 ) {
     if !settings.watch || libraries.is_empty() {
@@ -203,6 +204,7 @@ pub fn start(
                 settings,
                 accounting,
                 on_ceiling: Box::new(on_ceiling),
+                events,
                 ceiling_hit: false,
                 watcher,
                 dirs,
@@ -280,6 +282,8 @@ struct Watcher {
     settings: Settings,
     accounting: Accounting,
     on_ceiling: Box<dyn Fn(Ceiling) + Send>,
+    /// Where the reload events go (the host's hub).
+    events: Arc<Events>,
     ceiling_hit: bool,
     watcher: RecommendedWatcher,
     /// The folders watched so far.
@@ -406,7 +410,7 @@ impl Watcher {
                     self.settings.limit,
                     humantime::format_duration(self.settings.window)
                 );
-                event::emit(Event::ReloadPostponed {
+                self.events.emit(&Event::ReloadPostponed {
                     file: path.display().to_string(),
                 });
             }
@@ -415,7 +419,7 @@ impl Watcher {
         }
         state.pending = false;
         state.attempts.push_back(now);
-        event::emit(Event::ReloadAttempted {
+        self.events.emit(&Event::ReloadAttempted {
             file: path.display().to_string(),
             hash: hex(hash),
         });
@@ -425,7 +429,7 @@ impl Watcher {
                     state.current = lib.hash;
                     state.rejected = None;
                 }
-                event::emit(Event::ReloadOk {
+                self.events.emit(&Event::ReloadOk {
                     file: path.display().to_string(),
                     hash: hex(lib.hash),
                     instances: count(swapped),
@@ -456,7 +460,7 @@ impl Watcher {
                         Retry::OnChange => {}
                     }
                 }
-                event::emit(Event::ReloadRejected {
+                self.events.emit(&Event::ReloadRejected {
                     file: path.display().to_string(),
                     hash: hex(hash),
                     reason: reason.clone(),
@@ -496,9 +500,10 @@ impl Watcher {
             tracing::error!(
                 "{max} plugin library versions loaded (max_loaded_libraries): exiting so that the host restarts clean"
             );
-            event::emit(Event::LeakCeiling(event::Ceiling::LoadedLibraries {
-                loaded_versions: count(self.accounting.versions),
-            }));
+            self.events
+                .emit(&Event::LeakCeiling(event::Ceiling::LoadedLibraries {
+                    loaded_versions: count(self.accounting.versions),
+                }));
             (self.on_ceiling)(Ceiling::Reached);
         }
     }
@@ -759,7 +764,7 @@ impl Swap {
                     return self.rollback(prepared, slot, reason);
                 }
                 Ok(Ok(p)) => {
-                    event::emit(Event::ReloadSetupOk {
+                    core.emit(Event::ReloadSetupOk {
                         unit: core.unit_id(*u, p.generation()),
                         file: self.file.clone(),
                     });

@@ -542,6 +542,11 @@ impl Core {
             })
     }
 
+    /// Delivers `e` to the host's event sinks.
+    pub fn emit(&self, e: Event) {
+        self.shared.events.emit(&e);
+    }
+
     /// Who an event about generation `generation` of unit `u` is about.
     pub fn unit_id(&self, u: usize, generation: u64) -> event::Unit {
         event::Unit::new(&self.shared.name, &self.units[u].name, generation)
@@ -575,7 +580,7 @@ impl Core {
         let failure = !matches!(how, Exit::Deactivated);
         match &how {
             Exit::Failed { entry, reason } => {
-                event::emit(Event::Failed {
+                self.emit(Event::Failed {
                     unit: self.unit_id(u, generation),
                     entry: entry.name().into(),
                     reason: reason.clone(),
@@ -583,7 +588,7 @@ impl Core {
             }
             Exit::Hung { entry, limit } => {
                 let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-                event::emit(Event::Hung {
+                self.emit(Event::Hung {
                     unit: self.unit_id(u, generation),
                     entry: entry.name().into(),
                     limit_ms: Some(limit_ms),
@@ -598,14 +603,14 @@ impl Core {
                 if let Some(h) = &c.host {
                     h.fence();
                 }
-                event::emit(Event::Abandoned {
+                self.emit(Event::Abandoned {
                     unit: self.unit_id(u, generation),
                     entry: entry.name().into(),
                 });
                 unit.loop_running.store(false, Ordering::Relaxed);
             }
             Exit::Deactivated => {
-                event::emit(Event::Deactivated {
+                self.emit(Event::Deactivated {
                     unit: self.unit_id(u, generation),
                 });
                 tracing::debug!(context = %self.shared.name, service = %unit.name, "deactivated");
@@ -654,7 +659,7 @@ impl Core {
                 for &g in &group {
                     if g != u {
                         let sibling_gen = self.units[g].control.lock().generation;
-                        event::emit(Event::Stopping {
+                        self.emit(Event::Stopping {
                             unit: self.unit_id(g, sibling_gen),
                             because: unit.name.clone(),
                         });
@@ -663,7 +668,7 @@ impl Core {
                 let names: Vec<String> =
                     group.iter().map(|g| self.units[*g].name.clone()).collect();
                 let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                event::emit(Event::Restarting {
+                self.emit(Event::Restarting {
                     unit: self.unit_id(u, generation),
                     delay_ms,
                     attempt,
@@ -686,7 +691,7 @@ impl Core {
             Decision::Stay => {
                 let end = if failure && !self.shared.stopping() {
                     self.failed.store(true, Ordering::SeqCst);
-                    event::emit(Event::Stopped {
+                    self.emit(Event::Stopped {
                         unit: self.unit_id(u, generation),
                         reason: "restart policy".into(),
                     });
@@ -703,7 +708,7 @@ impl Core {
                     GiveUp::StopContext => "stop_context",
                     GiveUp::ExitHost => "exit_host",
                 };
-                event::emit(Event::GaveUp {
+                self.emit(Event::GaveUp {
                     unit: self.unit_id(u, generation),
                     action: action.into(),
                     restarts_in_window: u64::try_from(in_window).unwrap_or(u64::MAX),
@@ -817,12 +822,12 @@ impl Core {
         if self.shared.stopping() {
             self.abandoned.store(true, Ordering::SeqCst);
         }
-        event::emit(Event::Hung {
+        self.emit(Event::Hung {
             unit: self.unit_id(h.unit, h.generation),
             entry: "finalize".into(),
             limit_ms: None,
         });
-        event::emit(Event::Abandoned {
+        self.emit(Event::Abandoned {
             unit: self.unit_id(h.unit, h.generation),
             entry: "finalize".into(),
         });
@@ -911,13 +916,13 @@ impl Core {
         )?;
         match classify(&live.host, "finalize", r) {
             Classified::Failed(reason) => {
-                event::emit(Event::Failed {
+                self.emit(Event::Failed {
                     unit: self.unit_id(u, generation),
                     entry: "finalize".into(),
                     reason,
                 });
             }
-            _ => event::emit(Event::Finalized {
+            _ => self.emit(Event::Finalized {
                 unit: self.unit_id(u, generation),
             }),
         }
@@ -962,7 +967,7 @@ impl Core {
         if self.shared.stopping() {
             self.abandoned.store(true, Ordering::SeqCst);
         }
-        event::emit(Event::Abandoned {
+        self.emit(Event::Abandoned {
             unit: self.unit_id(u, live.host.generation),
             entry: entry.into(),
         });
@@ -1035,13 +1040,13 @@ impl Core {
                 live.finalize()
             })?;
             if let Classified::Failed(reason) = classify(&live.host, "finalize", r) {
-                event::emit(Event::Failed {
+                self.emit(Event::Failed {
                     unit: self.unit_id(u, generation),
                     entry: "finalize".into(),
                     reason,
                 });
             } else {
-                event::emit(Event::Finalized {
+                self.emit(Event::Finalized {
                     unit: self.unit_id(u, generation),
                 });
             }
@@ -1068,7 +1073,7 @@ impl Core {
             .store(unit.kind == ExportKind::Service, Ordering::Relaxed);
         unit.control.lock().running_since = Instant::now();
         unit.set_state(State::Ready);
-        event::emit(Event::Started {
+        self.emit(Event::Started {
             unit: self.unit_id(u, generation),
         });
         if generation > 1 {
@@ -1445,18 +1450,18 @@ impl Core {
                     obj.finalize()
                 })?;
                 if let Classified::Failed(reason) = classify(&previous.host, "finalize", r) {
-                    event::emit(Event::Failed {
+                    self.emit(Event::Failed {
                         unit: self.unit_id(u, old.generation),
                         entry: "finalize".into(),
                         reason,
                     });
                 } else {
-                    event::emit(Event::Finalized {
+                    self.emit(Event::Finalized {
                         unit: self.unit_id(u, old.generation),
                     });
                 }
             }
-            None => event::emit(Event::Abandoned {
+            None => self.emit(Event::Abandoned {
                 unit: self.unit_id(u, old.generation),
                 entry: "main".into(),
             }),
@@ -1535,7 +1540,7 @@ impl Core {
         // It no longer counts as failed (the exit code); others still may.
         let others = self.units.iter().any(|x| x.state() == State::Failed);
         self.failed.store(others, Ordering::SeqCst);
-        event::emit(Event::Revived {
+        self.emit(Event::Revived {
             unit: self.unit_id(u, generation),
             file: file.into(),
         });
@@ -1603,7 +1608,7 @@ fn drive(core: &Arc<Core>, epoch: u64, resume: Resume) {
     };
     if d.run(resume).is_ok() {
         core.ended.store(true, Ordering::SeqCst);
-        event::emit(Event::ContextEnded {
+        core.emit(Event::ContextEnded {
             context: core.shared.name.clone(),
         });
         let _ = core.events.send(ContextEvent::Ended(core.index));
@@ -1617,7 +1622,7 @@ impl Driver<'_> {
         match resume {
             Resume::Setup(i) => {
                 self.setup_from(i)?;
-                event::emit(Event::ContextReady {
+                core.emit(Event::ContextReady {
                     context: core.shared.name.clone(),
                 });
                 if core.gate.arrive(core.index) {
@@ -1639,7 +1644,7 @@ impl Driver<'_> {
             Resume::Shutdown(i) => shutdown_from = i,
         }
         if !matches!(resume, Resume::Shutdown(_)) {
-            event::emit(Event::ContextStopping {
+            core.emit(Event::ContextStopping {
                 context: core.shared.name.clone(),
             });
             let _ = core.events.send(ContextEvent::Stopping(core.index));
@@ -1690,7 +1695,7 @@ impl Driver<'_> {
                     unit.live.store(Some(Arc::clone(&live)));
                     unit.control.lock().running_since = Instant::now();
                     unit.set_state(State::Ready);
-                    event::emit(Event::Started {
+                    core.emit(Event::Started {
                         unit: core.unit_id(u, generation),
                     });
                 }

@@ -128,11 +128,11 @@ impl RunCommand {
                 }
             }
         }
-        crate::event::install(Arc::new(Events::new(sinks)));
         let opts = Options {
             plugin_dir: self.manifest.plugin_dir.clone(),
             level_override,
             verbose: self.manifest.verbose,
+            events: Arc::new(Events::new(sinks)),
         };
         let mut deployment = match deploy::build(&m, &opts) {
             Ok(d) => d,
