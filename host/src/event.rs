@@ -588,6 +588,78 @@ mod tests {
         );
     }
 
+    /// Two hosts in one process, each a context with its own hub, run to
+    /// their end at the same time: each hub holds its own context's
+    /// lifecycle and nothing of the other's.
+    #[test]
+    fn two_hosts_in_one_process_record_to_their_own_hubs() {
+        use std::sync::atomic::{AtomicBool, AtomicU8};
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        use crate::instance::{ContextShared, Wake};
+        use crate::runtime::{ContextEvent, ContextPlan, Core, StartGate};
+
+        let host = |name: &str| {
+            let seen = Arc::new(Collect::default());
+            let shared = Arc::new(ContextShared {
+                name: name.into(),
+                level: AtomicU8::new(0),
+                stop: AtomicBool::new(false),
+                fatal: AtomicBool::new(false),
+                wake: Wake::default(),
+                dataframes: Vec::new(),
+                all_dataframes: Arc::new(Vec::new()),
+                events: Arc::new(Events::new(vec![seen.clone()])),
+            });
+            let plan = ContextPlan {
+                shared: Arc::clone(&shared),
+                period: Duration::from_millis(1),
+                strategy: Default::default(),
+                units: Vec::new(),
+                steps: Vec::new(),
+            };
+            let (tx, rx) = mpsc::channel();
+            let core = Core::new(0, plan, Arc::new(StartGate::new(1)), tx);
+            (seen, shared, core, rx)
+        };
+        let hosts = [host("a"), host("b")];
+        for (_, _, core, _) in &hosts {
+            core.start().expect("a driver thread");
+        }
+        // A deadline that only fails a hung test.
+        let wait = |rx: &mpsc::Receiver<ContextEvent>, want: fn(&ContextEvent) -> bool| loop {
+            let e = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the context reports");
+            if want(&e) {
+                break;
+            }
+        };
+        for (_, shared, _, rx) in &hosts {
+            wait(rx, |e| matches!(e, ContextEvent::AllReady));
+            shared.request_stop();
+        }
+        for (_, _, _, rx) in &hosts {
+            wait(rx, |e| matches!(e, ContextEvent::Ended(_)));
+        }
+        for (seen, shared, _, _) in &hosts {
+            let context = shared.name.clone();
+            assert_eq!(
+                *seen.0.lock(),
+                vec![
+                    Event::ContextReady {
+                        context: context.clone()
+                    },
+                    Event::ContextStopping {
+                        context: context.clone()
+                    },
+                    Event::ContextEnded { context },
+                ]
+            );
+        }
+    }
+
     #[test]
     fn unit_states_follow_a_failure_restart_and_reload() {
         let states = UnitStates::default();
