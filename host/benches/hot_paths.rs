@@ -50,6 +50,7 @@ fn host_to_plugin(c: &mut Criterion) {
         wake: Wake::default(),
         dataframes: Vec::new(),
         all_dataframes: Arc::new(Vec::new()),
+        events: Arc::default(),
     });
     let host = InstanceHost::new(shared, "nop".into(), lib, "Nop".into(), 1, Arc::default());
     c.bench_function("host -> plugin main() call (Nop)", |b| {

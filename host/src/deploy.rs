@@ -15,6 +15,7 @@ use otools_abi::{LogLevel, Value};
 use toml::Spanned;
 
 use crate::dataframe::Dataframe;
+use crate::event::Events;
 use crate::instance::{ContextShared, Wake};
 use crate::manifest::config::ConfigJson;
 use crate::manifest::validate::validate;
@@ -34,6 +35,8 @@ pub struct Options {
     pub level_override: Option<LogLevel>,
     /// Keep abi_stable's full reports in load errors.
     pub verbose: bool,
+    /// Where lifecycle events go: the host's hub (none by default).
+    pub events: Arc<Events>,
 }
 
 /// Everything needed to run a manifest.
@@ -46,6 +49,8 @@ pub struct Deployment {
     pub loaded: Vec<Arc<crate::plugin::Library>>,
     /// How reloads are watched (from `[host]`; the CLI may turn watching off).
     pub reload: crate::reload::Settings,
+    /// Where lifecycle events go (from [`Options::events`]).
+    pub events: Arc<Events>,
 }
 
 impl Deployment {
@@ -280,6 +285,7 @@ impl Builder<'_> {
             wake: Wake::default(),
             dataframes,
             all_dataframes: Arc::clone(names),
+            events: Arc::clone(&self.opts.events),
         });
         let ckey = format!("context \"{}\"", shown(c.name.get_ref()));
         let mut units = Vec::new();
@@ -432,5 +438,6 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         libraries: b.registry.libraries().len(),
         loaded: b.registry.libraries(),
         reload: manifest.reload_settings(opts.verbose),
+        events: Arc::clone(&opts.events),
     })
 }

@@ -24,6 +24,7 @@ use otools_abi::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
 
 use crate::dataframe::{Caller, Dataframe, Deadline, OwnerId};
+use crate::event::{self, Event, Events};
 use crate::logging;
 use crate::plugin::Library;
 
@@ -80,6 +81,8 @@ pub struct ContextShared {
     pub dataframes: Vec<Arc<Dataframe>>,
     /// Names of all dataframes of the manifest, to tell "unknown" from "not listed".
     pub all_dataframes: Arc<Vec<String>>,
+    /// Where the context's lifecycle events go (the host's hub).
+    pub events: Arc<Events>,
 }
 
 impl ContextShared {
@@ -172,6 +175,11 @@ impl InstanceHost {
         self.fenced.load(Ordering::Relaxed)
     }
 
+    /// Who events about this instance are about.
+    fn unit_id(&self) -> event::Unit {
+        event::Unit::new(&self.context.name, &self.name, self.generation)
+    }
+
     /// Counts and records a refused callback. The first ten of an instance
     /// are journaled one by one, then every thousandth, so a spinning stale
     /// thread cannot flood the journal.
@@ -179,13 +187,11 @@ impl InstanceHost {
     fn refuse(&self, call: &str) {
         let n = self.fenced_calls.fetch_add(1, Ordering::Relaxed) + 1;
         if n <= 10 || n % 1000 == 0 {
-            crate::supervision::journal::record(
-                "fenced_call",
-                &self.context.name,
-                Some(&self.name),
-                Some(self.generation),
-                &[("call", call.into()), ("fenced_calls", n.into())],
-            );
+            self.context.events.emit(&Event::FencedCall {
+                unit: self.unit_id(),
+                call: call.into(),
+                fenced_calls: n,
+            });
         }
     }
 
@@ -256,13 +262,10 @@ impl InstanceHost {
             entry = "drop",
             "drop panicked: {message}"
         );
-        crate::supervision::journal::record(
-            "drop_panicked",
-            &self.context.name,
-            Some(&self.name),
-            Some(self.generation),
-            &[("reason", message.into())],
-        );
+        self.context.events.emit(&Event::DropPanicked {
+            unit: self.unit_id(),
+            reason: message.into(),
+        });
     }
 
     /// Logs a failed call with everything needed to find the culprit.

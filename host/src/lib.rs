@@ -9,11 +9,13 @@
 //! the host handle every plugin call receives; [`supervisor`] runs the
 //! contexts; [`signals`] handles signals from the start of `run`;
 //! [`threads`] starts the host's threads; [`cli`] is the command line and
-//! [`logging`] the log format.
+//! [`logging`] the log format; [`event`] holds the typed lifecycle events
+//! and the sinks they are delivered to.
 
 pub mod cli;
 pub mod dataframe;
 pub mod deploy;
+pub mod event;
 pub mod instance;
 pub mod logging;
 pub mod manifest;

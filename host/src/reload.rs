@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use parking_lot::Mutex;
 
+use crate::event::{self, Event, Events};
 use crate::instance::InstanceHost;
 use crate::plugin::{Library, loader};
 use crate::runtime::{Core, Paused, Prepared};
-use crate::supervision::journal;
 use crate::supervision::watchdog::{Hung, Slot};
 
 /// Marks a refusal that is only about timing (a unit restarting): retried.
@@ -132,6 +132,7 @@ pub fn start(
     cores: Vec<Arc<Core>>,
     libraries: Vec<Arc<Library>>,
     settings: Settings,
+    events: Arc<Events>,
     on_ceiling: impl Fn(Ceiling) + Send + 'static,
 ) {
     if !settings.watch || libraries.is_empty() {
@@ -203,6 +204,7 @@ pub fn start(
                 settings,
                 accounting,
                 on_ceiling: Box::new(on_ceiling),
+                events,
                 ceiling_hit: false,
                 watcher,
                 dirs,
@@ -280,10 +282,17 @@ struct Watcher {
     settings: Settings,
     accounting: Accounting,
     on_ceiling: Box<dyn Fn(Ceiling) + Send>,
+    /// Where the reload events go (the host's hub).
+    events: Arc<Events>,
     ceiling_hit: bool,
     watcher: RecommendedWatcher,
     /// The folders watched so far.
     dirs: Vec<PathBuf>,
+}
+
+/// A count as an event field.
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 fn hex(h: u64) -> String {
@@ -401,49 +410,33 @@ impl Watcher {
                     self.settings.limit,
                     humantime::format_duration(self.settings.window)
                 );
-                journal::record(
-                    "reload_postponed",
-                    "",
-                    None,
-                    None,
-                    &[("file", path.display().to_string().into())],
-                );
+                self.events.emit(&Event::ReloadPostponed {
+                    file: path.display().to_string(),
+                });
             }
             state.pending = true;
             return;
         }
         state.pending = false;
         state.attempts.push_back(now);
-        journal::record(
-            "reload_attempted",
-            "",
-            None,
-            None,
-            &[
-                ("file", path.display().to_string().into()),
-                ("hash", hex(hash).into()),
-            ],
-        );
+        self.events.emit(&Event::ReloadAttempted {
+            file: path.display().to_string(),
+            hash: hex(hash),
+        });
         match self.reload(path) {
             Ok((lib, swapped, revived)) => {
                 if let Some(state) = self.files.get_mut(path) {
                     state.current = lib.hash;
                     state.rejected = None;
                 }
-                journal::record(
-                    "reload_ok",
-                    "",
-                    None,
-                    None,
-                    &[
-                        ("file", path.display().to_string().into()),
-                        ("hash", hex(lib.hash).into()),
-                        ("instances", swapped.into()),
-                        ("revived", revived.into()),
-                        ("loaded_versions", self.accounting.versions.into()),
-                        ("loaded_bytes", self.accounting.bytes.into()),
-                    ],
-                );
+                self.events.emit(&Event::ReloadOk {
+                    file: path.display().to_string(),
+                    hash: hex(lib.hash),
+                    instances: count(swapped),
+                    revived: count(revived),
+                    loaded_versions: count(self.accounting.versions),
+                    loaded_bytes: self.accounting.bytes,
+                });
                 tracing::info!(
                     "reloaded {} ({} instance(s) replaced, {} revived; {} library versions loaded, {} KiB, never unloaded)",
                     path.display(),
@@ -467,17 +460,11 @@ impl Watcher {
                         Retry::OnChange => {}
                     }
                 }
-                journal::record(
-                    "reload_rejected",
-                    "",
-                    None,
-                    None,
-                    &[
-                        ("file", path.display().to_string().into()),
-                        ("hash", hex(hash).into()),
-                        ("reason", reason.as_str().into()),
-                    ],
-                );
+                self.events.emit(&Event::ReloadRejected {
+                    file: path.display().to_string(),
+                    hash: hex(hash),
+                    reason: reason.clone(),
+                });
                 tracing::error!(
                     "reload of {} refused; the running version keeps serving: {reason}",
                     path.display()
@@ -513,16 +500,10 @@ impl Watcher {
             tracing::error!(
                 "{max} plugin library versions loaded (max_loaded_libraries): exiting so that the host restarts clean"
             );
-            journal::record(
-                "leak_ceiling",
-                "",
-                None,
-                None,
-                &[
-                    ("kind", "loaded_libraries".into()),
-                    ("loaded_versions", self.accounting.versions.into()),
-                ],
-            );
+            self.events
+                .emit(&Event::LeakCeiling(event::Ceiling::LoadedLibraries {
+                    loaded_versions: count(self.accounting.versions),
+                }));
             (self.on_ceiling)(Ceiling::Reached);
         }
     }
@@ -783,12 +764,10 @@ impl Swap {
                     return self.rollback(prepared, slot, reason);
                 }
                 Ok(Ok(p)) => {
-                    core.journal_unit(
-                        "reload_setup_ok",
-                        *u,
-                        p.generation(),
-                        &[("file", self.file.as_str().into())],
-                    );
+                    core.emit(Event::ReloadSetupOk {
+                        unit: core.unit_id(*u, p.generation()),
+                        file: self.file.clone(),
+                    });
                     prepared.push((Arc::clone(core), p));
                 }
             }

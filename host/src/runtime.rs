@@ -41,12 +41,11 @@ use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportKind, FfiConditionBox, FfiServiceBox,
 };
 use parking_lot::{Condvar, Mutex};
-use serde_json::Value as Json;
 
+use crate::event::{self, Event};
 use crate::instance::{ContextShared, InstanceHost};
 use crate::manifest::Mode;
 use crate::plugin::Library;
-use crate::supervision::journal;
 use crate::supervision::policy::{Decision, GiveUp, Policy, Restart, Strategy, Tracker};
 use crate::supervision::watchdog::{self, Entry, Hung, Slot, Watched, limit_ms};
 use crate::threads;
@@ -543,14 +542,14 @@ impl Core {
             })
     }
 
-    fn journal(&self, event: &str, u: usize, generation: u64, fields: &[(&str, Json)]) {
-        journal::record(
-            event,
-            &self.shared.name,
-            Some(&self.units[u].name),
-            Some(generation),
-            fields,
-        );
+    /// Delivers `e` to the host's event sinks.
+    pub fn emit(&self, e: Event) {
+        self.shared.events.emit(&e);
+    }
+
+    /// Who an event about generation `generation` of unit `u` is about.
+    pub fn unit_id(&self, u: usize, generation: u64) -> event::Unit {
+        event::Unit::new(&self.shared.name, &self.units[u].name, generation)
     }
 
     /// The units restarted along with `u` under the context's strategy, in manifest order.
@@ -581,27 +580,19 @@ impl Core {
         let failure = !matches!(how, Exit::Deactivated);
         match &how {
             Exit::Failed { entry, reason } => {
-                self.journal(
-                    "failed",
-                    u,
-                    generation,
-                    &[
-                        ("entry", entry.name().into()),
-                        ("reason", reason.as_str().into()),
-                    ],
-                );
+                self.emit(Event::Failed {
+                    unit: self.unit_id(u, generation),
+                    entry: entry.name().into(),
+                    reason: reason.clone(),
+                });
             }
             Exit::Hung { entry, limit } => {
                 let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-                self.journal(
-                    "hung",
-                    u,
-                    generation,
-                    &[
-                        ("entry", entry.name().into()),
-                        ("limit_ms", limit_ms.into()),
-                    ],
-                );
+                self.emit(Event::Hung {
+                    unit: self.unit_id(u, generation),
+                    entry: entry.name().into(),
+                    limit_ms: Some(limit_ms),
+                });
                 tracing::warn!(
                     context = %self.shared.name,
                     service = %unit.name,
@@ -612,16 +603,16 @@ impl Core {
                 if let Some(h) = &c.host {
                     h.fence();
                 }
-                self.journal(
-                    "abandoned",
-                    u,
-                    generation,
-                    &[("entry", entry.name().into())],
-                );
+                self.emit(Event::Abandoned {
+                    unit: self.unit_id(u, generation),
+                    entry: entry.name().into(),
+                });
                 unit.loop_running.store(false, Ordering::Relaxed);
             }
             Exit::Deactivated => {
-                self.journal("deactivated", u, generation, &[]);
+                self.emit(Event::Deactivated {
+                    unit: self.unit_id(u, generation),
+                });
                 tracing::debug!(context = %self.shared.name, service = %unit.name, "deactivated");
             }
         }
@@ -668,30 +659,22 @@ impl Core {
                 for &g in &group {
                     if g != u {
                         let sibling_gen = self.units[g].control.lock().generation;
-                        self.journal(
-                            "stopping",
-                            g,
-                            sibling_gen,
-                            &[("because", unit.name.as_str().into())],
-                        );
+                        self.emit(Event::Stopping {
+                            unit: self.unit_id(g, sibling_gen),
+                            because: unit.name.clone(),
+                        });
                     }
                 }
-                let names: Vec<Json> = group
-                    .iter()
-                    .map(|g| self.units[*g].name.as_str().into())
-                    .collect();
+                let names: Vec<String> =
+                    group.iter().map(|g| self.units[*g].name.clone()).collect();
                 let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                self.journal(
-                    "restarting",
-                    u,
-                    generation,
-                    &[
-                        ("delay_ms", delay_ms.into()),
-                        ("attempt", attempt.into()),
-                        ("restarts_in_window", in_window.into()),
-                        ("group", Json::Array(names)),
-                    ],
-                );
+                self.emit(Event::Restarting {
+                    unit: self.unit_id(u, generation),
+                    delay_ms,
+                    attempt,
+                    restarts_in_window: u64::try_from(in_window).unwrap_or(u64::MAX),
+                    group: names,
+                });
                 tracing::info!(
                     context = %self.shared.name,
                     service = %unit.name,
@@ -708,12 +691,10 @@ impl Core {
             Decision::Stay => {
                 let end = if failure && !self.shared.stopping() {
                     self.failed.store(true, Ordering::SeqCst);
-                    self.journal(
-                        "stopped",
-                        u,
-                        generation,
-                        &[("reason", "restart policy".into())],
-                    );
+                    self.emit(Event::Stopped {
+                        unit: self.unit_id(u, generation),
+                        reason: "restart policy".into(),
+                    });
                     State::Failed
                 } else {
                     State::Ended
@@ -727,15 +708,11 @@ impl Core {
                     GiveUp::StopContext => "stop_context",
                     GiveUp::ExitHost => "exit_host",
                 };
-                self.journal(
-                    "gave_up",
-                    u,
-                    generation,
-                    &[
-                        ("action", action.into()),
-                        ("restarts_in_window", in_window.into()),
-                    ],
-                );
+                self.emit(Event::GaveUp {
+                    unit: self.unit_id(u, generation),
+                    action: action.into(),
+                    restarts_in_window: u64::try_from(in_window).unwrap_or(u64::MAX),
+                });
                 tracing::error!(
                     context = %self.shared.name,
                     service = %unit.name,
@@ -845,18 +822,15 @@ impl Core {
         if self.shared.stopping() {
             self.abandoned.store(true, Ordering::SeqCst);
         }
-        self.journal(
-            "hung",
-            h.unit,
-            h.generation,
-            &[("entry", "finalize".into())],
-        );
-        self.journal(
-            "abandoned",
-            h.unit,
-            h.generation,
-            &[("entry", "finalize".into())],
-        );
+        self.emit(Event::Hung {
+            unit: self.unit_id(h.unit, h.generation),
+            entry: "finalize".into(),
+            limit_ms: None,
+        });
+        self.emit(Event::Abandoned {
+            unit: self.unit_id(h.unit, h.generation),
+            entry: "finalize".into(),
+        });
         tracing::error!(
             context = %self.shared.name,
             service = %unit.name,
@@ -942,14 +916,15 @@ impl Core {
         )?;
         match classify(&live.host, "finalize", r) {
             Classified::Failed(reason) => {
-                self.journal(
-                    "failed",
-                    u,
-                    generation,
-                    &[("entry", "finalize".into()), ("reason", reason.into())],
-                );
+                self.emit(Event::Failed {
+                    unit: self.unit_id(u, generation),
+                    entry: "finalize".into(),
+                    reason,
+                });
             }
-            _ => self.journal("finalized", u, generation, &[]),
+            _ => self.emit(Event::Finalized {
+                unit: self.unit_id(u, generation),
+            }),
         }
         live.host.fence();
         Ok(())
@@ -992,12 +967,10 @@ impl Core {
         if self.shared.stopping() {
             self.abandoned.store(true, Ordering::SeqCst);
         }
-        self.journal(
-            "abandoned",
-            u,
-            live.host.generation,
-            &[("entry", entry.into())],
-        );
+        self.emit(Event::Abandoned {
+            unit: self.unit_id(u, live.host.generation),
+            entry: entry.into(),
+        });
         tracing::error!(
             context = %self.shared.name,
             service = %unit.name,
@@ -1067,14 +1040,15 @@ impl Core {
                 live.finalize()
             })?;
             if let Classified::Failed(reason) = classify(&live.host, "finalize", r) {
-                self.journal(
-                    "failed",
-                    u,
-                    generation,
-                    &[("entry", "finalize".into()), ("reason", reason.into())],
-                );
+                self.emit(Event::Failed {
+                    unit: self.unit_id(u, generation),
+                    entry: "finalize".into(),
+                    reason,
+                });
             } else {
-                self.journal("finalized", u, generation, &[]);
+                self.emit(Event::Finalized {
+                    unit: self.unit_id(u, generation),
+                });
             }
             live.host.fence();
             unit.set_state(State::Ended);
@@ -1099,7 +1073,9 @@ impl Core {
             .store(unit.kind == ExportKind::Service, Ordering::Relaxed);
         unit.control.lock().running_since = Instant::now();
         unit.set_state(State::Ready);
-        self.journal("started", u, generation, &[]);
+        self.emit(Event::Started {
+            unit: self.unit_id(u, generation),
+        });
         if generation > 1 {
             tracing::info!(context = %self.shared.name, service = %unit.name, "generation {generation} started");
         }
@@ -1231,11 +1207,6 @@ impl Core {
             generation,
             Arc::clone(&unit.stash),
         ))
-    }
-
-    /// Records a journal event about unit `u`.
-    pub fn journal_unit(&self, event: &str, u: usize, generation: u64, fields: &[(&str, Json)]) {
-        self.journal(event, u, generation, fields);
     }
 
     /// Generation `generation` of unit `u`, paused for a reload, hung in a
@@ -1479,17 +1450,21 @@ impl Core {
                     obj.finalize()
                 })?;
                 if let Classified::Failed(reason) = classify(&previous.host, "finalize", r) {
-                    self.journal(
-                        "failed",
-                        u,
-                        old.generation,
-                        &[("entry", "finalize".into()), ("reason", reason.into())],
-                    );
+                    self.emit(Event::Failed {
+                        unit: self.unit_id(u, old.generation),
+                        entry: "finalize".into(),
+                        reason,
+                    });
                 } else {
-                    self.journal("finalized", u, old.generation, &[]);
+                    self.emit(Event::Finalized {
+                        unit: self.unit_id(u, old.generation),
+                    });
                 }
             }
-            None => self.journal("abandoned", u, old.generation, &[("entry", "main".into())]),
+            None => self.emit(Event::Abandoned {
+                unit: self.unit_id(u, old.generation),
+                entry: "main".into(),
+            }),
         }
         previous.host.fence();
         Ok(())
@@ -1565,7 +1540,10 @@ impl Core {
         // It no longer counts as failed (the exit code); others still may.
         let others = self.units.iter().any(|x| x.state() == State::Failed);
         self.failed.store(others, Ordering::SeqCst);
-        self.journal("revived", u, generation, &[("file", file.into())]);
+        self.emit(Event::Revived {
+            unit: self.unit_id(u, generation),
+            file: file.into(),
+        });
         tracing::info!(
             context = %self.shared.name,
             service = %unit.name,
@@ -1630,7 +1608,9 @@ fn drive(core: &Arc<Core>, epoch: u64, resume: Resume) {
     };
     if d.run(resume).is_ok() {
         core.ended.store(true, Ordering::SeqCst);
-        journal::record("context_ended", &core.shared.name, None, None, &[]);
+        core.emit(Event::ContextEnded {
+            context: core.shared.name.clone(),
+        });
         let _ = core.events.send(ContextEvent::Ended(core.index));
     }
 }
@@ -1642,7 +1622,9 @@ impl Driver<'_> {
         match resume {
             Resume::Setup(i) => {
                 self.setup_from(i)?;
-                journal::record("ready", &core.shared.name, None, None, &[]);
+                core.emit(Event::ContextReady {
+                    context: core.shared.name.clone(),
+                });
                 if core.gate.arrive(core.index) {
                     let _ = core.events.send(ContextEvent::AllReady);
                 }
@@ -1662,7 +1644,9 @@ impl Driver<'_> {
             Resume::Shutdown(i) => shutdown_from = i,
         }
         if !matches!(resume, Resume::Shutdown(_)) {
-            journal::record("context_stopping", &core.shared.name, None, None, &[]);
+            core.emit(Event::ContextStopping {
+                context: core.shared.name.clone(),
+            });
             let _ = core.events.send(ContextEvent::Stopping(core.index));
         }
         self.shutdown_from(shutdown_from)
@@ -1711,7 +1695,9 @@ impl Driver<'_> {
                     unit.live.store(Some(Arc::clone(&live)));
                     unit.control.lock().running_since = Instant::now();
                     unit.set_state(State::Ready);
-                    core.journal("started", u, generation, &[]);
+                    core.emit(Event::Started {
+                        unit: core.unit_id(u, generation),
+                    });
                 }
             }
         }

@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use crate::cli::exit;
 use crate::deploy::Deployment;
+use crate::event::Event;
 use crate::runtime::{ContextEvent, Core, StartGate};
-use crate::supervision::{journal, notify, watchdog};
+use crate::supervision::{notify, watchdog};
 use crate::{signals, threads};
 
 enum Msg {
@@ -55,13 +56,17 @@ pub fn run(deployment: Deployment) -> u8 {
     }
     {
         let tx = tx.clone();
-        threads::on_failure(move || {
+        let events = Arc::clone(&deployment.events);
+        threads::on_failure(move |e| {
+            events.emit(e);
             let _ = tx.send(Msg::CannotSpawn);
         });
     }
     {
         let tx = tx.clone();
-        watchdog::on_ceiling(move || {
+        let events = Arc::clone(&deployment.events);
+        watchdog::on_ceiling(move |e| {
+            events.emit(e);
             let _ = tx.send(Msg::LeakCeiling);
         });
     }
@@ -136,6 +141,7 @@ pub fn run(deployment: Deployment) -> u8 {
             cores.clone(),
             deployment.loaded.clone(),
             deployment.reload.clone(),
+            Arc::clone(&deployment.events),
             move |_| {
                 let _ = tx.send(Msg::LeakCeiling);
             },
@@ -166,13 +172,9 @@ pub fn run(deployment: Deployment) -> u8 {
                                 "did not finish stopping within its shutdown budget ({}): abandoned",
                                 humantime::format_duration(cores[i].shutdown_budget())
                             );
-                            journal::record(
-                                "abandoned",
-                                &cores[i].shared.name,
-                                None,
-                                None,
-                                &[("entry", "context".into())],
-                            );
+                            cores[i].emit(Event::ContextAbandoned {
+                                context: cores[i].shared.name.clone(),
+                            });
                             ended[i] = true;
                             abandoned[i] = true;
                         }

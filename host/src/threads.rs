@@ -6,9 +6,9 @@
 //!   of NUL and other control characters (which `std::thread::Builder::name`
 //!   would panic on or the logs would echo raw), see [`thread_name`];
 //! - a thread that cannot be created (the system's thread or memory limit is
-//!   reached) is an error, never silence: [`spawn`] journals a
-//!   `thread_spawn_failed` event, logs it, and calls the handler the
-//!   supervisor installed with [`on_failure`], which stops every context
+//!   reached) is an error, never silence: [`spawn`] logs it and hands a
+//!   `thread_spawn_failed` event to the handler the supervisor installed
+//!   with [`on_failure`], which records it and stops every context
 //!   cleanly; the host then exits with code 71
 //!   ([`crate::cli::exit::CANNOT_SPAWN`]).
 
@@ -17,19 +17,20 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::supervision::journal;
+use crate::event::Event;
 
 /// Set once any thread could not be created.
 static FAILED: AtomicBool = AtomicBool::new(false);
 
-type Handler = Box<dyn Fn() + Send + Sync>;
+type Handler = Box<dyn Fn(&Event) + Send + Sync>;
 
 /// What to do when a thread cannot be created (set by the supervisor).
 static ON_FAILURE: Mutex<Option<Handler>> = Mutex::new(None);
 
-/// Sets what to do when a thread cannot be created (after it was journaled
-/// and logged): the supervisor stops everything.
-pub fn on_failure(handler: impl Fn() + Send + Sync + 'static) {
+/// Sets what to do when a thread cannot be created (after it was logged):
+/// the supervisor records the `thread_spawn_failed` event it is handed with
+/// its event hub, and stops everything.
+pub fn on_failure(handler: impl Fn(&Event) + Send + Sync + 'static) {
     *ON_FAILURE.lock() = Some(Box::new(handler));
 }
 
@@ -80,20 +81,16 @@ pub fn spawn_failed(what: &str, e: &std::io::Error) {
     let what = thread_name("", what);
     let what = what.as_str();
     FAILED.store(true, Ordering::SeqCst);
-    journal::record(
-        "thread_spawn_failed",
-        "",
-        None,
-        None,
-        &[("thread", what.into()), ("error", e.to_string().into())],
-    );
     tracing::error!(
         "cannot create a thread ({what}): {e}; the system's thread limit may be reached. \
          Stopping every context, then exiting with code {}",
         crate::cli::exit::CANNOT_SPAWN
     );
     if let Some(h) = ON_FAILURE.lock().as_ref() {
-        h();
+        h(&Event::ThreadSpawnFailed {
+            thread: what.into(),
+            error: e.to_string(),
+        });
     }
 }
 

@@ -31,6 +31,7 @@ impl CheckCommand {
             plugin_dir: self.manifest.plugin_dir.clone(),
             level_override: None,
             verbose: self.manifest.verbose,
+            ..Options::default()
         };
         match deploy::build(&m, &opts) {
             Ok(d) => {

@@ -3,15 +3,19 @@
 //! start (see [`crate::signals`]): a first signal while loading stops
 //! before anything runs, with code 0.
 
+use std::sync::Arc;
+
 use clap::Args;
 use otools_abi::LogLevel;
 use tracing_subscriber::EnvFilter;
 
 use super::{LogArgs, ManifestArgs, exit, print_errors};
 use crate::deploy::{self, Options};
+use crate::event::{Events, Sink, UnitStates};
 use crate::logging::{self, directive};
 use crate::manifest::{self, Diagnostics, Manifest};
 use crate::signals;
+use crate::supervision::journal::Journal;
 use crate::supervision::watchdog;
 
 /// Run a deployment.
@@ -105,18 +109,30 @@ impl RunCommand {
             Err(e) => return refuse_one(&e),
         };
         logging::init(self.log.log_format, filter);
-        if let Some(path) = &self.events
-            && let Err(e) = crate::supervision::journal::open(path)
-        {
-            return refuse_one(&format!(
-                "cannot open the event journal {}: {e}",
-                path.display()
-            ));
+        // The host's events: the latest state of every unit, and the
+        // `--events` file when asked for.
+        let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(UnitStates::default())];
+        let mut journal = None;
+        if let Some(path) = &self.events {
+            match Journal::open(path) {
+                Ok(j) => {
+                    let j = Arc::new(j);
+                    sinks.push(Arc::clone(&j) as Arc<dyn Sink>);
+                    journal = Some(j);
+                }
+                Err(e) => {
+                    return refuse_one(&format!(
+                        "cannot open the event journal {}: {e}",
+                        path.display()
+                    ));
+                }
+            }
         }
         let opts = Options {
             plugin_dir: self.manifest.plugin_dir.clone(),
             level_override,
             verbose: self.manifest.verbose,
+            events: Arc::new(Events::new(sinks)),
         };
         let mut deployment = match deploy::build(&m, &opts) {
             Ok(d) => d,
@@ -147,7 +163,9 @@ impl RunCommand {
             deployment.reload.watch = false;
         }
         let code = crate::supervisor::run(deployment);
-        crate::supervision::journal::finish();
+        if let Some(j) = &journal {
+            j.finish();
+        }
         code
     }
 }

@@ -6,7 +6,8 @@
 //! - [`watchdog`]: the one thread that watches every call with a deadline
 //!   and declares it hung; it also keeps the coarse clock calls are stamped
 //!   with, and sends systemd's `WATCHDOG=1` pings.
-//! - [`journal`]: the `--events` JSON-lines journal of lifecycle events.
+//! - [`journal`]: the `--events` JSON-lines journal of lifecycle events, a
+//!   sink of the host's [`crate::event::Events`].
 //! - [`notify`]: systemd's `sd_notify` protocol.
 //!
 //! What an in-process host cannot do: stop a thread stuck in plugin code, or

@@ -15,9 +15,9 @@
 //! A thread whose call was declared hung is *abandoned*: it cannot be
 //! stopped, and stays until the plugin call returns (if ever). The watchdog
 //! counts the threads abandoned and not yet returned, host-wide; once they
-//! reach `[host] max_abandoned_threads` it journals a `leak_ceiling` event
-//! (kind `abandoned_threads`) and tells the supervisor, which stops every
-//! context and exits with code 76.
+//! reach `[host] max_abandoned_threads` it hands a `leak_ceiling` event
+//! (kind `abandoned_threads`) to the supervisor, which records it, stops
+//! every context and exits with code 76.
 //!
 //! A call is never declared before its deadline, and at most two ticks after
 //! it (its start stamp is up to one tick early, and the scan runs once a
@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{journal, notify};
+use super::notify;
+use crate::event::{Ceiling, Event};
 use crate::threads;
 
 /// A slot's call id when no call is running.
@@ -48,7 +49,7 @@ static ABANDONED_THREADS: AtomicUsize = AtomicUsize::new(0);
 static MAX_ABANDONED_THREADS: AtomicUsize =
     AtomicUsize::new(crate::manifest::DEFAULT_MAX_ABANDONED_THREADS);
 static CEILING_HIT: AtomicBool = AtomicBool::new(false);
-type CeilingHandler = Box<dyn Fn() + Send + Sync>;
+type CeilingHandler = Box<dyn Fn(&Event) + Send + Sync>;
 static ON_CEILING: Mutex<Option<CeilingHandler>> = Mutex::new(None);
 
 /// Sets `[host] max_abandoned_threads` (at least 1).
@@ -57,8 +58,9 @@ pub fn set_max_abandoned_threads(max: usize) {
 }
 
 /// Sets what to do once `max_abandoned_threads` is reached (the supervisor
-/// stops everything); called at most once.
-pub fn on_ceiling(handler: impl Fn() + Send + Sync + 'static) {
+/// records the `leak_ceiling` event it is handed, then stops everything);
+/// called at most once.
+pub fn on_ceiling(handler: impl Fn(&Event) + Send + Sync + 'static) {
     *ON_CEILING.lock() = Some(Box::new(handler));
 }
 
@@ -80,19 +82,11 @@ pub fn thread_abandoned() {
         "{n} threads are left in hung plugin calls (max_abandoned_threads = {max}): \
          stopping every context, then exiting with code 76 so that the host restarts clean"
     );
-    journal::record(
-        "leak_ceiling",
-        "",
-        None,
-        None,
-        &[
-            ("kind", "abandoned_threads".into()),
-            ("abandoned_threads", n.into()),
-            ("max", max.into()),
-        ],
-    );
     if let Some(h) = ON_CEILING.lock().as_ref() {
-        h();
+        h(&Event::LeakCeiling(Ceiling::AbandonedThreads {
+            abandoned_threads: u64::try_from(n).unwrap_or(u64::MAX),
+            max: u64::try_from(max).unwrap_or(u64::MAX),
+        }));
     }
 }
 

@@ -1,0 +1,744 @@
+//! Typed lifecycle events and the sinks they are delivered to.
+//!
+//! Every lifecycle event the host records (a unit started, failed, hung,
+//! was abandoned, restarted, finalized, a reload was attempted, ...) is one
+//! [`Event`] value. An [`Events`] hub delivers each event to its list of
+//! [`Sink`]s, in order: the `--events` JSON-lines file
+//! ([`crate::supervision::journal::Journal`]) is one, [`UnitStates`] (the
+//! latest state of every unit, for a status view or metrics) another.
+//!
+//! An [`Events`] hub is a value, not a static: two hubs never see each
+//! other's events. `otools run` builds one and hands it down in
+//! [`crate::deploy::Options::events`]: every context's
+//! [`crate::instance::ContextShared::events`] (the runtime and every
+//! instance handle record there), the reload watcher and the supervisor
+//! hold it. The process-wide watchdog and thread starter only describe the
+//! `leak_ceiling` and `thread_spawn_failed` events; the supervisor's
+//! handlers record them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::Value as Json;
+
+/// Which instance of which service an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// The context the service runs in.
+    pub context: String,
+    /// The service's name in the manifest.
+    pub service: String,
+    /// The instance's generation (1 for the first, one more per replacement).
+    pub generation: u64,
+}
+
+impl Unit {
+    /// The unit `service` of `context`, at `generation`.
+    pub fn new(context: &str, service: &str, generation: u64) -> Self {
+        Self {
+            context: context.to_owned(),
+            service: service.to_owned(),
+            generation,
+        }
+    }
+}
+
+/// Which leak ceiling was reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ceiling {
+    /// `[host] max_abandoned_threads`: threads left in hung plugin calls.
+    AbandonedThreads {
+        /// Threads abandoned now.
+        abandoned_threads: u64,
+        /// The ceiling.
+        max: u64,
+    },
+    /// `max_loaded_libraries`: plugin library versions mapped (never unmapped).
+    LoadedLibraries {
+        /// Versions loaded now.
+        loaded_versions: u64,
+    },
+}
+
+/// One lifecycle event. The JSON name of each is in its doc
+/// ([`Event::name`]); [`Event::fields`] gives its event-specific keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `started`: an instance was set up and serves.
+    Started {
+        /// The unit.
+        unit: Unit,
+    },
+    /// `failed`: an entry point returned an error or panicked.
+    Failed {
+        /// The unit.
+        unit: Unit,
+        /// The entry point (`setup`, `main`, `loop`, `finalize`, ...).
+        entry: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// `hung`: an entry point did not return within its limit (`limit_ms`
+    /// when the watchdog declared it; none when a finalize overran).
+    Hung {
+        /// The unit.
+        unit: Unit,
+        /// The entry point (`setup`, `main`, `loop`, `finalize`, ...).
+        entry: String,
+        /// The limit it overran, in milliseconds.
+        limit_ms: Option<u64>,
+    },
+    /// `abandoned`: an instance's thread is left in a call; the instance is fenced.
+    Abandoned {
+        /// The unit.
+        unit: Unit,
+        /// The entry point (`setup`, `main`, `loop`, `finalize`, ...).
+        entry: String,
+    },
+    /// `abandoned` with `entry` = `context`: a whole context did not stop
+    /// within its shutdown budget.
+    ContextAbandoned {
+        /// The context.
+        context: String,
+    },
+    /// `deactivated`: a service asked to stop serving.
+    Deactivated {
+        /// The unit.
+        unit: Unit,
+    },
+    /// `stopping`: a sibling is stopped because `because` is restarted with it.
+    Stopping {
+        /// The unit.
+        unit: Unit,
+        /// The service whose restart stops it.
+        because: String,
+    },
+    /// `restarting`: the restart policy restarts `group` after `delay_ms`.
+    Restarting {
+        /// The unit.
+        unit: Unit,
+        /// The back-off before the restart, in milliseconds.
+        delay_ms: u64,
+        /// Consecutive restarts so far (1-based).
+        attempt: u32,
+        /// Restarts within the policy's window.
+        restarts_in_window: u64,
+        /// The services restarted together, in manifest order.
+        group: Vec<String>,
+    },
+    /// `stopped`: a failed unit stays stopped (its restart policy).
+    Stopped {
+        /// The unit.
+        unit: Unit,
+        /// Why, in words.
+        reason: String,
+    },
+    /// `gave_up`: too many restarts within the window; `action` is the give-up action.
+    GaveUp {
+        /// The unit.
+        unit: Unit,
+        /// The give-up action (`stop_service`, `stop_context`, `exit_host`).
+        action: String,
+        /// Restarts within the policy's window.
+        restarts_in_window: u64,
+    },
+    /// `finalized`: an instance's `finalize` returned.
+    Finalized {
+        /// The unit.
+        unit: Unit,
+    },
+    /// `revived`: a reload of `file` started a unit that had stopped.
+    Revived {
+        /// The unit.
+        unit: Unit,
+        /// The plugin library file.
+        file: String,
+    },
+    /// `fenced_call`: a fenced instance made a host call, refused.
+    FencedCall {
+        /// The unit.
+        unit: Unit,
+        /// The refused host call.
+        call: String,
+        /// Refused calls of this instance so far.
+        fenced_calls: u64,
+    },
+    /// `drop_panicked`: the plugin object's destructor panicked.
+    DropPanicked {
+        /// The unit.
+        unit: Unit,
+        /// Why, in words.
+        reason: String,
+    },
+    /// `reload_setup_ok`: a reload set up the new version of a unit.
+    ReloadSetupOk {
+        /// The unit.
+        unit: Unit,
+        /// The plugin library file.
+        file: String,
+    },
+    /// `ready`: every service of a context was set up.
+    ContextReady {
+        /// The context.
+        context: String,
+    },
+    /// `context_stopping`: a context began stopping.
+    ContextStopping {
+        /// The context.
+        context: String,
+    },
+    /// `context_ended`: a context stopped.
+    ContextEnded {
+        /// The context.
+        context: String,
+    },
+    /// `leak_ceiling`: a leak ceiling was reached; the host exits with 76.
+    LeakCeiling(Ceiling),
+    /// `thread_spawn_failed`: the host could not create a thread it needs.
+    ThreadSpawnFailed {
+        /// The thread that could not be created.
+        thread: String,
+        /// The system's error.
+        error: String,
+    },
+    /// `reload_postponed`: too many reload attempts within the window.
+    ReloadPostponed {
+        /// The plugin library file.
+        file: String,
+    },
+    /// `reload_attempted`: a reload of `file` (content `hash`) begins.
+    ReloadAttempted {
+        /// The plugin library file.
+        file: String,
+        /// The file content's hash, in hex.
+        hash: String,
+    },
+    /// `reload_ok`: a reload replaced `instances` instances and revived `revived` units.
+    ReloadOk {
+        /// The plugin library file.
+        file: String,
+        /// The file content's hash, in hex.
+        hash: String,
+        /// Instances replaced.
+        instances: u64,
+        /// Stopped units started again.
+        revived: u64,
+        /// Plugin library versions loaded now (never unloaded).
+        loaded_versions: u64,
+        /// Their size in bytes.
+        loaded_bytes: u64,
+    },
+    /// `reload_rejected`: a reload was refused; the running version serves on.
+    ReloadRejected {
+        /// The plugin library file.
+        file: String,
+        /// The file content's hash, in hex.
+        hash: String,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The event's name (the `event` key of its JSON line).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started { .. } => "started",
+            Self::Failed { .. } => "failed",
+            Self::Hung { .. } => "hung",
+            Self::Abandoned { .. } | Self::ContextAbandoned { .. } => "abandoned",
+            Self::Deactivated { .. } => "deactivated",
+            Self::Stopping { .. } => "stopping",
+            Self::Restarting { .. } => "restarting",
+            Self::Stopped { .. } => "stopped",
+            Self::GaveUp { .. } => "gave_up",
+            Self::Finalized { .. } => "finalized",
+            Self::Revived { .. } => "revived",
+            Self::FencedCall { .. } => "fenced_call",
+            Self::DropPanicked { .. } => "drop_panicked",
+            Self::ReloadSetupOk { .. } => "reload_setup_ok",
+            Self::ContextReady { .. } => "ready",
+            Self::ContextStopping { .. } => "context_stopping",
+            Self::ContextEnded { .. } => "context_ended",
+            Self::LeakCeiling(_) => "leak_ceiling",
+            Self::ThreadSpawnFailed { .. } => "thread_spawn_failed",
+            Self::ReloadPostponed { .. } => "reload_postponed",
+            Self::ReloadAttempted { .. } => "reload_attempted",
+            Self::ReloadOk { .. } => "reload_ok",
+            Self::ReloadRejected { .. } => "reload_rejected",
+        }
+    }
+
+    /// The unit the event is about, if it is about one.
+    pub fn unit(&self) -> Option<&Unit> {
+        match self {
+            Self::Started { unit }
+            | Self::Failed { unit, .. }
+            | Self::Hung { unit, .. }
+            | Self::Abandoned { unit, .. }
+            | Self::Deactivated { unit }
+            | Self::Stopping { unit, .. }
+            | Self::Restarting { unit, .. }
+            | Self::Stopped { unit, .. }
+            | Self::GaveUp { unit, .. }
+            | Self::Finalized { unit }
+            | Self::Revived { unit, .. }
+            | Self::FencedCall { unit, .. }
+            | Self::DropPanicked { unit, .. }
+            | Self::ReloadSetupOk { unit, .. } => Some(unit),
+            _ => None,
+        }
+    }
+
+    /// The context the event is about: the unit's, or the context's for a
+    /// context-wide event; none for a host-wide one.
+    pub fn context(&self) -> Option<&str> {
+        match self {
+            Self::ContextAbandoned { context }
+            | Self::ContextReady { context }
+            | Self::ContextStopping { context }
+            | Self::ContextEnded { context } => Some(context),
+            _ => self.unit().map(|u| u.context.as_str()),
+        }
+    }
+
+    /// The event-specific keys of its JSON line (beyond `ts`, `mono_us`,
+    /// `event`, `context`, `service` and `generation`).
+    pub fn fields(&self) -> Vec<(&'static str, Json)> {
+        match self {
+            Self::Started { .. }
+            | Self::Deactivated { .. }
+            | Self::Finalized { .. }
+            | Self::ContextReady { .. }
+            | Self::ContextStopping { .. }
+            | Self::ContextEnded { .. } => Vec::new(),
+            Self::Failed { entry, reason, .. } => {
+                vec![
+                    ("entry", entry.as_str().into()),
+                    ("reason", reason.as_str().into()),
+                ]
+            }
+            Self::Hung {
+                entry, limit_ms, ..
+            } => {
+                let mut f = vec![("entry", entry.as_str().into())];
+                if let Some(ms) = limit_ms {
+                    f.push(("limit_ms", (*ms).into()));
+                }
+                f
+            }
+            Self::Abandoned { entry, .. } => vec![("entry", entry.as_str().into())],
+            Self::ContextAbandoned { .. } => vec![("entry", "context".into())],
+            Self::Stopping { because, .. } => vec![("because", because.as_str().into())],
+            Self::Restarting {
+                delay_ms,
+                attempt,
+                restarts_in_window,
+                group,
+                ..
+            } => vec![
+                ("delay_ms", (*delay_ms).into()),
+                ("attempt", (*attempt).into()),
+                ("restarts_in_window", (*restarts_in_window).into()),
+                (
+                    "group",
+                    Json::Array(group.iter().map(|g| g.as_str().into()).collect()),
+                ),
+            ],
+            Self::Stopped { reason, .. } | Self::DropPanicked { reason, .. } => {
+                vec![("reason", reason.as_str().into())]
+            }
+            Self::GaveUp {
+                action,
+                restarts_in_window,
+                ..
+            } => vec![
+                ("action", action.as_str().into()),
+                ("restarts_in_window", (*restarts_in_window).into()),
+            ],
+            Self::Revived { file, .. }
+            | Self::ReloadSetupOk { file, .. }
+            | Self::ReloadPostponed { file } => vec![("file", file.as_str().into())],
+            Self::FencedCall {
+                call, fenced_calls, ..
+            } => vec![
+                ("call", call.as_str().into()),
+                ("fenced_calls", (*fenced_calls).into()),
+            ],
+            Self::LeakCeiling(Ceiling::AbandonedThreads {
+                abandoned_threads,
+                max,
+            }) => vec![
+                ("kind", "abandoned_threads".into()),
+                ("abandoned_threads", (*abandoned_threads).into()),
+                ("max", (*max).into()),
+            ],
+            Self::LeakCeiling(Ceiling::LoadedLibraries { loaded_versions }) => vec![
+                ("kind", "loaded_libraries".into()),
+                ("loaded_versions", (*loaded_versions).into()),
+            ],
+            Self::ThreadSpawnFailed { thread, error } => vec![
+                ("thread", thread.as_str().into()),
+                ("error", error.as_str().into()),
+            ],
+            Self::ReloadAttempted { file, hash } => {
+                vec![
+                    ("file", file.as_str().into()),
+                    ("hash", hash.as_str().into()),
+                ]
+            }
+            Self::ReloadOk {
+                file,
+                hash,
+                instances,
+                revived,
+                loaded_versions,
+                loaded_bytes,
+            } => vec![
+                ("file", file.as_str().into()),
+                ("hash", hash.as_str().into()),
+                ("instances", (*instances).into()),
+                ("revived", (*revived).into()),
+                ("loaded_versions", (*loaded_versions).into()),
+                ("loaded_bytes", (*loaded_bytes).into()),
+            ],
+            Self::ReloadRejected { file, hash, reason } => vec![
+                ("file", file.as_str().into()),
+                ("hash", hash.as_str().into()),
+                ("reason", reason.as_str().into()),
+            ],
+        }
+    }
+}
+
+/// Receives every event of the [`Events`] hub it is added to. Called on the
+/// thread that records the event, possibly several at once: keep it short
+/// and never block on the host.
+pub trait Sink: Send + Sync {
+    /// One event.
+    fn event(&self, e: &Event);
+}
+
+/// A list of sinks every recorded event is delivered to, in order.
+#[derive(Default)]
+pub struct Events {
+    sinks: Vec<Arc<dyn Sink>>,
+}
+
+impl Events {
+    /// A hub delivering to `sinks`.
+    pub fn new(sinks: Vec<Arc<dyn Sink>>) -> Self {
+        Self { sinks }
+    }
+
+    /// Delivers `e` to every sink.
+    pub fn emit(&self, e: &Event) {
+        for s in &self.sinks {
+            s.event(e);
+        }
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+/// Where a unit is in its lifecycle, as its latest event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Set up and serving (`started`, or the new version after a reload).
+    Serving,
+    /// Failed or hung; what comes next follows (`restarting`, `stopped`, `gave_up`).
+    Failed,
+    /// Its thread was left in a call.
+    Abandoned,
+    /// Asked to stop serving.
+    Deactivated,
+    /// Stopped with a sibling that restarts.
+    Stopping,
+    /// Waiting to be restarted.
+    Restarting,
+    /// Stays stopped after a failure (restart policy).
+    Stopped,
+    /// Gave up restarting.
+    GaveUp,
+    /// Finalized.
+    Finalized,
+    /// Started again by a reload after it had stopped.
+    Revived,
+}
+
+/// The latest known state of one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    /// Its phase.
+    pub phase: Phase,
+    /// The newest generation seen (a reload's new version counts from its setup).
+    pub generation: u64,
+    /// Restarts decided for it (`restarting` events), since the host started.
+    pub restarts: u64,
+    /// The reason of its latest failure, if any.
+    pub last_failure: Option<String>,
+    /// New versions a reload set up for it (`reload_setup_ok`).
+    pub reloads: u64,
+}
+
+/// A sink that keeps the latest state of every unit, keyed by context and
+/// service. An event about an older generation than the newest seen (the
+/// old instance finalized after a reload or a restart) changes no phase.
+#[derive(Default)]
+pub struct UnitStates {
+    units: Mutex<BTreeMap<(String, String), UnitState>>,
+}
+
+impl UnitStates {
+    /// A copy of every unit's state, ordered by context, then service.
+    pub fn snapshot(&self) -> BTreeMap<(String, String), UnitState> {
+        self.units.lock().clone()
+    }
+}
+
+impl Sink for UnitStates {
+    fn event(&self, e: &Event) {
+        let Some(unit) = e.unit() else { return };
+        let mut units = self.units.lock();
+        let s = units
+            .entry((unit.context.clone(), unit.service.clone()))
+            .or_insert(UnitState {
+                phase: Phase::Serving,
+                generation: unit.generation,
+                restarts: 0,
+                last_failure: None,
+                reloads: 0,
+            });
+        match e {
+            Event::Restarting { .. } => s.restarts += 1,
+            Event::ReloadSetupOk { .. } => s.reloads += 1,
+            Event::Failed { reason, .. } => s.last_failure = Some(reason.clone()),
+            Event::Hung { entry, .. } => s.last_failure = Some(format!("{entry} hung")),
+            _ => {}
+        }
+        if unit.generation < s.generation {
+            return;
+        }
+        s.generation = unit.generation;
+        s.phase = match e {
+            Event::Started { .. } => Phase::Serving,
+            Event::Failed { .. } | Event::Hung { .. } => Phase::Failed,
+            Event::Abandoned { .. } => Phase::Abandoned,
+            Event::Deactivated { .. } => Phase::Deactivated,
+            Event::Stopping { .. } => Phase::Stopping,
+            Event::Restarting { .. } => Phase::Restarting,
+            Event::Stopped { .. } => Phase::Stopped,
+            Event::GaveUp { .. } => Phase::GaveUp,
+            Event::Finalized { .. } => Phase::Finalized,
+            Event::Revived { .. } => Phase::Revived,
+            // A new version set up by a reload, a refused call, a panicking
+            // destructor: the unit's phase is unchanged.
+            _ => s.phase,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects every event it receives.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Event>>);
+
+    impl Sink for Collect {
+        fn event(&self, e: &Event) {
+            self.0.lock().push(e.clone());
+        }
+    }
+
+    fn unit(service: &str, generation: u64) -> Unit {
+        Unit::new("ctx", service, generation)
+    }
+
+    #[test]
+    fn two_hubs_do_not_see_each_others_events() {
+        let a = Arc::new(Collect::default());
+        let b = Arc::new(Collect::default());
+        let states_a = Arc::new(UnitStates::default());
+        let states_b = Arc::new(UnitStates::default());
+        let hub_a = Events::new(vec![a.clone(), states_a.clone()]);
+        let hub_b = Events::new(vec![b.clone(), states_b.clone()]);
+        hub_a.emit(&Event::Started { unit: unit("x", 1) });
+        hub_b.emit(&Event::Finalized { unit: unit("y", 3) });
+        assert_eq!(*a.0.lock(), vec![Event::Started { unit: unit("x", 1) }]);
+        assert_eq!(*b.0.lock(), vec![Event::Finalized { unit: unit("y", 3) }]);
+        let sa = states_a.snapshot();
+        let sb = states_b.snapshot();
+        assert_eq!(
+            sa.keys().collect::<Vec<_>>(),
+            vec![&("ctx".into(), "x".into())]
+        );
+        assert_eq!(
+            sb.keys().collect::<Vec<_>>(),
+            vec![&("ctx".into(), "y".into())]
+        );
+    }
+
+    /// Two hosts in one process, each a context with its own hub, run to
+    /// their end at the same time: each hub holds its own context's
+    /// lifecycle and nothing of the other's.
+    #[test]
+    fn two_hosts_in_one_process_record_to_their_own_hubs() {
+        use std::sync::atomic::{AtomicBool, AtomicU8};
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        use crate::instance::{ContextShared, Wake};
+        use crate::runtime::{ContextEvent, ContextPlan, Core, StartGate};
+
+        let host = |name: &str| {
+            let seen = Arc::new(Collect::default());
+            let shared = Arc::new(ContextShared {
+                name: name.into(),
+                level: AtomicU8::new(0),
+                stop: AtomicBool::new(false),
+                fatal: AtomicBool::new(false),
+                wake: Wake::default(),
+                dataframes: Vec::new(),
+                all_dataframes: Arc::new(Vec::new()),
+                events: Arc::new(Events::new(vec![seen.clone()])),
+            });
+            let plan = ContextPlan {
+                shared: Arc::clone(&shared),
+                period: Duration::from_millis(1),
+                strategy: Default::default(),
+                units: Vec::new(),
+                steps: Vec::new(),
+            };
+            let (tx, rx) = mpsc::channel();
+            let core = Core::new(0, plan, Arc::new(StartGate::new(1)), tx);
+            (seen, shared, core, rx)
+        };
+        let hosts = [host("a"), host("b")];
+        for (_, _, core, _) in &hosts {
+            core.start().expect("a driver thread");
+        }
+        // A deadline that only fails a hung test.
+        let wait = |rx: &mpsc::Receiver<ContextEvent>, want: fn(&ContextEvent) -> bool| loop {
+            let e = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the context reports");
+            if want(&e) {
+                break;
+            }
+        };
+        for (_, shared, _, rx) in &hosts {
+            wait(rx, |e| matches!(e, ContextEvent::AllReady));
+            shared.request_stop();
+        }
+        for (_, _, _, rx) in &hosts {
+            wait(rx, |e| matches!(e, ContextEvent::Ended(_)));
+        }
+        for (seen, shared, _, _) in &hosts {
+            let context = shared.name.clone();
+            assert_eq!(
+                *seen.0.lock(),
+                vec![
+                    Event::ContextReady {
+                        context: context.clone()
+                    },
+                    Event::ContextStopping {
+                        context: context.clone()
+                    },
+                    Event::ContextEnded { context },
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn unit_states_follow_a_failure_restart_and_reload() {
+        let states = UnitStates::default();
+        let events = [
+            Event::Started { unit: unit("a", 1) },
+            Event::Started { unit: unit("b", 1) },
+            Event::Failed {
+                unit: unit("a", 1),
+                entry: "main".into(),
+                reason: "boom".into(),
+            },
+            Event::Restarting {
+                unit: unit("a", 1),
+                delay_ms: 10,
+                attempt: 1,
+                restarts_in_window: 1,
+                group: vec!["a".into()],
+            },
+            Event::Finalized { unit: unit("a", 1) },
+            Event::Started { unit: unit("a", 2) },
+            // A reload sets up b's next version, then finalizes the old one.
+            Event::ReloadSetupOk {
+                unit: unit("b", 2),
+                file: "lib.so".into(),
+            },
+            Event::Finalized { unit: unit("b", 1) },
+        ];
+        for e in &events {
+            states.event(e);
+        }
+        let s = states.snapshot();
+        let a = &s[&("ctx".to_owned(), "a".to_owned())];
+        assert_eq!(
+            *a,
+            UnitState {
+                phase: Phase::Serving,
+                generation: 2,
+                restarts: 1,
+                last_failure: Some("boom".into()),
+                reloads: 0,
+            }
+        );
+        let b = &s[&("ctx".to_owned(), "b".to_owned())];
+        assert_eq!(
+            *b,
+            UnitState {
+                phase: Phase::Serving,
+                generation: 2,
+                restarts: 0,
+                last_failure: None,
+                reloads: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn unit_states_keep_a_give_up_and_ignore_host_wide_events() {
+        let states = UnitStates::default();
+        states.event(&Event::Started { unit: unit("a", 1) });
+        states.event(&Event::Hung {
+            unit: unit("a", 1),
+            entry: "loop".into(),
+            limit_ms: Some(50),
+        });
+        states.event(&Event::GaveUp {
+            unit: unit("a", 1),
+            action: "stop_service".into(),
+            restarts_in_window: 3,
+        });
+        states.event(&Event::ContextEnded {
+            context: "ctx".into(),
+        });
+        states.event(&Event::ReloadPostponed {
+            file: "lib.so".into(),
+        });
+        let s = states.snapshot();
+        assert_eq!(s.len(), 1);
+        let a = &s[&("ctx".to_owned(), "a".to_owned())];
+        assert_eq!(a.phase, Phase::GaveUp);
+        assert_eq!(a.last_failure.as_deref(), Some("loop hung"));
+    }
+}
