@@ -16,6 +16,7 @@ pub mod cli;
 pub mod dataframe;
 pub mod deploy;
 pub mod event;
+pub mod exit;
 pub mod instance;
 pub mod logging;
 pub mod manifest;

@@ -10,7 +10,7 @@
 //!   files, so SIGHUP has nothing to reload); when the host was started with
 //!   SIGHUP ignored (`nohup`), it stays ignored.
 //! - Any second one of them exits at once with code 130
-//!   ([`crate::cli::exit::FORCED`]), whatever the host is doing.
+//!   ([`crate::exit::FORCED`]), whatever the host is doing.
 //!
 //! Each signal's handler writes one byte to its own socket pair (signal-hook's
 //! self-pipe), and one thread per signal reads the bytes one by one: every
@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::low_level::pipe;
 
-use crate::cli::exit;
+use crate::exit;
 use crate::threads;
 
 /// Deliveries of any handled signal so far.

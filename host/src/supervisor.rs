@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use crate::cli::exit;
 use crate::deploy::Deployment;
 use crate::event::Event;
+use crate::exit;
 use crate::runtime::{ContextEvent, Core, StartGate};
 use crate::supervision::{notify, watchdog};
 use crate::{signals, threads};

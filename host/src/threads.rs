@@ -10,7 +10,7 @@
 //!   `thread_spawn_failed` event to the handler the supervisor installed
 //!   with [`on_failure`], which records it and stops every context
 //!   cleanly; the host then exits with code 71
-//!   ([`crate::cli::exit::CANNOT_SPAWN`]).
+//!   ([`crate::exit::CANNOT_SPAWN`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -84,7 +84,7 @@ pub fn spawn_failed(what: &str, e: &std::io::Error) {
     tracing::error!(
         "cannot create a thread ({what}): {e}; the system's thread limit may be reached. \
          Stopping every context, then exiting with code {}",
-        crate::cli::exit::CANNOT_SPAWN
+        crate::exit::CANNOT_SPAWN
     );
     if let Some(h) = ON_FAILURE.lock().as_ref() {
         h(&Event::ThreadSpawnFailed {

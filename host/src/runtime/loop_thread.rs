@@ -1,0 +1,116 @@
+//! Loop threads: one per top-level service with a loop, started once the
+//! start gate opens and stopped when its instance is retired.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use otools_abi::ExportKind;
+
+use super::driver::{Classified, classify};
+use super::unit::{Exit, LOOP_LEFT, LOOP_RUNNING};
+use super::{Core, Live};
+use crate::supervision::watchdog::{self, Entry, Slot};
+use crate::threads;
+
+impl Core {
+    /// Starts the loop thread of a top-level service.
+    pub(super) fn start_loop(self: &Arc<Self>, u: usize, live: &Arc<Live>) {
+        let unit = &self.units[u];
+        if !unit.top_level || unit.kind != ExportKind::Service {
+            return;
+        }
+        let mut c = unit.control.lock();
+        let generation = live.host.generation;
+        if c.generation != generation
+            || c.loop_thread
+                .as_ref()
+                .is_some_and(|(g, _)| *g == generation)
+        {
+            return;
+        }
+        let core = Arc::clone(self);
+        let l = Arc::clone(live);
+        unit.loop_running.store(true, Ordering::SeqCst);
+        live.loop_fate.store(LOOP_RUNNING, Ordering::SeqCst);
+        match std::thread::Builder::new()
+            .name(threads::thread_name("loop-", &unit.name))
+            .spawn(move || loop_thread(&core, u, &l))
+        {
+            // A previous generation's handle, if any, belongs to an abandoned thread: detach it.
+            Ok(t) => c.loop_thread = Some((generation, t)),
+            Err(e) => {
+                unit.loop_running.store(false, Ordering::SeqCst);
+                let what = format!("the loop thread of {}/{}", self.shared.name, unit.name);
+                threads::spawn_failed(&what, &e);
+            }
+        }
+    }
+}
+
+/// The body of a service's loop thread.
+pub(super) fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
+    let unit = &core.units[u];
+    let generation = live.host.generation;
+    let weak = Arc::downgrade(core);
+    let slot = Slot::register(move |h| {
+        if let Some(c) = weak.upgrade() {
+            c.exit(
+                h.unit,
+                h.generation,
+                Exit::Hung {
+                    entry: h.entry,
+                    limit: h.limit,
+                },
+            );
+        }
+    });
+    let mut failed = None;
+    while !core.shared.stopping() && !live.host.retired() && !live.host.deactivated() {
+        let Ok(r) = Core::watched(
+            &slot,
+            u,
+            generation,
+            Entry::Loop,
+            unit.policy.watchdog,
+            0,
+            || live.run_loop(),
+        ) else {
+            // Abandoned: the watchdog replaced this instance; leave quietly.
+            return;
+        };
+        match classify(&live.host, "loop", r) {
+            Classified::Ok => {}
+            Classified::Unimplemented => break,
+            Classified::Failed(reason) => {
+                failed = Some(reason);
+                break;
+            }
+        }
+    }
+    if live
+        .loop_fate
+        .compare_exchange(LOOP_RUNNING, LOOP_LEFT, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // Abandoned while stopping: it no longer holds a thread.
+        watchdog::abandoned_thread_returned();
+    }
+    live.loop_done.store(true, Ordering::SeqCst);
+    if unit.control.lock().generation == generation {
+        unit.loop_running.store(false, Ordering::SeqCst);
+    }
+    if let Some(reason) = failed {
+        core.exit(
+            u,
+            generation,
+            Exit::Failed {
+                entry: Entry::Loop,
+                reason,
+            },
+        );
+    } else if live.host.deactivated() && !live.host.retired() {
+        core.exit(u, generation, Exit::Deactivated);
+    }
+    // The context thread may be waiting for this loop to end.
+    core.shared.wake.notify();
+}

@@ -1,0 +1,217 @@
+//! A unit (one service or condition: the slot its generations succeed each
+//! other in), its life-cycle [`State`], its restart bookkeeping ([`Control`])
+//! and the running instance in it ([`Live`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::RResult;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use otools_abi::{CallError, CallErrorKind, CallResult, ExportKind};
+use parking_lot::Mutex;
+
+use super::Obj;
+use crate::instance::InstanceHost;
+use crate::plugin::Library;
+use crate::supervision::policy::{Policy, Tracker};
+use crate::supervision::watchdog::Entry;
+
+/// One running instance: its plugin object and its host handle.
+pub struct Live {
+    /// The handle its calls receive.
+    pub host: Arc<InstanceHost>,
+    pub(super) object: Obj,
+    pub(super) loop_done: AtomicBool,
+    /// Its loop thread's fate: [`LOOP_RUNNING`], [`LOOP_LEFT`] or [`LOOP_ABANDONED`].
+    pub(super) loop_fate: AtomicU8,
+    /// Declared after `object`, so dropped right after it, on the same thread.
+    _drop_report: DropReport,
+}
+
+/// Reports a panic in the destructor of a plugin object. The plugin's
+/// adapter catches it (abi_stable would abort the process) and keeps the
+/// message, which this collects right after the object was dropped.
+struct DropReport(Arc<InstanceHost>);
+
+impl Drop for DropReport {
+    fn drop(&mut self) {
+        let host = &self.0;
+        let message = host
+            .library
+            .root
+            .take_drop_panic()
+            .and_then(|take| take().into_option());
+        if let Some(message) = message {
+            host.report_drop_panic(message.as_str());
+        }
+    }
+}
+
+/// A loop thread is running (or none was started yet).
+pub(super) const LOOP_RUNNING: u8 = 0;
+/// The loop thread left.
+pub(super) const LOOP_LEFT: u8 = 1;
+/// Stopping the instance gave up waiting for its unwatched loop call: the
+/// thread is abandoned and counted (see `watchdog::thread_abandoned`).
+pub(super) const LOOP_ABANDONED: u8 = 2;
+
+impl Live {
+    pub(super) fn new(host: Arc<InstanceHost>, object: Obj) -> Live {
+        Live {
+            _drop_report: DropReport(Arc::clone(&host)),
+            host,
+            object,
+            loop_done: AtomicBool::new(false),
+            loop_fate: AtomicU8::new(LOOP_RUNNING),
+        }
+    }
+
+    pub(super) fn main(&self) -> CallResult {
+        match &self.object {
+            Obj::Service(o) => self.host.with_handle(|h| o.main(h)),
+            Obj::Condition(_) => unimplemented_call(),
+        }
+    }
+
+    pub(super) fn run_loop(&self) -> CallResult {
+        match &self.object {
+            Obj::Service(o) => self.host.with_handle(|h| o.run_loop(h)),
+            Obj::Condition(_) => unimplemented_call(),
+        }
+    }
+
+    pub(super) fn check(&self) -> CallResult<bool> {
+        match &self.object {
+            Obj::Condition(o) => self.host.with_handle(|h| o.check(h)),
+            Obj::Service(_) => RResult::ROk(false),
+        }
+    }
+
+    pub(super) fn setup(&mut self) -> CallResult {
+        let host = Arc::clone(&self.host);
+        match &mut self.object {
+            Obj::Service(o) => host.with_handle(|h| o.setup(h)),
+            Obj::Condition(o) => host.with_handle(|h| o.setup(h)),
+        }
+    }
+
+    pub(super) fn finalize(&mut self) -> CallResult {
+        let host = Arc::clone(&self.host);
+        match &mut self.object {
+            Obj::Service(o) => host.with_handle(|h| o.finalize(h)),
+            Obj::Condition(o) => host.with_handle(|h| o.finalize(h)),
+        }
+    }
+
+    pub(super) fn export_state(&self) -> CallResult<Option<(u32, Vec<u8>)>> {
+        match &self.object {
+            Obj::Service(o) => match self.host.with_handle(|h| o.export_state(h)) {
+                RResult::ROk(v) => RResult::ROk(v.into_option().map(|t| (t.0, t.1.into_vec()))),
+                RResult::RErr(e) => RResult::RErr(e),
+            },
+            Obj::Condition(_) => RResult::ROk(None),
+        }
+    }
+
+    pub(super) fn import_state(&mut self, version: u32, bytes: &[u8]) -> CallResult {
+        let host = Arc::clone(&self.host);
+        match &mut self.object {
+            Obj::Service(o) => host.with_handle(|h| o.import_state(h, version, bytes.into())),
+            Obj::Condition(_) => RResult::ROk(()),
+        }
+    }
+}
+
+fn unimplemented_call() -> CallResult {
+    RResult::RErr(CallError {
+        kind: CallErrorKind::Unimplemented,
+        message: "not implemented".into(),
+    })
+}
+
+/// The life-cycle state of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum State {
+    /// Built; `setup` not run or not finished.
+    Pending = 0,
+    /// Set up and serving.
+    Ready = 1,
+    /// Exited; being stopped and finalized by a worker.
+    Stopping = 2,
+    /// Stopped; a restart is scheduled.
+    Down = 3,
+    /// Gave up, or failed with no restart: stays down.
+    Failed = 4,
+    /// Ended normally (deactivated, or finalized at the end).
+    Ended = 5,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Pending,
+            1 => State::Ready,
+            2 => State::Stopping,
+            3 => State::Down,
+            4 => State::Failed,
+            _ => State::Ended,
+        }
+    }
+
+    pub(super) fn terminal(self) -> bool {
+        matches!(self, State::Failed | State::Ended)
+    }
+}
+
+/// Why an instance stopped serving.
+#[derive(Debug, Clone)]
+pub(super) enum Exit {
+    /// An entry point returned an error or panicked.
+    Failed { entry: Entry, reason: String },
+    /// An entry point overran its deadline.
+    Hung { entry: Entry, limit: Duration },
+    /// The instance deactivated itself (a normal exit).
+    Deactivated,
+}
+
+pub(super) struct Control {
+    pub(super) generation: u64,
+    pub(super) tracker: Tracker,
+    pub(super) running_since: Instant,
+    /// The current generation's host, also while its `setup` runs.
+    pub(super) host: Option<Arc<InstanceHost>>,
+    /// The loop thread of a generation (the generation, its handle).
+    pub(super) loop_thread: Option<(u64, JoinHandle<()>)>,
+}
+
+/// One service or condition: the slot its generations succeed each other in.
+pub struct Unit {
+    /// Name in logs and the journal.
+    pub name: String,
+    pub(super) kind: ExportKind,
+    pub(super) top_level: bool,
+    /// Its library: replaced by a hot reload.
+    pub(super) library: ArcSwap<Library>,
+    pub(super) export: String,
+    pub(super) config_json: String,
+    pub(super) policy: Policy,
+    pub(super) live: ArcSwapOption<Live>,
+    pub(super) state: AtomicU8,
+    pub(super) has_main: AtomicBool,
+    pub(super) loop_running: AtomicBool,
+    pub(super) control: Mutex<Control>,
+    pub(super) stash: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl Unit {
+    pub(super) fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(super) fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
