@@ -82,6 +82,9 @@ struct FileState {
     settling: bool,
     /// The file as last seen, and since when it looks like that.
     seen: Option<(loader::Fingerprint, Instant)>,
+    /// The content hash of the file as it was when last hashed: a look at
+    /// an unchanged file (a postponed or retried reload) reads it no more.
+    hashed: Option<(loader::Fingerprint, u64)>,
     /// Where the path leads (symlinks resolved), watched as well.
     target: PathBuf,
 }
@@ -159,6 +162,7 @@ pub fn start(
                 pending: false,
                 settling: false,
                 seen: None,
+                hashed: None,
                 target,
             },
         );
@@ -377,19 +381,25 @@ impl Watcher {
             return;
         };
         self.follow(path);
-        let hash = loader::file_hash(path);
         let Some(state) = self.files.get_mut(path) else {
             return;
         };
-        let Ok(hash) = hash else {
-            return;
+        let hash = match state.hashed {
+            Some((seen, hash)) if seen == quiet => hash,
+            _ => {
+                let Ok(hash) = loader::file_hash(path) else {
+                    return;
+                };
+                if loader::Fingerprint::of(path).ok() != Some(quiet) {
+                    // It changed while it was hashed: wait for it to be quiet again.
+                    state.seen = None;
+                    state.settling = true;
+                    return;
+                }
+                state.hashed = Some((quiet, hash));
+                hash
+            }
         };
-        if loader::Fingerprint::of(path).ok() != Some(quiet) {
-            // It changed while it was hashed: wait for it to be quiet again.
-            state.seen = None;
-            state.settling = true;
-            return;
-        }
         if hash == state.current || Some(hash) == state.rejected {
             state.pending = false;
             return;

@@ -64,7 +64,7 @@ impl Core {
         let phase = h.position >> 30;
         let index = usize::try_from(h.position & 0x3fff_ffff).unwrap_or(0);
         let resume = match phase {
-            PHASE_SETUP => {
+            PHASE_SETUP | PHASE_RUN => {
                 self.exit(
                     h.unit,
                     h.generation,
@@ -73,18 +73,11 @@ impl Core {
                         limit: h.limit,
                     },
                 );
-                Resume::Setup(index + 1)
-            }
-            PHASE_RUN => {
-                self.exit(
-                    h.unit,
-                    h.generation,
-                    Exit::Hung {
-                        entry: h.entry,
-                        limit: h.limit,
-                    },
-                );
-                Resume::Run(index + 1)
+                if phase == PHASE_SETUP {
+                    Resume::Setup(index + 1)
+                } else {
+                    Resume::Run(index + 1)
+                }
             }
             _ => {
                 self.finalize_hung(h, true);
