@@ -330,12 +330,14 @@ impl Running {
     }
 }
 
-/// The events of a journal written with `--events`, in order.
+/// The events of a journal written with `--events`, in order. Only whole
+/// lines count: a host still running may be half-way through writing the
+/// last one when the file is read (a read can see part of a `write`).
 pub fn journal(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad journal line {l:?}: {e}")))
         .collect()
 }
