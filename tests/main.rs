@@ -16,6 +16,8 @@ mod compat;
 mod dataframes;
 /// Panics and errors in every entry point are contained and reported.
 mod failures;
+/// The host's module layers and ARCHITECTURE.md's code map, read from the source.
+mod layout;
 /// setup before main, finalize once in reverse order, deactivation, fatal, signals.
 mod lifecycle;
 /// Manifest mistakes: exit code 2 and a message naming the file and line.

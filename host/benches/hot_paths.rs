@@ -19,7 +19,7 @@ use otools_host::dataframe::Dataframe;
 use otools_host::instance::{ContextShared, InstanceHost, Wake};
 use otools_host::manifest::Mode;
 use otools_host::plugin::loader;
-use otools_host::runtime::{Obj, construct};
+use otools_host::plugin::{PluginObject, construct};
 
 fn release_dir() -> PathBuf {
     // target/release/deps/hot_paths-xxxx
@@ -39,7 +39,7 @@ fn host_to_plugin(c: &mut Criterion) {
         );
         return;
     };
-    let Ok(Obj::Service(nop)) = construct(&lib, ExportKind::Service, "Nop", "{}") else {
+    let Ok(PluginObject::Service(nop)) = construct(&lib, ExportKind::Service, "Nop", "{}") else {
         panic!("probe exports Nop");
     };
     let shared = Arc::new(ContextShared {

@@ -9,7 +9,7 @@
 //!
 //! An [`Events`] hub is a value, not a static: two hubs never see each
 //! other's events. `otools run` builds one and hands it down in
-//! [`crate::deploy::Options::events`]: every context's
+//! [`crate::plan::Options::events`]: every context's
 //! [`crate::instance::ContextShared::events`] (the runtime and every
 //! instance handle record there), the reload watcher and the supervisor
 //! hold it. The process-wide watchdog and thread starter only describe the
@@ -598,7 +598,8 @@ mod tests {
         use std::time::Duration;
 
         use crate::instance::{ContextShared, Wake};
-        use crate::runtime::{ContextEvent, ContextPlan, Core, StartGate};
+        use crate::plan::ContextPlan;
+        use crate::runtime::{ContextEvent, RunningContext, StartGate};
 
         let host = |name: &str| {
             let seen = Arc::new(Collect::default());
@@ -620,7 +621,7 @@ mod tests {
                 steps: Vec::new(),
             };
             let (tx, rx) = mpsc::channel();
-            let core = Core::new(0, plan, Arc::new(StartGate::new(1)), tx);
+            let core = RunningContext::new(0, plan, Arc::new(StartGate::new(1)), tx);
             (seen, shared, core, rx)
         };
         let hosts = [host("a"), host("b")];

@@ -1,5 +1,5 @@
 //! The host's exit codes, documented in `--help` and the README. They live
-//! here, outside `cli`, so that the supervisor, signals and threads modules
+//! here, outside `cli`, so that `host`, `signals` and `threads`
 //! can use them without depending on the command line.
 
 /// Every context ended normally (or stopped on the first signal) and everything was finalized.

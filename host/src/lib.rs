@@ -4,26 +4,34 @@
 //! Concepts: a [`manifest::Manifest`] names *dataframes* (host-owned
 //! key/value stores, [`dataframe`]), *contexts* (one main loop each, on its
 //! own thread, [`runtime`]), the *services* each context runs and the
-//! *triggers* (conditions that fire a stack of services). [`deploy`] turns a
-//! manifest into instances built from plugins ([`plugin`]); [`instance`] is
-//! the host handle every plugin call receives; [`supervisor`] runs the
-//! contexts; [`signals`] handles signals from the start of `run`;
-//! [`threads`] starts the host's threads; [`cli`] is the command line and
-//! [`logging`] the log format; [`event`] holds the typed lifecycle events
-//! and the sinks they are delivered to.
+//! *triggers* (conditions that fire a stack of services). [`plan`] turns a
+//! manifest into a plan of contexts built from plugins ([`plugin`]);
+//! [`instance`] is the host handle every plugin call receives;
+//! [`supervision`] holds the watchdog and the restart rules; [`reload`]
+//! swaps a changed library in; [`host`] runs the contexts and decides the
+//! exit code ([`exit`]); [`signals`] handles signals from the start of
+//! `run`; [`threads`] starts the host's threads; [`cli`] is the command line
+//! and [`logging`] the log format; [`event`] holds the typed lifecycle
+//! events and the sinks they are delivered to.
+//!
+//! Layers, lowest first (a module uses only modules of lower layers; the
+//! integration test `layout` checks it from this source): `exit`,
+//! `logging`, `dataframe`, `plugin`; `manifest` (pure data); `event`;
+//! `threads`; `signals`, `supervision`; `instance`; `plan`; `runtime`;
+//! `reload`; `host`; `cli`.
 
 pub mod cli;
 pub mod dataframe;
-pub mod deploy;
 pub mod event;
 pub mod exit;
+pub mod host;
 pub mod instance;
 pub mod logging;
 pub mod manifest;
+pub mod plan;
 pub mod plugin;
 pub mod reload;
 pub mod runtime;
 pub mod signals;
 pub mod supervision;
-pub mod supervisor;
 pub mod threads;

@@ -39,31 +39,13 @@ use parking_lot::Mutex;
 
 use crate::event::{self, Event, Events};
 use crate::instance::InstanceHost;
+use crate::manifest::ReloadSettings;
 use crate::plugin::{Library, loader};
-use crate::runtime::{Core, Paused, Prepared};
+use crate::runtime::{Paused, Prepared, RunningContext};
 use crate::supervision::watchdog::{Hung, Slot};
 
 /// Marks a refusal that is only about timing (a unit restarting): retried.
 const BUSY: &str = "cannot be swapped now";
-
-/// How reloads are watched and bounded (`[host]` keys and `--no-watch`).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Watch plugin files at all.
-    pub watch: bool,
-    /// Quiet time after the last change before a file is looked at.
-    pub debounce: Duration,
-    /// Reload attempts allowed per `window` (per file).
-    pub limit: usize,
-    /// The rate-limit window.
-    pub window: Duration,
-    /// Exit (code 76) once this many library versions have been loaded.
-    pub max_loaded: Option<usize>,
-    /// Warn once the loaded versions' files add up to more than this many bytes.
-    pub budget_bytes: u64,
-    /// Keep abi_stable's full reports in errors.
-    pub verbose: bool,
-}
 
 /// Why the host must exit because of reloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,9 +114,9 @@ struct Accounting {
 /// Starts the watcher thread for the plugin files used by `cores`.
 /// `on_ceiling` is called (once) if the ceiling of loaded versions is reached.
 pub fn start(
-    cores: Vec<Arc<Core>>,
+    cores: Vec<Arc<RunningContext>>,
     libraries: Vec<Arc<Library>>,
-    settings: Settings,
+    settings: ReloadSettings,
     events: Arc<Events>,
     on_ceiling: impl Fn(Ceiling) + Send + 'static,
 ) {
@@ -281,9 +263,9 @@ fn canonical(p: &Path) -> PathBuf {
 }
 
 struct Watcher {
-    cores: Vec<Arc<Core>>,
+    cores: Vec<Arc<RunningContext>>,
     files: HashMap<PathBuf, FileState>,
-    settings: Settings,
+    settings: ReloadSettings,
     accounting: Accounting,
     on_ceiling: Box<dyn Fn(Ceiling) + Send>,
     /// Where the reload events go (the host's hub).
@@ -531,7 +513,7 @@ impl Watcher {
             }
             Err(e) => return Err(e.to_string().into()),
         };
-        let targets: Vec<(Arc<Core>, usize)> = self
+        let targets: Vec<(Arc<RunningContext>, usize)> = self
             .cores
             .iter()
             .flat_map(|c| {
@@ -555,8 +537,8 @@ impl Watcher {
         // Units that are over have nothing to swap: one that failed for good
         // (it gave up) is revived with the new version once the others are
         // swapped; one that ended normally takes it for any later start.
-        let mut failed: Vec<(Arc<Core>, usize)> = Vec::new();
-        let targets: Vec<(Arc<Core>, usize)> = targets
+        let mut failed: Vec<(Arc<RunningContext>, usize)> = Vec::new();
+        let targets: Vec<(Arc<RunningContext>, usize)> = targets
             .into_iter()
             .filter(|(core, u)| {
                 if core.has_failed(*u) {
@@ -638,15 +620,15 @@ struct Swap {
     hosts: Mutex<Vec<Arc<InstanceHost>>>,
     /// The old instance whose `export_state` is running (its context, unit
     /// and generation): a hang there ends it under its restart policy.
-    exporting: Mutex<Option<(Arc<Core>, usize, u64)>>,
+    exporting: Mutex<Option<(Arc<RunningContext>, usize, u64)>>,
     /// Old instances paused and exported so far (resumed on rollback).
-    paused: Mutex<Vec<(Arc<Core>, Paused)>>,
+    paused: Mutex<Vec<(Arc<RunningContext>, Paused)>>,
     /// Past the point of no return.
     committed: AtomicBool,
     /// Past the point of no return: the units still to commit, in order.
-    commits: Mutex<VecDeque<(Arc<Core>, Paused, Prepared)>>,
+    commits: Mutex<VecDeque<(Arc<RunningContext>, Paused, Prepared)>>,
     /// The successor of the old instance being finalized now.
-    committing: Mutex<Option<(Arc<Core>, Prepared)>>,
+    committing: Mutex<Option<(Arc<RunningContext>, Prepared)>>,
     /// Units left on the old version because their context began stopping
     /// during the commit.
     kept: AtomicUsize,
@@ -656,7 +638,7 @@ impl Swap {
     /// Runs the swap of `targets` on a thread of its own, so the watchdog
     /// can abandon a hung plugin call; with no targets, the rest of the
     /// commit.
-    fn spawn(self: &Arc<Self>, targets: Vec<(Arc<Core>, usize)>) -> std::io::Result<()> {
+    fn spawn(self: &Arc<Self>, targets: Vec<(Arc<RunningContext>, usize)>) -> std::io::Result<()> {
         let swap = Arc::clone(self);
         std::thread::Builder::new()
             .name("reload-job".into())
@@ -694,7 +676,7 @@ impl Swap {
         let _ = self.tx.send(outcome);
     }
 
-    fn label(&self, core: &Core, u: usize) -> String {
+    fn label(&self, core: &RunningContext, u: usize) -> String {
         let (name, export) = core.unit_label(u);
         format!(
             "{}: export `{export}` (`{name}` in context `{}`)",
@@ -738,7 +720,7 @@ impl Swap {
             }
             None => Retry::Never,
         };
-        let paused: Vec<(Arc<Core>, Paused)> = self.paused.lock().drain(..).collect();
+        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
         for (core, p) in paused {
             core.resume(p);
         }
@@ -759,12 +741,12 @@ impl Swap {
     /// back and reported).
     fn prepare_all(
         &self,
-        targets: &[(Arc<Core>, usize)],
+        targets: &[(Arc<RunningContext>, usize)],
         slot: &Slot,
     ) -> Option<Result<(), Refusal>> {
         let record = |h: &Arc<InstanceHost>| self.hosts.lock().push(Arc::clone(h));
         // 1. Build and set up every new instance while the old ones serve.
-        let mut prepared: Vec<(Arc<Core>, Prepared)> = Vec::new();
+        let mut prepared: Vec<(Arc<RunningContext>, Prepared)> = Vec::new();
         for (core, u) in targets {
             *self.current.lock() = self.label(core, *u);
             match core.prepare(*u, &self.lib, slot, &record) {
@@ -835,7 +817,7 @@ impl Swap {
         if let Some(reason) = stale {
             return self.rollback(prepared, slot, reason);
         }
-        let paused: Vec<(Arc<Core>, Paused)> = self.paused.lock().drain(..).collect();
+        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
         let mut commits = self.commits.lock();
         for ((core, new), (_, old)) in prepared.into_iter().zip(paused) {
             commits.push_back((core, old, new));
@@ -876,7 +858,7 @@ impl Swap {
     /// Rolls back: discards the prepared instances, resumes the paused ones.
     fn rollback(
         &self,
-        prepared: Vec<(Arc<Core>, Prepared)>,
+        prepared: Vec<(Arc<RunningContext>, Prepared)>,
         slot: &Slot,
         reason: String,
     ) -> Option<Result<(), Refusal>> {
@@ -885,7 +867,7 @@ impl Swap {
                 return None;
             }
         }
-        let paused: Vec<(Arc<Core>, Paused)> = self.paused.lock().drain(..).collect();
+        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
         for (core, p) in paused {
             core.resume(p);
         }

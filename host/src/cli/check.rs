@@ -6,8 +6,8 @@ use std::io::Write as _;
 use clap::Args;
 
 use super::{ManifestArgs, exit, print_errors};
-use crate::deploy::{self, Options};
 use crate::manifest;
+use crate::plan::{self, Options};
 
 /// Check a deployment without running it.
 #[derive(Debug, Args)]
@@ -33,7 +33,7 @@ impl CheckCommand {
             verbose: self.manifest.verbose,
             ..Options::default()
         };
-        match deploy::build(&m, &opts) {
+        match plan::build(&m, &opts) {
             Ok(d) => {
                 let (contexts, services, triggers, conditions) = d.counts();
                 let _ = writeln!(

@@ -10,10 +10,10 @@ use otools_abi::LogLevel;
 use tracing_subscriber::EnvFilter;
 
 use super::{LogArgs, ManifestArgs, exit, print_errors};
-use crate::deploy::{self, Options};
 use crate::event::{Events, Sink, UnitStates};
 use crate::logging::{self, directive};
 use crate::manifest::{self, Diagnostics, Manifest};
+use crate::plan::{self, Options};
 use crate::signals;
 use crate::supervision::journal::Journal;
 use crate::supervision::watchdog;
@@ -134,7 +134,7 @@ impl RunCommand {
             verbose: self.manifest.verbose,
             events: Arc::new(Events::new(sinks)),
         };
-        let mut deployment = match deploy::build(&m, &opts) {
+        let mut deployment = match plan::build(&m, &opts) {
             Ok(d) => d,
             Err(d) => return refuse(&d),
         };
@@ -162,7 +162,7 @@ impl RunCommand {
         if self.no_watch {
             deployment.reload.watch = false;
         }
-        let code = crate::supervisor::run(deployment);
+        let code = crate::host::run(deployment);
         if let Some(j) = &journal {
             j.finish();
         }

@@ -162,9 +162,7 @@ impl ConfigJson {
                 }
                 self.text.push(']');
             }
-            scalar => self
-                .text
-                .push_str(&crate::deploy::toml_to_json(scalar).to_string()),
+            scalar => self.text.push_str(&toml_to_json(scalar).to_string()),
         }
         self.places.push(Place {
             bytes: start..self.text.len(),
@@ -247,6 +245,24 @@ fn split_position(message: &str) -> Option<(&str, usize)> {
     Some((text, column.parse().ok()?))
 }
 
+/// Converts a TOML value into JSON, the form configs cross the boundary in.
+pub fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => s.clone().into(),
+        toml::Value::Integer(i) => (*i).into(),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        toml::Value::Boolean(b) => (*b).into(),
+        toml::Value::Datetime(d) => d.to_string().into(),
+        toml::Value::Array(a) => a.iter().map(toml_to_json).collect(),
+        toml::Value::Table(t) => t
+            .iter()
+            .map(|(k, v)| (k.clone(), toml_to_json(v)))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,10 +276,7 @@ mod tests {
         let t = table("b = [1, { c = \"x\" }]\na = 1.5\n");
         let json = ConfigJson::new(Some(&t));
         let back: serde_json::Value = serde_json::from_str(&json.text).unwrap();
-        assert_eq!(
-            back,
-            crate::deploy::toml_to_json(&toml::Value::Table(t.clone()))
-        );
+        assert_eq!(back, toml_to_json(&toml::Value::Table(t.clone())));
         assert_eq!(ConfigJson::new(None).text, "{}");
     }
 

@@ -5,10 +5,11 @@
 //! error it can (one per malformed item, not only the first), each with the
 //! file, line, column and key. [`validate`] then cross-checks names and
 //! references. Turning a manifest into running instances (loading plugins,
-//! handing them their config) is the job of [`crate::deploy`].
+//! handing them their config) is the job of [`crate::plan`].
 
 pub mod config;
 pub mod load;
+pub mod policy;
 pub mod validate;
 
 use std::fmt;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use otools_abi::LogLevel;
 
-use crate::supervision::policy::{GiveUp, Policy, Restart, Strategy};
+use policy::{GiveUp, Policy, Restart, Strategy};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -427,9 +428,9 @@ impl Manifest {
     }
 
     /// How plugin files are watched and reloaded.
-    pub fn reload_settings(&self, verbose: bool) -> crate::reload::Settings {
+    pub fn reload_settings(&self, verbose: bool) -> ReloadSettings {
         let h = &self.host;
-        crate::reload::Settings {
+        ReloadSettings {
             watch: h.watch.unwrap_or(true),
             debounce: h
                 .reload_debounce
@@ -601,6 +602,25 @@ pub fn line_column(source: &str, at: usize) -> (usize, usize) {
         .get(line_start..)
         .map_or(1, |s| s.chars().count() + 1);
     (line, column)
+}
+
+/// How reloads are watched and bounded (`[host]` keys and `--no-watch`).
+#[derive(Debug, Clone)]
+pub struct ReloadSettings {
+    /// Watch plugin files at all.
+    pub watch: bool,
+    /// Quiet time after the last change before a file is looked at.
+    pub debounce: Duration,
+    /// Reload attempts allowed per `window` (per file).
+    pub limit: usize,
+    /// The rate-limit window.
+    pub window: Duration,
+    /// Exit (code 76) once this many library versions have been loaded.
+    pub max_loaded: Option<usize>,
+    /// Warn once the loaded versions' files add up to more than this many bytes.
+    pub budget_bytes: u64,
+    /// Keep abi_stable's full reports in errors.
+    pub verbose: bool,
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Cross-checks of a parsed manifest that the types alone cannot express:
 //! unique names made of allowed characters, dataframes that exist, triggers
 //! that have conditions and services. Plugins, exports and configs are checked when they are loaded
-//! ([`crate::deploy`]).
+//! ([`crate::plan`]).
 
 use std::collections::HashMap;
 
@@ -85,7 +85,7 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
                         .map(|(i, e)| ("condition", i, e));
                     let services = t.service.iter().enumerate().map(|(i, e)| ("service", i, e));
                     for (what, i, e) in conditions.chain(services) {
-                        // The same key as `deploy` uses for the entry.
+                        // The same key as `plan::build` uses for the entry.
                         let ekey = format!("{key} > {what} #{}", i + 1);
                         if let Some(n) = &e.get_ref().name {
                             check_name(m, n, &format!("{ekey} > name"), &mut errors);

@@ -6,12 +6,14 @@
 //! every library it has checked).
 
 pub mod loader;
+pub mod object;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use loader::{Library, LoadError};
+pub use object::{PluginObject, construct};
 
 /// Libraries loaded so far, by canonical path.
 #[derive(Default)]

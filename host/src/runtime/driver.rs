@@ -10,9 +10,10 @@ use abi_stable::std_types::RResult;
 use otools_abi::{CallErrorKind, CallResult};
 
 use super::unit::{Exit, State};
-use super::{Abandoned, ContextEvent, Core, Live, StepPlan};
+use super::{Abandoned, ContextEvent, Instance, RunningContext};
 use crate::event::Event;
 use crate::instance::InstanceHost;
+use crate::plan::StepPlan;
 use crate::supervision::watchdog::{Entry, Hung, Slot, Watched};
 use crate::threads;
 
@@ -35,7 +36,7 @@ pub(super) fn position(phase: u64, index: usize) -> u64 {
     (phase << 30) | (index as u64 & 0x3fff_ffff)
 }
 
-impl Core {
+impl RunningContext {
     pub(super) fn spawn_driver(
         self: &Arc<Self>,
         resume: Resume,
@@ -65,7 +66,7 @@ impl Core {
         let index = usize::try_from(h.position & 0x3fff_ffff).unwrap_or(0);
         let resume = match phase {
             PHASE_SETUP | PHASE_RUN => {
-                self.exit(
+                self.instance_ended(
                     h.unit,
                     h.generation,
                     Exit::Hung {
@@ -129,13 +130,13 @@ pub(super) fn classify<T>(host: &InstanceHost, entry: &str, r: CallResult<T>) ->
 }
 
 struct Driver<'a> {
-    pub(super) core: &'a Arc<Core>,
+    pub(super) core: &'a Arc<RunningContext>,
     pub(super) slot: &'a Watched,
     results: Vec<bool>,
 }
 
-fn drive(core: &Arc<Core>, epoch: u64, resume: Resume) {
-    let weak: Weak<Core> = Arc::downgrade(core);
+fn drive(core: &Arc<RunningContext>, epoch: u64, resume: Resume) {
+    let weak: Weak<RunningContext> = Arc::downgrade(core);
     let slot = Slot::register(move |h| {
         if let Some(c) = weak.upgrade() {
             c.driver_hung(epoch, h);
@@ -210,7 +211,7 @@ impl Driver<'_> {
                 continue;
             };
             let limit = Some(unit.policy.startup_timeout);
-            let r = Core::watched(
+            let r = RunningContext::watched(
                 self.slot,
                 u,
                 generation,
@@ -222,7 +223,7 @@ impl Driver<'_> {
             match classify(&live.host, "setup", r) {
                 Classified::Failed(reason) => {
                     live.host.fence();
-                    core.exit(
+                    core.instance_ended(
                         u,
                         generation,
                         Exit::Failed {
@@ -251,7 +252,7 @@ impl Driver<'_> {
         u: usize,
         step: usize,
         entry: Entry,
-        call: impl FnOnce(&Live) -> CallResult<T>,
+        call: impl FnOnce(&Instance) -> CallResult<T>,
     ) -> Result<Served<T>, Abandoned> {
         let core = self.core;
         let unit = &core.units[u];
@@ -264,7 +265,7 @@ impl Driver<'_> {
         };
         let generation = live.host.generation;
         let limit = unit.policy.watchdog;
-        let r = Core::watched(
+        let r = RunningContext::watched(
             self.slot,
             u,
             generation,
@@ -290,9 +291,9 @@ impl Driver<'_> {
         let deactivated = live.host.deactivated();
         drop(guard);
         if let Some(reason) = failed {
-            core.exit(u, generation, Exit::Failed { entry, reason });
+            core.instance_ended(u, generation, Exit::Failed { entry, reason });
         } else if deactivated {
-            core.exit(u, generation, Exit::Deactivated);
+            core.instance_ended(u, generation, Exit::Deactivated);
         }
         Ok(served)
     }
@@ -303,7 +304,7 @@ impl Driver<'_> {
             return Ok(false);
         }
         Ok(!matches!(
-            self.serve(u, step, Entry::Main, Live::main)?,
+            self.serve(u, step, Entry::Main, Instance::main)?,
             Served::NotServing
         ))
     }
@@ -311,7 +312,7 @@ impl Driver<'_> {
     /// Evaluates condition `u`; false if it is not serving or failed.
     pub(super) fn check(&mut self, u: usize, step: usize) -> Result<bool, Abandoned> {
         Ok(matches!(
-            self.serve(u, step, Entry::Check, Live::check)?,
+            self.serve(u, step, Entry::Check, Instance::check)?,
             Served::Returned(true)
         ))
     }

@@ -10,11 +10,12 @@ use otools_abi::{CallResult, ExportKind};
 
 use super::driver::{Classified, classify};
 use super::unit::{Exit, LOOP_ABANDONED, LOOP_RUNNING, State};
-use super::{Abandoned, Core, Live, construct};
+use super::{Abandoned, Instance, RunningContext};
 use crate::event::Event;
+use crate::plugin::construct;
 use crate::supervision::watchdog::{self, Entry, Hung, Slot, limit_ms};
 
-impl Core {
+impl RunningContext {
     /// A `finalize` overran `shutdown_timeout`: abandon that instance.
     pub(super) fn finalize_hung(&self, h: Hung, stopping_context: bool) {
         let unit = &self.units[h.unit];
@@ -107,7 +108,7 @@ impl Core {
             self.abandon_on_stop(u, &live, "main");
             return Ok(());
         };
-        let r = Core::watched(
+        let r = RunningContext::watched(
             slot,
             u,
             generation,
@@ -134,7 +135,7 @@ impl Core {
 
     /// Waits (at most until `deadline`) for a retired instance's loop thread
     /// to leave; true if it did. The loop thread wakes us when it ends.
-    pub(super) fn wait_loop_done(&self, live: &Live, deadline: Instant) -> bool {
+    pub(super) fn wait_loop_done(&self, live: &Instance, deadline: Instant) -> bool {
         loop {
             let seen = self.shared.wake.epoch();
             if live.loop_done.load(Ordering::SeqCst) {
@@ -147,7 +148,7 @@ impl Core {
         }
     }
 
-    fn abandon_on_stop(&self, u: usize, live: &Live, entry: &str) {
+    fn abandon_on_stop(&self, u: usize, live: &Instance, entry: &str) {
         let unit = &self.units[u];
         live.host.fence();
         // A watched loop call is counted by the watchdog when it declares it
@@ -200,7 +201,7 @@ impl Core {
         let object = match construct(&library, unit.kind, &unit.export, &unit.config_json) {
             Ok(o) => o,
             Err(e) => {
-                self.exit(
+                self.instance_ended(
                     u,
                     generation,
                     Exit::Failed {
@@ -216,8 +217,8 @@ impl Core {
         };
         let host = self.new_host(u, library, generation);
         unit.control.lock().host = Some(Arc::clone(&host));
-        let mut live = Live::new(host, object);
-        let r = Core::watched(
+        let mut live = Instance::new(host, object);
+        let r = RunningContext::watched(
             slot,
             u,
             generation,
@@ -228,7 +229,7 @@ impl Core {
         )?;
         if let Classified::Failed(reason) = classify(&live.host, "setup", r) {
             live.host.fence();
-            self.exit(
+            self.instance_ended(
                 u,
                 generation,
                 Exit::Failed {
@@ -243,9 +244,10 @@ impl Core {
             // The context began stopping while this instance was set up: it
             // was set up, so it is finalized, now, instead of serving.
             let limit = Some(unit.policy.shutdown_timeout);
-            let r = Core::watched(slot, u, generation, Entry::Finalize, limit, pos, || {
-                live.finalize()
-            })?;
+            let r =
+                RunningContext::watched(slot, u, generation, Entry::Finalize, limit, pos, || {
+                    live.finalize()
+                })?;
             if let Classified::Failed(reason) = classify(&live.host, "finalize", r) {
                 self.emit(Event::Failed {
                     unit: self.unit_id(u, generation),
@@ -266,7 +268,7 @@ impl Core {
     }
 
     /// Puts a set-up instance in service.
-    pub(super) fn install(self: &Arc<Self>, u: usize, live: Live) {
+    pub(super) fn install(self: &Arc<Self>, u: usize, live: Instance) {
         let unit = &self.units[u];
         let generation = live.host.generation;
         if unit.control.lock().generation != generation {

@@ -8,13 +8,13 @@ use otools_abi::ExportKind;
 
 use super::driver::{Classified, classify};
 use super::unit::{Exit, LOOP_LEFT, LOOP_RUNNING};
-use super::{Core, Live};
+use super::{Instance, RunningContext};
 use crate::supervision::watchdog::{self, Entry, Slot};
 use crate::threads;
 
-impl Core {
+impl RunningContext {
     /// Starts the loop thread of a top-level service.
-    pub(super) fn start_loop(self: &Arc<Self>, u: usize, live: &Arc<Live>) {
+    pub(super) fn start_loop(self: &Arc<Self>, u: usize, live: &Arc<Instance>) {
         let unit = &self.units[u];
         if !unit.top_level || unit.kind != ExportKind::Service {
             return;
@@ -48,13 +48,13 @@ impl Core {
 }
 
 /// The body of a service's loop thread.
-pub(super) fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
+pub(super) fn loop_thread(core: &Arc<RunningContext>, u: usize, live: &Arc<Instance>) {
     let unit = &core.units[u];
     let generation = live.host.generation;
     let weak = Arc::downgrade(core);
     let slot = Slot::register(move |h| {
         if let Some(c) = weak.upgrade() {
-            c.exit(
+            c.instance_ended(
                 h.unit,
                 h.generation,
                 Exit::Hung {
@@ -66,7 +66,7 @@ pub(super) fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
     });
     let mut failed = None;
     while !core.shared.stopping() && !live.host.retired() && !live.host.deactivated() {
-        let Ok(r) = Core::watched(
+        let Ok(r) = RunningContext::watched(
             &slot,
             u,
             generation,
@@ -100,7 +100,7 @@ pub(super) fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
         unit.loop_running.store(false, Ordering::SeqCst);
     }
     if let Some(reason) = failed {
-        core.exit(
+        core.instance_ended(
             u,
             generation,
             Exit::Failed {
@@ -109,7 +109,7 @@ pub(super) fn loop_thread(core: &Arc<Core>, u: usize, live: &Arc<Live>) {
             },
         );
     } else if live.host.deactivated() && !live.host.retired() {
-        core.exit(u, generation, Exit::Deactivated);
+        core.instance_ended(u, generation, Exit::Deactivated);
     }
     // The context thread may be waiting for this loop to end.
     core.shared.wake.notify();

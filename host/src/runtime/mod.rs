@@ -2,7 +2,7 @@
 //! bugs fixed, plus the watchdog's in-place replacement of failed or hung
 //! instances.
 //!
-//! A context is a [`Core`] shared by the threads that work on it:
+//! A context is a [`RunningContext`] shared by the threads that work on it:
 //! - one *driver* thread at a time: `setup` of every instance in manifest
 //!   order, the [`StartGate`] (no `main` anywhere before every `setup`
 //!   returned), the main loop (each service's `main`, each trigger's
@@ -17,7 +17,7 @@
 //! Each service or condition is a [`Unit`]: a slot holding its current
 //! instance (a *generation*), its state and its restart history. When an
 //! instance exits (error, panic, hang, failed setup, deactivation),
-//! `Core::exit` applies the restart policy and strategy: the instance is
+//! `RunningContext::instance_ended` applies the restart policy and strategy: the instance is
 //! retired, its loop thread stopped, it is finalized (unless it hung) and
 //! *fenced* (its host handle refuses every later call), then after the
 //! back-off delay a fresh instance is built from the same library and config,
@@ -29,10 +29,10 @@
 //! next step, so the rest of the context keeps its pace after at most the
 //! watchdog deadline plus two ticks.
 //!
-//! One file per concept, each adding its part of `impl Core`: `plan` (what a
+//! One file per concept, each adding its part of `impl RunningContext`: `plan` (what a
 //! context is built from), `gate` ([`StartGate`]), `unit` ([`Unit`], its
-//! state and its [`Live`] instance), `driver` (the driver thread),
-//! `restart` (`Core::exit` and the worker threads), `lifecycle` (starting
+//! state and its [`Instance`] instance), `driver` (the driver thread),
+//! `restart` (`RunningContext::instance_ended` and the worker threads), `lifecycle` (starting
 //! and stopping one instance), `loop_thread`, and `swap` (the primitives
 //! of a hot reload's swap).
 
@@ -40,15 +40,14 @@ mod driver;
 mod gate;
 mod lifecycle;
 mod loop_thread;
-mod plan;
 mod restart;
 mod swap;
 mod unit;
 
+use crate::plan::{ContextPlan, StepPlan};
 pub use gate::StartGate;
-pub use plan::{ContextPlan, Obj, StepPlan, UnitPlan, construct};
 pub use swap::{ExportedState, Paused, Prepared};
-pub use unit::{Live, Unit};
+pub use unit::{Instance, Unit};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -83,7 +82,7 @@ pub enum ContextEvent {
 pub struct Abandoned;
 
 /// A running context; see the module docs.
-pub struct Core {
+pub struct RunningContext {
     /// Its index in the manifest.
     pub index: usize,
     /// State shared with its instances.
@@ -110,14 +109,14 @@ pub struct Core {
     pub failed: AtomicBool,
 }
 
-impl Core {
-    /// Builds a context from its plan; [`Core::start`] runs it.
+impl RunningContext {
+    /// Builds a context from its plan; [`RunningContext::start`] runs it.
     pub fn new(
         index: usize,
         plan: ContextPlan,
         gate: Arc<StartGate>,
         events: Sender<ContextEvent>,
-    ) -> Arc<Core> {
+    ) -> Arc<RunningContext> {
         let now = Instant::now();
         let units = plan
             .units
@@ -132,7 +131,7 @@ impl Core {
                     1,
                     Arc::clone(&stash),
                 ));
-                let live = Live::new(Arc::clone(&host), u.initial);
+                let live = Instance::new(Arc::clone(&host), u.initial);
                 Unit {
                     name: u.name,
                     kind: u.kind,
@@ -156,7 +155,7 @@ impl Core {
                 }
             })
             .collect();
-        Arc::new(Core {
+        Arc::new(RunningContext {
             index,
             shared: plan.shared,
             units,

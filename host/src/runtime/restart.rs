@@ -1,5 +1,5 @@
 //! Restart decisions and workers: what happens when an instance exits
-//! (`Core::exit` applies the policy and strategy) and the worker threads that
+//! (`RunningContext::instance_ended` applies the policy and strategy) and the worker threads that
 //! stop, delay and start instances so the driver never waits for a restart.
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::unit::{Exit, State};
-use super::{ContextEvent, Core};
+use super::{ContextEvent, RunningContext};
 use crate::event::Event;
 use crate::supervision::policy::{Decision, GiveUp, Restart, Strategy};
 use crate::supervision::watchdog::Slot;
@@ -26,7 +26,7 @@ pub(super) enum Op {
     Settle(usize, State),
 }
 
-impl Core {
+impl RunningContext {
     /// The units restarted along with `u` under the context's strategy, in manifest order.
     fn group(&self, u: usize) -> Vec<usize> {
         let include = |i: usize| {
@@ -44,7 +44,7 @@ impl Core {
     /// An instance of unit `u` stopped serving: apply the restart policy.
     /// Safe to call from any thread, and more than once: only the first
     /// report of a generation counts.
-    pub(super) fn exit(self: &Arc<Self>, u: usize, generation: u64, how: Exit) {
+    pub(super) fn instance_ended(self: &Arc<Self>, u: usize, generation: u64, how: Exit) {
         let unit = &self.units[u];
         let mut c = unit.control.lock();
         let state = unit.state();
@@ -241,7 +241,7 @@ impl Core {
 }
 
 /// The body of a worker thread: runs `ops` from `from` on.
-pub(super) fn work(core: &Arc<Core>, ops: &[Op], from: usize) {
+pub(super) fn work(core: &Arc<RunningContext>, ops: &[Op], from: usize) {
     let weak = Arc::downgrade(core);
     let plan: Vec<Op> = ops.to_vec();
     let slot = Slot::register(move |h| {
@@ -249,7 +249,7 @@ pub(super) fn work(core: &Arc<Core>, ops: &[Op], from: usize) {
         let k = usize::try_from(h.position).unwrap_or(usize::MAX);
         match plan.get(k) {
             Some(Op::Stop(_)) => c.finalize_hung(h, false),
-            Some(Op::Start(_)) => c.exit(
+            Some(Op::Start(_)) => c.instance_ended(
                 h.unit,
                 h.generation,
                 Exit::Hung {

@@ -11,10 +11,11 @@ use abi_stable::std_types::RResult;
 use super::driver::{Classified, classify};
 use super::restart::Op;
 use super::unit::{Exit, State};
-use super::{Abandoned, Core, Live, construct};
+use super::{Abandoned, Instance, RunningContext};
 use crate::event::Event;
 use crate::instance::InstanceHost;
 use crate::plugin::Library;
+use crate::plugin::construct;
 use crate::supervision::policy::Tracker;
 use crate::supervision::watchdog::{Entry, Hung, Slot};
 
@@ -25,7 +26,7 @@ pub type ExportedState = Option<(u32, Vec<u8>)>;
 pub struct Prepared {
     pub(super) unit: usize,
     pub(super) generation: u64,
-    pub(super) live: Live,
+    pub(super) live: Instance,
 }
 
 /// An old instance paused for a hot reload: its loop stopped, its `main`
@@ -33,7 +34,7 @@ pub struct Prepared {
 pub struct Paused {
     pub(super) unit: usize,
     pub(super) generation: u64,
-    pub(super) live: Arc<Live>,
+    pub(super) live: Arc<Instance>,
 }
 
 impl Prepared {
@@ -60,7 +61,7 @@ impl Paused {
     }
 }
 
-impl Core {
+impl RunningContext {
     /// The units whose library was loaded from the file at `path`. Paths
     /// are compared as absolute paths with symlinks kept: a symlink swapped
     /// to a new target is still the path the units were loaded from (units
@@ -99,7 +100,7 @@ impl Core {
     /// the call.
     pub fn hung_while_paused(self: &Arc<Self>, u: usize, generation: u64, h: Hung) {
         self.units[u].set_state(State::Ready);
-        self.exit(
+        self.instance_ended(
             u,
             generation,
             Exit::Hung {
@@ -140,8 +141,8 @@ impl Core {
         };
         let host = self.new_host(u, Arc::clone(lib), generation);
         on_host(&host);
-        let mut live = Live::new(host, object);
-        let r = Core::watched(
+        let mut live = Instance::new(host, object);
+        let r = RunningContext::watched(
             slot,
             u,
             generation,
@@ -244,9 +245,10 @@ impl Core {
     ) -> Result<Result<ExportedState, String>, Abandoned> {
         let unit = &self.units[p.unit];
         let limit = Some(unit.policy.watchdog.unwrap_or(unit.policy.shutdown_timeout));
-        let r = Core::watched(slot, p.unit, p.generation, Entry::Export, limit, 0, || {
-            p.live.export_state()
-        })?;
+        let r =
+            RunningContext::watched(slot, p.unit, p.generation, Entry::Export, limit, 0, || {
+                p.live.export_state()
+            })?;
         Ok(match r {
             RResult::ROk(v) => Ok(v),
             RResult::RErr(e) => Err(format!("export_state failed: {}", e.message)),
@@ -265,7 +267,7 @@ impl Core {
         };
         let unit = &self.units[new.unit];
         let limit = Some(unit.policy.startup_timeout);
-        let r = Core::watched(
+        let r = RunningContext::watched(
             slot,
             new.unit,
             new.generation,
@@ -295,7 +297,7 @@ impl Core {
     pub fn discard(&self, mut new: Prepared, slot: &Slot) -> Result<(), Abandoned> {
         let unit = &self.units[new.unit];
         let limit = Some(unit.policy.shutdown_timeout);
-        let r = Core::watched(
+        let r = RunningContext::watched(
             slot,
             new.unit,
             new.generation,
@@ -317,7 +319,7 @@ impl Core {
 
     /// The first half of committing a reload of one unit: the paused old
     /// instance is finalized (watched by `shutdown_timeout`) and fenced.
-    /// [`Core::promote`] puts its successor in its place.
+    /// [`RunningContext::promote`] puts its successor in its place.
     pub fn retire(&self, old: Paused, slot: &Slot) -> Result<(), Abandoned> {
         let u = old.unit;
         let unit = &self.units[u];
@@ -329,9 +331,15 @@ impl Core {
         match Arc::get_mut(&mut previous) {
             Some(obj) => {
                 let limit = Some(unit.policy.shutdown_timeout);
-                let r = Core::watched(slot, u, old.generation, Entry::Finalize, limit, 0, || {
-                    obj.finalize()
-                })?;
+                let r = RunningContext::watched(
+                    slot,
+                    u,
+                    old.generation,
+                    Entry::Finalize,
+                    limit,
+                    0,
+                    || obj.finalize(),
+                )?;
                 if let Classified::Failed(reason) = classify(&previous.host, "finalize", r) {
                     self.emit(Event::Failed {
                         unit: self.unit_id(u, old.generation),
@@ -353,7 +361,7 @@ impl Core {
         Ok(())
     }
 
-    /// The old instance's `finalize` in [`Core::retire`] hung: it is
+    /// The old instance's `finalize` in [`RunningContext::retire`] hung: it is
     /// fenced and abandoned, not finalized (its successor still takes over).
     pub fn retire_hung(&self, h: Hung) {
         self.finalize_hung(h, false);

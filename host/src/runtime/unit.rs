@@ -1,6 +1,6 @@
 //! A unit (one service or condition: the slot its generations succeed each
 //! other in), its life-cycle [`State`], its restart bookkeeping ([`Control`])
-//! and the running instance in it ([`Live`]).
+//! and the running instance in it ([`Instance`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -12,17 +12,17 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use otools_abi::{CallError, CallErrorKind, CallResult, ExportKind};
 use parking_lot::Mutex;
 
-use super::Obj;
 use crate::instance::InstanceHost;
 use crate::plugin::Library;
+use crate::plugin::PluginObject;
 use crate::supervision::policy::{Policy, Tracker};
 use crate::supervision::watchdog::Entry;
 
 /// One running instance: its plugin object and its host handle.
-pub struct Live {
+pub struct Instance {
     /// The handle its calls receive.
     pub host: Arc<InstanceHost>,
-    pub(super) object: Obj,
+    pub(super) object: PluginObject,
     pub(super) loop_done: AtomicBool,
     /// Its loop thread's fate: [`LOOP_RUNNING`], [`LOOP_LEFT`] or [`LOOP_ABANDONED`].
     pub(super) loop_fate: AtomicU8,
@@ -57,9 +57,9 @@ pub(super) const LOOP_LEFT: u8 = 1;
 /// thread is abandoned and counted (see `watchdog::thread_abandoned`).
 pub(super) const LOOP_ABANDONED: u8 = 2;
 
-impl Live {
-    pub(super) fn new(host: Arc<InstanceHost>, object: Obj) -> Live {
-        Live {
+impl Instance {
+    pub(super) fn new(host: Arc<InstanceHost>, object: PluginObject) -> Instance {
+        Instance {
             _drop_report: DropReport(Arc::clone(&host)),
             host,
             object,
@@ -70,56 +70,58 @@ impl Live {
 
     pub(super) fn main(&self) -> CallResult {
         match &self.object {
-            Obj::Service(o) => self.host.with_handle(|h| o.main(h)),
-            Obj::Condition(_) => unimplemented_call(),
+            PluginObject::Service(o) => self.host.with_handle(|h| o.main(h)),
+            PluginObject::Condition(_) => unimplemented_call(),
         }
     }
 
     pub(super) fn run_loop(&self) -> CallResult {
         match &self.object {
-            Obj::Service(o) => self.host.with_handle(|h| o.run_loop(h)),
-            Obj::Condition(_) => unimplemented_call(),
+            PluginObject::Service(o) => self.host.with_handle(|h| o.run_loop(h)),
+            PluginObject::Condition(_) => unimplemented_call(),
         }
     }
 
     pub(super) fn check(&self) -> CallResult<bool> {
         match &self.object {
-            Obj::Condition(o) => self.host.with_handle(|h| o.check(h)),
-            Obj::Service(_) => RResult::ROk(false),
+            PluginObject::Condition(o) => self.host.with_handle(|h| o.check(h)),
+            PluginObject::Service(_) => RResult::ROk(false),
         }
     }
 
     pub(super) fn setup(&mut self) -> CallResult {
         let host = Arc::clone(&self.host);
         match &mut self.object {
-            Obj::Service(o) => host.with_handle(|h| o.setup(h)),
-            Obj::Condition(o) => host.with_handle(|h| o.setup(h)),
+            PluginObject::Service(o) => host.with_handle(|h| o.setup(h)),
+            PluginObject::Condition(o) => host.with_handle(|h| o.setup(h)),
         }
     }
 
     pub(super) fn finalize(&mut self) -> CallResult {
         let host = Arc::clone(&self.host);
         match &mut self.object {
-            Obj::Service(o) => host.with_handle(|h| o.finalize(h)),
-            Obj::Condition(o) => host.with_handle(|h| o.finalize(h)),
+            PluginObject::Service(o) => host.with_handle(|h| o.finalize(h)),
+            PluginObject::Condition(o) => host.with_handle(|h| o.finalize(h)),
         }
     }
 
     pub(super) fn export_state(&self) -> CallResult<Option<(u32, Vec<u8>)>> {
         match &self.object {
-            Obj::Service(o) => match self.host.with_handle(|h| o.export_state(h)) {
+            PluginObject::Service(o) => match self.host.with_handle(|h| o.export_state(h)) {
                 RResult::ROk(v) => RResult::ROk(v.into_option().map(|t| (t.0, t.1.into_vec()))),
                 RResult::RErr(e) => RResult::RErr(e),
             },
-            Obj::Condition(_) => RResult::ROk(None),
+            PluginObject::Condition(_) => RResult::ROk(None),
         }
     }
 
     pub(super) fn import_state(&mut self, version: u32, bytes: &[u8]) -> CallResult {
         let host = Arc::clone(&self.host);
         match &mut self.object {
-            Obj::Service(o) => host.with_handle(|h| o.import_state(h, version, bytes.into())),
-            Obj::Condition(_) => RResult::ROk(()),
+            PluginObject::Service(o) => {
+                host.with_handle(|h| o.import_state(h, version, bytes.into()))
+            }
+            PluginObject::Condition(_) => RResult::ROk(()),
         }
     }
 }
@@ -198,7 +200,7 @@ pub struct Unit {
     pub(super) export: String,
     pub(super) config_json: String,
     pub(super) policy: Policy,
-    pub(super) live: ArcSwapOption<Live>,
+    pub(super) live: ArcSwapOption<Instance>,
     pub(super) state: AtomicU8,
     pub(super) has_main: AtomicBool,
     pub(super) loop_running: AtomicBool,

@@ -4,6 +4,10 @@
 //! later, on the context's thread). Every problem is collected, with the
 //! manifest line it comes from, so `otools check` reports them all at once.
 
+mod context;
+
+pub use context::{ContextPlan, StepPlan, UnitPlan};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,13 +22,13 @@ use crate::dataframe::Dataframe;
 use crate::event::Events;
 use crate::instance::{ContextShared, Wake};
 use crate::manifest::config::ConfigJson;
+use crate::manifest::policy::{Policy, Strategy};
 use crate::manifest::validate::validate;
 use crate::manifest::{
     ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry, shown,
 };
+use crate::plugin::construct;
 use crate::plugin::{LoadError, Registry};
-use crate::runtime::{ContextPlan, StepPlan, UnitPlan, construct};
-use crate::supervision::policy::{Policy, Strategy};
 
 /// Choices made on the command line that change how a manifest is deployed.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +52,7 @@ pub struct Deployment {
     /// The distinct libraries, for the reload watcher.
     pub loaded: Vec<Arc<crate::plugin::Library>>,
     /// How reloads are watched (from `[host]`; the CLI may turn watching off).
-    pub reload: crate::reload::Settings,
+    pub reload: crate::manifest::ReloadSettings,
     /// Where lifecycle events go (from [`Options::events`]).
     pub events: Arc<Events>,
 }
@@ -95,24 +99,6 @@ pub fn toml_to_value(v: &toml::Value) -> Value {
         toml::Value::Datetime(d) => Value::from(d.to_string()),
         toml::Value::Array(a) => Value::List(a.iter().map(toml_to_value).collect()),
         toml::Value::Table(t) => Value::map(t.iter().map(|(k, v)| (k.clone(), toml_to_value(v)))),
-    }
-}
-
-/// Converts a TOML value into JSON, the form configs cross the boundary in.
-pub fn toml_to_json(v: &toml::Value) -> serde_json::Value {
-    match v {
-        toml::Value::String(s) => s.clone().into(),
-        toml::Value::Integer(i) => (*i).into(),
-        toml::Value::Float(f) => {
-            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
-        }
-        toml::Value::Boolean(b) => (*b).into(),
-        toml::Value::Datetime(d) => d.to_string().into(),
-        toml::Value::Array(a) => a.iter().map(toml_to_json).collect(),
-        toml::Value::Table(t) => t
-            .iter()
-            .map(|(k, v)| (k.clone(), toml_to_json(v)))
-            .collect(),
     }
 }
 

@@ -1,44 +1,17 @@
-//! What a context is built from: the plan types `deploy` fills in (units, steps,
-//! period, strategy) and [`construct`], which builds a plugin object.
+//! What a context is built from: the plan types [`super::build`] fills in
+//! (units, steps, period, strategy). A plan holds no threads; each unit
+//! holds its first plugin object, constructed (its config accepted) but not
+//! set up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use abi_stable::std_types::{RResult, RStr};
-use otools_abi::{CallError, ExportKind, FfiConditionBox, FfiServiceBox};
+use otools_abi::ExportKind;
 
 use crate::instance::ContextShared;
 use crate::manifest::Mode;
-use crate::plugin::Library;
-use crate::supervision::policy::{Policy, Strategy};
-
-/// The plugin object of an instance.
-pub enum Obj {
-    /// A service.
-    Service(FfiServiceBox),
-    /// A condition.
-    Condition(FfiConditionBox),
-}
-
-/// Builds an instance of `export` from `lib` with its JSON config (no `setup`).
-pub fn construct(
-    lib: &Library,
-    kind: ExportKind,
-    export: &str,
-    config_json: &str,
-) -> Result<Obj, CallError> {
-    let (export, json) = (RStr::from_str(export), RStr::from_str(config_json));
-    match kind {
-        ExportKind::Service => match (lib.root.new_service())(export, json) {
-            RResult::ROk(o) => Ok(Obj::Service(o)),
-            RResult::RErr(e) => Err(e),
-        },
-        ExportKind::Condition => match (lib.root.new_condition())(export, json) {
-            RResult::ROk(o) => Ok(Obj::Condition(o)),
-            RResult::RErr(e) => Err(e),
-        },
-    }
-}
+use crate::manifest::policy::{Policy, Strategy};
+use crate::plugin::{Library, PluginObject};
 
 /// One service or condition of a context, as planned from the manifest.
 pub struct UnitPlan {
@@ -56,8 +29,8 @@ pub struct UnitPlan {
     pub config_json: String,
     /// How it is supervised.
     pub policy: Policy,
-    /// The first instance, built by `deploy` (setup not run).
-    pub initial: Obj,
+    /// The first instance, built by [`super::build`] (its config accepted, setup not run).
+    pub initial: PluginObject,
 }
 
 /// One step of a main-loop iteration.

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use crate::deploy::Deployment;
 use crate::event::Event;
 use crate::exit;
-use crate::runtime::{ContextEvent, Core, StartGate};
+use crate::plan::Deployment;
+use crate::runtime::{ContextEvent, RunningContext, StartGate};
 use crate::supervision::{notify, watchdog};
 use crate::{signals, threads};
 
@@ -32,7 +32,7 @@ enum Msg {
 /// Is every context making progress (for systemd's `WATCHDOG=1`)? A context
 /// counts as alive when it ended, waits with nothing to do, or its driver
 /// completed an iteration since the last ping.
-fn progress_check(cores: Vec<Arc<Core>>) -> impl Fn() -> bool + Send + 'static {
+fn progress_check(cores: Vec<Arc<RunningContext>>) -> impl Fn() -> bool + Send + 'static {
     let last: Vec<AtomicU64> = cores.iter().map(|_| AtomicU64::new(u64::MAX)).collect();
     move || {
         let mut ok = true;
@@ -80,11 +80,11 @@ pub fn run(deployment: Deployment) -> u8 {
     watchdog::configure(deployment.shortest_watchdog());
     let gate = Arc::new(StartGate::new(total));
     let (ctx_tx, ctx_rx) = mpsc::channel::<ContextEvent>();
-    let cores: Vec<Arc<Core>> = deployment
+    let cores: Vec<Arc<RunningContext>> = deployment
         .contexts
         .into_iter()
         .enumerate()
-        .map(|(i, plan)| Core::new(i, plan, Arc::clone(&gate), ctx_tx.clone()))
+        .map(|(i, plan)| RunningContext::new(i, plan, Arc::clone(&gate), ctx_tx.clone()))
         .collect();
     drop(ctx_tx);
     // Forward context events into the one channel the loop below reads.
