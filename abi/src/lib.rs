@@ -192,6 +192,91 @@ pub struct CallError {
 /// What every plugin entry point returns.
 pub type CallResult<T = ()> = RResult<T, CallError>;
 
+/// Why a message could not be sent, or a request got no reply. Every
+/// failure of `send`, `request` and `publish` is one of these, so a caller
+/// can match on it.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageError {
+    /// No service of that name (`Context/service`, or a unique service
+    /// name), or a name that more than one service has.
+    UnknownTarget = 0,
+    /// The target does not accept a message of that name.
+    UnknownMessage = 1,
+    /// The payload is not of the type the target declared for that message.
+    InvalidPayload = 2,
+    /// The target's mailbox stayed full for the whole timeout.
+    MailboxFull = 3,
+    /// No reply within the timeout (or the handler hung).
+    Timeout = 4,
+    /// The handler returned an error or panicked; the target is restarted
+    /// under its policy.
+    PeerFailed = 5,
+    /// The target ended (`SHUTDOWN`, deactivated), gave up, or its context
+    /// is stopping.
+    PeerGone = 6,
+    /// The calling instance was replaced; its calls are refused.
+    Fenced = 7,
+    /// The other side has no messaging (a host or plugin built before it).
+    Unsupported = 8,
+}
+
+impl MessageError {
+    /// A short description of the error.
+    pub fn describe(self) -> &'static str {
+        match self {
+            MessageError::UnknownTarget => "unknown target",
+            MessageError::UnknownMessage => "unknown message name",
+            MessageError::InvalidPayload => "invalid payload",
+            MessageError::MailboxFull => "mailbox full",
+            MessageError::Timeout => "timed out",
+            MessageError::PeerFailed => "peer failed",
+            MessageError::PeerGone => "peer gone",
+            MessageError::Fenced => "this instance was replaced; its calls are refused",
+            MessageError::Unsupported => "messaging is not supported here",
+        }
+    }
+}
+
+/// A failed `send`, `request` or `publish`: its kind and a message that
+/// names the target and says why.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct MessageFailure {
+    /// What kind of failure.
+    pub kind: MessageError,
+    /// Details, for logs.
+    pub message: RString,
+}
+
+impl MessageFailure {
+    /// A failure of `kind` with `message`.
+    pub fn new(kind: MessageError, message: impl Into<RString>) -> MessageFailure {
+        MessageFailure {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn unsupported() -> MessageFailure {
+        MessageFailure::new(
+            MessageError::Unsupported,
+            "this host has no messaging (it was built before otools-abi 0.3.1)",
+        )
+    }
+}
+
+/// One message a service accepts: its name and the type of its payload
+/// (a [`Value::type_name`], or `any`).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct MessageSpec {
+    /// The message name (`PING`).
+    pub name: RString,
+    /// `any`, or the only payload type accepted (`null`, `integer`, `map`, ...).
+    pub payload: RString,
+}
+
 /// Read or write lock of a dataframe held across several operations.
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -279,6 +364,47 @@ pub trait FfiHost: Send + Sync {
     /// Replaces this service's stash.
     #[sabi(last_prefix_field)]
     fn stash_set(&self, bytes: RSlice<'_, u8>) -> RResult<(), HostError>;
+    // Messaging (otools-abi 0.3.1), appended after the last prefix field:
+    // plugins built before never call them, and a plugin built after on an
+    // older host gets the default bodies (`Unsupported`).
+    /// Queues a one-way message for `to` (`Context/service` or a unique
+    /// service name), waiting up to `timeout_ns` for room in its mailbox.
+    fn msg_send(
+        &self,
+        to: RStr<'_>,
+        name: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<(), MessageFailure> {
+        let _ = (to, name, payload, timeout_ns);
+        RResult::RErr(MessageFailure::unsupported())
+    }
+    /// Sends a request to `to` and waits for its reply, all within `timeout_ns`.
+    fn msg_request(
+        &self,
+        to: RStr<'_>,
+        name: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<Value, MessageFailure> {
+        let _ = (to, name, payload, timeout_ns);
+        RResult::RErr(MessageFailure::unsupported())
+    }
+    /// Delivers `payload` to every subscriber of `topic` (as a message named
+    /// `topic`); returns how many got it.
+    fn msg_publish(
+        &self,
+        topic: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<u32, MessageFailure> {
+        let _ = (topic, payload, timeout_ns);
+        RResult::RErr(MessageFailure::unsupported())
+    }
+    /// The correlation id of the message being handled (none outside a handler).
+    fn correlation_id(&self) -> ROption<RString> {
+        ROption::RNone
+    }
 }
 
 /// A borrowed host handle, valid for one call.
@@ -307,6 +433,22 @@ pub trait FfiService: Send + Sync {
         version: u32,
         bytes: RSlice<'_, u8>,
     ) -> CallResult;
+    // Messaging (otools-abi 0.3.1), appended after the last prefix field: a
+    // plugin built before lacks them, and the host gets the default bodies
+    // (no messages accepted).
+    /// The messages this service accepts (none: it has no mailbox).
+    fn messages(&self) -> RVec<MessageSpec> {
+        RVec::new()
+    }
+    /// Handles one message (on the service's mailbox thread); the value is
+    /// the reply to a request (ignored for a one-way message).
+    fn handle_message(&self, host: HostRef<'_>, name: RStr<'_>, payload: Value) -> CallResult<Value> {
+        let _ = (host, name, payload);
+        RResult::RErr(CallError {
+            kind: CallErrorKind::Unimplemented,
+            message: RString::from("not implemented"),
+        })
+    }
 }
 
 /// An owned service instance.
@@ -403,6 +545,7 @@ mod tests {
             <CallError as StableAbi>::LAYOUT,
             <Value as StableAbi>::LAYOUT,
             <FfiServiceBox as StableAbi>::LAYOUT,
+            <MessageFailure as StableAbi>::LAYOUT,
         ] {
             let (package, version) = layout.package_and_version();
             assert_eq!(package.as_str(), "otools-abi", "{}", layout.name());

@@ -239,6 +239,40 @@ pub enum Event {
         /// Why, in words.
         reason: String,
     },
+    /// `message_unknown`: a message of a name the service does not accept
+    /// was refused (the sender got `UnknownMessage`); the service goes on.
+    MessageUnknown {
+        /// The target unit.
+        unit: Unit,
+        /// The message name.
+        name: String,
+        /// Who sent it.
+        from: String,
+        /// Its correlation id.
+        correlation: String,
+    },
+    /// `message_failed`: a message handler returned an error or panicked
+    /// (the requester got `PeerFailed`; a `failed` event follows).
+    MessageFailed {
+        /// The unit.
+        unit: Unit,
+        /// The message name.
+        name: String,
+        /// Its correlation id.
+        correlation: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// `shutdown`: the service received the reserved `SHUTDOWN` message
+    /// and stops as a normal exit, not restarted.
+    Shutdown {
+        /// The unit.
+        unit: Unit,
+        /// Who sent it.
+        from: String,
+        /// Its correlation id.
+        correlation: String,
+    },
 }
 
 impl Event {
@@ -268,6 +302,9 @@ impl Event {
             Self::ReloadAttempted { .. } => "reload_attempted",
             Self::ReloadOk { .. } => "reload_ok",
             Self::ReloadRejected { .. } => "reload_rejected",
+            Self::MessageUnknown { .. } => "message_unknown",
+            Self::MessageFailed { .. } => "message_failed",
+            Self::Shutdown { .. } => "shutdown",
         }
     }
 
@@ -287,7 +324,10 @@ impl Event {
             | Self::Revived { unit, .. }
             | Self::FencedCall { unit, .. }
             | Self::DropPanicked { unit, .. }
-            | Self::ReloadSetupOk { unit, .. } => Some(unit),
+            | Self::ReloadSetupOk { unit, .. }
+            | Self::MessageUnknown { unit, .. }
+            | Self::MessageFailed { unit, .. }
+            | Self::Shutdown { unit, .. } => Some(unit),
             _ => None,
         }
     }
@@ -408,6 +448,32 @@ impl Event {
                 ("file", file.as_str().into()),
                 ("hash", hash.as_str().into()),
                 ("reason", reason.as_str().into()),
+            ],
+            Self::MessageUnknown {
+                name,
+                from,
+                correlation,
+                ..
+            } => vec![
+                ("name", name.as_str().into()),
+                ("from", from.as_str().into()),
+                ("correlation", correlation.as_str().into()),
+            ],
+            Self::MessageFailed {
+                name,
+                correlation,
+                reason,
+                ..
+            } => vec![
+                ("name", name.as_str().into()),
+                ("correlation", correlation.as_str().into()),
+                ("reason", reason.as_str().into()),
+            ],
+            Self::Shutdown {
+                from, correlation, ..
+            } => vec![
+                ("from", from.as_str().into()),
+                ("correlation", correlation.as_str().into()),
             ],
         }
     }
@@ -612,6 +678,7 @@ mod tests {
                 dataframes: Vec::new(),
                 all_dataframes: Arc::new(Vec::new()),
                 events: Arc::new(Events::new(vec![seen.clone()])),
+                router: Arc::new(crate::messaging::InProcess::new(Arc::default())),
             });
             let plan = ContextPlan {
                 shared: Arc::clone(&shared),

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use otools_abi::{
-    CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, NO_TIMEOUT,
+    CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, MessageError,
+    MessageFailure, NO_TIMEOUT,
 };
 use otools_abi::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
@@ -26,6 +27,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::dataframe::{Caller, Dataframe, Deadline, OwnerId};
 use crate::event::{self, Event, Events};
 use crate::logging;
+use crate::messaging::{self, Failure, Outgoing, Router, correlation};
 use crate::plugin::Library;
 
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
@@ -83,6 +85,8 @@ pub struct ContextShared {
     pub all_dataframes: Arc<Vec<String>>,
     /// Where the context's lifecycle events go (the host's hub).
     pub events: Arc<Events>,
+    /// The routing layer its services send, request and publish through.
+    pub router: Arc<dyn Router>,
 }
 
 impl ContextShared {
@@ -268,21 +272,59 @@ impl InstanceHost {
         });
     }
 
-    /// Logs a failed call with everything needed to find the culprit.
+    /// Logs a failed call with everything needed to find the culprit (and,
+    /// in a message handler, the correlation id of its message).
     pub fn report_failure(&self, entry: &str, e: &CallError) {
         let what = match e.kind {
             CallErrorKind::Panicked => "panicked",
             _ => "failed",
         };
-        tracing::error!(
-            context = %self.context.name,
-            service = %self.name,
-            library = %self.library.path.display(),
-            export = %self.export,
-            entry,
-            "{entry} {what}: {}",
-            e.message
-        );
+        correlation::with_current(|correlation| {
+            tracing::error!(
+                context = %self.context.name,
+                service = %self.name,
+                library = %self.library.path.display(),
+                export = %self.export,
+                entry,
+                correlation,
+                "{entry} {what}: {}",
+                e.message
+            );
+        });
+    }
+}
+
+/// A messaging deadline: `timeout_ns` from now ([`NO_TIMEOUT`]: a far future).
+fn message_deadline(timeout_ns: u64) -> Instant {
+    messaging::deadline_after(Duration::from_nanos(timeout_ns))
+}
+
+fn ffi_failure(f: Failure) -> MessageFailure {
+    MessageFailure::new(f.kind, f.message)
+}
+
+fn fenced_failure() -> MessageFailure {
+    MessageFailure::new(MessageError::Fenced, MessageError::Fenced.describe())
+}
+
+fn internal_failure() -> MessageFailure {
+    MessageFailure::new(
+        MessageError::PeerFailed,
+        "internal host error; the message is in the host log",
+    )
+}
+
+impl InstanceHost {
+    /// A message from this instance: its correlation id is the next child
+    /// of the message being handled on this thread, or a new root id.
+    fn outgoing(&self, name: &str, payload: Value) -> Outgoing {
+        Outgoing {
+            from: format!("{}/{}", self.context.name, self.name),
+            name: name.to_owned(),
+            payload,
+            correlation: correlation::next_child()
+                .unwrap_or_else(|| self.context.router.new_correlation()),
+        }
     }
 }
 
@@ -318,7 +360,15 @@ impl FfiHost for InstanceHost {
         }
         shield("log", (), || {
             if self.log_enabled(level) {
-                logging::plugin_event(level, &self.context.name, &self.name, message.as_str());
+                correlation::with_current(|c| {
+                    logging::plugin_event_correlated(
+                        level,
+                        &self.context.name,
+                        &self.name,
+                        message.as_str(),
+                        c,
+                    );
+                });
             }
             if level == LogLevel::Fatal {
                 self.context.fatal.store(true, Ordering::SeqCst);
@@ -553,5 +603,69 @@ impl FfiHost for InstanceHost {
             *self.stash.lock() = Some(bytes.to_vec());
             RResult::ROk(())
         })
+    }
+
+    fn msg_send(
+        &self,
+        to: RStr<'_>,
+        name: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<(), MessageFailure> {
+        if self.fenced_check("send") {
+            return RResult::RErr(fenced_failure());
+        }
+        shield("send", RResult::RErr(internal_failure()), || {
+            let msg = self.outgoing(name.as_str(), payload);
+            self.context
+                .router
+                .send(to.as_str(), msg, message_deadline(timeout_ns))
+                .map_err(ffi_failure)
+                .into()
+        })
+    }
+
+    fn msg_request(
+        &self,
+        to: RStr<'_>,
+        name: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<Value, MessageFailure> {
+        if self.fenced_check("request") {
+            return RResult::RErr(fenced_failure());
+        }
+        shield("request", RResult::RErr(internal_failure()), || {
+            let msg = self.outgoing(name.as_str(), payload);
+            self.context
+                .router
+                .request(to.as_str(), msg, message_deadline(timeout_ns))
+                .map_err(ffi_failure)
+                .into()
+        })
+    }
+
+    fn msg_publish(
+        &self,
+        topic: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<u32, MessageFailure> {
+        if self.fenced_check("publish") {
+            return RResult::RErr(fenced_failure());
+        }
+        shield("publish", RResult::RErr(internal_failure()), || {
+            let msg = self.outgoing(topic.as_str(), payload);
+            self.context
+                .router
+                .publish(topic.as_str(), msg, message_deadline(timeout_ns))
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .map_err(ffi_failure)
+                .into()
+        })
+    }
+
+    fn correlation_id(&self) -> ROption<RString> {
+        correlation::with_current(|c| c.map(RString::from).into())
     }
 }

@@ -32,7 +32,8 @@ use crate::ffi::API_VERSION;
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
-    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, PluginRoot, PluginRoot_Ref,
+    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, MessageSpec, PluginRoot,
+    PluginRoot_Ref, Value,
 };
 
 thread_local! {
@@ -164,6 +165,22 @@ impl<S: Service> FfiService for ServiceAdapter<S> {
         guard(|| {
             self.get_mut()?
                 .import_state(&Context::from_host(host), version, bytes.as_slice())
+        })
+    }
+    fn messages(&self) -> RVec<MessageSpec> {
+        // A constant: no plugin code runs here, so there is nothing to guard.
+        S::MESSAGES
+            .iter()
+            .map(|a| MessageSpec {
+                name: RString::from(a.name),
+                payload: RString::from(a.payload.type_name()),
+            })
+            .collect()
+    }
+    fn handle_message(&self, host: HostRef<'_>, name: RStr<'_>, payload: Value) -> CallResult<Value> {
+        guard(|| {
+            self.get()?
+                .handle_message(&Context::from_host(host), name.as_str(), payload)
         })
     }
 }

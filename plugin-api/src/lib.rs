@@ -111,6 +111,7 @@
 mod context;
 mod error;
 mod export;
+mod message;
 mod service;
 
 /// The FFI types and the ABI version, from `otools-abi`; plugin authors
@@ -125,7 +126,8 @@ pub mod ffi {
 
 pub use context::{Context, Dataframe, LockGuard};
 pub use error::{Error, Result};
-pub use otools_abi::{HostError, LogLevel, TypeMismatch, Value};
+pub use message::{Accept, DEFAULT_REQUEST_TIMEOUT, Payload, SEND_TIMEOUT, SHUTDOWN};
+pub use otools_abi::{HostError, LogLevel, MessageError, TypeMismatch, Value};
 pub use service::{Condition, NoConfig, Service};
 
 #[doc(hidden)]

@@ -147,6 +147,15 @@ pub struct ServiceDecl {
     pub backoff_reset_after: Option<Spanned<HumanDuration>>,
     /// `stop_service`, `stop_context` or `exit_host` (default: the context's).
     pub on_give_up: Option<Spanned<GiveUp>>,
+    /// Topics whose publications this service receives as messages.
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
+    /// How many messages its mailbox holds before senders wait (default 1000).
+    pub mailbox_size: Option<Spanned<u32>>,
+    /// The targets this service sends to, checked by `check` and `run`
+    /// (each must name exactly one service that accepts messages).
+    #[serde(default)]
+    pub sends_to: Vec<Spanned<String>>,
 }
 
 /// `[[context.trigger]]`: conditions that run a stack of services when they fire.

@@ -14,6 +14,22 @@ pub enum PluginObject {
     Condition(FfiConditionBox),
 }
 
+impl PluginObject {
+    /// The messages a service accepts, as (name, payload type); none for a
+    /// condition, or a service built before messaging existed. (A constant
+    /// of the plugin's type: no plugin code of the author's runs.)
+    pub fn messages(&self) -> Vec<(String, String)> {
+        match self {
+            PluginObject::Service(o) => o
+                .messages()
+                .into_iter()
+                .map(|m| (m.name.into_string(), m.payload.into_string()))
+                .collect(),
+            PluginObject::Condition(_) => Vec::new(),
+        }
+    }
+}
+
 /// Builds an instance of `export` from `lib` with its JSON config (no `setup`).
 pub fn construct(
     lib: &Library,

@@ -128,6 +128,8 @@ pub enum Entry {
     Export = 5,
     /// `import_state` during a reload (deadline: `startup_timeout`).
     Import = 6,
+    /// A message handler (deadline: `watchdog`).
+    Message = 7,
 }
 
 impl Entry {
@@ -141,6 +143,7 @@ impl Entry {
             Entry::Finalize => "finalize",
             Entry::Export => "export_state",
             Entry::Import => "import_state",
+            Entry::Message => "message",
         }
     }
 
@@ -152,6 +155,7 @@ impl Entry {
             3 => Entry::Check,
             5 => Entry::Export,
             6 => Entry::Import,
+            7 => Entry::Message,
             _ => Entry::Finalize,
         }
     }
