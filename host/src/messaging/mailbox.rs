@@ -208,7 +208,9 @@ impl Mailbox {
 
     /// Can the unit still handle messages (not closed, and alive)?
     pub fn is_alive(&self) -> bool {
-        !self.inner.lock().closed && self.alive.get().is_none_or(|f| f())
+        let closed = self.inner.lock().closed;
+        // The liveness check runs outside the lock.
+        !closed && self.alive.get().is_none_or(|f| f())
     }
 
     /// Checks a message against what the unit accepts, before it is queued:
@@ -236,7 +238,7 @@ impl Mailbox {
             Some(t) if t != "any" && t != payload.type_name() => Err(Failure::new(
                 MessageError::InvalidPayload,
                 format!(
-                    "{} takes a {t} with `{name}`, not a {}",
+                    "{} takes a payload of type {t} with `{name}`, not {}",
                     self.address,
                     payload.type_name()
                 ),

@@ -14,7 +14,7 @@
 //! watchdog's hang handler answers it `Timeout`. `SHUTDOWN` ends the unit
 //! as a normal exit (`Exit::Shutdown`) and closes its mailbox.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use abi_stable::std_types::RResult;
 use otools_abi::{CallErrorKind, MessageError, Value};
@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use super::driver::{Classified, classify};
 use super::unit::Exit;
 use super::{Instance, RunningContext};
+
 use crate::event::Event;
 use crate::instance::InstanceHost;
 use crate::messaging::{self, Envelope, Failure, Next, ReplyTo, SHUTDOWN, correlation};
@@ -58,7 +59,6 @@ impl RunningContext {
         }
         let token = mb.attach(live.host.generation);
         let core = Arc::clone(self);
-        let instance = Arc::downgrade(live);
         let host = Arc::clone(&live.host);
         let what = format!("the mailbox thread of {}/{}", self.shared.name, unit.name);
         // A failure is journaled and handled by `threads::spawn`: the host
@@ -66,7 +66,7 @@ impl RunningContext {
         let _ = threads::spawn(
             &what,
             &threads::thread_name("mbox-", &unit.name),
-            move || mailbox_thread(&core, u, token, &instance, &host),
+            move || mailbox_thread(&core, u, token, &host),
         );
     }
 }
@@ -79,7 +79,6 @@ fn mailbox_thread(
     core: &Arc<RunningContext>,
     u: usize,
     token: u64,
-    instance: &Weak<Instance>,
     host: &Arc<InstanceHost>,
 ) {
     let unit = &core.units[u];
@@ -121,7 +120,14 @@ fn mailbox_thread(
             Next::Message(env) => env,
             Next::Leave => break,
         };
-        let Some(live) = instance.upgrade().filter(|l| !l.host.retired()) else {
+        // The instance is loaded for each message and held only while it is
+        // handled (no `Weak` either): stopping it waits for the last holder,
+        // and `finalize` needs it unshared.
+        let Some(live) = unit
+            .live
+            .load_full()
+            .filter(|l| Arc::ptr_eq(&l.host, host) && !l.host.retired())
+        else {
             mb.put_back(env);
             break;
         };
