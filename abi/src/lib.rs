@@ -22,15 +22,21 @@
 //!
 //! The root module ([`PluginRoot`]) and the three traits are abi_stable *prefix
 //! types*: a field or method may only ever be **added after** the one marked
-//! `#[sabi(last_prefix_field)]`, never inserted, removed or changed. A host
-//! then loads plugins built against an older `otools-abi` of the same minor
-//! version and sees the missing newer entries as absent; such an addition
-//! bumps the patch version. Anything else (a changed type, a new enum
-//! variant, a reordered method) is a breaking change: bump the minor version
-//! of `otools-abi` (we are at 0.x), and the host refuses plugins of the other
-//! minor with a message saying which side to rebuild (a layout change
-//! forgotten without a bump is still refused, by abi_stable's layout check).
-//! A pure-Rust addition (a method or conversion on [`Value`]) is a patch.
+//! `#[sabi(last_prefix_field)]`, never inserted, removed or changed. But
+//! abi_stable checks that the host's prefix types have *no more* fields
+//! than the library's: such an addition lets a plugin built against it
+//! load on an older host (which sees the newer entries as absent), and
+//! makes the host refuse every plugin built before it. So a new host
+//! callback or plugin entry point goes into a **new root module** instead,
+//! exported under its own symbol and checked on its own
+//! ([`MessagingRoot`], under [`MESSAGING_SYMBOL`]): a plugin built before it
+//! lacks the symbol and loads unchanged; that bumps the patch version.
+//! Anything else (a changed type, a new enum variant, a reordered method)
+//! is a breaking change: bump the minor version of `otools-abi` (we are at
+//! 0.x), and the host refuses plugins of the other minor with a message
+//! saying which side to rebuild (a layout change forgotten without a bump
+//! is still refused, by abi_stable's layout check). A pure-Rust addition (a
+//! method or conversion on [`Value`]) is a patch.
 
 #![allow(
     non_local_definitions,
@@ -258,12 +264,6 @@ impl MessageFailure {
         }
     }
 
-    fn unsupported() -> MessageFailure {
-        MessageFailure::new(
-            MessageError::Unsupported,
-            "this host has no messaging (it was built before otools-abi 0.3.1)",
-        )
-    }
 }
 
 /// One message a service accepts: its name and the type of its payload
@@ -364,47 +364,6 @@ pub trait FfiHost: Send + Sync {
     /// Replaces this service's stash.
     #[sabi(last_prefix_field)]
     fn stash_set(&self, bytes: RSlice<'_, u8>) -> RResult<(), HostError>;
-    // Messaging (otools-abi 0.3.1), appended after the last prefix field:
-    // plugins built before never call them, and a plugin built after on an
-    // older host gets the default bodies (`Unsupported`).
-    /// Queues a one-way message for `to` (`Context/service` or a unique
-    /// service name), waiting up to `timeout_ns` for room in its mailbox.
-    fn msg_send(
-        &self,
-        to: RStr<'_>,
-        name: RStr<'_>,
-        payload: Value,
-        timeout_ns: u64,
-    ) -> RResult<(), MessageFailure> {
-        let _ = (to, name, payload, timeout_ns);
-        RResult::RErr(MessageFailure::unsupported())
-    }
-    /// Sends a request to `to` and waits for its reply, all within `timeout_ns`.
-    fn msg_request(
-        &self,
-        to: RStr<'_>,
-        name: RStr<'_>,
-        payload: Value,
-        timeout_ns: u64,
-    ) -> RResult<Value, MessageFailure> {
-        let _ = (to, name, payload, timeout_ns);
-        RResult::RErr(MessageFailure::unsupported())
-    }
-    /// Delivers `payload` to every subscriber of `topic` (as a message named
-    /// `topic`); returns how many got it.
-    fn msg_publish(
-        &self,
-        topic: RStr<'_>,
-        payload: Value,
-        timeout_ns: u64,
-    ) -> RResult<u32, MessageFailure> {
-        let _ = (topic, payload, timeout_ns);
-        RResult::RErr(MessageFailure::unsupported())
-    }
-    /// The correlation id of the message being handled (none outside a handler).
-    fn correlation_id(&self) -> ROption<RString> {
-        ROption::RNone
-    }
 }
 
 /// A borrowed host handle, valid for one call.
@@ -433,22 +392,6 @@ pub trait FfiService: Send + Sync {
         version: u32,
         bytes: RSlice<'_, u8>,
     ) -> CallResult;
-    // Messaging (otools-abi 0.3.1), appended after the last prefix field: a
-    // plugin built before lacks them, and the host gets the default bodies
-    // (no messages accepted).
-    /// The messages this service accepts (none: it has no mailbox).
-    fn messages(&self) -> RVec<MessageSpec> {
-        RVec::new()
-    }
-    /// Handles one message (on the service's mailbox thread); the value is
-    /// the reply to a request (ignored for a one-way message).
-    fn handle_message(&self, host: HostRef<'_>, name: RStr<'_>, payload: Value) -> CallResult<Value> {
-        let _ = (host, name, payload);
-        RResult::RErr(CallError {
-            kind: CallErrorKind::Unimplemented,
-            message: RString::from("not implemented"),
-        })
-    }
 }
 
 /// An owned service instance.
@@ -520,6 +463,80 @@ impl RootModule for PluginRoot_Ref {
     const BASE_NAME: &'static str = "otools_plugin";
     const NAME: &'static str = "otools_plugin";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The root module of a library's messaging, exported beside
+/// [`PluginRoot`] under its own symbol ([`MESSAGING_SYMBOL`]) and checked on
+/// its own by abi_stable: a library built before messaging existed does
+/// not export it, and its [`PluginRoot`] tree is unchanged, so it still
+/// loads (abi_stable refuses a library whose prefix types have fewer
+/// fields than the host's, so messaging could not be appended to
+/// [`FfiHost`] or [`FfiService`] without refusing every older plugin).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = MessagingRoot_Ref)))]
+pub struct MessagingRoot {
+    /// The messages the service export `export` accepts (none: no mailbox).
+    pub messages: extern "C" fn(export: RStr<'_>) -> RVec<MessageSpec>,
+    /// Handles one message on a service instance this library built
+    /// (on the service's mailbox thread); the value is the reply.
+    pub handle_message: extern "C" fn(
+        object: &FfiServiceBox,
+        host: HostRef<'_>,
+        name: RStr<'_>,
+        payload: Value,
+    ) -> CallResult<Value>,
+    /// Hands the library the host's messaging callbacks, once, at load.
+    #[sabi(last_prefix_field)]
+    pub set_host: extern "C" fn(host: MsgHost_Ref),
+}
+
+impl RootModule for MessagingRoot_Ref {
+    declare_root_module_statics! {MessagingRoot_Ref}
+    const BASE_NAME: &'static str = "otools_messaging";
+    const NAME: &'static str = "otools_messaging";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The symbol [`MessagingRoot`]'s library header is exported under.
+pub const MESSAGING_SYMBOL: &str = "otools_messaging_header";
+
+/// The host's messaging callbacks. `caller` is the host handle of the
+/// call the plugin is in (the host tells who sends from it); timeouts are
+/// in nanoseconds, [`NO_TIMEOUT`] for none.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = MsgHost_Ref)))]
+pub struct MsgHost {
+    /// Queues a one-way message for `to` (`Context/service` or a unique
+    /// service name), waiting up to `timeout_ns` for room in its mailbox.
+    pub send: extern "C" fn(
+        caller: HostRef<'_>,
+        to: RStr<'_>,
+        name: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<(), MessageFailure>,
+    /// Sends a request to `to` and waits for its reply, all within `timeout_ns`.
+    pub request: extern "C" fn(
+        caller: HostRef<'_>,
+        to: RStr<'_>,
+        name: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<Value, MessageFailure>,
+    /// Delivers `payload` to every subscriber of `topic` (as a message
+    /// named `topic`); returns how many got it.
+    pub publish: extern "C" fn(
+        caller: HostRef<'_>,
+        topic: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<u32, MessageFailure>,
+    /// The correlation id of the message being handled on this thread
+    /// (none outside a handler).
+    #[sabi(last_prefix_field)]
+    pub correlation_id: extern "C" fn() -> ROption<RString>,
 }
 
 /// The ABI version: this crate's package version, which abi_stable checks

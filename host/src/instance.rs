@@ -11,15 +11,16 @@
 //! a host lock.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
+use abi_stable::prefix_type::PrefixTypeTrait;
 use otools_abi::{
     CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, MessageError,
-    MessageFailure, NO_TIMEOUT,
+    MessageFailure, MsgHost, MsgHost_Ref, NO_TIMEOUT,
 };
 use otools_abi::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
@@ -140,6 +141,10 @@ impl InstanceHost {
         generation: u64,
         stash: Arc<Mutex<Option<Vec<u8>>>>,
     ) -> InstanceHost {
+        if let Some(messaging) = &library.messaging {
+            // Idempotent: the library keeps the first table it is given.
+            (messaging.set_host())(msg_host_table());
+        }
         InstanceHost {
             owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             context,
@@ -224,9 +229,11 @@ impl InstanceHost {
         }
     }
 
-    /// Runs `f` with a borrowed FFI handle to this host.
+    /// Runs `f` with a borrowed FFI handle to this host. The handle can
+    /// be downcast back to this `InstanceHost`, which is how a messaging
+    /// callback knows who calls.
     pub fn with_handle<R>(&self, f: impl FnOnce(HostRef<'_>) -> R) -> R {
-        f(FfiHost_TO::from_ptr(self, TD_Opaque))
+        f(FfiHost_TO::from_ptr(self, TD_CanDowncast))
     }
 
     /// Releases every dataframe lock the instance still holds. Called when the
@@ -604,7 +611,12 @@ impl FfiHost for InstanceHost {
             RResult::ROk(())
         })
     }
+}
 
+/// Messaging callbacks: plugins reach them through the [`MsgHost`] table
+/// the host hands each library at load ([`msg_host_table`]), with the host
+/// handle of the call they are in, which leads back to the instance.
+impl InstanceHost {
     fn msg_send(
         &self,
         to: RStr<'_>,
@@ -664,8 +676,86 @@ impl FfiHost for InstanceHost {
                 .into()
         })
     }
+}
 
-    fn correlation_id(&self) -> ROption<RString> {
-        correlation::with_current(|c| c.map(RString::from).into())
+/// The instance a plugin's host handle belongs to. Every handle the host
+/// lends is downcastable ([`InstanceHost::with_handle`]).
+fn caller_of<'a>(caller: &'a HostRef<'_>) -> Option<&'a InstanceHost> {
+    caller.obj.downcast_as::<InstanceHost>().ok()
+}
+
+fn not_ours() -> MessageFailure {
+    MessageFailure::new(
+        MessageError::Fenced,
+        "the host handle given is not one this host lent",
+    )
+}
+
+#[allow(
+    improper_ctypes_definitions,
+    reason = "Value is a #[repr(u8)] StableAbi enum whose layout abi_stable checks; #[non_exhaustive] only binds Rust code"
+)]
+extern "C" fn host_send(
+    caller: HostRef<'_>,
+    to: RStr<'_>,
+    name: RStr<'_>,
+    payload: Value,
+    timeout_ns: u64,
+) -> RResult<(), MessageFailure> {
+    match caller_of(&caller) {
+        Some(h) => h.msg_send(to, name, payload, timeout_ns),
+        None => RResult::RErr(not_ours()),
     }
+}
+
+#[allow(
+    improper_ctypes_definitions,
+    reason = "Value is a #[repr(u8)] StableAbi enum whose layout abi_stable checks; #[non_exhaustive] only binds Rust code"
+)]
+extern "C" fn host_request(
+    caller: HostRef<'_>,
+    to: RStr<'_>,
+    name: RStr<'_>,
+    payload: Value,
+    timeout_ns: u64,
+) -> RResult<Value, MessageFailure> {
+    match caller_of(&caller) {
+        Some(h) => h.msg_request(to, name, payload, timeout_ns),
+        None => RResult::RErr(not_ours()),
+    }
+}
+
+#[allow(
+    improper_ctypes_definitions,
+    reason = "Value is a #[repr(u8)] StableAbi enum whose layout abi_stable checks; #[non_exhaustive] only binds Rust code"
+)]
+extern "C" fn host_publish(
+    caller: HostRef<'_>,
+    topic: RStr<'_>,
+    payload: Value,
+    timeout_ns: u64,
+) -> RResult<u32, MessageFailure> {
+    match caller_of(&caller) {
+        Some(h) => h.msg_publish(topic, payload, timeout_ns),
+        None => RResult::RErr(not_ours()),
+    }
+}
+
+extern "C" fn host_correlation_id() -> ROption<RString> {
+    correlation::with_current(|c| c.map(RString::from).into())
+}
+
+/// The host's messaging callbacks, handed to every library that has a
+/// messaging root (a constant table of functions, built once).
+pub fn msg_host_table() -> MsgHost_Ref {
+    static TABLE: OnceLock<MsgHost_Ref> = OnceLock::new();
+    *TABLE.get_or_init(|| {
+        MsgHost {
+            send: host_send,
+            request: host_request,
+            publish: host_publish,
+            correlation_id: host_correlation_id,
+        }
+        .leak_into_prefix()
+    })
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use abi_stable::std_types::{RResult, RStr};
 
 use crate::error::{Error, Result};
+use crate::export::msg_host;
 use crate::message::{DEFAULT_REQUEST_TIMEOUT, SEND_TIMEOUT};
 use otools_abi::Value;
 use otools_abi::{HostError, HostRef, LockMode, NO_TIMEOUT};
@@ -123,7 +124,9 @@ impl<'a> Context<'a> {
     /// `UnknownTarget`, `UnknownMessage`, `InvalidPayload` (checked here: a
     /// bad message is never queued), `MailboxFull` or `PeerGone`.
     pub fn send(&self, to: &str, name: &str, payload: impl Into<Value>) -> Result<()> {
-        match self.host.msg_send(
+        let host = msg_host().ok_or_else(no_messaging)?;
+        match (host.send())(
+            self.host.sabi_reborrow(),
             RStr::from_str(to),
             RStr::from_str(name),
             payload.into(),
@@ -148,7 +151,9 @@ impl<'a> Context<'a> {
         timeout: Option<Duration>,
     ) -> Result<Value> {
         let timeout = timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-        match self.host.msg_request(
+        let host = msg_host().ok_or_else(no_messaging)?;
+        match (host.request())(
+            self.host.sabi_reborrow(),
             RStr::from_str(to),
             RStr::from_str(name),
             payload.into(),
@@ -164,7 +169,9 @@ impl<'a> Context<'a> {
     /// `topic`, in publication order. Returns how many subscribers got it
     /// (0 when there are none).
     pub fn publish(&self, topic: &str, payload: impl Into<Value>) -> Result<usize> {
-        match self.host.msg_publish(
+        let host = msg_host().ok_or_else(no_messaging)?;
+        match (host.publish())(
+            self.host.sabi_reborrow(),
             RStr::from_str(topic),
             payload.into(),
             timeout_ns(SEND_TIMEOUT),
@@ -179,9 +186,8 @@ impl<'a> Context<'a> {
     /// turn as a child id (`7`, then `7.1`, `7.2`, ...). `None` outside a
     /// message handler.
     pub fn correlation_id(&self) -> Option<String> {
-        self.host
-            .correlation_id()
-            .into_option()
+        msg_host()
+            .and_then(|h| (h.correlation_id())().into_option())
             .map(abi_stable::std_types::RString::into_string)
     }
 
@@ -200,6 +206,14 @@ impl<'a> Context<'a> {
             RResult::RErr(e) => Err(Error::host(e, &format!("dataframe `{name}`"))),
         }
     }
+}
+
+/// The error of a message call under a host without messaging.
+fn no_messaging() -> Error {
+    Error::message_failure(otools_abi::MessageFailure::new(
+        otools_abi::MessageError::Unsupported,
+        "this host has no messaging (it was built before otools-abi 0.3.1)",
+    ))
 }
 
 /// A dataframe as seen from one call: get, set and atomic updates by key.

@@ -133,7 +133,8 @@ pub use service::{Condition, NoConfig, Service};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{
-        ConditionCtor, PluginExports, ServiceCtor, lib_header, new_condition, new_service,
+        ConditionCtor, MessageHandler, PluginExports, ServiceCtor, handle_with, lib_header,
+        messaging_header, new_condition, new_service,
     };
     pub use abi_stable::library::LibHeader;
 }

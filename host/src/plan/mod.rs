@@ -262,7 +262,7 @@ impl<'m> Builder<'m> {
         u: &UnitPlan,
         key: &str,
     ) -> Option<Arc<Mailbox>> {
-        let accepts = u.initial.messages();
+        let accepts = crate::plugin::messages(&u.library, &u.export);
         if accepts.is_empty() && s.subscribe.is_empty() {
             return None;
         }

@@ -15,9 +15,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::library::{AbiHeaderRef, LibraryError, RawLibrary, lib_header_from_path};
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
-use otools_abi::{ABI_VERSION, ExportInfo, ExportKind, PluginRoot_Ref};
+use otools_abi::{ABI_VERSION, ExportInfo, ExportKind, MessagingRoot_Ref, PluginRoot_Ref};
 use otools_api::ffi::API_VERSION;
 
 /// A loaded, checked plugin library.
@@ -41,6 +41,8 @@ pub struct Library {
     pub abi_version: String,
     /// What it exports.
     pub exports: Vec<ExportInfo>,
+    /// Its messaging root module; none in a library built before messaging.
+    pub messaging: Option<MessagingRoot_Ref>,
 }
 
 impl fmt::Debug for Library {
@@ -412,7 +414,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     let loaded = load_from(path, &shadow, verbose);
     // Removed at once (the mapping stays valid).
     drop(copy);
-    let (root, exports, abi_version) = loaded?;
+    let (root, exports, abi_version, messaging) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -423,14 +425,19 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         api_version: root.api_version().as_str().to_owned(),
         abi_version,
         exports,
+        messaging,
     })
 }
 
-fn load_from(
-    path: &Path,
-    shadow: &Path,
-    verbose: bool,
-) -> Result<(PluginRoot_Ref, Vec<ExportInfo>, String), LoadError> {
+/// What [`load_from`] found in a library.
+type Loaded = (
+    PluginRoot_Ref,
+    Vec<ExportInfo>,
+    String,
+    Option<MessagingRoot_Ref>,
+);
+
+fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadError> {
     let header = lib_header_from_path(shadow).map_err(|e| convert(path, e, None, verbose))?;
     // The header's version is `otools-abi`'s: the root module type lives there.
     let abi_version = header.version_strings().version.as_str().to_owned();
@@ -439,7 +446,32 @@ fn load_from(
         .init_root_module::<PluginRoot_Ref>()
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let exports = root.exports()().into_vec();
-    Ok((root, exports, abi_version))
+    let messaging = messaging_root(shadow).map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    Ok((root, exports, abi_version, messaging))
+}
+
+/// The library's messaging root module, checked by abi_stable on its own
+/// (see `otools_abi::MessagingRoot`); `None` when the library does not
+/// export one (built before messaging existed).
+fn messaging_root(shadow: &Path) -> Result<Option<MessagingRoot_Ref>, LibraryError> {
+    // The same mapping as the root module's: the dynamic loader hands back
+    // the handle it already has for this path, and it is leaked like that one.
+    let raw = RawLibrary::load_at(shadow)?;
+    let symbol = format!("{}\0", otools_abi::MESSAGING_SYMBOL);
+    #[allow(
+        unsafe_code,
+        reason = "reading an exported header, as abi_stable's own lib_header_from_path does"
+    )]
+    // SAFETY: the symbol, when present, is the `LibHeader` static that
+    // `export_plugin!` exports (its address, read as abi_stable reads the
+    // root module's); `upgrade` checks abi_stable's header version before
+    // it is used, and the library is never unloaded (`raw` is leaked).
+    let header = match unsafe { raw.get::<AbiHeaderRef>(symbol.as_bytes()) } {
+        Ok(h) => (*h).upgrade()?,
+        Err(_) => return Ok(None),
+    };
+    std::mem::forget(raw);
+    header.init_root_module::<MessagingRoot_Ref>().map(Some)
 }
 
 fn newer(a: VersionNumber, b: VersionNumber) -> bool {

@@ -14,20 +14,16 @@ pub enum PluginObject {
     Condition(FfiConditionBox),
 }
 
-impl PluginObject {
-    /// The messages a service accepts, as (name, payload type); none for a
-    /// condition, or a service built before messaging existed. (A constant
-    /// of the plugin's type: no plugin code of the author's runs.)
-    pub fn messages(&self) -> Vec<(String, String)> {
-        match self {
-            PluginObject::Service(o) => o
-                .messages()
-                .into_iter()
-                .map(|m| (m.name.into_string(), m.payload.into_string()))
-                .collect(),
-            PluginObject::Condition(_) => Vec::new(),
-        }
-    }
+/// The messages service export `export` of `library` accepts, as (name,
+/// payload type); none for a library built before messaging existed.
+/// (A constant of the plugin's type: no author code runs.)
+pub fn messages(library: &Library, export: &str) -> Vec<(String, String)> {
+    library.messaging.map_or_else(Vec::new, |m| {
+        (m.messages())(RStr::from_str(export))
+            .into_iter()
+            .map(|m| (m.name.into_string(), m.payload.into_string()))
+            .collect()
+    })
 }
 
 /// Builds an instance of `export` from `lib` with its JSON config (no `setup`).

@@ -53,7 +53,7 @@ impl RunningContext {
         if unit.control.lock().generation != live.host.generation {
             return;
         }
-        let messages = live.object.messages();
+        let messages = crate::plugin::messages(&live.host.library, &unit.export);
         if !messages.is_empty() {
             mb.set_accepts(messages);
         }

@@ -84,14 +84,14 @@ impl Instance {
     }
 
     pub(super) fn handle_message(&self, name: &str, payload: Value) -> CallResult<Value> {
-        match &self.object {
-            PluginObject::Service(o) => self
+        match (&self.object, &self.host.library.messaging) {
+            (PluginObject::Service(o), Some(m)) => self
                 .host
-                .with_handle(|h| o.handle_message(h, RStr::from_str(name), payload)),
-            PluginObject::Condition(_) => match unimplemented_call() {
-                RResult::RErr(e) => RResult::RErr(e),
-                RResult::ROk(()) => RResult::ROk(Value::Null),
-            },
+                .with_handle(|h| (m.handle_message())(o, h, RStr::from_str(name), payload)),
+            _ => RResult::RErr(CallError {
+                kind: CallErrorKind::Unimplemented,
+                message: "not implemented".into(),
+            }),
         }
     }
 

@@ -270,7 +270,8 @@ impl Service for Script {
 }
 
 /// Publishes `start + n` on `topic` from its n-th `main` (from 0), `count`
-/// times, then deactivates.
+/// times, then sends `SHUTDOWN` to each service in `stop` (after the
+/// publications in their mailboxes) and deactivates.
 pub struct Ticker {
     config: TickerConfig,
     sent: AtomicU64,
@@ -287,6 +288,9 @@ pub struct TickerConfig {
     pub start: i64,
     /// How many to publish.
     pub count: u64,
+    /// Services to send `SHUTDOWN` to once done.
+    #[serde(default)]
+    pub stop: Vec<String>,
 }
 
 impl Service for Ticker {
@@ -302,6 +306,9 @@ impl Service for Ticker {
     fn main(&self, ctx: &Context<'_>) -> Result<()> {
         let n = self.sent.fetch_add(1, Ordering::Relaxed);
         if n >= self.config.count {
+            for target in &self.config.stop {
+                ctx.send(target, otools_api::SHUTDOWN, ())?;
+            }
             ctx.deactivate();
             return Ok(());
         }
