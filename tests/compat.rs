@@ -446,8 +446,9 @@ fn plugins_built_before_messaging_load_and_run_beside_message_handlers() {
     let out = run(&["inspect", old.to_str().unwrap()]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(
-        out.stdout
-            .contains(&format!("otools-abi: 0.3.0 (host: {ABI_VERSION}, compatible)")),
+        out.stdout.contains(&format!(
+            "otools-abi: 0.3.0 (host: {ABI_VERSION}, compatible)"
+        )),
         "{}",
         out.stdout
     );

@@ -22,10 +22,10 @@ mod layout;
 mod lifecycle;
 /// Manifest mistakes: exit code 2 and a message naming the file and line.
 mod manifest_errors;
-/// Messages between services: mailboxes, request/reply, publish/subscribe, SHUTDOWN, correlation ids.
-mod messaging;
 /// Every shipped manifest in manifests/ checks clean and runs to its end.
 mod manifests;
+/// Messages between services: mailboxes, request/reply, publish/subscribe, SHUTDOWN, correlation ids.
+mod messaging;
 /// Plugin libraries: inspect, and refusal of files that are not plugins.
 mod plugins;
 /// Hot reload: swap in place with state hand-off, refusal keeps the old version.

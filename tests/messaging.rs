@@ -103,7 +103,8 @@ config = { steps = [
 }
 
 #[test]
-fn a_replier_that_panics_then_hangs_answers_peer_failed_then_timeout_and_a_new_generation_serves_the_next() {
+fn a_replier_that_panics_then_hangs_answers_peer_failed_then_timeout_and_a_new_generation_serves_the_next()
+ {
     let dir = TestDir::new("msg_echo");
     // Requester and replier share a context: the handler runs on the
     // replier's mailbox thread, never on the driver the requester waits on.
@@ -147,7 +148,10 @@ config = { terminate = true, steps = [
         said[2],
         "HANG failed: Timeout: the handler hung (no return within 200ms)"
     );
-    assert_eq!(said[3], "reply to ECHO: \"b from 3\"", "generation 3 serves it");
+    assert_eq!(
+        said[3], "reply to ECHO: \"b from 3\"",
+        "generation 3 serves it"
+    );
     assert_eq!(
         said[4],
         "ECHO failed: InvalidPayload: Main/echo takes a payload of type string with `ECHO`, not integer"
@@ -202,7 +206,9 @@ export = "Listener"
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(
         out.messages_of("subscriber"),
-        (100..105).map(|i| format!("got px {i}")).collect::<Vec<_>>()
+        (100..105)
+            .map(|i| format!("got px {i}"))
+            .collect::<Vec<_>>()
     );
     assert!(out.messages_of("bystander").is_empty(), "{}", out.stderr);
 }
@@ -262,7 +268,10 @@ config = { steps = [
     let last_send = all.iter().rposition(|m| m == "sent PING").unwrap();
     let setup_done = all.iter().position(|m| m == "setup done").unwrap();
     assert!(last_send < setup_done, "{all:#?}");
-    assert_eq!(out.messages_of("late"), ["reply to DUMP: 3", "sent SHUTDOWN"]);
+    assert_eq!(
+        out.messages_of("late"),
+        ["reply to DUMP: 3", "sent SHUTDOWN"]
+    );
 }
 
 #[test]

@@ -263,7 +263,6 @@ impl MessageFailure {
             message: message.into(),
         }
     }
-
 }
 
 /// One message a service accepts: its name and the type of its payload

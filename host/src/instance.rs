@@ -11,13 +11,13 @@
 //! a host lock.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
-use abi_stable::prefix_type::PrefixTypeTrait;
 use otools_abi::{
     CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, MessageError,
     MessageFailure, MsgHost, MsgHost_Ref, NO_TIMEOUT,

@@ -33,8 +33,8 @@ use crate::message::Accept;
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
-    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, MessageSpec,
-    MessagingRoot, MessagingRoot_Ref, MsgHost_Ref, PluginRoot, PluginRoot_Ref, Value,
+    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, MessageSpec, MessagingRoot,
+    MessagingRoot_Ref, MsgHost_Ref, PluginRoot, PluginRoot_Ref, Value,
 };
 
 thread_local! {
@@ -511,7 +511,10 @@ mod tests {
     fn messaging_symbol_matches_the_abi() {
         let source = include_str!("export.rs");
         let spelled = format!("export_name = \"{}\"", otools_abi::MESSAGING_SYMBOL);
-        assert!(source.contains(&spelled), "export_plugin! must use {spelled}");
+        assert!(
+            source.contains(&spelled),
+            "export_plugin! must use {spelled}"
+        );
     }
 
     #[test]

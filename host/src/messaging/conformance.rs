@@ -19,7 +19,11 @@ fn spec(context: &str, service: &str, capacity: usize, subscribe: &[&str]) -> En
         (String::from("PING"), String::from("any")),
         (String::from("ADD"), String::from("integer")),
     ];
-    accepts.extend(subscribe.iter().map(|t| ((*t).to_owned(), String::from("any"))));
+    accepts.extend(
+        subscribe
+            .iter()
+            .map(|t| ((*t).to_owned(), String::from("any"))),
+    );
     EndpointSpec {
         context: context.into(),
         service: service.into(),
@@ -87,19 +91,39 @@ pub(super) fn suite(make: &Factory) {
 }
 
 fn targets_resolve_by_address_or_unique_name(make: &Factory) {
-    let (r, _) = make(&[spec("A", "x", 10, &[]), spec("B", "x", 10, &[]), spec("B", "y", 10, &[])]);
+    let (r, _) = make(&[
+        spec("A", "x", 10, &[]),
+        spec("B", "x", 10, &[]),
+        spec("B", "y", 10, &[]),
+    ]);
     assert_eq!(r.resolve("A/x").unwrap(), "A/x");
     assert_eq!(r.resolve("y").unwrap(), "B/y");
-    assert_eq!(kind(r.resolve("x")), MessageError::UnknownTarget, "ambiguous");
+    assert_eq!(
+        kind(r.resolve("x")),
+        MessageError::UnknownTarget,
+        "ambiguous"
+    );
     assert_eq!(kind(r.resolve("C/z")), MessageError::UnknownTarget);
-    assert_eq!(kind(r.send("nobody", msg("PING", ()), soon())), MessageError::UnknownTarget);
+    assert_eq!(
+        kind(r.send("nobody", msg("PING", ()), soon())),
+        MessageError::UnknownTarget
+    );
 }
 
 fn bad_messages_are_refused_at_the_sender_and_never_queued(make: &Factory) {
     let (r, m) = make(&[spec("A", "x", 10, &[])]);
-    assert_eq!(kind(r.send("x", msg("BOGUS", ()), soon())), MessageError::UnknownMessage);
-    assert_eq!(kind(r.send("x", msg("ADD", "two"), soon())), MessageError::InvalidPayload);
-    assert_eq!(kind(r.request("x", msg("ADD", ()), soon())), MessageError::InvalidPayload);
+    assert_eq!(
+        kind(r.send("x", msg("BOGUS", ()), soon())),
+        MessageError::UnknownMessage
+    );
+    assert_eq!(
+        kind(r.send("x", msg("ADD", "two"), soon())),
+        MessageError::InvalidPayload
+    );
+    assert_eq!(
+        kind(r.request("x", msg("ADD", ()), soon())),
+        MessageError::InvalidPayload
+    );
     assert_eq!(m[0].depth(), 0);
     r.send("x", msg("ADD", 2), soon()).unwrap();
     assert_eq!(m[0].depth(), 1);
@@ -119,9 +143,15 @@ fn a_full_mailbox_refuses_after_the_deadline(make: &Factory) {
     r.send("x", msg("PING", 1), soon()).unwrap();
     r.send("x", msg("PING", 2), soon()).unwrap();
     let short = deadline_after(Duration::from_millis(20));
-    assert_eq!(kind(r.send("x", msg("PING", 3), short)), MessageError::MailboxFull);
+    assert_eq!(
+        kind(r.send("x", msg("PING", 3), short)),
+        MessageError::MailboxFull
+    );
     let short = deadline_after(Duration::from_millis(20));
-    assert_eq!(kind(r.request("x", msg("PING", 3), short)), MessageError::MailboxFull);
+    assert_eq!(
+        kind(r.request("x", msg("PING", 3), short)),
+        MessageError::MailboxFull
+    );
     assert_eq!(m[0].depth(), 2);
     assert_eq!(m[0].high_water(), 2);
 }
@@ -132,8 +162,14 @@ fn requests_get_the_reply_or_the_handlers_failure(make: &Factory) {
         Some(n) if n >= 0 => Ok(Value::Int(n * 2)),
         _ => Err(Failure::new(MessageError::PeerFailed, "negative")),
     });
-    assert_eq!(r.request("x", msg("ADD", 21), soon()).unwrap(), Value::Int(42));
-    assert_eq!(kind(r.request("x", msg("ADD", -1), soon())), MessageError::PeerFailed);
+    assert_eq!(
+        r.request("x", msg("ADD", 21), soon()).unwrap(),
+        Value::Int(42)
+    );
+    assert_eq!(
+        kind(r.request("x", msg("ADD", -1), soon())),
+        MessageError::PeerFailed
+    );
     m[0].close();
     t.join().unwrap();
 }
@@ -142,7 +178,10 @@ fn a_request_always_ends_by_its_deadline(make: &Factory) {
     let (r, _m) = make(&[spec("A", "x", 10, &[])]);
     // Nobody handles the mailbox: the request times out, by its deadline.
     let deadline = deadline_after(Duration::from_millis(30));
-    assert_eq!(kind(r.request("x", msg("PING", ()), deadline)), MessageError::Timeout);
+    assert_eq!(
+        kind(r.request("x", msg("PING", ()), deadline)),
+        MessageError::Timeout
+    );
     assert!(Instant::now() >= deadline);
 }
 
@@ -155,8 +194,14 @@ fn publications_reach_every_subscriber_in_order_and_nobody_else(make: &Factory) 
     for i in 100..105 {
         assert_eq!(r.publish("px", msg("px", i), soon()).unwrap(), 2);
     }
-    assert_eq!(r.publish("nobody-listens", msg("nobody-listens", 1), soon()).unwrap(), 0);
-    let expected: Vec<(String, Value)> = (100..105).map(|i| (String::from("px"), Value::Int(i))).collect();
+    assert_eq!(
+        r.publish("nobody-listens", msg("nobody-listens", 1), soon())
+            .unwrap(),
+        0
+    );
+    let expected: Vec<(String, Value)> = (100..105)
+        .map(|i| (String::from("px"), Value::Int(i)))
+        .collect();
     assert_eq!(drain(&m[0]), expected);
     assert_eq!(drain(&m[1]), expected);
     assert!(drain(&m[2]).is_empty());
@@ -165,7 +210,10 @@ fn publications_reach_every_subscriber_in_order_and_nobody_else(make: &Factory) 
 fn a_gone_peer_is_reported_and_its_queued_requests_answered(make: &Factory) {
     let (r, m) = make(&[spec("A", "x", 10, &["px"]), spec("A", "y", 10, &[])]);
     m[1].set_liveness(|| false);
-    assert_eq!(kind(r.send("y", msg("PING", ()), soon())), MessageError::PeerGone);
+    assert_eq!(
+        kind(r.send("y", msg("PING", ()), soon())),
+        MessageError::PeerGone
+    );
     let r2 = Arc::clone(&r);
     let asker = std::thread::spawn(move || r2.request("x", msg("PING", ()), soon()));
     while m[0].depth() == 0 {
@@ -173,7 +221,10 @@ fn a_gone_peer_is_reported_and_its_queued_requests_answered(make: &Factory) {
     }
     m[0].close();
     assert_eq!(kind(asker.join().unwrap()), MessageError::PeerGone);
-    assert_eq!(kind(r.send("x", msg("PING", ()), soon())), MessageError::PeerGone);
+    assert_eq!(
+        kind(r.send("x", msg("PING", ()), soon())),
+        MessageError::PeerGone
+    );
     // A gone subscriber is skipped, not an error.
     assert_eq!(r.publish("px", msg("px", 1), soon()).unwrap(), 0);
 }

@@ -48,7 +48,10 @@ impl InProcess {
         let mut t = self.table.write();
         let i = t.mailboxes.len();
         t.mailboxes.push(Arc::clone(&mailbox));
-        t.by_name.entry(mailbox.address.clone()).or_default().push(i);
+        t.by_name
+            .entry(mailbox.address.clone())
+            .or_default()
+            .push(i);
         t.by_name.entry(spec.service.clone()).or_default().push(i);
         for topic in &spec.subscribe {
             t.topics.entry(topic.clone()).or_default().push(i);
@@ -96,13 +99,7 @@ impl InProcess {
 }
 
 /// Logs and journals a message of a name `mb` does not accept.
-pub fn report_unknown(
-    events: &Events,
-    mb: &Mailbox,
-    name: &str,
-    from: &str,
-    correlation: &str,
-) {
+pub fn report_unknown(events: &Events, mb: &Mailbox, name: &str, from: &str, correlation: &str) {
     tracing::warn!(
         context = %mb.context,
         service = %mb.service,
@@ -136,7 +133,8 @@ impl Router for InProcess {
     fn send(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<(), Failure> {
         let mb = self.mailbox(to)?;
         self.check(&mb, &msg)?;
-        mb.push(envelope(msg), deadline).map_err(|(f, env)| {
+        mb.push(envelope(msg), deadline).map_err(|refused| {
+            let (f, env) = *refused;
             drop(env);
             f
         })
@@ -148,7 +146,8 @@ impl Router for InProcess {
         let (reply, pending) = reply_pair();
         let mut env = envelope(msg);
         env.reply = Some(reply);
-        if let Err((f, mut env)) = mb.push(env, deadline) {
+        if let Err(refused) = mb.push(env, deadline) {
+            let (f, mut env) = *refused;
             // Not queued: nobody will answer, and the refusal is the answer.
             if let Some(r) = env.reply.take() {
                 r.answer(Err(f.clone()));
@@ -183,7 +182,8 @@ impl Router for InProcess {
             };
             match mb.push(env, deadline) {
                 Ok(()) => delivered += 1,
-                Err((f, env)) => {
+                Err(refused) => {
+                    let (f, env) = *refused;
                     drop(env);
                     full.get_or_insert(f);
                 }

@@ -86,7 +86,11 @@ impl Drop for ReplyTo {
             );
             let old = {
                 let mut v = slot.value.lock();
-                if v.is_none() { v.replace(Err(dropped)) } else { None }
+                if v.is_none() {
+                    v.replace(Err(dropped))
+                } else {
+                    None
+                }
             };
             slot.ready.notify_all();
             drop(old);
@@ -220,7 +224,10 @@ impl Mailbox {
         if !self.is_alive() {
             return Err(Failure::new(
                 MessageError::PeerGone,
-                format!("{} has ended, gave up, or its context is stopping", self.address),
+                format!(
+                    "{} has ended, gave up, or its context is stopping",
+                    self.address
+                ),
             ));
         }
         if name == super::SHUTDOWN {
@@ -249,7 +256,7 @@ impl Mailbox {
 
     /// Queues `env`, waiting until `deadline` for room. A refused envelope
     /// is handed back, for the caller to drop outside the lock.
-    pub fn push(&self, env: Envelope, deadline: Instant) -> Result<(), (Failure, Envelope)> {
+    pub fn push(&self, env: Envelope, deadline: Instant) -> Result<(), Box<(Failure, Envelope)>> {
         let mut inner = self.inner.lock();
         loop {
             if inner.closed {
@@ -258,7 +265,7 @@ impl Mailbox {
                     MessageError::PeerGone,
                     format!("{} has ended", self.address),
                 );
-                return Err((f, env));
+                return Err(Box::new((f, env)));
             }
             if inner.queue.len() < self.capacity {
                 inner.queue.push_back(env);
@@ -268,7 +275,9 @@ impl Mailbox {
                 self.arrived.notify_all();
                 return Ok(());
             }
-            if self.room.wait_until(&mut inner, deadline).timed_out() && inner.queue.len() >= self.capacity {
+            if self.room.wait_until(&mut inner, deadline).timed_out()
+                && inner.queue.len() >= self.capacity
+            {
                 drop(inner);
                 let f = Failure::new(
                     MessageError::MailboxFull,
@@ -277,7 +286,7 @@ impl Mailbox {
                         self.address, self.capacity
                     ),
                 );
-                return Err((f, env));
+                return Err(Box::new((f, env)));
             }
         }
     }

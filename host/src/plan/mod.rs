@@ -280,7 +280,11 @@ impl<'m> Builder<'m> {
                     if accepts.is_empty() {
                         String::from("none")
                     } else {
-                        accepts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                        accepts
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     }
                 ))
             } else {

@@ -75,12 +75,7 @@ impl RunningContext {
 type InFlight = Arc<Mutex<Option<ReplyTo>>>;
 
 /// The body of a mailbox thread.
-fn mailbox_thread(
-    core: &Arc<RunningContext>,
-    u: usize,
-    token: u64,
-    host: &Arc<InstanceHost>,
-) {
+fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<InstanceHost>) {
     let unit = &core.units[u];
     let Some(mb) = unit.mailbox.as_ref() else {
         return;

@@ -214,7 +214,9 @@ impl Script {
             let payload = to_value(&step.payload);
             let name = step.name.as_str();
             let outcome = match step.kind {
-                StepKind::Send => ctx.send(&step.to, name, payload).map(|()| format!("sent {name}")),
+                StepKind::Send => ctx
+                    .send(&step.to, name, payload)
+                    .map(|()| format!("sent {name}")),
                 StepKind::Request => {
                     let timeout = step.timeout_ms.map(Duration::from_millis);
                     ctx.request(&step.to, name, payload, timeout)
@@ -227,7 +229,9 @@ impl Script {
             match outcome {
                 Ok(line) => ctx.info(line),
                 Err(e) => {
-                    let kind = e.message_error().map_or_else(|| String::from("Other"), |k| format!("{k:?}"));
+                    let kind = e
+                        .message_error()
+                        .map_or_else(|| String::from("Other"), |k| format!("{k:?}"));
                     ctx.info(format_args!("{name} failed: {kind}: {e}"));
                 }
             }
