@@ -12,9 +12,9 @@
 //! [`crate::plan::Options::events`]: every context's
 //! [`crate::instance::ContextShared::events`] (the runtime and every
 //! instance handle record there), the reload watcher and the supervisor
-//! hold it. The process-wide watchdog and thread starter only describe the
-//! `leak_ceiling` and `thread_spawn_failed` events; the supervisor's
-//! handlers record them.
+//! hold it. The host's watchdog and thread starter
+//! ([`crate::supervision::watchdog::Watchdog`], [`crate::threads::Spawner`])
+//! record `leak_ceiling` and `thread_spawn_failed` there too.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -600,9 +600,12 @@ mod tests {
         use crate::instance::{ContextShared, Wake};
         use crate::plan::ContextPlan;
         use crate::runtime::{ContextEvent, RunningContext, StartGate};
+        use crate::supervision::watchdog::Watchdog;
+        use crate::threads::Spawner;
 
         let host = |name: &str| {
             let seen = Arc::new(Collect::default());
+            let events = Arc::new(Events::new(vec![seen.clone()]));
             let shared = Arc::new(ContextShared {
                 name: name.into(),
                 level: AtomicU8::new(0),
@@ -611,7 +614,7 @@ mod tests {
                 wake: Wake::default(),
                 dataframes: Vec::new(),
                 all_dataframes: Arc::new(Vec::new()),
-                events: Arc::new(Events::new(vec![seen.clone()])),
+                events: Arc::clone(&events),
             });
             let plan = ContextPlan {
                 shared: Arc::clone(&shared),
@@ -621,7 +624,10 @@ mod tests {
                 steps: Vec::new(),
             };
             let (tx, rx) = mpsc::channel();
-            let core = RunningContext::new(0, plan, Arc::new(StartGate::new(1)), tx);
+            let watchdog = Watchdog::new(None, 1, Arc::clone(&events), || {});
+            let threads = Arc::new(Spawner::new(events, || {}));
+            let core =
+                RunningContext::new(0, plan, Arc::new(StartGate::new(1)), tx, watchdog, threads);
             (seen, shared, core, rx)
         };
         let hosts = [host("a"), host("b")];

@@ -28,6 +28,11 @@ use crate::event::{self, Event, Events};
 use crate::logging;
 use crate::plugin::Library;
 
+/// The next lease owner id. Process-wide on purpose: it only hands out ids
+/// and holds no host state. An id is compared only within one dataframe's
+/// lease table, and a dataframe belongs to one host, so two hosts drawing
+/// from it never see each other; ids unique in the process are simply
+/// unique in each host too.
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
 /// Wakes a context thread that waits for its next period or for a change.

@@ -42,7 +42,8 @@ use crate::instance::InstanceHost;
 use crate::manifest::ReloadSettings;
 use crate::plugin::{Library, loader};
 use crate::runtime::{Paused, Prepared, RunningContext};
-use crate::supervision::watchdog::{Hung, Slot};
+use crate::supervision::watchdog::{Hung, Slot, Watchdog};
+use crate::threads::Spawner;
 
 /// Marks a refusal that is only about timing (a unit restarting): retried.
 const BUSY: &str = "cannot be swapped now";
@@ -111,13 +112,17 @@ struct Accounting {
     warned: bool,
 }
 
-/// Starts the watcher thread for the plugin files used by `cores`.
+/// Starts the watcher thread for the plugin files used by `cores`, which
+/// records on `events`, has its jobs' calls watched by `watchdog` and
+/// starts its threads through `threads` (all three its host's).
 /// `on_ceiling` is called (once) if the ceiling of loaded versions is reached.
 pub fn start(
     cores: Vec<Arc<RunningContext>>,
     libraries: Vec<Arc<Library>>,
     settings: ReloadSettings,
     events: Arc<Events>,
+    watchdog: Arc<Watchdog>,
+    threads: Arc<Spawner>,
     on_ceiling: impl Fn(Ceiling) + Send + 'static,
 ) {
     if !settings.watch || libraries.is_empty() {
@@ -181,6 +186,7 @@ pub fn start(
         }
     }
     tracing::debug!("watching {} plugin file(s) for changes", files.len());
+    let host_threads = Arc::clone(&threads);
     let spawned = std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
@@ -191,6 +197,8 @@ pub fn start(
                 accounting,
                 on_ceiling: Box::new(on_ceiling),
                 events,
+                watchdog,
+                threads,
                 ceiling_hit: false,
                 watcher,
                 dirs,
@@ -248,7 +256,7 @@ pub fn start(
         });
     if let Err(e) = spawned {
         // Journaled, logged, and the host stops (see `crate::threads`).
-        crate::threads::spawn_failed("the hot reload watcher", &e);
+        host_threads.spawn_failed("the hot reload watcher", &e);
     }
 }
 
@@ -270,6 +278,10 @@ struct Watcher {
     on_ceiling: Box<dyn Fn(Ceiling) + Send>,
     /// Where the reload events go (the host's hub).
     events: Arc<Events>,
+    /// The host's watchdog, which watches every reload job's calls.
+    watchdog: Arc<Watchdog>,
+    /// The host's thread starter.
+    threads: Arc<Spawner>,
     ceiling_hit: bool,
     watcher: RecommendedWatcher,
     /// The folders watched so far.
@@ -577,6 +589,8 @@ impl Watcher {
             commits: Mutex::new(VecDeque::new()),
             committing: Mutex::new(None),
             kept: AtomicUsize::new(0),
+            watchdog: Arc::clone(&self.watchdog),
+            threads: Arc::clone(&self.threads),
         });
         if let Err(e) = swap.spawn(targets) {
             return Err(format!("cannot start the reload: {e}").into());
@@ -632,6 +646,10 @@ struct Swap {
     /// Units left on the old version because their context began stopping
     /// during the commit.
     kept: AtomicUsize,
+    /// The host's watchdog: each job's thread registers its slot there.
+    watchdog: Arc<Watchdog>,
+    /// The host's thread starter.
+    threads: Arc<Spawner>,
 }
 
 impl Swap {
@@ -644,7 +662,7 @@ impl Swap {
             .name("reload-job".into())
             .spawn(move || {
                 let handler = Arc::clone(&swap);
-                let slot = Slot::register(move |h| handler.on_hang(h));
+                let slot = swap.watchdog.register(move |h| handler.on_hang(h));
                 if !targets.is_empty() {
                     match swap.prepare_all(&targets, &slot) {
                         None => return,
@@ -669,7 +687,7 @@ impl Swap {
                 }
             })
             .map(drop)
-            .inspect_err(|e| crate::threads::spawn_failed("a reload job", e))
+            .inspect_err(|e| self.threads.spawn_failed("a reload job", e))
     }
 
     fn send(&self, outcome: Result<usize, Refusal>) {

@@ -14,7 +14,7 @@ use super::{Abandoned, ContextEvent, Instance, RunningContext};
 use crate::event::Event;
 use crate::instance::InstanceHost;
 use crate::plan::StepPlan;
-use crate::supervision::watchdog::{Entry, Hung, Slot, Watched};
+use crate::supervision::watchdog::{Entry, Hung, Watched};
 use crate::threads;
 
 /// Where a (replacement) driver starts.
@@ -49,7 +49,7 @@ impl RunningContext {
             .map(drop)
             .inspect_err(|e| {
                 let what = format!("the driver of context {}", self.shared.name);
-                threads::spawn_failed(&what, e);
+                self.threads.spawn_failed(&what, e);
             })
     }
 
@@ -137,7 +137,7 @@ struct Driver<'a> {
 
 fn drive(core: &Arc<RunningContext>, epoch: u64, resume: Resume) {
     let weak: Weak<RunningContext> = Arc::downgrade(core);
-    let slot = Slot::register(move |h| {
+    let slot = core.watchdog.register(move |h| {
         if let Some(c) = weak.upgrade() {
             c.driver_hung(epoch, h);
         }

@@ -13,7 +13,7 @@ use super::unit::{Exit, LOOP_ABANDONED, LOOP_RUNNING, State};
 use super::{Abandoned, Instance, RunningContext};
 use crate::event::Event;
 use crate::plugin::construct;
-use crate::supervision::watchdog::{self, Entry, Hung, Slot, limit_ms};
+use crate::supervision::watchdog::{Entry, Hung, Slot, limit_ms};
 
 impl RunningContext {
     /// A `finalize` overran `shutdown_timeout`: abandon that instance.
@@ -165,7 +165,7 @@ impl RunningContext {
                 )
                 .is_ok()
         {
-            watchdog::thread_abandoned();
+            self.watchdog.thread_abandoned();
         }
         if self.shared.stopping() {
             self.abandoned.store(true, Ordering::SeqCst);

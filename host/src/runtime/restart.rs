@@ -10,7 +10,6 @@ use super::unit::{Exit, State};
 use super::{ContextEvent, RunningContext};
 use crate::event::Event;
 use crate::supervision::policy::{Decision, GiveUp, Restart, Strategy};
-use crate::supervision::watchdog::Slot;
 use crate::threads;
 
 /// A restart or stop job run by a worker thread.
@@ -218,7 +217,7 @@ impl RunningContext {
             .spawn(move || work(&core, &ops, from));
         if let Err(e) = spawned {
             let what = format!("a restart worker of context {}", self.shared.name);
-            threads::spawn_failed(&what, &e);
+            self.threads.spawn_failed(&what, &e);
             self.worker_done();
         }
     }
@@ -244,7 +243,7 @@ impl RunningContext {
 pub(super) fn work(core: &Arc<RunningContext>, ops: &[Op], from: usize) {
     let weak = Arc::downgrade(core);
     let plan: Vec<Op> = ops.to_vec();
-    let slot = Slot::register(move |h| {
+    let slot = core.watchdog.register(move |h| {
         let Some(c) = weak.upgrade() else { return };
         let k = usize::try_from(h.position).unwrap_or(usize::MAX);
         match plan.get(k) {

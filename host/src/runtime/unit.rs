@@ -54,7 +54,7 @@ pub(super) const LOOP_RUNNING: u8 = 0;
 /// The loop thread left.
 pub(super) const LOOP_LEFT: u8 = 1;
 /// Stopping the instance gave up waiting for its unwatched loop call: the
-/// thread is abandoned and counted (see `watchdog::thread_abandoned`).
+/// thread is abandoned and counted (see `Watchdog::thread_abandoned`).
 pub(super) const LOOP_ABANDONED: u8 = 2;
 
 impl Instance {
