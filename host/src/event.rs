@@ -546,19 +546,21 @@ impl Sink for UnitStates {
     }
 }
 
+/// A sink that keeps every event it receives, for the tests of any module.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Collect(pub(crate) Mutex<Vec<Event>>);
+
+#[cfg(test)]
+impl Sink for Collect {
+    fn event(&self, e: &Event) {
+        self.0.lock().push(e.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Collects every event it receives.
-    #[derive(Default)]
-    struct Collect(Mutex<Vec<Event>>);
-
-    impl Sink for Collect {
-        fn event(&self, e: &Event) {
-            self.0.lock().push(e.clone());
-        }
-    }
 
     fn unit(service: &str, generation: u64) -> Unit {
         Unit::new("ctx", service, generation)

@@ -104,19 +104,8 @@ pub fn thread_name(prefix: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Sink;
-    use parking_lot::Mutex;
+    use crate::event::Collect;
     use std::sync::atomic::AtomicUsize;
-
-    /// Collects every event of a hub.
-    #[derive(Default)]
-    struct Collect(Mutex<Vec<Event>>);
-
-    impl Sink for Collect {
-        fn event(&self, e: &Event) {
-            self.0.lock().push(e.clone());
-        }
-    }
 
     #[test]
     fn a_thread_name_with_nul_or_control_characters_never_panics() {

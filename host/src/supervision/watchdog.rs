@@ -408,17 +408,7 @@ pub fn tick_ms(shortest: Option<Duration>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Sink;
-
-    /// Collects every event of a hub.
-    #[derive(Default)]
-    struct Collect(Mutex<Vec<Event>>);
-
-    impl Sink for Collect {
-        fn event(&self, e: &Event) {
-            self.0.lock().push(e.clone());
-        }
-    }
+    use crate::event::Collect;
 
     /// A watchdog of its own (no thread: the tests scan by hand), the
     /// events on its host's hub, and how often it told its host of the
