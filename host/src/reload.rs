@@ -571,6 +571,7 @@ impl Watcher {
             tx,
             current: Mutex::new(file.clone()),
             hosts: Mutex::new(Vec::new()),
+            set_up: Mutex::new(Vec::new()),
             exporting: Mutex::new(None),
             paused: Mutex::new(Vec::new()),
             committed: AtomicBool::new(false),
@@ -618,6 +619,10 @@ struct Swap {
     /// Host handles of the new instances (fenced if the swap is abandoned
     /// before the point of no return).
     hosts: Mutex<Vec<Arc<InstanceHost>>>,
+    /// The units whose new version was set up (journaled
+    /// `reload_setup_ok`), with its generation: each is journaled
+    /// `reload_rolled_back` if the swap rolls back.
+    set_up: Mutex<Vec<(Arc<RunningContext>, usize, u64)>>,
     /// The old instance whose `export_state` is running (its context, unit
     /// and generation): a hang there ends it under its restart policy.
     exporting: Mutex<Option<(Arc<RunningContext>, usize, u64)>>,
@@ -707,6 +712,8 @@ impl Swap {
         for host in self.hosts.lock().iter() {
             host.fence();
         }
+        let set_up: Vec<_> = self.set_up.lock().drain(..).collect();
+        self.journal_rolled_back(set_up);
         // Taken out first: resuming or exiting a paused instance can drop
         // it, and a plugin's `Drop` never runs under a host lock.
         let exporting = self.exporting.lock().take();
@@ -760,6 +767,8 @@ impl Swap {
                         unit: core.unit_id(*u, p.generation()),
                         file: self.file.clone(),
                     });
+                    let set_up = (Arc::clone(core), *u, p.generation());
+                    self.set_up.lock().push(set_up);
                     prepared.push((Arc::clone(core), p));
                 }
             }
@@ -823,6 +832,7 @@ impl Swap {
             commits.push_back((core, old, new));
         }
         drop(commits);
+        self.set_up.lock().clear();
         self.committed.store(true, Ordering::SeqCst);
         Some(Ok(()))
     }
@@ -842,7 +852,9 @@ impl Swap {
                 // instance is finalized with its context.
                 self.kept.fetch_add(1, Ordering::SeqCst);
                 core.resume(old);
+                let discarded = (Arc::clone(&core), new.unit(), new.generation());
                 core.discard(new, slot).ok()?;
+                self.journal_rolled_back(vec![discarded]);
                 continue;
             }
             *self.current.lock() = format!("{} (old version)", self.label(&core, old.unit()));
@@ -852,6 +864,20 @@ impl Swap {
             if let Some((core, new)) = committing {
                 core.promote(new, &self.lib);
             }
+        }
+    }
+
+    /// Journals `reload_rolled_back` for each of `units` (context, unit, the
+    /// discarded generation): called once per unit whose new version was
+    /// set up, when it will not serve, after it was discarded or fenced and
+    /// before anything else is journaled about the unit (a hang of its old
+    /// instance).
+    fn journal_rolled_back(&self, units: Vec<(Arc<RunningContext>, usize, u64)>) {
+        for (core, u, generation) in units {
+            core.emit(Event::ReloadRolledBack {
+                unit: core.unit_id(u, generation),
+                file: self.file.clone(),
+            });
         }
     }
 
@@ -867,6 +893,8 @@ impl Swap {
                 return None;
             }
         }
+        let set_up: Vec<_> = self.set_up.lock().drain(..).collect();
+        self.journal_rolled_back(set_up);
         let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
         for (core, p) in paused {
             core.resume(p);

@@ -38,7 +38,12 @@ pub(super) fn wait_unshared(live: &Arc<Instance>, deadline: Instant) -> bool {
 }
 
 impl RunningContext {
-    /// A `finalize` overran `shutdown_timeout`: abandon that instance.
+    /// The one way a hung `finalize` (it overran `shutdown_timeout`) is
+    /// handled, on the watchdog thread: the unit's current host is fenced,
+    /// the context is marked as having abandoned something when it is
+    /// stopping (exit code 3), `hung` and `abandoned` are journaled and it is
+    /// logged; the instance is never finalized. `stopping_context` (the
+    /// driver's shutdown) also leaves the unit `Ended`.
     pub(super) fn finalize_hung(&self, h: Hung, stopping_context: bool) {
         let unit = &self.units[h.unit];
         if let Some(host) = &unit.control.lock().host {

@@ -114,9 +114,9 @@ impl RunningContext {
     }
 
     /// Builds and sets up a new instance of unit `u` from `lib` (the old one
-    /// keeps serving), with [`RunningContext::build_and_setup`]. `on_host`
-    /// sees the new host handle as soon as it exists, so a caller can fence
-    /// it if this call is abandoned.
+    /// keeps serving), as a restart does (`build_and_setup`). `on_host` sees
+    /// the new host handle as soon as it exists, so a caller can fence it if
+    /// this call is abandoned. Journals nothing.
     pub fn prepare(
         &self,
         u: usize,
@@ -250,8 +250,8 @@ impl RunningContext {
     }
 
     /// Drops a prepared instance that will not serve: it was set up, so it
-    /// is finalized and fenced ([`RunningContext::finalize_and_fence`],
-    /// journaled as `finalized` or `failed` for its generation).
+    /// is finalized and fenced as any other (`finalize_and_fence`: journaled
+    /// as `finalized`, or `failed`, for its generation).
     pub fn discard(&self, mut new: Prepared, slot: &Slot) -> Result<(), Abandoned> {
         self.finalize_and_fence(new.unit, &mut new.live, slot, 0)
     }
@@ -264,9 +264,9 @@ impl RunningContext {
 
     /// The first half of committing a reload of one unit: the paused old
     /// instance is finalized (watched by `shutdown_timeout`) and fenced, as
-    /// [`RunningContext::stop_instance`] would
-    /// ([`RunningContext::finalize_when_unshared`]).
-    /// [`RunningContext::promote`] puts its successor in its place.
+    /// `stop_instance` would (`finalize_when_unshared`): one still shared
+    /// after `shutdown_timeout` is abandoned, fenced, journaled and marked
+    /// instead. [`RunningContext::promote`] puts its successor in its place.
     pub fn retire(&self, old: Paused, slot: &Slot) -> Result<(), Abandoned> {
         let deadline = Instant::now() + self.units[old.unit].policy.shutdown_timeout;
         self.finalize_when_unshared(old.unit, old.live, deadline, slot, 0)
