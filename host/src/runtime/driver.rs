@@ -353,13 +353,7 @@ impl Driver<'_> {
         }
         let next = started + core.period;
         core.idle.store(true, Ordering::Relaxed);
-        loop {
-            let seen = wake.epoch();
-            if core.shared.stopping() || Instant::now() >= next {
-                break;
-            }
-            wake.wait_until(seen, Some(next));
-        }
+        wake.wait_for(next, || core.shared.stopping());
         core.idle.store(false, Ordering::Relaxed);
     }
 

@@ -210,16 +210,9 @@ impl RunningContext {
     /// Waits (at most until `deadline`) for a retired instance's loop thread
     /// to leave; true if it did. The loop thread wakes us when it ends.
     pub(super) fn wait_loop_done(&self, live: &Instance, deadline: Instant) -> bool {
-        loop {
-            let seen = self.shared.wake.epoch();
-            if live.loop_done.load(Ordering::SeqCst) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            self.shared.wake.wait_until(seen, Some(deadline));
-        }
+        self.shared
+            .wake
+            .wait_for(deadline, || live.loop_done.load(Ordering::SeqCst))
     }
 
     /// Abandons an instance out of service whose `entry` call (`loop` or

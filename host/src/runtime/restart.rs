@@ -262,13 +262,7 @@ pub(super) fn work(core: &Arc<RunningContext>, ops: &[Op], from: usize) {
                 }
             }),
             Op::Delay(until) => {
-                loop {
-                    let seen = core.shared.wake.epoch();
-                    if core.shared.stopping() || Instant::now() >= *until {
-                        break;
-                    }
-                    core.shared.wake.wait_until(seen, Some(*until));
-                }
+                core.shared.wake.wait_for(*until, || core.shared.stopping());
                 Ok(())
             }
             Op::Start(u) => {
