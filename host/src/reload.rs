@@ -712,8 +712,7 @@ impl Swap {
         for host in self.hosts.lock().iter() {
             host.fence();
         }
-        let set_up: Vec<_> = self.set_up.lock().drain(..).collect();
-        self.journal_rolled_back(set_up);
+        self.journal_rolled_back();
         // Taken out first: resuming or exiting a paused instance can drop
         // it, and a plugin's `Drop` never runs under a host lock.
         let exporting = self.exporting.lock().take();
@@ -727,10 +726,7 @@ impl Swap {
             }
             None => Retry::Never,
         };
-        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
-        for (core, p) in paused {
-            core.resume(p);
-        }
+        self.resume_paused();
         let what = self.current.lock().clone();
         self.send(Err(Refusal {
             reason: format!(
@@ -852,9 +848,9 @@ impl Swap {
                 // instance is finalized with its context.
                 self.kept.fetch_add(1, Ordering::SeqCst);
                 core.resume(old);
-                let discarded = (Arc::clone(&core), new.unit(), new.generation());
+                let (u, generation) = (new.unit(), new.generation());
                 core.discard(new, slot).ok()?;
-                self.journal_rolled_back(vec![discarded]);
+                self.rolled_back(&core, u, generation);
                 continue;
             }
             *self.current.lock() = format!("{} (old version)", self.label(&core, old.unit()));
@@ -867,17 +863,33 @@ impl Swap {
         }
     }
 
-    /// Journals `reload_rolled_back` for each of `units` (context, unit, the
-    /// discarded generation): called once per unit whose new version was
-    /// set up, when it will not serve, after it was discarded or fenced and
-    /// before anything else is journaled about the unit (a hang of its old
+    /// Journals `reload_rolled_back` for every unit whose new version this
+    /// swap set up (`set_up`, drained, so once): called when the swap rolls
+    /// back, after the new instances were discarded or fenced and before
+    /// anything else is journaled about those units (a hang of an old
     /// instance).
-    fn journal_rolled_back(&self, units: Vec<(Arc<RunningContext>, usize, u64)>) {
-        for (core, u, generation) in units {
-            core.emit(Event::ReloadRolledBack {
-                unit: core.unit_id(u, generation),
-                file: self.file.clone(),
-            });
+    fn journal_rolled_back(&self) {
+        let set_up: Vec<_> = self.set_up.lock().drain(..).collect();
+        for (core, u, generation) in set_up {
+            self.rolled_back(&core, u, generation);
+        }
+    }
+
+    /// Journals `reload_rolled_back` for unit `u`, whose new instance (of
+    /// `generation`) was discarded.
+    fn rolled_back(&self, core: &RunningContext, u: usize, generation: u64) {
+        core.emit(Event::ReloadRolledBack {
+            unit: core.unit_id(u, generation),
+            file: self.file.clone(),
+        });
+    }
+
+    /// Resumes every paused old instance, taken out of `paused` first (a
+    /// plugin's `Drop` never runs under a host lock).
+    fn resume_paused(&self) {
+        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
+        for (core, p) in paused {
+            core.resume(p);
         }
     }
 
@@ -893,12 +905,8 @@ impl Swap {
                 return None;
             }
         }
-        let set_up: Vec<_> = self.set_up.lock().drain(..).collect();
-        self.journal_rolled_back(set_up);
-        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
-        for (core, p) in paused {
-            core.resume(p);
-        }
+        self.journal_rolled_back();
+        self.resume_paused();
         Some(Err(reason.into()))
     }
 }
