@@ -57,6 +57,8 @@ pub struct Deployment {
     pub reload: crate::manifest::ReloadSettings,
     /// Where lifecycle events go (from [`Options::events`]).
     pub events: Arc<Events>,
+    /// `[host] max_abandoned_threads` (at least 1), for the host's watchdog.
+    pub max_abandoned_threads: usize,
     /// The routing layer: every service that accepts messages, by name,
     /// with its mailbox. [`Router::send`] on it is the entry point for a
     /// message from outside the plugins (sender `control`).
@@ -85,7 +87,7 @@ impl Deployment {
         (self.contexts.len(), services, triggers, conditions)
     }
 
-    /// The shortest `watchdog` of any service (sets the watchdog's tick).
+    /// The shortest `watchdog` of any service (sets the host's watchdog's tick).
     pub fn shortest_watchdog(&self) -> Option<Duration> {
         self.contexts
             .iter()
@@ -509,6 +511,7 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         loaded: b.registry.libraries(),
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
+        max_abandoned_threads: manifest.max_abandoned_threads(),
         router: b.router,
     })
 }

@@ -27,7 +27,7 @@ use super::{Instance, RunningContext};
 use crate::event::Event;
 use crate::instance::InstanceHost;
 use crate::messaging::{self, Envelope, Failure, Next, ReplyTo, SHUTDOWN, correlation};
-use crate::supervision::watchdog::{Entry, Slot};
+use crate::supervision::watchdog::Entry;
 use crate::threads;
 
 impl RunningContext {
@@ -63,7 +63,7 @@ impl RunningContext {
         let what = format!("the mailbox thread of {}/{}", self.shared.name, unit.name);
         // A failure is journaled and handled by `threads::spawn`: the host
         // stops, and the messages stay queued.
-        let _ = threads::spawn(
+        let _ = self.threads.spawn(
             &what,
             &threads::thread_name("mbox-", &unit.name),
             move || mailbox_thread(&core, u, token, &host),
@@ -85,7 +85,7 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
     let slot = {
         let weak = Arc::downgrade(core);
         let in_flight = Arc::clone(&in_flight);
-        Slot::register(move |h| {
+        core.watchdog.register(move |h| {
             let reply = in_flight.lock().take();
             if let Some(reply) = reply {
                 reply.answer(Err(Failure::new(
@@ -97,14 +97,7 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
                 )));
             }
             if let Some(c) = weak.upgrade() {
-                c.instance_ended(
-                    h.unit,
-                    h.generation,
-                    Exit::Hung {
-                        entry: h.entry,
-                        limit: h.limit,
-                    },
-                );
+                c.instance_hung(&h);
             }
         })
     };
