@@ -1,8 +1,10 @@
 //! Libraries built against an incompatible ABI are refused at load with a
 //! short message that says which side to rebuild, and only then: the
-//! version checked is `otools-abi`'s, not `otools-api`'s. The fixtures are
-//! real: copies of `abi/` and `plugin-api/` with other version numbers or
-//! edited sources, each with a one-service plugin built by cargo.
+//! version checked is `otools-abi`'s, not `otools-api`'s; and a plugin
+//! built before messaging (otools-abi 0.3.0) still loads and runs. The
+//! fixtures are real: copies of `abi/` and `plugin-api/` with other version
+//! numbers or edited sources (or the sources of an earlier commit, from
+//! git), each with a one-service plugin built by cargo.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -639,78 +639,39 @@ impl FfiHost for InstanceHost {
 /// the host hands each library at load ([`msg_host_table`]), with the host
 /// handle of the call they are in, which leads back to the instance.
 impl InstanceHost {
-    fn msg_send(
+    /// Sends `name` with `payload` from this instance through `go` on the
+    /// context's router: refused when fenced, shielded, and with the
+    /// message's correlation id (see [`InstanceHost::outgoing`]).
+    fn route<T>(
         &self,
-        to: RStr<'_>,
-        name: RStr<'_>,
+        call: &str,
+        name: &str,
         payload: Value,
-        timeout_ns: u64,
-    ) -> RResult<(), MessageFailure> {
-        if self.fenced_check("send") {
+        go: impl FnOnce(&dyn Router, Outgoing) -> Result<T, Failure>,
+    ) -> RResult<T, MessageFailure> {
+        if self.fenced_check(call) {
             return RResult::RErr(fenced_failure());
         }
-        shield("send", RResult::RErr(internal_failure()), || {
-            let msg = self.outgoing(name.as_str(), payload);
-            self.context
-                .router
-                .send(to.as_str(), msg, message_deadline(timeout_ns))
-                .map_err(ffi_failure)
-                .into()
-        })
-    }
-
-    fn msg_request(
-        &self,
-        to: RStr<'_>,
-        name: RStr<'_>,
-        payload: Value,
-        timeout_ns: u64,
-    ) -> RResult<Value, MessageFailure> {
-        if self.fenced_check("request") {
-            return RResult::RErr(fenced_failure());
-        }
-        shield("request", RResult::RErr(internal_failure()), || {
-            let msg = self.outgoing(name.as_str(), payload);
-            self.context
-                .router
-                .request(to.as_str(), msg, message_deadline(timeout_ns))
-                .map_err(ffi_failure)
-                .into()
-        })
-    }
-
-    fn msg_publish(
-        &self,
-        topic: RStr<'_>,
-        payload: Value,
-        timeout_ns: u64,
-    ) -> RResult<u32, MessageFailure> {
-        if self.fenced_check("publish") {
-            return RResult::RErr(fenced_failure());
-        }
-        shield("publish", RResult::RErr(internal_failure()), || {
-            let msg = self.outgoing(topic.as_str(), payload);
-            self.context
-                .router
-                .publish(topic.as_str(), msg, message_deadline(timeout_ns))
-                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-                .map_err(ffi_failure)
-                .into()
+        shield(call, RResult::RErr(internal_failure()), || {
+            let msg = self.outgoing(name, payload);
+            go(&*self.context.router, msg).map_err(ffi_failure).into()
         })
     }
 }
 
-/// The instance a plugin's host handle belongs to. Every handle the host
-/// lends is downcastable ([`InstanceHost::with_handle`]).
-fn caller_of<'a>(caller: &'a HostRef<'_>) -> Option<&'a InstanceHost> {
-    caller.obj.downcast_as::<InstanceHost>().ok()
-}
-
-fn not_ours() -> MessageFailure {
-    MessageFailure::new(
-        MessageError::Fenced,
-        "the host handle given is not one this host lent",
-    )
+/// Runs `f` on the instance a plugin's host handle belongs to (every
+/// handle the host lends is downcastable: [`InstanceHost::with_handle`]).
+fn with_caller<T>(
+    caller: &HostRef<'_>,
+    f: impl FnOnce(&InstanceHost) -> RResult<T, MessageFailure>,
+) -> RResult<T, MessageFailure> {
+    match caller.obj.downcast_as::<InstanceHost>() {
+        Ok(h) => f(h),
+        Err(_) => RResult::RErr(MessageFailure::new(
+            MessageError::Fenced,
+            "the host handle given is not one this host lent",
+        )),
+    }
 }
 
 #[allow(
@@ -724,10 +685,11 @@ extern "C" fn host_send(
     payload: Value,
     timeout_ns: u64,
 ) -> RResult<(), MessageFailure> {
-    match caller_of(&caller) {
-        Some(h) => h.msg_send(to, name, payload, timeout_ns),
-        None => RResult::RErr(not_ours()),
-    }
+    with_caller(&caller, |h| {
+        h.route("send", name.as_str(), payload, |r, msg| {
+            r.send(to.as_str(), msg, message_deadline(timeout_ns))
+        })
+    })
 }
 
 #[allow(
@@ -741,10 +703,11 @@ extern "C" fn host_request(
     payload: Value,
     timeout_ns: u64,
 ) -> RResult<Value, MessageFailure> {
-    match caller_of(&caller) {
-        Some(h) => h.msg_request(to, name, payload, timeout_ns),
-        None => RResult::RErr(not_ours()),
-    }
+    with_caller(&caller, |h| {
+        h.route("request", name.as_str(), payload, |r, msg| {
+            r.request(to.as_str(), msg, message_deadline(timeout_ns))
+        })
+    })
 }
 
 #[allow(
@@ -757,10 +720,12 @@ extern "C" fn host_publish(
     payload: Value,
     timeout_ns: u64,
 ) -> RResult<u32, MessageFailure> {
-    match caller_of(&caller) {
-        Some(h) => h.msg_publish(topic, payload, timeout_ns),
-        None => RResult::RErr(not_ours()),
-    }
+    with_caller(&caller, |h| {
+        h.route("publish", topic.as_str(), payload, |r, msg| {
+            r.publish(topic.as_str(), msg, message_deadline(timeout_ns))
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        })
+    })
 }
 
 extern "C" fn host_correlation_id() -> ROption<RString> {
