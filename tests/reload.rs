@@ -793,8 +793,7 @@ fn a_version_loaded_before_is_reused_not_mapped_again_when_the_file_goes_back_to
     let j = journal(&events);
     let last = j
         .iter()
-        .filter(|e| e["event"] == "reload_ok")
-        .last()
+        .rfind(|e| e["event"] == "reload_ok")
         .expect("reloads");
     assert_eq!(
         last["loaded_versions"], 3,
