@@ -21,6 +21,7 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
@@ -39,6 +40,20 @@ type Handler = Box<dyn Fn(i32) + Send + Sync>;
 
 /// Told about the first signal (set by the supervisor once it runs).
 static ON_FIRST: Mutex<Option<Handler>> = Mutex::new(None);
+
+/// Files a forced exit removes first (it runs no destructor): the control
+/// sockets of the hosts in this process.
+static REMOVE_ON_FORCED_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Has a forced exit (a second signal) remove `path` before the process ends.
+pub fn remove_on_forced_exit(path: &Path) {
+    REMOVE_ON_FORCED_EXIT.lock().push(path.to_path_buf());
+}
+
+/// Undoes [`remove_on_forced_exit`] (the owner removes `path` itself).
+pub fn keep_on_forced_exit(path: &Path) {
+    REMOVE_ON_FORCED_EXIT.lock().retain(|p| p != path);
+}
 
 /// The signal's name for messages.
 pub fn name(sig: i32) -> &'static str {
@@ -123,8 +138,12 @@ fn delivered(sig: i32) {
     } else {
         eprintln!("{msg}");
     }
-    // `exit` runs no destructor: remove the private library copies first.
+    // `exit` runs no destructor: remove the private library copies and the
+    // control sockets first.
     crate::plugin::loader::remove_private_dir();
+    for path in REMOVE_ON_FORCED_EXIT.lock().iter() {
+        let _ = std::fs::remove_file(path);
+    }
     std::process::exit(i32::from(exit::FORCED));
 }
 

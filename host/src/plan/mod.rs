@@ -25,7 +25,7 @@ use crate::manifest::config::ConfigJson;
 use crate::manifest::policy::{Policy, Strategy};
 use crate::manifest::validate::validate;
 use crate::manifest::{
-    ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry, shown,
+    ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Manifest, Mode, StackEntry, shown,
 };
 use crate::plugin::construct;
 use crate::plugin::{LoadError, Registry};
@@ -55,6 +55,8 @@ pub struct Deployment {
     pub reload: crate::manifest::ReloadSettings,
     /// Where lifecycle events go (from [`Options::events`]).
     pub events: Arc<Events>,
+    /// What ends the run besides every context ending (`[host] exit_when`).
+    pub exit_when: ExitWhen,
 }
 
 impl Deployment {
@@ -219,6 +221,7 @@ impl Builder<'_> {
                 export: export_name.to_owned(),
                 config_json,
                 policy,
+                main_once: false,
                 initial,
             }),
             Err(e) => {
@@ -293,7 +296,10 @@ impl Builder<'_> {
                         s.name.span().start,
                     ) {
                         steps.push(StepPlan::Service(units.len()));
-                        units.push(u);
+                        units.push(UnitPlan {
+                            main_once: s.main_once(),
+                            ..u
+                        });
                     }
                 }
                 EntryDecl::Trigger(t) => {
@@ -425,5 +431,6 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         loaded: b.registry.libraries(),
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
+        exit_when: manifest.exit_when(),
     })
 }

@@ -290,6 +290,7 @@ pub(super) fn work(core: &Arc<RunningContext>, ops: &[Op], from: usize) {
             }
             Op::Settle(u, s) => {
                 core.units[*u].set_state(*s);
+                core.settled(*u);
                 Ok(())
             }
         };
