@@ -117,6 +117,15 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
     if watchdog::start(progress_check(cores.clone())).is_err() {
         return exit::CANNOT_SPAWN;
     }
+    // Answers `otools status` and `otools stop` from now on; removes the
+    // socket when `run` returns.
+    let _socket = control.and_then(|c| {
+        let tx = tx.clone();
+        let commands = Commands::new(c.manifest, cores.clone(), c.states, move || {
+            let _ = tx.send(Msg::Stop);
+        });
+        control::serve(c.socket, commands).ok()
+    });
 
     let mut ended = vec![false; total];
     let mut abandoned = vec![false; total];
@@ -159,14 +168,6 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
             },
         );
     }
-    // Removes the socket when `run` returns.
-    let _socket = control.and_then(|c| {
-        let tx = tx.clone();
-        let commands = Commands::new(c.manifest, cores.clone(), c.states, move || {
-            let _ = tx.send(Msg::Stop);
-        });
-        control::serve(c.socket, commands).ok()
-    });
     drop(tx);
     let mut once_stopped = false;
 

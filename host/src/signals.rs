@@ -10,7 +10,10 @@
 //!   files, so SIGHUP has nothing to reload); when the host was started with
 //!   SIGHUP ignored (`nohup`), it stays ignored.
 //! - Any second one of them exits at once with code 130
-//!   ([`crate::exit::FORCED`]), whatever the host is doing.
+//!   ([`crate::exit::FORCED`]), whatever the host is doing, after removing
+//!   the loader's private folder and the files registered with
+//!   [`remove_on_forced_exit`] (the control sockets), since `exit` runs no
+//!   destructor.
 //!
 //! Each signal's handler writes one byte to its own socket pair (signal-hook's
 //! self-pipe), and one thread per signal reads the bytes one by one: every

@@ -34,7 +34,9 @@ Exit codes:
   1    runtime failure: a service logged at fatal, or ended in failure (gave up,
        or failed with restart = \"never\")
   2    nothing ran: manifest or plugin error (check: problems found), an invalid
-       --log-level, or the --events file cannot be opened
+       --log-level, the --events file cannot be opened, or another host already
+       runs this manifest (\"already running (pid N)\") or its control socket
+       cannot be created
   3    stopped, but something was abandoned: a finalize, or a loop or main call,
        overran shutdown_timeout, or a context overran its shutdown budget
   71   the host could not create a thread it needs (the system's thread limit)
@@ -70,7 +72,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a deployment until every context has ended or a signal arrives.
+    /// Run a deployment until every context has ended, a signal or `otools
+    /// stop` arrives, or `[host] exit_when` is met.
     ///
     /// Signals: SIGINT, SIGTERM and SIGHUP are handled from the start. The
     /// first one stops cleanly: while the plugins are still loading, before
@@ -78,6 +81,13 @@ pub enum Command {
     /// instances (exit code 0 unless something else failed). SIGHUP is the
     /// same graceful stop as SIGTERM (no reload: hot reload follows the
     /// plugin files). A second signal exits at once with code 130.
+    ///
+    /// While it runs, the host answers `otools status` and `otools stop` on a
+    /// control socket derived from the manifest's path
+    /// (`$XDG_RUNTIME_DIR/otools/<hash>.sock`, else
+    /// `/tmp/otools-<uid>/<hash>.sock`; mode 0600, removed at exit). A second `run` of the same manifest is
+    /// refused with "already running (pid N)" (exit code 2); a socket left by
+    /// a killed host is replaced.
     #[command(after_help = EXIT_CODES)]
     Run(RunCommand),
     /// Parse and validate a manifest, load every plugin and build every
@@ -94,6 +104,10 @@ pub enum Command {
     Status(StatusCommand),
     /// Stop the host running a manifest, gracefully, as SIGTERM does
     /// (through its control socket), and wait until it has exited.
+    ///
+    /// Every context stops and finalizes its instances, and the host exits
+    /// with the same code as after a first SIGTERM. This does not count as a
+    /// signal: a second SIGTERM after it is still a first one.
     Stop(StopCommand),
 }
 
