@@ -120,21 +120,48 @@ fn socket_of(manifest: &Path) -> PathBuf {
     PathBuf::from(rest.strip_suffix(')').expect("ends with `)`"))
 }
 
-/// `otools stop MANIFEST`, which returns once the host has exited.
-fn stop(manifest: &Path) -> Output {
-    let out = run(&["stop", &arg(manifest)]);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    assert!(out.stdout.contains("has exited"), "{}", out.stdout);
-    out
+/// A host running [`lasting`] in a fresh folder.
+struct Host {
+    dir: TestDir,
+    manifest: PathBuf,
+    socket: PathBuf,
+    running: Running,
+}
+
+impl Host {
+    /// Starts it, and waits until `status` shows every unit serving.
+    fn start(name: &str) -> Host {
+        let dir = TestDir::new(name);
+        let manifest = lasting(&dir);
+        let socket = socket_of(&manifest);
+        let running = Running::start(&manifest);
+        wait_status(&manifest, all_serving);
+        Host {
+            dir,
+            manifest,
+            socket,
+            running,
+        }
+    }
+
+    /// `otools stop`, which returns once the host has exited; the host's
+    /// output, after asserting that it exited with 0.
+    fn stop(self) -> Output {
+        let out = run(&["stop", &arg(&self.manifest)]);
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+        assert!(out.stdout.contains("has exited"), "{}", out.stdout);
+        let out = self.running.finish();
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+        out
+    }
 }
 
 #[test]
 fn status_shows_every_unit_with_its_state_and_generation_and_follows_a_restart() {
-    let dir = TestDir::new("control_status");
-    let m = lasting(&dir);
-    let host = Running::start(&m);
-    let s = wait_status(&m, all_serving);
-    assert_eq!(s["pid"], host.pid());
+    let host = Host::start("control_status");
+    let m = &host.manifest;
+    let s = status_json(m).expect("the host answers");
+    assert_eq!(s["pid"], host.running.pid());
     assert_eq!(s["state"], "running");
     assert_eq!(s["contexts"][0]["name"], "Main");
     assert_eq!(s["contexts"][0]["state"], "running");
@@ -152,12 +179,12 @@ fn status_shows_every_unit_with_its_state_and_generation_and_follows_a_restart()
     assert_eq!(flaky["restarts"], 0);
     assert_eq!(flaky["last_failure"], Value::Null);
     assert_eq!(
-        text_row(&m, "flaky"),
+        text_row(m, "flaky"),
         ["flaky", "service", "serving", "1", "0", "0", "-"]
     );
 
-    std::fs::write(dir.path.join("fail"), "").unwrap();
-    let s = wait_status(&m, |s| {
+    std::fs::write(host.dir.path.join("fail"), "").unwrap();
+    let s = wait_status(m, |s| {
         unit(s, "flaky")["generation"] == 2 && unit(s, "flaky")["state"] == "serving"
     });
     let flaky = unit(&s, "flaky");
@@ -165,21 +192,16 @@ fn status_shows_every_unit_with_its_state_and_generation_and_follows_a_restart()
     let failure = flaky["last_failure"].as_str().unwrap();
     assert!(failure.starts_with("failed: asked to fail by"), "{failure}");
     assert_eq!(unit(&s, "a")["generation"], 1);
-    let row = text_row(&m, "flaky");
+    let row = text_row(m, "flaky");
     assert_eq!(row[..6], ["flaky", "service", "serving", "2", "1", "0"]);
     assert_eq!(row[6..9], ["failed:", "asked", "to"]);
-
-    stop(&m);
-    assert_eq!(host.finish().code(), 0);
+    host.stop();
 }
 
 #[test]
 fn stop_finalizes_in_reverse_order_and_exits_0_like_sigterm() {
-    let dir = TestDir::new("control_stop");
-    let m = lasting(&dir);
-    let socket = socket_of(&m);
-    let host = Running::start(&m);
-    wait_status(&m, all_serving);
+    let host = Host::start("control_stop");
+    let socket = host.socket.clone();
     let meta = std::fs::symlink_metadata(&socket).expect("the socket exists while the host runs");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -189,34 +211,24 @@ fn stop_finalizes_in_reverse_order_and_exits_0_like_sigterm() {
         .mode();
     assert_eq!(dir_mode & 0o777, 0o700);
 
-    stop(&m);
-    let out = host.finish();
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    let finals: Vec<String> = out
-        .messages()
-        .into_iter()
-        .filter(|s| s.starts_with("finalize "))
-        .collect();
+    let out = host.stop();
+    let m = out.messages();
+    let finals: Vec<&String> = m.iter().filter(|s| s.starts_with("finalize ")).collect();
     assert_eq!(finals, ["finalize c", "finalize b", "finalize a"]);
     assert!(
-        out.messages()
-            .iter()
+        m.iter()
             .any(|s| s.contains("stop requested through the control socket")),
-        "{}",
-        out.stderr
+        "{m:#?}"
     );
     assert!(!socket.exists(), "the socket is removed at exit");
 }
 
 #[test]
 fn a_second_host_for_the_same_manifest_is_refused_with_the_pid() {
-    let dir = TestDir::new("control_second");
-    let m = lasting(&dir);
-    let host = Running::start(&m);
-    wait_status(&m, all_serving);
-    let second = run(&["run", &arg(&m), "--log-format", "json"]);
+    let host = Host::start("control_second");
+    let second = run(&["run", &arg(&host.manifest), "--log-format", "json"]);
     assert_eq!(second.code(), 2, "{}", second.stderr);
-    let want = format!("already running (pid {})", host.pid());
+    let want = format!("already running (pid {})", host.running.pid());
     assert!(second.stderr.contains(&want), "{}", second.stderr);
     assert!(
         second.stderr.contains("nothing was started"),
@@ -224,34 +236,36 @@ fn a_second_host_for_the_same_manifest_is_refused_with_the_pid() {
         second.stderr
     );
     // The refused host left the first one's socket alone.
-    assert_eq!(
-        status_json(&m).expect("the first host answers")["pid"],
-        host.pid()
-    );
-    stop(&m);
-    assert_eq!(host.finish().code(), 0);
+    let s = status_json(&host.manifest).expect("the first host answers");
+    assert_eq!(s["pid"], host.running.pid());
+    host.stop();
 }
 
 #[test]
 fn a_stale_socket_from_a_killed_host_is_replaced() {
-    let dir = TestDir::new("control_stale");
-    let m = lasting(&dir);
-    let socket = socket_of(&m);
-    let killed = Running::start(&m);
-    wait_status(&m, all_serving);
-    killed.signal("KILL");
-    let _ = killed.finish();
+    let Host {
+        dir,
+        manifest,
+        socket,
+        running,
+    } = Host::start("control_stale");
+    running.signal("KILL");
+    let _ = running.finish();
     assert!(socket.exists(), "SIGKILL leaves the socket behind");
-    let out = run(&["status", &arg(&m)]);
-    assert_eq!(out.code(), 1);
-    assert!(out.stderr.contains("no running host for"), "{}", out.stderr);
+    assert_eq!(socket_of(&manifest), socket, "nobody answers on it");
 
-    let mut host = Running::start(&m);
-    host.wait_for("replaced the control socket");
-    let s = wait_status(&m, all_serving);
-    assert_eq!(s["pid"], host.pid());
-    stop(&m);
-    assert_eq!(host.finish().code(), 0);
+    let mut running = Running::start(&manifest);
+    running.wait_for("replaced the control socket");
+    let host = Host {
+        dir,
+        manifest,
+        socket,
+        running,
+    };
+    let s = wait_status(&host.manifest, all_serving);
+    assert_eq!(s["pid"], host.running.pid());
+    let socket = host.socket.clone();
+    host.stop();
     assert!(!socket.exists());
 }
 
@@ -275,14 +289,10 @@ fn the_socket_is_removed_when_the_run_ends_by_itself_or_by_a_signal() {
     );
     assert!(!socket.exists());
 
-    // SIGTERM.
-    let m = lasting(&dir);
-    let socket = socket_of(&m);
-    let host = Running::start(&m);
-    wait_status(&m, all_serving);
-    host.signal("TERM");
-    assert_eq!(host.finish().code(), 0);
-    assert!(!socket.exists());
+    let host = Host::start("control_term");
+    host.running.signal("TERM");
+    assert_eq!(host.running.finish().code(), 0);
+    assert!(!host.socket.exists());
 }
 
 #[test]
@@ -305,17 +315,13 @@ shutdown_timeout = "60s"
     );
     let socket = socket_of(&m);
     let mut host = Running::start(&m);
-    wait_status(&m, all_serving_in_c);
+    wait_status(&m, all_serving);
     host.signal("TERM");
     host.wait_for("received SIGTERM");
     host.signal("TERM");
     let out = host.finish();
     assert_eq!(out.code(), 130, "{}", out.stderr);
     assert!(!socket.exists(), "a forced exit removes the socket too");
-}
-
-fn all_serving_in_c(status: &Value) -> bool {
-    status["contexts"][0]["units"][0]["state"] == "serving"
 }
 
 #[test]

@@ -114,7 +114,8 @@ pub struct Status {
     pub pid: u32,
     /// The manifest it runs (canonical path).
     pub manifest: String,
-    /// `running`, or `stopping` once a stop was asked for.
+    /// `running`, or `stopping` once every context is stopping or has
+    /// ended (after a signal, `otools stop` or `exit_when`).
     pub state: String,
     /// Every context, in manifest order.
     pub contexts: Vec<ContextStatus>,
@@ -248,7 +249,10 @@ impl Commands {
     /// The state of every context and unit.
     pub fn status(&self) -> Status {
         let states = self.states.snapshot();
-        let stopping = self.cores.iter().any(|c| c.shared.stopping());
+        let stopping = self
+            .cores
+            .iter()
+            .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst));
         let contexts = self
             .cores
             .iter()
@@ -391,4 +395,75 @@ fn answer(stream: UnixStream, commands: &Commands) -> Option<UnixStream> {
     let _ = writer.write_all(text.as_bytes());
     // A stop is carried out even if its client is gone.
     commands.after(after, stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commands() -> (Commands, Arc<std::sync::atomic::AtomicBool>) {
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stopped);
+        let c = Commands::new(
+            PathBuf::from("/m.toml"),
+            Vec::new(),
+            Arc::new(UnitStates::default()),
+            move || flag.store(true, Ordering::SeqCst),
+        );
+        (c, stopped)
+    }
+
+    #[test]
+    fn a_request_line_names_its_version_and_command() {
+        let line = serde_json::to_string(&Envelope {
+            version: PROTOCOL_VERSION,
+            request: Request::Status,
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"version":1,"command":"status"}"#);
+    }
+
+    #[test]
+    fn ping_and_status_answer_and_stop_waits_for_its_reply_to_be_sent() {
+        let (c, stopped) = commands();
+        let (reply, after) = c.dispatch(r#"{"version":1,"command":"ping"}"#);
+        assert!(reply.ok);
+        assert_eq!(reply.pid, std::process::id());
+        assert_eq!(reply.result["manifest"], "/m.toml");
+        assert_eq!(after, After::Close);
+        let (reply, _) = c.dispatch(r#"{"version":1,"command":"status"}"#);
+        let status: Status = serde_json::from_value(reply.result).unwrap();
+        assert_eq!(status.manifest, "/m.toml");
+        assert!(status.contexts.is_empty());
+        let (reply, after) = c.dispatch(r#"{"version":1,"command":"stop"}"#);
+        assert!(reply.ok);
+        assert_eq!(after, After::Stop);
+        assert!(
+            !stopped.load(Ordering::SeqCst),
+            "not before the reply is sent"
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_an_error_reply_naming_what_is_wrong() {
+        let (c, stopped) = commands();
+        for (line, want) in [
+            ("status", "unreadable request `status`"),
+            (
+                r#"{"version":2,"command":"status"}"#,
+                "protocol version 2 is not supported; this host speaks version 1",
+            ),
+            (
+                r#"{"version":1,"command":"reboot"}"#,
+                "unknown variant `reboot`",
+            ),
+        ] {
+            let (reply, after) = c.dispatch(line);
+            assert!(!reply.ok, "{line}");
+            assert_eq!(after, After::Close);
+            let error = reply.error.unwrap_or_default();
+            assert!(error.contains(want), "{line}: {error}");
+        }
+        assert!(!stopped.load(Ordering::SeqCst));
+    }
 }
