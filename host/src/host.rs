@@ -1,18 +1,23 @@
 //! The top of the process: starts every context and the watchdog, talks to
 //! systemd, and decides the exit code.
 //!
+//! A host's state is its own: [`run`] makes the host's watchdog and thread
+//! starter ([`Watchdog`], [`Spawner`]) and hands them, with the deployment's
+//! event hub, to every context and the reload watcher. Only the signal
+//! handler is per process.
+//!
 //! The first SIGINT/SIGTERM/SIGHUP ([`crate::signals`]) asks every context
 //! to stop: each finalizes its instances in reverse order, each `finalize`
 //! bounded by its `shutdown_timeout`. A second signal exits at once. A
 //! thread that cannot be created ([`crate::threads`]) and the ceiling of
-//! abandoned threads ([`watchdog`]) stop every context the same way. A
+//! abandoned threads ([`Watchdog`]) stop every context the same way. A
 //! context that does not finish stopping within its budget (one second plus
 //! twice the sum of its services' shutdown timeouts, a backstop the per-call
 //! deadlines should never let it reach) is abandoned and named.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::control::{self, Commands};
@@ -21,8 +26,10 @@ use crate::exit;
 use crate::manifest::ExitWhen;
 use crate::plan::Deployment;
 use crate::runtime::{ContextEvent, RunningContext, StartGate};
-use crate::supervision::{notify, watchdog};
-use crate::{signals, threads};
+use crate::signals;
+use crate::supervision::notify;
+use crate::supervision::watchdog::Watchdog;
+use crate::threads::Spawner;
 
 enum Msg {
     Context(ContextEvent),
@@ -39,13 +46,19 @@ fn main_once_finished(cores: &[Arc<RunningContext>]) -> bool {
 }
 
 /// Is every context making progress (for systemd's `WATCHDOG=1`)? A context
-/// counts as alive when it ended, waits with nothing to do, or its driver
-/// completed an iteration since the last ping.
-fn progress_check(cores: Vec<Arc<RunningContext>>) -> impl Fn() -> bool + Send + 'static {
+/// counts as alive when it ended (or is gone), waits with nothing to do, or
+/// its driver completed an iteration since the last ping. It holds the
+/// contexts weakly: the watchdog thread that asks it must not keep its host
+/// alive.
+fn progress_check(cores: &[Arc<RunningContext>]) -> impl Fn() -> bool + Send + 'static {
+    let cores: Vec<Weak<RunningContext>> = cores.iter().map(Arc::downgrade).collect();
     let last: Vec<AtomicU64> = cores.iter().map(|_| AtomicU64::new(u64::MAX)).collect();
     move || {
         let mut ok = true;
         for (core, seen) in cores.iter().zip(&last) {
+            let Some(core) = core.upgrade() else {
+                continue;
+            };
             let beat = core.heartbeat.load(Ordering::Relaxed);
             let moved = seen.swap(beat, Ordering::Relaxed) != beat;
             ok &= moved || core.idle.load(Ordering::Relaxed) || core.ended.load(Ordering::Relaxed);
@@ -65,22 +78,25 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
             let _ = tx.send(Msg::Signal(sig));
         });
     }
-    {
+    // This host's thread starter and watchdog: they record on the host's
+    // hub, and tell this loop.
+    let threads = {
         let tx = tx.clone();
-        let events = Arc::clone(&deployment.events);
-        threads::on_failure(move |e| {
-            events.emit(e);
+        Arc::new(Spawner::new(Arc::clone(&deployment.events), move || {
             let _ = tx.send(Msg::CannotSpawn);
-        });
-    }
-    {
+        }))
+    };
+    let watchdog = {
         let tx = tx.clone();
-        let events = Arc::clone(&deployment.events);
-        watchdog::on_ceiling(move |e| {
-            events.emit(e);
-            let _ = tx.send(Msg::LeakCeiling);
-        });
-    }
+        Watchdog::new(
+            deployment.shortest_watchdog(),
+            deployment.max_abandoned_threads,
+            Arc::clone(&deployment.events),
+            move || {
+                let _ = tx.send(Msg::LeakCeiling);
+            },
+        )
+    };
 
     let exit_when = deployment.exit_when;
     let total = deployment.contexts.len();
@@ -89,21 +105,29 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
         notify::send("READY=1");
         return exit::OK;
     }
-    watchdog::configure(deployment.shortest_watchdog());
     let gate = Arc::new(StartGate::new(total));
     let (ctx_tx, ctx_rx) = mpsc::channel::<ContextEvent>();
     let cores: Vec<Arc<RunningContext>> = deployment
         .contexts
         .into_iter()
         .enumerate()
-        .map(|(i, plan)| RunningContext::new(i, plan, Arc::clone(&gate), ctx_tx.clone()))
+        .map(|(i, plan)| {
+            RunningContext::new(
+                i,
+                plan,
+                Arc::clone(&gate),
+                ctx_tx.clone(),
+                Arc::clone(&watchdog),
+                Arc::clone(&threads),
+            )
+        })
         .collect();
     drop(ctx_tx);
     // Forward context events into the one channel the loop below reads.
     // Nothing runs yet: without this thread or the watchdog, stop here.
     {
         let tx = tx.clone();
-        let forwarder = threads::spawn("the context event forwarder", "ctx-events", move || {
+        let forwarder = threads.spawn("the context event forwarder", "ctx-events", move || {
             for e in ctx_rx {
                 if tx.send(Msg::Context(e)).is_err() {
                     break;
@@ -114,7 +138,7 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
             return exit::CANNOT_SPAWN;
         }
     }
-    if watchdog::start(progress_check(cores.clone())).is_err() {
+    if watchdog.start(&threads, progress_check(&cores)).is_err() {
         return exit::CANNOT_SPAWN;
     }
     // Answers `otools status` and `otools stop` from now on; removes the
@@ -124,7 +148,7 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
         let commands = Commands::new(c.manifest, cores.clone(), c.states, move || {
             let _ = tx.send(Msg::Stop);
         });
-        control::serve(c.socket, commands).ok()
+        control::serve(c.socket, commands, &threads).ok()
     });
 
     let mut ended = vec![false; total];
@@ -163,6 +187,8 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
             deployment.loaded.clone(),
             deployment.reload.clone(),
             Arc::clone(&deployment.events),
+            Arc::clone(&watchdog),
+            Arc::clone(&threads),
             move |_| {
                 let _ = tx.send(Msg::LeakCeiling);
             },
@@ -267,7 +293,7 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
     }
     let abandoned_any =
         abandoned.iter().any(|a| *a) || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst));
-    if cannot_spawn || threads::any_failed() {
+    if cannot_spawn || threads.any_failed() {
         tracing::error!(
             "stopped because a thread could not be created (see above); exit code {}",
             exit::CANNOT_SPAWN

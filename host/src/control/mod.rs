@@ -34,7 +34,7 @@ pub use socket::{BindError, Bound, ClientError, SocketFile, request, socket_path
 
 use crate::event::UnitStates;
 use crate::runtime::RunningContext;
-use crate::threads;
+use crate::threads::Spawner;
 
 /// The version of the request and reply lines. A host refuses a request of
 /// another version with an error reply naming both.
@@ -151,8 +151,10 @@ pub struct UnitStatus {
     pub restarts: u64,
     /// The reason of its latest failure, if any.
     pub last_failure: Option<String>,
-    /// New versions a hot reload set up for it.
+    /// New versions a hot reload set up for it and did not roll back.
     pub reloads: u64,
+    /// New versions a refused hot reload set up for it and discarded.
+    pub reloads_rolled_back: u64,
 }
 
 /// What follows a reply, once it was sent (the host may exit at once after
@@ -275,6 +277,7 @@ impl Commands {
                                 restarts: s.restarts,
                                 last_failure: s.last_failure.clone(),
                                 reloads: s.reloads,
+                                reloads_rolled_back: s.reloads_rolled_back,
                             },
                             None => UnitStatus {
                                 name: u.name.clone(),
@@ -284,6 +287,7 @@ impl Commands {
                                 restarts: 0,
                                 last_failure: None,
                                 reloads: 0,
+                                reloads_rolled_back: 0,
                             },
                         }
                     })
@@ -329,14 +333,15 @@ fn unreadable(line: &str, e: &serde_json::Error) -> String {
     )
 }
 
-/// Starts the `control` thread answering on `socket` with `commands`.
-/// Returns the socket file, which is removed when it is dropped: the
-/// caller keeps it until the host is done. A thread that cannot be created
-/// was already reported (the host stops); the socket is then removed.
-pub fn serve(socket: Bound, commands: Commands) -> std::io::Result<SocketFile> {
+/// Starts the `control` thread (with the host's `threads`) answering on
+/// `socket` with `commands`. Returns the socket file, which is removed when
+/// it is dropped: the caller keeps it until the host is done. A thread that
+/// cannot be created was already reported (the host stops); the socket is
+/// then removed.
+pub fn serve(socket: Bound, commands: Commands, threads: &Spawner) -> std::io::Result<SocketFile> {
     let (listener, file) = socket.into_parts();
     tracing::info!("control socket: {}", file.path().display());
-    threads::spawn("the control socket server", "control", move || {
+    threads.spawn("the control socket server", "control", move || {
         accept_loop(&listener, &commands);
     })?;
     Ok(file)

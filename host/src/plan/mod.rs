@@ -57,6 +57,8 @@ pub struct Deployment {
     pub events: Arc<Events>,
     /// What ends the run besides every context ending (`[host] exit_when`).
     pub exit_when: ExitWhen,
+    /// `[host] max_abandoned_threads` (at least 1), for the host's watchdog.
+    pub max_abandoned_threads: usize,
 }
 
 impl Deployment {
@@ -81,7 +83,7 @@ impl Deployment {
         (self.contexts.len(), services, triggers, conditions)
     }
 
-    /// The shortest `watchdog` of any service (sets the watchdog's tick).
+    /// The shortest `watchdog` of any service (sets the host's watchdog's tick).
     pub fn shortest_watchdog(&self) -> Option<Duration> {
         self.contexts
             .iter()
@@ -432,5 +434,6 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
         exit_when: manifest.exit_when(),
+        max_abandoned_threads: manifest.max_abandoned_threads(),
     })
 }

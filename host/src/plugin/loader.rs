@@ -177,6 +177,9 @@ enum PrivateDir {
     Closed,
 }
 
+/// Per process by nature: the copies are mapped into the process, which
+/// holds them until it exits (libraries are never unloaded), and every exit
+/// of the process removes the folder, whichever host loaded into it.
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
 
 /// The private folder, made on first use.
