@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["instance"],
     &["plan"],
     &["runtime"],
-    &["reload"],
+    &["reload", "control"],
     &["host"],
     &["cli"],
 ];

@@ -25,8 +25,8 @@ use crate::manifest::config::ConfigJson;
 use crate::manifest::policy::{Policy, Strategy};
 use crate::manifest::validate::validate;
 use crate::manifest::{
-    ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, ServiceDecl, StackEntry,
-    name_error, shown,
+    ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Manifest, Mode, ServiceDecl,
+    StackEntry, name_error, shown,
 };
 use crate::messaging::{DEFAULT_MAILBOX_SIZE, EndpointSpec, InProcess, Mailbox, Router};
 use crate::plugin::construct;
@@ -57,6 +57,8 @@ pub struct Deployment {
     pub reload: crate::manifest::ReloadSettings,
     /// Where lifecycle events go (from [`Options::events`]).
     pub events: Arc<Events>,
+    /// What ends the run besides every context ending (`[host] exit_when`).
+    pub exit_when: ExitWhen,
     /// `[host] max_abandoned_threads` (at least 1), for the host's watchdog.
     pub max_abandoned_threads: usize,
     /// The routing layer: every service that accepts messages, by name,
@@ -230,6 +232,7 @@ impl<'m> Builder<'m> {
                 export: export_name.to_owned(),
                 config_json,
                 policy,
+                main_once: false,
                 initial,
                 mailbox: None,
             }),
@@ -370,7 +373,10 @@ impl<'m> Builder<'m> {
                         self.sends_to
                             .extend(s.sends_to.iter().map(|t| (t, format!("{key} > sends_to"))));
                         steps.push(StepPlan::Service(units.len()));
-                        units.push(u);
+                        units.push(UnitPlan {
+                            main_once: s.main_once(),
+                            ..u
+                        });
                     }
                 }
                 EntryDecl::Trigger(t) => {
@@ -511,6 +517,7 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         loaded: b.registry.libraries(),
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
+        exit_when: manifest.exit_when(),
         max_abandoned_threads: manifest.max_abandoned_threads(),
         router: b.router,
     })
