@@ -1,6 +1,6 @@
-//! The control socket: `otools status` and `otools stop` against a running
-//! host, one host per manifest, a stale socket replaced, and the socket's
-//! mode and removal on every way out.
+//! The control socket: `otools status`, `otools send` and `otools stop`
+//! against a running host, one host per manifest, a stale socket replaced,
+//! and the socket's mode and removal on every way out.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -343,4 +343,225 @@ fn status_and_stop_without_a_running_host_fail_with_a_clear_error() {
     let out = run(&["status", &arg(&missing)]);
     assert_eq!(out.code(), 1);
     assert!(out.stderr.contains("manifest not found"), "{}", out.stderr);
+}
+
+/// `otools send MANIFEST ARGS...`.
+fn send(manifest: &Path, args: &[&str]) -> Output {
+    let m = arg(manifest);
+    let mut all = vec!["send", m.as_str()];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// An `Agent`, an `Echo` (its mailbox holding `mailbox_size` messages, and
+/// given up on 200 ms into its finalize) and a unit without a mailbox, in
+/// context `Agents`; `more` is appended.
+fn agents(dir: &TestDir, mailbox_size: usize, more: &str) -> PathBuf {
+    dir.manifest(
+        "m.toml",
+        &format!(
+            r#"
+[[context]]
+name = "Agents"
+period = "20ms"
+[[context.service]]
+name = "agent"
+plugin = "messages"
+export = "Agent"
+[[context.service]]
+name = "echo"
+plugin = "messages"
+export = "Echo"
+mailbox_size = {mailbox_size}
+shutdown_timeout = "200ms"
+[[context.service]]
+name = "plain"
+plugin = "probe"
+export = "Lifecycle"
+{more}"#
+        ),
+    )
+}
+
+#[test]
+fn send_queues_a_message_a_request_prints_the_reply_and_status_counts_them() {
+    let dir = TestDir::new("control_send");
+    let m = agents(&dir, 10, "");
+    let running = Running::start(&m);
+    wait_status(&m, all_serving);
+
+    let out = send(&m, &["agent", "PING"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim_end(), "queued `PING` for agent");
+    let out = send(&m, &["Agents/agent", "PING", "--payload", "5"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let out = send(&m, &["agent", "DUMP", "--request"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim_end(), "2", "both PINGs were handled first");
+    let out = send(
+        &m,
+        &[
+            "echo",
+            "ECHO",
+            "--payload",
+            r#""hi""#,
+            "--request",
+            "--timeout",
+            "10s",
+        ],
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim_end(), r#""hi from 1""#);
+
+    let s = status_json(&m).expect("the host answers");
+    assert_eq!(unit(&s, "agent")["mailbox"]["handled"], 3);
+    assert_eq!(unit(&s, "agent")["mailbox"]["depth"], 0);
+    assert!(unit(&s, "agent")["mailbox"]["high_water"].as_u64() >= Some(1));
+    assert_eq!(unit(&s, "echo")["mailbox"]["handled"], 1);
+    assert_eq!(unit(&s, "plain").get("mailbox"), None, "no mailbox: absent");
+    assert_eq!(
+        text_row(&m, "plain"),
+        [
+            "plain", "service", "serving", "1", "0", "0", "-", "-", "-", "-"
+        ]
+    );
+    let row = text_row(&m, "agent");
+    assert_eq!(
+        row[..7],
+        ["agent", "service", "serving", "1", "0", "0", "0"]
+    );
+    assert_eq!(row[8..], ["3", "-"]);
+
+    host_stop(&m, running);
+}
+
+#[test]
+fn send_refuses_an_unknown_target_or_name_and_a_bad_payload_with_a_clear_error() {
+    let dir = TestDir::new("control_send_refused");
+    let m = agents(&dir, 10, "");
+    let running = Running::start(&m);
+    wait_status(&m, all_serving);
+    for (args, want) in [
+        (
+            &["nobody", "PING"][..],
+            "cannot send `PING` to `nobody`: unknown target: no service `nobody` accepts messages",
+        ),
+        (
+            &["plain", "PING"][..],
+            "unknown target: no service `plain` accepts messages",
+        ),
+        (
+            &["agent", "BOGUS"][..],
+            "unknown message name: Agents/agent accepts no message `BOGUS` (it accepts: PING, DUMP)",
+        ),
+        (
+            &["echo", "ECHO", "--payload", "7"][..],
+            "invalid payload: Agents/echo takes a payload of type string with `ECHO`, not integer",
+        ),
+        (
+            &["echo", "ECHO", "--payload", "{oops"][..],
+            "error: --payload is not valid JSON",
+        ),
+    ] {
+        let out = send(&m, args);
+        assert_eq!(out.code(), 1, "{args:?}: {}", out.stdout);
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "", "{args:?}");
+    }
+    // Nothing refused reached a handler.
+    let s = status_json(&m).expect("the host answers");
+    assert_eq!(unit(&s, "echo")["mailbox"]["handled"], 0);
+    assert_eq!(unit(&s, "agent")["mailbox"]["handled"], 0);
+    host_stop(&m, running);
+}
+
+#[test]
+fn send_to_a_mailbox_that_stays_full_fails_with_mailbox_full_and_status_shows_its_depth() {
+    let dir = TestDir::new("control_send_full");
+    let m = agents(&dir, 1, "");
+    let running = Running::start(&m);
+    wait_status(&m, all_serving);
+    let out = send(&m, &["echo", "HANG", "--payload", "30000"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    // The handler took it out, and hangs.
+    wait_status(&m, |s| unit(s, "echo")["mailbox"]["depth"] == 0);
+    let out = send(&m, &["echo", "ECHO", "--payload", r#""a""#]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let out = send(
+        &m,
+        &["echo", "ECHO", "--payload", r#""b""#, "--timeout", "100ms"],
+    );
+    assert_eq!(out.code(), 1);
+    assert!(
+        out.stderr
+            .contains("mailbox full: the mailbox of Agents/echo stayed full (1 messages)"),
+        "{}",
+        out.stderr
+    );
+    let s = status_json(&m).expect("the host answers");
+    assert_eq!(unit(&s, "echo")["mailbox"]["depth"], 1);
+    assert_eq!(unit(&s, "echo")["mailbox"]["high_water"], 1);
+    assert_eq!(unit(&s, "echo")["mailbox"]["handled"], 0);
+    let row = text_row(&m, "echo");
+    assert_eq!(row[6..], ["1", "1", "0", "-"]);
+    // The hung handler keeps echo from finalizing in time: code 3.
+    let out = run(&["stop", &arg(&m)]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(running.finish().code(), 3);
+}
+
+#[test]
+fn a_service_blocked_in_a_request_is_released_when_its_context_stops() {
+    let dir = TestDir::new("control_request_released");
+    // The script's request waits behind a hanging message, far longer than
+    // any shutdown budget.
+    let m = agents(
+        &dir,
+        10,
+        r#"
+[[context]]
+name = "Main"
+[[context.service]]
+name = "script"
+plugin = "messages"
+export = "Script"
+config = { steps = [
+  { kind = "send", to = "echo", name = "HANG", payload = 30000 },
+  { kind = "request", to = "echo", name = "ECHO", payload = "x", timeout_ms = 60000 },
+] }
+"#,
+    );
+    let running = Running::start(&m);
+    // The HANG is being handled and the request is queued behind it (the
+    // script sends the HANG and requests right after).
+    wait_status(&m, |s| unit(s, "echo")["mailbox"]["depth"] == 1);
+    let out = run(&["stop", &arg(&m)]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let out = running.finish();
+    let script = out.messages_of("script");
+    assert_eq!(script.len(), 2, "{script:#?}");
+    assert_eq!(script[0], "sent HANG");
+    assert!(
+        script[1].starts_with("ECHO failed: PeerGone: the requester's context Main is stopping"),
+        "{script:#?}"
+    );
+    // Only echo, whose handler hangs, was abandoned; not the script.
+    let abandoned: Vec<String> = out
+        .logs()
+        .iter()
+        .filter(|l| l["message"].as_str().is_some_and(|m| m.contains("abandon")))
+        .map(|l| format!("{}/{}", l["context"], l["service"]))
+        .collect();
+    assert!(
+        abandoned.iter().all(|a| !a.contains("script")),
+        "{abandoned:#?}"
+    );
+}
+
+/// `otools stop`, then the host's exit code 0.
+fn host_stop(manifest: &Path, running: Running) {
+    let out = run(&["stop", &arg(manifest)]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let out = running.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
 }

@@ -362,3 +362,42 @@ export = "Listener"
     assert!(err.contains("no service `ghost` accepts messages"), "{err}");
     assert!(!err.contains("`B/x`"), "B/x resolves: {err}");
 }
+
+#[test]
+fn a_request_queued_for_a_target_that_fails_for_good_is_answered_peer_gone_at_once() {
+    let dir = TestDir::new("msg_gone_queued");
+    // The PANIC and the request wait behind HANG; the PANIC ends echo for
+    // good (restart = "never"), so nobody will handle the request.
+    let body = r#"
+[[context]]
+name = "Agents"
+[[context.service]]
+name = "echo"
+plugin = "messages"
+export = "Echo"
+restart = "never"
+
+[[context]]
+name = "Main"
+[[context.service]]
+name = "script"
+plugin = "messages"
+export = "Script"
+config = { steps = [
+  { kind = "send", to = "echo", name = "HANG", payload = 1000 },
+  { kind = "send", to = "echo", name = "PANIC" },
+  { kind = "request", to = "echo", name = "ECHO", payload = "x", timeout_ms = 60000 },
+] }
+"#;
+    let m = dir.manifest("m.toml", body);
+    let out = run_manifest(&m, &[]);
+    assert_eq!(out.code(), 1, "echo failed for good: {}", out.stderr);
+    let script = out.messages_of("script");
+    assert_eq!(script[..2], ["sent HANG", "sent PANIC"], "{script:#?}");
+    assert!(
+        script[2].starts_with(
+            "ECHO failed: PeerGone: Agents/echo has ended or gave up before handling `ECHO`"
+        ),
+        "{script:#?}"
+    );
+}

@@ -52,6 +52,7 @@ fn host_to_plugin(c: &mut Criterion) {
         all_dataframes: Arc::new(Vec::new()),
         events: Arc::default(),
         router: Arc::new(otools_host::messaging::InProcess::new(Arc::default())),
+        cancel: otools_host::messaging::Cancel::default(),
     });
     let host = InstanceHost::new(shared, "nop".into(), lib, "Nop".into(), 1, Arc::default());
     c.bench_function("host -> plugin main() call (Nop)", |b| {

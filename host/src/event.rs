@@ -766,6 +766,7 @@ mod tests {
                 all_dataframes: Arc::new(Vec::new()),
                 events: Arc::clone(&events),
                 router: Arc::new(crate::messaging::InProcess::new(Arc::default())),
+                cancel: crate::messaging::Cancel::default(),
             });
             let plan = ContextPlan {
                 shared: Arc::clone(&shared),

@@ -141,11 +141,12 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
     if watchdog.start(&threads, progress_check(&cores)).is_err() {
         return exit::CANNOT_SPAWN;
     }
-    // Answers `otools status` and `otools stop` from now on; removes the
+    // Answers `otools status`, `send` and `stop` from now on; removes the
     // socket when `run` returns.
     let _socket = control.and_then(|c| {
         let tx = tx.clone();
-        let commands = Commands::new(c.manifest, cores.clone(), c.states, move || {
+        let router = Arc::clone(&deployment.router) as Arc<dyn crate::messaging::Router>;
+        let commands = Commands::new(c.manifest, cores.clone(), c.states, router, move || {
             let _ = tx.send(Msg::Stop);
         });
         control::serve(c.socket, commands, &threads).ok()

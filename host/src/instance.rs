@@ -28,7 +28,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::dataframe::{Caller, Dataframe, Deadline, OwnerId};
 use crate::event::{self, Event, Events};
 use crate::logging;
-use crate::messaging::{self, Failure, Outgoing, Router, correlation};
+use crate::messaging::{self, Cancel, Failure, Outgoing, Router, correlation};
 use crate::plugin::Library;
 
 /// The next lease owner id. Process-wide on purpose: it only hands out ids
@@ -110,6 +110,8 @@ pub struct ContextShared {
     pub events: Arc<Events>,
     /// The routing layer its services send, request and publish through.
     pub router: Arc<dyn Router>,
+    /// Releases its services' requests in flight when it stops.
+    pub cancel: Cancel,
 }
 
 impl ContextShared {
@@ -117,6 +119,12 @@ impl ContextShared {
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake.notify();
+        // A service blocked in a request must not hold up the stop until
+        // the request's timeout.
+        self.cancel.fire(&format!(
+            "the requester's context {} is stopping",
+            self.name
+        ));
     }
 
     /// Has the context been asked to end?
@@ -353,6 +361,7 @@ impl InstanceHost {
             payload,
             correlation: correlation::next_child()
                 .unwrap_or_else(|| self.context.router.new_correlation()),
+            cancel: Some(self.context.cancel.clone()),
         }
     }
 }

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Check(c) => c.execute(),
         Command::Inspect(c) => c.execute(),
         Command::Status(c) => c.execute(),
+        Command::Send(c) => c.execute(),
         Command::Stop(c) => c.execute(),
     };
     ExitCode::from(code)

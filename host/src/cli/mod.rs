@@ -1,5 +1,6 @@
 //! The command line: `otools run`, `otools check`, `otools inspect`, and
-//! `otools status` and `otools stop`, which talk to a running host.
+//! `otools status`, `otools send` and `otools stop`, which talk to a
+//! running host.
 //!
 //! clap parses the raw arguments into these structs; each subcommand is an
 //! `XCommand` with an `execute()` that returns the process exit code.
@@ -7,6 +8,7 @@
 mod check;
 mod inspect;
 mod run;
+mod send;
 mod status;
 mod stop;
 
@@ -19,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 pub use check::CheckCommand;
 pub use inspect::InspectCommand;
 pub use run::RunCommand;
+pub use send::SendCommand;
 pub use status::StatusCommand;
 pub use stop::StopCommand;
 
@@ -46,11 +49,13 @@ Exit codes:
        cleanly for systemd to restart the host
   130  a second SIGINT, SIGTERM or SIGHUP: exited at once";
 
-/// The exit codes of `status` and `stop`, in their `--help`.
+/// The exit codes of `status`, `send` and `stop`, in their `--help`.
 const CLIENT_EXIT_CODES: &str = "\
 Exit codes:
-  0    done
-  1    no host runs this manifest, the host did not answer, or it refused the request";
+  0    done (send: the message was queued, or the reply came)
+  1    no host runs this manifest, the host did not answer, or it refused the
+       request (send: unknown target or message name, a payload that is not
+       JSON or not of the declared type, a full mailbox, no reply in time, ...)";
 
 /// How long `status` and `stop` wait for the host's reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +87,7 @@ pub enum Command {
     /// same graceful stop as SIGTERM (no reload: hot reload follows the
     /// plugin files). A second signal exits at once with code 130.
     ///
-    /// While it runs, the host answers `otools status` and `otools stop` on a
+    /// While it runs, the host answers `otools status`, `otools send` and `otools stop` on a
     /// control socket derived from the manifest's path
     /// (`$XDG_RUNTIME_DIR/otools/<hash>.sock`, else
     /// `/tmp/otools-<uid>/<hash>.sock`; mode 0600, removed at exit). A second `run` of the same manifest is
@@ -99,9 +104,20 @@ pub enum Command {
     /// Show the state of every context and unit of the host running a
     /// manifest (through its control socket).
     ///
-    /// For each unit: its state, generation, restarts, last failure and
-    /// reloads. `--json` prints one JSON object.
+    /// For each unit: its state, generation, restarts, reloads and last
+    /// failure, and for a service with a mailbox its depth (messages queued
+    /// now), high-water mark and messages handled. `--json` prints one JSON
+    /// object.
     Status(StatusCommand),
+    /// Send a message to a service of the host running a manifest (through
+    /// its control socket), as the sender `control`.
+    ///
+    /// It is checked as a service's own send: an unknown target or message
+    /// name, a payload of another type than the one declared, and a mailbox
+    /// that stays full are refused with a clear error (exit code 1). Without
+    /// `--request` it returns once the message is queued; with it, it waits
+    /// for the handler's reply and prints it as JSON.
+    Send(SendCommand),
     /// Stop the host running a manifest, gracefully, as SIGTERM does
     /// (through its control socket), and wait until it has exited.
     ///
@@ -117,6 +133,15 @@ fn ask(
     manifest: &Path,
     request: crate::control::Request,
 ) -> Result<(crate::control::Reply, UnixStream), u8> {
+    ask_within(manifest, request, REPLY_TIMEOUT)
+}
+
+/// [`ask`], waiting at most `timeout` for the reply.
+fn ask_within(
+    manifest: &Path,
+    request: crate::control::Request,
+    timeout: Duration,
+) -> Result<(crate::control::Reply, UnixStream), u8> {
     use crate::control::{ClientError, request as send, socket_path};
     let socket = match socket_path(manifest) {
         Ok(s) => s,
@@ -129,7 +154,7 @@ fn ask(
             return Err(exit::RUNTIME_FAILURE);
         }
     };
-    match send(&socket, request, REPLY_TIMEOUT) {
+    match send(&socket, request, timeout) {
         Ok((reply, _)) if !reply.ok => {
             eprintln!(
                 "error: the host (pid {}) refused: {}",

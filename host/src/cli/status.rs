@@ -1,5 +1,6 @@
 //! `otools status [--json] MANIFEST`: the state of every context and unit of
-//! the host running that manifest, asked through its control socket.
+//! the host running that manifest (with its mailbox, if it has one), asked
+//! through its control socket.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -45,41 +46,56 @@ impl StatusCommand {
     }
 }
 
-/// The status as a table per context, names and failures escaped.
+/// The status as a table per context, names and failures escaped. The
+/// mailbox columns (DEPTH, HIGH-WATER, HANDLED) are shown when some unit
+/// of the host has a mailbox, with `-` for the units that have none.
 fn text(status: &Status) -> String {
     let mut out = format!(
         "host: pid {}, {}, {}\n",
         status.pid, status.state, status.manifest
     );
-    let header = [
-        "UNIT",
-        "KIND",
-        "STATE",
-        "GENERATION",
-        "RESTARTS",
-        "RELOADS",
-        "LAST FAILURE",
-    ];
+    let mailboxes = status
+        .contexts
+        .iter()
+        .any(|c| c.units.iter().any(|u| u.mailbox.is_some()));
+    let mut header = vec!["UNIT", "KIND", "STATE", "GENERATION", "RESTARTS", "RELOADS"];
+    if mailboxes {
+        header.extend(["DEPTH", "HIGH-WATER", "HANDLED"]);
+    }
+    header.push("LAST FAILURE");
     for c in &status.contexts {
         let _ = writeln!(out, "context {}: {}", c.name.escape_debug(), c.state);
-        let rows: Vec<[String; 7]> = c
+        let rows: Vec<Vec<String>> = c
             .units
             .iter()
             .map(|u| {
-                [
+                let mut row = vec![
                     u.name.escape_debug().to_string(),
                     u.kind.clone(),
                     u.state.clone(),
                     u.generation.to_string(),
                     u.restarts.to_string(),
                     u.reloads.to_string(),
+                ];
+                if mailboxes {
+                    match &u.mailbox {
+                        Some(m) => row.extend([
+                            m.depth.to_string(),
+                            m.high_water.to_string(),
+                            m.handled.to_string(),
+                        ]),
+                        None => row.extend(["-", "-", "-"].map(String::from)),
+                    }
+                }
+                row.push(
                     u.last_failure
                         .as_deref()
                         .map_or_else(|| String::from("-"), |f| f.escape_debug().to_string()),
-                ]
+                );
+                row
             })
             .collect();
-        let mut widths = header.map(|h| h.chars().count());
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
@@ -87,7 +103,7 @@ fn text(status: &Status) -> String {
         }
         let line = |cells: &[&str]| {
             let mut l = String::from(" ");
-            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
                 if i + 1 == cells.len() {
                     l.push(' ');
                     l.push_str(cell);
@@ -100,7 +116,7 @@ fn text(status: &Status) -> String {
         };
         out.push_str(&line(&header));
         for row in &rows {
-            out.push_str(&line(&row.each_ref().map(String::as_str)));
+            out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
         }
     }
     out

@@ -1,5 +1,5 @@
-//! The control socket: how `otools status` and `otools stop` reach a running
-//! host.
+//! The control socket: how `otools status`, `otools send` and `otools stop`
+//! reach a running host.
 //!
 //! `otools run` binds a Unix socket whose path is derived from the
 //! manifest ([`socket::socket_path`]) before it loads any plugin, so a
@@ -17,6 +17,7 @@
 //! kept open until the process exits, so the client can wait for the host
 //! to be gone.
 
+mod send;
 pub mod socket;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,9 +31,11 @@ use otools_abi::ExportKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+pub use send::{DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_WAIT, MAX_REQUEST_TIMEOUT};
 pub use socket::{BindError, Bound, ClientError, SocketFile, request, socket_path, wait_closed};
 
 use crate::event::UnitStates;
+use crate::messaging::Router;
 use crate::runtime::RunningContext;
 use crate::threads::Spawner;
 
@@ -56,6 +59,25 @@ pub enum Request {
     Status,
     /// The same graceful stop as SIGTERM.
     Stop,
+    /// A message to a service, from `control`: queued (result `null`), or,
+    /// with `request`, the reply (as JSON).
+    Send {
+        /// The target: `Context/service`, or a service name only one
+        /// context uses.
+        to: String,
+        /// The message name.
+        name: String,
+        /// The payload (checked against the type the target declared).
+        #[serde(default)]
+        payload: Json,
+        /// Wait for the reply instead of returning once it is queued.
+        #[serde(default)]
+        request: bool,
+        /// How long to wait, in milliseconds: for room in a full mailbox
+        /// (default 1000), or for the reply (default 5000); at most 60000.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// A request line: the protocol version and the command with its fields.
@@ -155,6 +177,20 @@ pub struct UnitStatus {
     pub reloads: u64,
     /// New versions a refused hot reload set up for it and discarded.
     pub reloads_rolled_back: u64,
+    /// Its mailbox, when it accepts messages (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<MailboxStatus>,
+}
+
+/// A unit's mailbox in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxStatus {
+    /// Messages queued now.
+    pub depth: usize,
+    /// The most messages ever queued at once (its high-water mark).
+    pub high_water: usize,
+    /// Messages handled so far, by every generation.
+    pub handled: u64,
 }
 
 /// What follows a reply, once it was sent (the host may exit at once after
@@ -178,27 +214,31 @@ pub struct Setup {
 }
 
 /// What the control thread answers with: the running contexts, the host's
-/// unit states, and how to stop the host.
+/// unit states, its router, and how to stop the host.
 pub struct Commands {
     manifest: PathBuf,
     cores: Vec<Arc<RunningContext>>,
     states: Arc<UnitStates>,
+    router: Arc<dyn Router>,
     stop: Box<dyn Fn() + Send>,
 }
 
 impl Commands {
     /// The commands of the host running `manifest` as `cores`, whose unit
-    /// states `states` keeps; `stop` asks the host to stop every context.
+    /// states `states` keeps and whose services `router` reaches; `stop`
+    /// asks the host to stop every context.
     pub fn new(
         manifest: PathBuf,
         cores: Vec<Arc<RunningContext>>,
         states: Arc<UnitStates>,
+        router: Arc<dyn Router>,
         stop: impl Fn() + Send + 'static,
     ) -> Commands {
         Commands {
             manifest,
             cores,
             states,
+            router,
             stop: Box::new(stop),
         }
     }
@@ -231,6 +271,34 @@ impl Commands {
                 Reply::ok(serde_json::json!({ "stopping": true })),
                 After::Stop,
             ),
+            Request::Send {
+                to,
+                name,
+                payload,
+                request,
+                timeout_ms,
+            } => {
+                let timeout = timeout_ms.map_or(
+                    if request {
+                        DEFAULT_REQUEST_TIMEOUT
+                    } else {
+                        DEFAULT_SEND_WAIT
+                    },
+                    Duration::from_millis,
+                );
+                let args = send::SendArgs {
+                    to: &to,
+                    name: &name,
+                    payload: &payload,
+                    request,
+                    timeout,
+                };
+                let reply = match send::send(&self.router, &args) {
+                    Ok(result) => Reply::ok(result),
+                    Err(why) => Reply::error(format!("cannot send `{name}` to `{to}`: {why}")),
+                };
+                (reply, After::Close)
+            }
         }
     }
 
@@ -268,6 +336,11 @@ impl Commands {
                             ExportKind::Service => "service",
                             ExportKind::Condition => "condition",
                         };
+                        let mailbox = u.mailbox.as_ref().map(|mb| MailboxStatus {
+                            depth: mb.depth(),
+                            high_water: mb.high_water(),
+                            handled: mb.handled(),
+                        });
                         match states.get(&(context.clone(), u.name.clone())) {
                             Some(s) => UnitStatus {
                                 name: u.name.clone(),
@@ -278,6 +351,7 @@ impl Commands {
                                 last_failure: s.last_failure.clone(),
                                 reloads: s.reloads,
                                 reloads_rolled_back: s.reloads_rolled_back,
+                                mailbox,
                             },
                             None => UnitStatus {
                                 name: u.name.clone(),
@@ -288,6 +362,7 @@ impl Commands {
                                 last_failure: None,
                                 reloads: 0,
                                 reloads_rolled_back: 0,
+                                mailbox,
                             },
                         }
                     })
@@ -413,6 +488,7 @@ mod tests {
             PathBuf::from("/m.toml"),
             Vec::new(),
             Arc::new(UnitStates::default()),
+            Arc::new(crate::messaging::InProcess::new(Arc::default())),
             move || flag.store(true, Ordering::SeqCst),
         );
         (c, stopped)

@@ -39,6 +39,7 @@ fn msg(name: &str, payload: impl Into<Value>) -> Outgoing {
         name: name.into(),
         payload: payload.into(),
         correlation: "1".into(),
+        cancel: None,
     }
 }
 
@@ -88,6 +89,7 @@ pub(super) fn suite(make: &Factory) {
     publications_reach_every_subscriber_in_order_and_nobody_else(make);
     a_gone_peer_is_reported_and_its_queued_requests_answered(make);
     a_new_generation_takes_over_the_mailbox(make);
+    a_cancelled_request_and_one_queued_for_a_drained_mailbox_end_at_once(make);
 }
 
 fn targets_resolve_by_address_or_unique_name(make: &Factory) {
@@ -250,6 +252,38 @@ fn a_new_generation_takes_over_the_mailbox(make: &Factory) {
         Next::Leave => panic!("a request was queued"),
     }
     assert_eq!(kind(asker.join().unwrap()), MessageError::PeerGone);
+}
+
+fn a_cancelled_request_and_one_queued_for_a_drained_mailbox_end_at_once(make: &Factory) {
+    let (r, m) = make(&[spec("A", "x", 10, &[])]);
+    let far = deadline_after(Duration::from_secs(600));
+    let ask = |cancel: Option<super::Cancel>| {
+        let r2 = Arc::clone(&r);
+        std::thread::spawn(move || {
+            let mut q = msg("PING", ());
+            q.cancel = cancel;
+            r2.request("x", q, far)
+        })
+    };
+    let wait_depth = |n: usize| {
+        while m[0].depth() != n {
+            std::thread::yield_now();
+        }
+    };
+    // The sender's context stops: its request in flight is released.
+    let cancel = super::Cancel::default();
+    let asker = ask(Some(cancel.clone()));
+    wait_depth(1);
+    cancel.fire("stopping");
+    assert_eq!(kind(asker.join().unwrap()), MessageError::PeerGone);
+    // The target stops for good: what is queued is answered, the mailbox
+    // stays open (a reload may revive the unit).
+    let asker = ask(None);
+    wait_depth(2);
+    m[0].drain("gave up");
+    assert_eq!(kind(asker.join().unwrap()), MessageError::PeerGone);
+    assert_eq!(m[0].depth(), 0);
+    r.send("x", msg("PING", ()), soon()).unwrap();
 }
 
 fn in_process(specs: &[EndpointSpec]) -> (Arc<dyn Router>, Vec<Arc<Mailbox>>) {

@@ -144,6 +144,9 @@ impl Router for InProcess {
         let mb = self.mailbox(to)?;
         self.check(&mb, &msg)?;
         let (reply, pending) = reply_pair();
+        if let Some(cancel) = &msg.cancel {
+            cancel.watch(&pending);
+        }
         let mut env = envelope(msg);
         env.reply = Some(reply);
         if let Err(refused) = mb.push(env, deadline) {

@@ -66,6 +66,24 @@ pub fn reply_pair() -> (ReplyTo, Pending) {
     (ReplyTo(Some(Arc::clone(&slot))), Pending(slot))
 }
 
+impl ReplySlot {
+    /// Answers with `r` unless it was answered already (a refused answer is
+    /// dropped outside the lock).
+    fn settle(&self, r: Result<Value, Failure>) {
+        let refused = {
+            let mut v = self.value.lock();
+            if v.is_none() {
+                *v = Some(r);
+                None
+            } else {
+                Some(r)
+            }
+        };
+        self.ready.notify_all();
+        drop(refused);
+    }
+}
+
 impl ReplyTo {
     /// Answers the request (a requester that gave up ignores it).
     pub fn answer(mut self, r: Result<Value, Failure>) {
@@ -80,21 +98,42 @@ impl ReplyTo {
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if let Some(slot) = self.0.take() {
-            let dropped = Failure::new(
+            slot.settle(Err(Failure::new(
                 MessageError::PeerGone,
                 "the request was dropped without an answer",
-            );
-            let old = {
-                let mut v = slot.value.lock();
-                if v.is_none() {
-                    v.replace(Err(dropped))
-                } else {
-                    None
-                }
-            };
-            slot.ready.notify_all();
-            drop(old);
+            )));
         }
+    }
+}
+
+/// Releases the requests a group of senders (one context) has in flight:
+/// when it fires, each of them is answered [`MessageError::PeerGone`] with
+/// the reason at once, instead of waiting for its reply or its timeout.
+/// Requests made after it fired wait as usual (a `finalize` may still
+/// request).
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<Mutex<Vec<std::sync::Weak<ReplySlot>>>>);
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cancel")
+    }
+}
+
+impl Cancel {
+    /// Answers every request in flight `PeerGone` with `reason`.
+    pub fn fire(&self, reason: &str) {
+        let waiting = std::mem::take(&mut *self.0.lock());
+        for slot in waiting.iter().filter_map(std::sync::Weak::upgrade) {
+            slot.settle(Err(Failure::new(MessageError::PeerGone, reason)));
+        }
+    }
+
+    /// Watches `pending` until it is answered (or dropped).
+    pub fn watch(&self, pending: &Pending) {
+        let mut v = self.0.lock();
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(&pending.0));
     }
 }
 
@@ -273,6 +312,11 @@ impl Mailbox {
                     .fetch_max(inner.queue.len(), Ordering::Relaxed);
                 drop(inner);
                 self.arrived.notify_all();
+                // The unit may have stopped for good between the sender's
+                // check and now: nobody would take the message out.
+                if !self.is_alive() {
+                    self.drain("has ended or gave up");
+                }
                 return Ok(());
             }
             if self.room.wait_until(&mut inner, deadline).timed_out()
@@ -351,6 +395,22 @@ impl Mailbox {
                 reply.answer(Err(Failure::new(
                     MessageError::PeerGone,
                     format!("{} ended before handling `{}`", self.address, env.name),
+                )));
+            }
+        }
+    }
+
+    /// Empties the mailbox without closing it (its unit stopped for good
+    /// but may be revived by a reload): queued requests are answered
+    /// `PeerGone` at once, one-way messages are dropped.
+    pub fn drain(&self, why: &str) {
+        let drained: Vec<Envelope> = self.inner.lock().queue.drain(..).collect();
+        self.room.notify_all();
+        for env in drained {
+            if let Some(reply) = env.reply {
+                reply.answer(Err(Failure::new(
+                    MessageError::PeerGone,
+                    format!("{} {why} before handling `{}`", self.address, env.name),
                 )));
             }
         }

@@ -38,7 +38,7 @@ mod conformance;
 use std::time::{Duration, Instant};
 
 pub use in_process::{InProcess, report_unknown};
-pub use mailbox::{Envelope, Mailbox, Next, Pending, ReplyTo, reply_pair};
+pub use mailbox::{Cancel, Envelope, Mailbox, Next, Pending, ReplyTo, reply_pair};
 pub use otools_abi::MessageError;
 use otools_abi::Value;
 
@@ -81,6 +81,8 @@ pub struct Outgoing {
     pub payload: Value,
     /// The correlation id it carries.
     pub correlation: String,
+    /// For a request: what releases it early (the sender's context stops).
+    pub cancel: Option<Cancel>,
 }
 
 /// One endpoint to register with a backend: a service's mailbox and the

@@ -348,6 +348,7 @@ impl<'m> Builder<'m> {
             all_dataframes: Arc::clone(names),
             events: Arc::clone(&self.opts.events),
             router: Arc::clone(&self.router) as Arc<dyn Router>,
+            cancel: crate::messaging::Cancel::default(),
         });
         let ckey = format!("context \"{}\"", shown(c.name.get_ref()));
         let mut units = Vec::new();

@@ -256,6 +256,18 @@ impl Unit {
 
     pub(super) fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Release);
+        self.stopped_for_good(s);
+    }
+
+    /// Once the unit has stopped for good (it may still be revived by a
+    /// reload), nothing takes messages out of its mailbox: the requests
+    /// queued there are answered `PeerGone` now, not left to time out.
+    fn stopped_for_good(&self, s: State) {
+        if s.terminal()
+            && let Some(mb) = &self.mailbox
+        {
+            mb.drain("has ended or gave up");
+        }
     }
 
     /// Is its `main` still to be called: it has one, and it is not a
@@ -272,8 +284,13 @@ impl Unit {
     /// Moves the unit from `from` to `to` if it is in `from`, atomically:
     /// of two threads claiming the same unit, one wins. True if this one did.
     pub(super) fn transition(&self, from: State, to: State) -> bool {
-        self.state
+        let done = self
+            .state
             .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_ok();
+        if done {
+            self.stopped_for_good(to);
+        }
+        done
     }
 }
