@@ -21,7 +21,9 @@
 //! - a request ends by its deadline, always: with the reply, the handler's
 //!   failure ([`MessageError::PeerFailed`]), [`MessageError::PeerGone`], or
 //!   [`MessageError::Timeout`]; a request that is dropped unanswered is
-//!   answered [`MessageError::PeerGone`], never left waiting;
+//!   answered [`MessageError::PeerGone`], never left waiting, and so is one
+//!   queued for a mailbox that is drained (its unit stopped for good) or
+//!   one whose [`Cancel`] fires (its sender's context stops);
 //! - a publication reaches every live subscriber of its topic, in
 //!   publication order per subscriber, and nobody else.
 //!
