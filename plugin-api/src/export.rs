@@ -111,26 +111,40 @@ fn guarded_drop<T>(value: Option<T>) {
     DROP_PANIC.with(|p| *p.borrow_mut() = message);
 }
 
-/// The error of a call on an adapter whose value was already dropped: it
+/// The answer to a call on an adapter whose value was already dropped: it
 /// cannot happen (the host never calls a dropped object), but the adapter
 /// must answer something without `unsafe`.
-fn dropped<T>() -> Result<T> {
-    Err(Error::msg("the instance was already dropped"))
+#[cold]
+#[inline(never)]
+fn dropped<T>() -> CallResult<T> {
+    RResult::RErr(Error::msg("the instance was already dropped").into_call_error())
+}
+
+/// Runs entry point `f` on the adapter's value under [`guard`]. The value is
+/// looked at outside the guard, so the guarded closure is only the plugin's
+/// own call (a trivial entry point then costs what it did before adapters
+/// held an `Option`).
+#[inline]
+fn on<S, T>(value: Option<&S>, f: impl FnOnce(&S) -> Result<T>) -> CallResult<T> {
+    match value {
+        Some(v) => guard(|| f(v)),
+        None => dropped(),
+    }
+}
+
+/// [`on`] for the entry points that take the value mutably.
+#[inline]
+fn on_mut<S, T>(value: Option<&mut S>, f: impl FnOnce(&mut S) -> Result<T>) -> CallResult<T> {
+    match value {
+        Some(v) => guard(|| f(v)),
+        None => dropped(),
+    }
 }
 
 /// A [`Service`] behind the FFI trait. The value is an `Option` only so that
 /// `Drop` can take it out and drop it inside the panic guard; it is `Some`
 /// for the adapter's whole life.
 struct ServiceAdapter<S>(Option<S>);
-
-impl<S> ServiceAdapter<S> {
-    fn get(&self) -> Result<&S> {
-        self.0.as_ref().map_or_else(dropped, Ok)
-    }
-    fn get_mut(&mut self) -> Result<&mut S> {
-        self.0.as_mut().map_or_else(dropped, Ok)
-    }
-}
 
 impl<S> Drop for ServiceAdapter<S> {
     fn drop(&mut self) {
@@ -140,20 +154,20 @@ impl<S> Drop for ServiceAdapter<S> {
 
 impl<S: Service> FfiService for ServiceAdapter<S> {
     fn setup(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get_mut()?.setup(&Context::from_host(host)))
+        on_mut(self.0.as_mut(), |v| v.setup(&Context::from_host(host)))
     }
     fn main(&self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get()?.main(&Context::from_host(host)))
+        on(self.0.as_ref(), |v| v.main(&Context::from_host(host)))
     }
     fn run_loop(&self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get()?.run_loop(&Context::from_host(host)))
+        on(self.0.as_ref(), |v| v.run_loop(&Context::from_host(host)))
     }
     fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get_mut()?.finalize(&Context::from_host(host)))
+        on_mut(self.0.as_mut(), |v| v.finalize(&Context::from_host(host)))
     }
     fn export_state(&self, host: HostRef<'_>) -> CallResult<ROption<Tuple2<u32, RVec<u8>>>> {
-        guard(|| {
-            let state = self.get()?.export_state(&Context::from_host(host))?;
+        on(self.0.as_ref(), |v| {
+            let state = v.export_state(&Context::from_host(host))?;
             Ok(state.map(|(v, b)| Tuple2(v, RVec::from(b))).into())
         })
     }
@@ -163,24 +177,14 @@ impl<S: Service> FfiService for ServiceAdapter<S> {
         version: u32,
         bytes: RSlice<'_, u8>,
     ) -> CallResult {
-        guard(|| {
-            self.get_mut()?
-                .import_state(&Context::from_host(host), version, bytes.as_slice())
+        on_mut(self.0.as_mut(), |v| {
+            v.import_state(&Context::from_host(host), version, bytes.as_slice())
         })
     }
 }
 
 /// A [`Condition`] behind the FFI trait; `Option` as in [`ServiceAdapter`].
 struct ConditionAdapter<C>(Option<C>);
-
-impl<C> ConditionAdapter<C> {
-    fn get(&self) -> Result<&C> {
-        self.0.as_ref().map_or_else(dropped, Ok)
-    }
-    fn get_mut(&mut self) -> Result<&mut C> {
-        self.0.as_mut().map_or_else(dropped, Ok)
-    }
-}
 
 impl<C> Drop for ConditionAdapter<C> {
     fn drop(&mut self) {
@@ -190,13 +194,13 @@ impl<C> Drop for ConditionAdapter<C> {
 
 impl<C: Condition> FfiCondition for ConditionAdapter<C> {
     fn setup(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get_mut()?.setup(&Context::from_host(host)))
+        on_mut(self.0.as_mut(), |v| v.setup(&Context::from_host(host)))
     }
     fn check(&self, host: HostRef<'_>) -> CallResult<bool> {
-        guard(|| self.get()?.check(&Context::from_host(host)))
+        on(self.0.as_ref(), |v| v.check(&Context::from_host(host)))
     }
     fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get_mut()?.finalize(&Context::from_host(host)))
+        on_mut(self.0.as_mut(), |v| v.finalize(&Context::from_host(host)))
     }
 }
 
@@ -252,10 +256,8 @@ pub fn handle_with<S: Service>(
 ) -> Option<CallResult<Value>> {
     let adapter = object.obj.downcast_as::<ServiceAdapter<S>>().ok()?;
     let payload = payload.take()?;
-    Some(guard(|| {
-        adapter
-            .get()?
-            .handle_message(&Context::from_host(host), name, payload)
+    Some(on(adapter.0.as_ref(), |v| {
+        v.handle_message(&Context::from_host(host), name, payload)
     }))
 }
 
