@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["signals", "supervision"],
     &["instance"],
     &["plan"],
-    &["runtime"],
+    &["runtime", "pipeline"],
     &["reload"],
     &["host"],
     &["cli"],

@@ -55,8 +55,10 @@ use abi_stable::sabi_types::{RRef, VersionStrings};
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
+mod pipeline;
 mod value;
 
+pub use pipeline::{FfiStage, FfiStage_TO, FfiStageBox, StageExportInfo, StageRole, WorkerInfo};
 pub use value::{TypeMismatch, Value};
 
 /// Timeout argument meaning "wait as long as it takes".
@@ -371,6 +373,12 @@ pub struct PluginRoot {
     /// of an instance resets it. Appended after the last prefix field:
     /// plugins built before it existed lack it (the accessor returns `None`).
     pub take_drop_panic: extern "C" fn() -> ROption<RString>,
+    /// The library's pipeline stages (sources, transforms, sinks).
+    /// Appended: plugins built before pipelines lack it (no stages).
+    pub stage_exports: extern "C" fn() -> RVec<StageExportInfo>,
+    /// Builds a stage instance from its export name and JSON config (setup
+    /// not run). Appended with `stage_exports`.
+    pub new_stage: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiStageBox>,
 }
 
 impl RootModule for PluginRoot_Ref {
@@ -403,6 +411,7 @@ mod tests {
             <CallError as StableAbi>::LAYOUT,
             <Value as StableAbi>::LAYOUT,
             <FfiServiceBox as StableAbi>::LAYOUT,
+            <FfiStageBox as StableAbi>::LAYOUT,
         ] {
             let (package, version) = layout.package_and_version();
             assert_eq!(package.as_str(), "otools-abi", "{}", layout.name());

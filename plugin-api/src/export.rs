@@ -29,10 +29,12 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ffi::API_VERSION;
+use crate::pipeline::{StageCtor, new_stage, stage_exports};
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
     FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, PluginRoot, PluginRoot_Ref,
+    StageRole,
 };
 
 thread_local! {
@@ -73,7 +75,7 @@ fn panic_payload_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs one entry point: a panic or an error becomes a [`CallError`].
-fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
     let outer = IN_ENTRY_POINT.with(|c| c.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     IN_ENTRY_POINT.with(|c| c.set(outer));
@@ -97,7 +99,7 @@ fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
 /// Drops `value` like an entry point runs: a panic in its destructor is
 /// caught and its message kept in `DROP_PANIC` (cleared otherwise), for
 /// the host to collect with `take_drop_panic` right after the drop.
-fn guarded_drop<T>(value: Option<T>) {
+pub(crate) fn guarded_drop<T>(value: Option<T>) {
     let outcome = guard(move || {
         drop(value);
         Ok(())
@@ -112,7 +114,7 @@ fn guarded_drop<T>(value: Option<T>) {
 /// The error of a call on an adapter whose value was already dropped: it
 /// cannot happen (the host never calls a dropped object), but the adapter
 /// must answer something without `unsafe`.
-fn dropped<T>() -> Result<T> {
+pub(crate) fn dropped<T>() -> Result<T> {
     Err(Error::msg("the instance was already dropped"))
 }
 
@@ -198,7 +200,7 @@ impl<C: Condition> FfiCondition for ConditionAdapter<C> {
     }
 }
 
-fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     // The message keeps serde_json's ` at line 1 column N`: it refers to the
     // JSON the host generated, and the host turns it into the manifest line,
     // column and key of the value concerned (then removes it).
@@ -245,6 +247,8 @@ pub trait PluginExports: 'static {
     const SERVICES: &'static [(&'static str, ServiceCtor)];
     /// Exported conditions by name.
     const CONDITIONS: &'static [(&'static str, ConditionCtor)];
+    /// Exported pipeline stages by name, with their role.
+    const STAGES: &'static [(&'static str, StageRole, StageCtor)] = &[];
 }
 
 extern "C" fn exports<P: PluginExports>() -> RVec<ExportInfo> {
@@ -259,7 +263,7 @@ extern "C" fn exports<P: PluginExports>() -> RVec<ExportInfo> {
     services.chain(conditions).collect()
 }
 
-fn unknown_export<T>(name: &str, kind: &str) -> CallResult<T> {
+pub(crate) fn unknown_export<T>(name: &str, kind: &str) -> CallResult<T> {
     RResult::RErr(CallError {
         kind: CallErrorKind::UnknownExport,
         message: RString::from(format!("the library exports no {kind} named `{name}`")),
@@ -303,6 +307,8 @@ fn root_module<P: PluginExports>() -> PluginRoot_Ref {
         new_service: new_service_ffi::<P>,
         new_condition: new_condition_ffi::<P>,
         take_drop_panic,
+        stage_exports: stage_exports::<P>,
+        new_stage: new_stage::<P>,
     }
     .leak_into_prefix()
 }
@@ -327,16 +333,21 @@ pub const fn lib_header<P: PluginExports>() -> LibHeader {
     }
 }
 
-/// Exports services and conditions from a plugin library.
+/// Exports services, conditions and pipeline stages from a plugin library.
 ///
 /// Invoke it once, at the root of a `cdylib` crate, listing the types that
-/// implement [`Service`](crate::Service) and [`Condition`](crate::Condition).
-/// Each is exported under its type name, which manifests use in `export = "..."`.
+/// implement [`Service`](crate::Service), [`Condition`](crate::Condition),
+/// [`Source`](crate::Source), [`Transform`](crate::Transform) and
+/// [`Sink`](crate::Sink), in that order (each list is optional). Each is
+/// exported under its type name, which manifests use in `export = "..."`.
 ///
 /// ```text
 /// otools_api::export_plugin! {
 ///     services: [Increment, Report],
 ///     conditions: [AtLeast],
+///     sources: [Numbers],
+///     transforms: [Double],
+///     sinks: [Collect],
 /// }
 /// ```
 #[macro_export]
@@ -344,6 +355,9 @@ macro_rules! export_plugin {
     (
         $(services: [$($service:ident),* $(,)?] $(,)?)?
         $(conditions: [$($condition:ident),* $(,)?] $(,)?)?
+        $(sources: [$($source:ident),* $(,)?] $(,)?)?
+        $(transforms: [$($transform:ident),* $(,)?] $(,)?)?
+        $(sinks: [$($sink:ident),* $(,)?] $(,)?)?
     ) => {
         #[doc(hidden)]
         pub struct __OtoolsPluginExports;
@@ -356,6 +370,15 @@ macro_rules! export_plugin {
             ];
             const CONDITIONS: &'static [(&'static str, $crate::__private::ConditionCtor)] = &[
                 $($((::core::stringify!($condition), $crate::__private::new_condition::<$condition>),)*)?
+            ];
+            const STAGES: &'static [(
+                &'static str,
+                $crate::ffi::StageRole,
+                $crate::__private::StageCtor,
+            )] = &[
+                $($((::core::stringify!($source), $crate::__private::SOURCE, $crate::__private::new_source::<$source>),)*)?
+                $($((::core::stringify!($transform), $crate::__private::TRANSFORM, $crate::__private::new_transform::<$transform>),)*)?
+                $($((::core::stringify!($sink), $crate::__private::SINK, $crate::__private::new_sink::<$sink>),)*)?
             ];
         }
 

@@ -111,6 +111,7 @@
 mod context;
 mod error;
 mod export;
+mod pipeline;
 mod service;
 
 /// The FFI types and the ABI version, from `otools-abi`; plugin authors
@@ -126,12 +127,16 @@ pub mod ffi {
 pub use context::{Context, Dataframe, LockGuard};
 pub use error::{Error, Result};
 pub use otools_abi::{HostError, LogLevel, TypeMismatch, Value};
+pub use pipeline::{Output, Sink, Source, Transform, Worker};
 pub use service::{Condition, NoConfig, Service};
 
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{
         ConditionCtor, PluginExports, ServiceCtor, lib_header, new_condition, new_service,
+    };
+    pub use crate::pipeline::{
+        SINK, SOURCE, StageCtor, TRANSFORM, new_sink, new_source, new_transform,
     };
     pub use abi_stable::library::LibHeader;
 }

@@ -112,12 +112,22 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
             }
         }
     }
+    super::pipeline::validate(m, &contexts, &dataframes, &mut errors);
+    if let Some(w) = &m.host.exit_when
+        && m.pipelines.is_empty()
+    {
+        errors.push(m.diagnostic(
+            w.span().start,
+            "host > exit_when",
+            "`exit_when = \"pipelines_finished\"` needs at least one `[[pipeline]]`",
+        ));
+    }
     errors.sort_by_key(|d| d.position);
     errors
 }
 
 /// Durations that must be positive, and a delay cap that must not be below the delay.
-fn check_supervision(
+pub(super) fn check_supervision(
     m: &Manifest,
     key: &str,
     k: &SupervisionKeys<'_>,
@@ -152,7 +162,11 @@ fn check_supervision(
 
 /// Records where `name` is first declared; for a name seen before, returns
 /// the offset of its first declaration (not of the previous duplicate).
-fn first_of<'a>(seen: &mut HashMap<&'a str, usize>, name: &'a str, at: usize) -> Option<usize> {
+pub(super) fn first_of<'a>(
+    seen: &mut HashMap<&'a str, usize>,
+    name: &'a str,
+    at: usize,
+) -> Option<usize> {
     match seen.entry(name) {
         std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
         std::collections::hash_map::Entry::Vacant(e) => {
@@ -163,7 +177,12 @@ fn first_of<'a>(seen: &mut HashMap<&'a str, usize>, name: &'a str, at: usize) ->
 }
 
 /// A name that is empty or has a character outside [`is_name_char`] is an error at the name.
-fn check_name(m: &Manifest, name: &Spanned<String>, key: &str, errors: &mut Vec<Diagnostic>) {
+pub(super) fn check_name(
+    m: &Manifest,
+    name: &Spanned<String>,
+    key: &str,
+    errors: &mut Vec<Diagnostic>,
+) {
     if let Some(message) = name_error(name.get_ref()) {
         errors.push(m.diagnostic(name.span().start, key, message));
     }
