@@ -108,3 +108,14 @@ fn demo_manifest_ends_by_itself_with_both_counters_complete() {
         out.stderr
     );
 }
+
+#[test]
+fn pipeline_manifest_ends_by_itself_with_every_doubled_number_summed() {
+    let out = run_shipped("pipeline.toml");
+    assert_eq!(
+        out.messages_of("sum.0"),
+        ["sum of 1000 items: 1001000"],
+        "{}",
+        out.stderr
+    );
+}

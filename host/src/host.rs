@@ -80,6 +80,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
         notify::send("READY=1");
         return exit::OK;
     }
+    watchdog::configure(deployment.shortest_watchdog());
     let pipes: Vec<Arc<RunningPipeline>> = {
         let tx = tx.clone();
         let to_host: crate::pipeline::Notify = Arc::new(move |e| {
@@ -93,7 +94,6 @@ pub fn run(mut deployment: Deployment) -> u8 {
             .collect()
     };
     let exit_when = deployment.exit_when;
-    watchdog::configure(deployment.shortest_watchdog());
     let gate = Arc::new(StartGate::new(total));
     let (ctx_tx, ctx_rx) = mpsc::channel::<ContextEvent>();
     let cores: Vec<Arc<RunningContext>> = deployment

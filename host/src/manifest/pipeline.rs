@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::policy::{GiveUp, Policy, Restart};
-use super::validate::{check_name, check_supervision, first_of};
+use super::validate::{check_dataframes, check_name, check_supervision, first_of};
 use super::{Diagnostic, HumanDuration, Level, Manifest, SupervisionKeys, shown};
 
 /// The default `queue_size` of a stage's input queue.
@@ -189,15 +189,7 @@ pub fn validate(
                 format!("duplicate name `{pname}` (first used on line {line}); pipelines and contexts share one namespace"),
             ));
         }
-        for d in &p.dataframes {
-            if !dataframes.contains_key(d.get_ref().as_str()) {
-                errors.push(m.diagnostic(
-                    d.span().start,
-                    format!("{pkey} > dataframes"),
-                    format!("unknown dataframe `{}`", shown(d.get_ref())),
-                ));
-            }
-        }
+        check_dataframes(m, &pkey, &p.dataframes, dataframes, errors);
         for (name, value) in [
             ("drain_timeout", &p.drain_timeout),
             ("stats_interval", &p.stats_interval),

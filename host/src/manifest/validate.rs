@@ -41,19 +41,7 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
                 format!("duplicate context name `{cname}` (first declared on line {line})"),
             ));
         }
-        for d in &c.dataframes {
-            if !dataframes.contains_key(d.get_ref().as_str()) {
-                errors.push(m.diagnostic(
-                    d.span().start,
-                    format!("{ckey} > dataframes"),
-                    format!(
-                        "unknown dataframe `{}`; declared dataframes: {}",
-                        shown(d.get_ref()),
-                        list(m.dataframes.iter().map(|d| d.name.get_ref().as_str()))
-                    ),
-                ));
-            }
-        }
+        check_dataframes(m, &ckey, &c.dataframes, &dataframes, &mut errors);
 
         let mut names: HashMap<&str, usize> = HashMap::new();
         for entry in c.entries() {
@@ -124,6 +112,29 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
     }
     errors.sort_by_key(|d| d.position);
     errors
+}
+
+/// Every listed dataframe (of the context or pipeline `key`) must be declared.
+pub(super) fn check_dataframes(
+    m: &Manifest,
+    key: &str,
+    listed: &[Spanned<String>],
+    declared: &HashMap<&str, usize>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    for d in listed {
+        if !declared.contains_key(d.get_ref().as_str()) {
+            errors.push(m.diagnostic(
+                d.span().start,
+                format!("{key} > dataframes"),
+                format!(
+                    "unknown dataframe `{}`; declared dataframes: {}",
+                    shown(d.get_ref()),
+                    list(m.dataframes.iter().map(|d| d.name.get_ref().as_str()))
+                ),
+            ));
+        }
+    }
 }
 
 /// Durations that must be positive, and a delay cap that must not be below the delay.

@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RVec};
-use otools_abi::{CallError, CallErrorKind, CallResult, FfiStageBox, StageRole, WorkerInfo};
+use otools_abi::{CallError, CallErrorKind, CallResult, FfiStageBox, StageRole, Value, WorkerInfo};
 
-use super::queue::Msg;
+use super::queue::{Aborted, Msg, Queue};
 use super::{PipelineEvent, RunningPipeline, worker_name};
 use crate::event::Event;
 use crate::instance::InstanceHost;
@@ -89,14 +89,7 @@ fn call<T>(
 /// Drops a worker's plugin object and reports a panic in its destructor.
 fn drop_object(object: FfiStageBox, host: &InstanceHost) {
     drop(object);
-    let message = host
-        .library
-        .root
-        .take_drop_panic()
-        .and_then(|take| take().into_option());
-    if let Some(message) = message {
-        host.report_drop_panic(message.as_str());
-    }
+    host.collect_drop_panic();
 }
 
 impl RunningPipeline {
@@ -328,13 +321,10 @@ impl RunningPipeline {
         let next = self.stages.get(s + 1).and_then(|n| n.input.as_ref());
         let mut out = RVec::new();
         loop {
-            let (n, item) = match input.recv(&self.abort) {
-                Ok(Msg::Item(n, item)) => (n, item),
-                Ok(Msg::End) => {
-                    input.pass_end_on();
-                    return Ran::Done;
-                }
-                Err(_) => return Ran::Abandoned,
+            let (n, item) = match self.next_item(input) {
+                Ok(Some(next)) => next,
+                Ok(None) => return Ran::Done,
+                Err(Aborted) => return Ran::Abandoned,
             };
             stage.items_in.fetch_add(1, Ordering::SeqCst);
             stage.slots[w].current_item.store(n, Ordering::SeqCst);
@@ -383,17 +373,20 @@ impl RunningPipeline {
         let Some(input) = stage.input.as_ref() else {
             return;
         };
-        loop {
-            match input.recv(&self.abort) {
-                Ok(Msg::Item(n, item)) => {
-                    stage.items_in.fetch_add(1, Ordering::SeqCst);
-                    self.item_failed(s, w, n, Some(&item), "no worker left in the stage");
-                }
-                Ok(Msg::End) => {
-                    input.pass_end_on();
-                    return;
-                }
-                Err(_) => return,
+        while let Ok(Some((n, item))) = self.next_item(input) {
+            stage.items_in.fetch_add(1, Ordering::SeqCst);
+            self.item_failed(s, w, n, Some(&item), "no worker left in the stage");
+        }
+    }
+
+    /// The next item of `input`; `None` at the end marker (put back for
+    /// the stage's other workers).
+    fn next_item(&self, input: &Queue) -> Result<Option<(u64, Value)>, Aborted> {
+        match input.recv(&self.abort)? {
+            Msg::Item(n, item) => Ok(Some((n, item))),
+            Msg::End => {
+                input.pass_end_on();
+                Ok(None)
             }
         }
     }
