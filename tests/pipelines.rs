@@ -124,7 +124,12 @@ fn three_stages_deliver_each_doubled_item_once_and_each_transform_worker_sets_up
     assert_eq!(processed, 1000, "the workers' counts at finalize add up");
     let f = finished(&events);
     assert_eq!(
-        (&f["items_in"], &f["items_out"], &f["items_failed"], &f["outcome"]),
+        (
+            &f["items_in"],
+            &f["items_out"],
+            &f["items_failed"],
+            &f["outcome"]
+        ),
         (&1000.into(), &1000.into(), &0.into(), &"completed".into()),
         "{f}"
     );
@@ -176,7 +181,8 @@ fn sigterm_in_the_middle_of_an_endless_source_drains_with_items_in_equal_to_item
     let dir = TestDir::new("pipe-sigterm");
     let m = dir.manifest(
         "m.toml",
-        &three_stages(&dir, 
+        &three_stages(
+            &dir,
             "",
             "config = { every_ms = 1 }",
             "threads = 2\nqueue_size = 16",
@@ -188,7 +194,10 @@ fn sigterm_in_the_middle_of_an_endless_source_drains_with_items_in_equal_to_item
     let running = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
     let deadline = std::time::Instant::now() + util::DEADLINE;
     while collected(&dir).len() < 50 {
-        assert!(std::time::Instant::now() < deadline, "no items reached the sink");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no items reached the sink"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     running.signal("TERM");
@@ -198,7 +207,10 @@ fn sigterm_in_the_middle_of_an_endless_source_drains_with_items_in_equal_to_item
     let f = finished(&events);
     assert_eq!(f["outcome"], "stopped", "{f}");
     assert_eq!(f["items_failed"], 0, "{f}");
-    assert_eq!(f["items_in"], f["items_out"], "nothing accepted is lost: {f}");
+    assert_eq!(
+        f["items_in"], f["items_out"],
+        "nothing accepted is lost: {f}"
+    );
     assert_eq!(
         collected(&dir).len() as u64,
         f["items_out"].as_u64().unwrap()
@@ -216,11 +228,12 @@ fn sigterm_in_the_middle_of_an_endless_source_drains_with_items_in_equal_to_item
 
 #[test]
 fn failing_and_panicking_items_go_to_the_dead_letter_file_while_every_other_item_reaches_the_sink()
- {
+{
     let dir = TestDir::new("pipe-dead");
     let (out, events) = run_in(
         &dir,
-        &three_stages(&dir, 
+        &three_stages(
+            &dir,
             "",
             "config = { to = 100 }",
             "threads = 2",
@@ -258,7 +271,10 @@ fn failing_and_panicking_items_go_to_the_dead_letter_file_while_every_other_item
         assert!(error.starts_with(want), "{d}");
     }
     // The panicking worker was replaced in place; the log names the item.
-    let failed: Vec<&Value> = events.iter().filter(|e| e["event"] == "item_failed").collect();
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "item_failed")
+        .collect();
     assert_eq!(failed.len(), 3);
     assert_eq!(
         events.iter().filter(|e| e["event"] == "restarting").count(),
@@ -288,7 +304,8 @@ fn stop_pipeline_stops_at_a_bad_item_with_a_non_zero_exit_naming_it() {
     let dir = TestDir::new("pipe-stop");
     let (out, events) = run_in(
         &dir,
-        &three_stages(&dir, 
+        &three_stages(
+            &dir,
             "on_item_error = \"stop_pipeline\"",
             "config = { every_ms = 1 }",
             "",
@@ -318,7 +335,8 @@ fn two_partitioned_source_workers_yield_each_item_once() {
     let dir = TestDir::new("pipe-partition");
     let (out, _) = run_in(
         &dir,
-        &three_stages(&dir, 
+        &three_stages(
+            &dir,
             "",
             "threads = 2\npartitioned = true\nconfig = { to = 500 }",
             "",
@@ -467,7 +485,8 @@ config = { delay_ms = "slow" }
     }
     // The export of the wrong role (a source as a transform) is named as such.
     assert!(
-        out.stderr.contains("`Numbers` is a source, not a transform"),
+        out.stderr
+            .contains("`Numbers` is a source, not a transform"),
         "{}",
         out.stderr
     );

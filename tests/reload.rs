@@ -652,6 +652,17 @@ fn a_failed_import_in_the_second_unit_leaves_both_on_the_old_version_and_a_fixed
     assert!(reason.contains("counter2"), "{reason}");
     assert_eq!(generations_started(&j, "counter"), [1], "{j:#?}");
     assert_eq!(generations_started(&j, "counter2"), [1], "{j:#?}");
+    // Both new versions were set up, then discarded: the journal says so
+    // for each, before the refusal.
+    for s in ["counter", "counter2"] {
+        let rolled_back = pos(&j, |e| {
+            e["event"] == "reload_rolled_back" && e["service"] == s && e["generation"] == 2
+        });
+        assert!(
+            rolled_back < pos(&j, |e| e["event"] == "reload_rejected"),
+            "{s}: {j:#?}"
+        );
+    }
     // A later, fixed content swaps both.
     swap_in(&watched, &std::fs::read(variant("3")).unwrap());
     let j = wait_for_events(&events, 1, |e| e["event"] == "reload_ok");

@@ -22,10 +22,13 @@
 //!
 //! The root module ([`PluginRoot`]) and the three traits are abi_stable *prefix
 //! types*: a field or method may only ever be **added after** the one marked
-//! `#[sabi(last_prefix_field)]`, never inserted, removed or changed. A host
-//! then loads plugins built against an older `otools-abi` of the same minor
-//! version and sees the missing newer entries as absent; such an addition
-//! bumps the patch version. Anything else (a changed type, a new enum
+//! `#[sabi(last_prefix_field)]`, never inserted, removed or changed. But
+//! abi_stable refuses a library whose prefix types have fewer fields than
+//! the host's, so such an addition would make the host refuse every plugin
+//! built before it. New entry points therefore go into a **new root
+//! module** exported under its own symbol and checked on its own
+//! ([`StageRoot`], under [`STAGES_SYMBOL`]): a plugin built before it lacks
+//! the symbol and loads unchanged; that bumps the patch version. Anything else (a changed type, a new enum
 //! variant, a reordered method) is a breaking change: bump the minor version
 //! of `otools-abi` (we are at 0.x), and the host refuses plugins of the other
 //! minor with a message saying which side to rebuild (a layout change
@@ -58,7 +61,10 @@ use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings
 mod pipeline;
 mod value;
 
-pub use pipeline::{FfiStage, FfiStage_TO, FfiStageBox, StageExportInfo, StageRole, WorkerInfo};
+pub use pipeline::{
+    FfiStage, FfiStage_TO, FfiStageBox, STAGES_SYMBOL, StageExportInfo, StageRole, StageRoot,
+    StageRoot_Ref, WorkerInfo,
+};
 pub use value::{TypeMismatch, Value};
 
 /// Timeout argument meaning "wait as long as it takes".
@@ -373,12 +379,6 @@ pub struct PluginRoot {
     /// of an instance resets it. Appended after the last prefix field:
     /// plugins built before it existed lack it (the accessor returns `None`).
     pub take_drop_panic: extern "C" fn() -> ROption<RString>,
-    /// The library's pipeline stages (sources, transforms, sinks).
-    /// Appended: plugins built before pipelines lack it (no stages).
-    pub stage_exports: extern "C" fn() -> RVec<StageExportInfo>,
-    /// Builds a stage instance from its export name and JSON config (setup
-    /// not run). Appended with `stage_exports`.
-    pub new_stage: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiStageBox>,
 }
 
 impl RootModule for PluginRoot_Ref {

@@ -2,14 +2,19 @@
 //! and sinks) and the one trait object the host drives each stage worker
 //! through.
 //!
-//! A library lists its stages with `PluginRoot::stage_exports` and builds
-//! one with `PluginRoot::new_stage`; both are appended after the root
-//! module's last prefix field, so a library built before pipelines existed
-//! lacks them and the host sees it as exporting no stage. Every type here
-//! is new: nothing that existed before changed.
+//! A library lists and builds its stages through [`StageRoot`], a root
+//! module of its own, exported beside `PluginRoot` under its own symbol
+//! ([`STAGES_SYMBOL`]) and checked by abi_stable on its own. They could
+//! not be appended to `PluginRoot`: abi_stable refuses a library whose
+//! prefix types have fewer fields than the host's, so that would have
+//! refused every plugin built before. A library built before pipelines
+//! existed lacks the symbol: it loads as before, and exports no stage.
+//! Every type here is new: nothing that existed before changed.
 
-use abi_stable::std_types::{RBox, RString, RVec};
-use abi_stable::{StableAbi, sabi_trait};
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, RStr, RString, RVec};
+use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
 use crate::{CallResult, HostRef, Value};
 
@@ -74,3 +79,25 @@ pub trait FfiStage: Send {
 
 /// An owned stage instance.
 pub type FfiStageBox = FfiStage_TO<'static, RBox<()>>;
+
+/// The root module of a library's pipeline stages (see the module docs).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = StageRoot_Ref)))]
+pub struct StageRoot {
+    /// The library's stages.
+    pub stage_exports: extern "C" fn() -> RVec<StageExportInfo>,
+    /// Builds a stage instance from its export name and JSON config (setup not run).
+    #[sabi(last_prefix_field)]
+    pub new_stage: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiStageBox>,
+}
+
+impl RootModule for StageRoot_Ref {
+    declare_root_module_statics! {StageRoot_Ref}
+    const BASE_NAME: &'static str = "otools_stages";
+    const NAME: &'static str = "otools_stages";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The symbol [`StageRoot`]'s library header is exported under.
+pub const STAGES_SYMBOL: &str = "otools_stages_header";

@@ -1,18 +1,23 @@
 //! The top of the process: starts every context and the watchdog, talks to
 //! systemd, and decides the exit code.
 //!
+//! A host's state is its own: [`run`] makes the host's watchdog and thread
+//! starter ([`Watchdog`], [`Spawner`]) and hands them, with the deployment's
+//! event hub, to every context and the reload watcher. Only the signal
+//! handler is per process.
+//!
 //! The first SIGINT/SIGTERM/SIGHUP ([`crate::signals`]) asks every context
 //! to stop: each finalizes its instances in reverse order, each `finalize`
 //! bounded by its `shutdown_timeout`. A second signal exits at once. A
 //! thread that cannot be created ([`crate::threads`]) and the ceiling of
-//! abandoned threads ([`watchdog`]) stop every context the same way. A
+//! abandoned threads ([`Watchdog`]) stop every context the same way. A
 //! context that does not finish stopping within its budget (one second plus
 //! twice the sum of its services' shutdown timeouts, a backstop the per-call
 //! deadlines should never let it reach) is abandoned and named.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::event::Event;
@@ -21,8 +26,10 @@ use crate::manifest::ExitWhen;
 use crate::pipeline::{PipelineEvent, RunningPipeline};
 use crate::plan::Deployment;
 use crate::runtime::{ContextEvent, RunningContext, StartGate};
-use crate::supervision::{notify, watchdog};
-use crate::{signals, threads};
+use crate::signals;
+use crate::supervision::notify;
+use crate::supervision::watchdog::Watchdog;
+use crate::threads::Spawner;
 
 enum Msg {
     Context(ContextEvent),
@@ -33,13 +40,19 @@ enum Msg {
 }
 
 /// Is every context making progress (for systemd's `WATCHDOG=1`)? A context
-/// counts as alive when it ended, waits with nothing to do, or its driver
-/// completed an iteration since the last ping.
-fn progress_check(cores: Vec<Arc<RunningContext>>) -> impl Fn() -> bool + Send + 'static {
+/// counts as alive when it ended (or is gone), waits with nothing to do, or
+/// its driver completed an iteration since the last ping. It holds the
+/// contexts weakly: the watchdog thread that asks it must not keep its host
+/// alive.
+fn progress_check(cores: &[Arc<RunningContext>]) -> impl Fn() -> bool + Send + 'static {
+    let cores: Vec<Weak<RunningContext>> = cores.iter().map(Arc::downgrade).collect();
     let last: Vec<AtomicU64> = cores.iter().map(|_| AtomicU64::new(u64::MAX)).collect();
     move || {
         let mut ok = true;
         for (core, seen) in cores.iter().zip(&last) {
+            let Some(core) = core.upgrade() else {
+                continue;
+            };
             let beat = core.heartbeat.load(Ordering::Relaxed);
             let moved = seen.swap(beat, Ordering::Relaxed) != beat;
             ok &= moved || core.idle.load(Ordering::Relaxed) || core.ended.load(Ordering::Relaxed);
@@ -57,22 +70,25 @@ pub fn run(mut deployment: Deployment) -> u8 {
             let _ = tx.send(Msg::Signal(sig));
         });
     }
-    {
+    // This host's thread starter and watchdog: they record on the host's
+    // hub, and tell this loop.
+    let threads = {
         let tx = tx.clone();
-        let events = Arc::clone(&deployment.events);
-        threads::on_failure(move |e| {
-            events.emit(e);
+        Arc::new(Spawner::new(Arc::clone(&deployment.events), move || {
             let _ = tx.send(Msg::CannotSpawn);
-        });
-    }
-    {
+        }))
+    };
+    let watchdog = {
         let tx = tx.clone();
-        let events = Arc::clone(&deployment.events);
-        watchdog::on_ceiling(move |e| {
-            events.emit(e);
-            let _ = tx.send(Msg::LeakCeiling);
-        });
-    }
+        Watchdog::new(
+            deployment.shortest_watchdog(),
+            deployment.max_abandoned_threads,
+            Arc::clone(&deployment.events),
+            move || {
+                let _ = tx.send(Msg::LeakCeiling);
+            },
+        )
+    };
 
     let total = deployment.contexts.len();
     if total == 0 && deployment.pipelines.is_empty() {
@@ -80,7 +96,6 @@ pub fn run(mut deployment: Deployment) -> u8 {
         notify::send("READY=1");
         return exit::OK;
     }
-    watchdog::configure(deployment.shortest_watchdog());
     let pipes: Vec<Arc<RunningPipeline>> = {
         let tx = tx.clone();
         let to_host: crate::pipeline::Notify = Arc::new(move |e| {
@@ -90,7 +105,15 @@ pub fn run(mut deployment: Deployment) -> u8 {
         plans
             .into_iter()
             .enumerate()
-            .map(|(i, plan)| RunningPipeline::new(i, plan, Arc::clone(&to_host)))
+            .map(|(i, plan)| {
+                RunningPipeline::new(
+                    i,
+                    plan,
+                    Arc::clone(&to_host),
+                    Arc::clone(&watchdog),
+                    Arc::clone(&threads),
+                )
+            })
             .collect()
     };
     let exit_when = deployment.exit_when;
@@ -100,14 +123,23 @@ pub fn run(mut deployment: Deployment) -> u8 {
         .contexts
         .into_iter()
         .enumerate()
-        .map(|(i, plan)| RunningContext::new(i, plan, Arc::clone(&gate), ctx_tx.clone()))
+        .map(|(i, plan)| {
+            RunningContext::new(
+                i,
+                plan,
+                Arc::clone(&gate),
+                ctx_tx.clone(),
+                Arc::clone(&watchdog),
+                Arc::clone(&threads),
+            )
+        })
         .collect();
     drop(ctx_tx);
     // Forward context events into the one channel the loop below reads.
     // Nothing runs yet: without this thread or the watchdog, stop here.
     {
         let tx = tx.clone();
-        let forwarder = threads::spawn("the context event forwarder", "ctx-events", move || {
+        let forwarder = threads.spawn("the context event forwarder", "ctx-events", move || {
             for e in ctx_rx {
                 if tx.send(Msg::Context(e)).is_err() {
                     break;
@@ -118,7 +150,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
             return exit::CANNOT_SPAWN;
         }
     }
-    if watchdog::start(progress_check(cores.clone())).is_err() {
+    if watchdog.start(&threads, progress_check(&cores)).is_err() {
         return exit::CANNOT_SPAWN;
     }
 
@@ -173,6 +205,8 @@ pub fn run(mut deployment: Deployment) -> u8 {
             deployment.loaded.clone(),
             deployment.reload.clone(),
             Arc::clone(&deployment.events),
+            Arc::clone(&watchdog),
+            Arc::clone(&threads),
             move |_| {
                 let _ = tx.send(Msg::LeakCeiling);
             },
@@ -298,7 +332,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
     let abandoned_any = abandoned.iter().any(|a| *a)
         || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst))
         || pipes.iter().any(|p| p.abandoned.load(Ordering::SeqCst));
-    if cannot_spawn || threads::any_failed() {
+    if cannot_spawn || threads.any_failed() {
         tracing::error!(
             "stopped because a thread could not be created (see above); exit code {}",
             exit::CANNOT_SPAWN

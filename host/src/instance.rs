@@ -28,6 +28,11 @@ use crate::event::{self, Event, Events};
 use crate::logging;
 use crate::plugin::Library;
 
+/// The next lease owner id. Process-wide on purpose: it only hands out ids
+/// and holds no host state. An id is compared only within one dataframe's
+/// lease table, and a dataframe belongs to one host, so two hosts drawing
+/// from it never see each other; ids unique in the process are simply
+/// unique in each host too.
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
 /// Wakes a context thread that waits for its next period or for a change.
@@ -47,6 +52,23 @@ impl Wake {
     /// The current epoch; pass it to [`Wake::wait_until`].
     pub fn epoch(&self) -> u64 {
         *self.epoch.lock()
+    }
+
+    /// The one way to wait for a condition that a notify announces: until
+    /// `done()` is true (then true) or `deadline` has passed (then false),
+    /// looking again at each notify. The epoch is taken before each look,
+    /// so a notify between a look and the wait is never missed.
+    pub fn wait_for(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
+        loop {
+            let seen = self.epoch();
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.wait_until(seen, Some(deadline));
+        }
     }
 
     /// Waits until `deadline` (or forever) unless notified since `seen`.

@@ -42,7 +42,8 @@ use crate::instance::InstanceHost;
 use crate::manifest::ReloadSettings;
 use crate::plugin::{Library, loader};
 use crate::runtime::{Paused, Prepared, RunningContext};
-use crate::supervision::watchdog::{Hung, Slot};
+use crate::supervision::watchdog::{Hung, Slot, Watchdog};
+use crate::threads::Spawner;
 
 /// Marks a refusal that is only about timing (a unit restarting): retried.
 const BUSY: &str = "cannot be swapped now";
@@ -111,13 +112,17 @@ struct Accounting {
     warned: bool,
 }
 
-/// Starts the watcher thread for the plugin files used by `cores`.
+/// Starts the watcher thread for the plugin files used by `cores`, which
+/// records on `events`, has its jobs' calls watched by `watchdog` and
+/// starts its threads through `threads` (all three its host's).
 /// `on_ceiling` is called (once) if the ceiling of loaded versions is reached.
 pub fn start(
     cores: Vec<Arc<RunningContext>>,
     libraries: Vec<Arc<Library>>,
     settings: ReloadSettings,
     events: Arc<Events>,
+    watchdog: Arc<Watchdog>,
+    threads: Arc<Spawner>,
     on_ceiling: impl Fn(Ceiling) + Send + 'static,
 ) {
     if !settings.watch || libraries.is_empty() {
@@ -181,6 +186,7 @@ pub fn start(
         }
     }
     tracing::debug!("watching {} plugin file(s) for changes", files.len());
+    let host_threads = Arc::clone(&threads);
     let spawned = std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
@@ -191,6 +197,8 @@ pub fn start(
                 accounting,
                 on_ceiling: Box::new(on_ceiling),
                 events,
+                watchdog,
+                threads,
                 ceiling_hit: false,
                 watcher,
                 dirs,
@@ -248,7 +256,7 @@ pub fn start(
         });
     if let Err(e) = spawned {
         // Journaled, logged, and the host stops (see `crate::threads`).
-        crate::threads::spawn_failed("the hot reload watcher", &e);
+        host_threads.spawn_failed("the hot reload watcher", &e);
     }
 }
 
@@ -270,6 +278,10 @@ struct Watcher {
     on_ceiling: Box<dyn Fn(Ceiling) + Send>,
     /// Where the reload events go (the host's hub).
     events: Arc<Events>,
+    /// The host's watchdog, which watches every reload job's calls.
+    watchdog: Arc<Watchdog>,
+    /// The host's thread starter.
+    threads: Arc<Spawner>,
     ceiling_hit: bool,
     watcher: RecommendedWatcher,
     /// The folders watched so far.
@@ -571,12 +583,15 @@ impl Watcher {
             tx,
             current: Mutex::new(file.clone()),
             hosts: Mutex::new(Vec::new()),
+            set_up: Mutex::new(Vec::new()),
             exporting: Mutex::new(None),
             paused: Mutex::new(Vec::new()),
             committed: AtomicBool::new(false),
             commits: Mutex::new(VecDeque::new()),
             committing: Mutex::new(None),
             kept: AtomicUsize::new(0),
+            watchdog: Arc::clone(&self.watchdog),
+            threads: Arc::clone(&self.threads),
         });
         if let Err(e) = swap.spawn(targets) {
             return Err(format!("cannot start the reload: {e}").into());
@@ -618,6 +633,10 @@ struct Swap {
     /// Host handles of the new instances (fenced if the swap is abandoned
     /// before the point of no return).
     hosts: Mutex<Vec<Arc<InstanceHost>>>,
+    /// The units whose new version was set up (journaled
+    /// `reload_setup_ok`), with its generation: each is journaled
+    /// `reload_rolled_back` if the swap rolls back.
+    set_up: Mutex<Vec<(Arc<RunningContext>, usize, u64)>>,
     /// The old instance whose `export_state` is running (its context, unit
     /// and generation): a hang there ends it under its restart policy.
     exporting: Mutex<Option<(Arc<RunningContext>, usize, u64)>>,
@@ -632,6 +651,10 @@ struct Swap {
     /// Units left on the old version because their context began stopping
     /// during the commit.
     kept: AtomicUsize,
+    /// The host's watchdog: each job's thread registers its slot there.
+    watchdog: Arc<Watchdog>,
+    /// The host's thread starter.
+    threads: Arc<Spawner>,
 }
 
 impl Swap {
@@ -644,7 +667,7 @@ impl Swap {
             .name("reload-job".into())
             .spawn(move || {
                 let handler = Arc::clone(&swap);
-                let slot = Slot::register(move |h| handler.on_hang(h));
+                let slot = swap.watchdog.register(move |h| handler.on_hang(h));
                 if !targets.is_empty() {
                     match swap.prepare_all(&targets, &slot) {
                         None => return,
@@ -669,7 +692,7 @@ impl Swap {
                 }
             })
             .map(drop)
-            .inspect_err(|e| crate::threads::spawn_failed("a reload job", e))
+            .inspect_err(|e| self.threads.spawn_failed("a reload job", e))
     }
 
     fn send(&self, outcome: Result<usize, Refusal>) {
@@ -707,6 +730,7 @@ impl Swap {
         for host in self.hosts.lock().iter() {
             host.fence();
         }
+        self.journal_rolled_back();
         // Taken out first: resuming or exiting a paused instance can drop
         // it, and a plugin's `Drop` never runs under a host lock.
         let exporting = self.exporting.lock().take();
@@ -720,10 +744,7 @@ impl Swap {
             }
             None => Retry::Never,
         };
-        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
-        for (core, p) in paused {
-            core.resume(p);
-        }
+        self.resume_paused();
         let what = self.current.lock().clone();
         self.send(Err(Refusal {
             reason: format!(
@@ -760,6 +781,8 @@ impl Swap {
                         unit: core.unit_id(*u, p.generation()),
                         file: self.file.clone(),
                     });
+                    let set_up = (Arc::clone(core), *u, p.generation());
+                    self.set_up.lock().push(set_up);
                     prepared.push((Arc::clone(core), p));
                 }
             }
@@ -823,6 +846,7 @@ impl Swap {
             commits.push_back((core, old, new));
         }
         drop(commits);
+        self.set_up.lock().clear();
         self.committed.store(true, Ordering::SeqCst);
         Some(Ok(()))
     }
@@ -842,7 +866,9 @@ impl Swap {
                 // instance is finalized with its context.
                 self.kept.fetch_add(1, Ordering::SeqCst);
                 core.resume(old);
+                let (u, generation) = (new.unit(), new.generation());
                 core.discard(new, slot).ok()?;
+                self.rolled_back(&core, u, generation);
                 continue;
             }
             *self.current.lock() = format!("{} (old version)", self.label(&core, old.unit()));
@@ -852,6 +878,36 @@ impl Swap {
             if let Some((core, new)) = committing {
                 core.promote(new, &self.lib);
             }
+        }
+    }
+
+    /// Journals `reload_rolled_back` for every unit whose new version this
+    /// swap set up (`set_up`, drained, so once): called when the swap rolls
+    /// back, after the new instances were discarded or fenced and before
+    /// anything else is journaled about those units (a hang of an old
+    /// instance).
+    fn journal_rolled_back(&self) {
+        let set_up: Vec<_> = self.set_up.lock().drain(..).collect();
+        for (core, u, generation) in set_up {
+            self.rolled_back(&core, u, generation);
+        }
+    }
+
+    /// Journals `reload_rolled_back` for unit `u`, whose new instance (of
+    /// `generation`) was discarded.
+    fn rolled_back(&self, core: &RunningContext, u: usize, generation: u64) {
+        core.emit(Event::ReloadRolledBack {
+            unit: core.unit_id(u, generation),
+            file: self.file.clone(),
+        });
+    }
+
+    /// Resumes every paused old instance, taken out of `paused` first (a
+    /// plugin's `Drop` never runs under a host lock).
+    fn resume_paused(&self) {
+        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
+        for (core, p) in paused {
+            core.resume(p);
         }
     }
 
@@ -867,10 +923,8 @@ impl Swap {
                 return None;
             }
         }
-        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
-        for (core, p) in paused {
-            core.resume(p);
-        }
+        self.journal_rolled_back();
+        self.resume_paused();
         Some(Err(reason.into()))
     }
 }

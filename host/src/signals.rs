@@ -30,6 +30,11 @@ use signal_hook::low_level::pipe;
 use crate::exit;
 use crate::threads;
 
+// These statics are per process by nature: a signal's disposition (its
+// handler) belongs to the process, not to a host, so the first delivery is
+// one fact for the whole process. The one handler told about it is the
+// running host's (`host::run` installs it).
+
 /// Deliveries of any handled signal so far.
 static DELIVERED: AtomicUsize = AtomicUsize::new(0);
 /// The first signal received (0 = none yet).
@@ -37,7 +42,8 @@ static FIRST: AtomicI32 = AtomicI32::new(0);
 
 type Handler = Box<dyn Fn(i32) + Send + Sync>;
 
-/// Told about the first signal (set by the supervisor once it runs).
+/// Told about the first signal (set by `host::run` once it runs; a later
+/// host of the same process replaces it).
 static ON_FIRST: Mutex<Option<Handler>> = Mutex::new(None);
 
 /// The signal's name for messages.
@@ -69,18 +75,20 @@ pub fn install() -> std::io::Result<()> {
             eprintln!("warning: cannot watch for {}: {e}", name(sig));
             continue;
         }
-        let label = name(sig);
-        threads::spawn(&format!("the {label} watcher"), label, move || {
-            let mut byte = [0u8; 1];
-            loop {
-                match read.read(&mut byte) {
-                    Ok(0) => return,
-                    Ok(_) => delivered(sig),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => return,
+        // No host exists yet to report a failure to: the caller does.
+        std::thread::Builder::new()
+            .name(threads::thread_name("", name(sig)))
+            .spawn(move || {
+                let mut byte = [0u8; 1];
+                loop {
+                    match read.read(&mut byte) {
+                        Ok(0) => return,
+                        Ok(_) => delivered(sig),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return,
+                    }
                 }
-            }
-        })?;
+            })?;
     }
     Ok(())
 }

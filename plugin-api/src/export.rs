@@ -29,7 +29,7 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ffi::API_VERSION;
-use crate::pipeline::{StageCtor, new_stage, stage_exports};
+use crate::pipeline::StageCtor;
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
@@ -307,8 +307,6 @@ fn root_module<P: PluginExports>() -> PluginRoot_Ref {
         new_service: new_service_ffi::<P>,
         new_condition: new_condition_ffi::<P>,
         take_drop_panic,
-        stage_exports: stage_exports::<P>,
-        new_stage: new_stage::<P>,
     }
     .leak_into_prefix()
 }
@@ -386,6 +384,13 @@ macro_rules! export_plugin {
         #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
         pub static __OTOOLS_LIB_HEADER: $crate::__private::LibHeader =
             $crate::__private::lib_header::<__OtoolsPluginExports>();
+
+        // The pipeline stages' root module, under its own symbol
+        // (`otools_abi::STAGES_SYMBOL`): hosts before pipelines ignore it.
+        #[doc(hidden)]
+        #[unsafe(export_name = "otools_stages_header")]
+        pub static __OTOOLS_STAGES_HEADER: $crate::__private::LibHeader =
+            $crate::__private::stages_header::<__OtoolsPluginExports>();
     };
 }
 
@@ -401,6 +406,17 @@ mod tests {
             "export_name = \"{}\"",
             abi_stable::library::ROOT_MODULE_LOADER_NAME
         );
+        assert!(
+            source.contains(&spelled),
+            "export_plugin! must use {spelled}"
+        );
+    }
+
+    /// `export_plugin!` spells the stages' symbol as the host looks it up.
+    #[test]
+    fn stages_symbol_matches_the_abi() {
+        let source = include_str!("export.rs");
+        let spelled = format!("export_name = \"{}\"", otools_abi::STAGES_SYMBOL);
         assert!(
             source.contains(&spelled),
             "export_plugin! must use {spelled}"

@@ -136,7 +136,7 @@ pub mod __private {
         ConditionCtor, PluginExports, ServiceCtor, lib_header, new_condition, new_service,
     };
     pub use crate::pipeline::{
-        SINK, SOURCE, StageCtor, TRANSFORM, new_sink, new_source, new_transform,
+        SINK, SOURCE, StageCtor, TRANSFORM, new_sink, new_source, new_transform, stages_header,
     };
     pub use abi_stable::library::LibHeader;
 }

@@ -10,6 +10,10 @@
 //! runs on the instance. A panic in any method is caught inside the plugin,
 //! as for services.
 
+use abi_stable::library::{
+    __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
+};
+use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RStr, RString, RVec};
 use serde::de::DeserializeOwned;
@@ -18,8 +22,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::export::{dropped, guard, guarded_drop, parse_config, unknown_export};
 use otools_abi::{
-    CallResult, FfiStage, FfiStage_TO, FfiStageBox, HostRef, StageExportInfo, StageRole, Value,
-    WorkerInfo,
+    CallResult, FfiStage, FfiStage_TO, FfiStageBox, HostRef, StageExportInfo, StageRole, StageRoot,
+    StageRoot_Ref, Value, WorkerInfo,
 };
 
 /// Which worker of its stage an instance is. A source with several workers
@@ -250,7 +254,7 @@ pub fn new_sink<K: Sink>(config_json: &str) -> Result<FfiStageBox> {
 pub type StageCtor = fn(&str) -> Result<FfiStageBox>;
 
 /// The stage exports `P` declares.
-pub(crate) extern "C" fn stage_exports<P: crate::export::PluginExports>() -> RVec<StageExportInfo> {
+extern "C" fn stage_exports<P: crate::export::PluginExports>() -> RVec<StageExportInfo> {
     P::STAGES
         .iter()
         .map(|(name, role, _)| StageExportInfo {
@@ -261,13 +265,41 @@ pub(crate) extern "C" fn stage_exports<P: crate::export::PluginExports>() -> RVe
 }
 
 /// Builds the stage export `name` of `P` from its JSON config.
-pub(crate) extern "C" fn new_stage<P: crate::export::PluginExports>(
+extern "C" fn new_stage<P: crate::export::PluginExports>(
     name: RStr<'_>,
     config: RStr<'_>,
 ) -> CallResult<FfiStageBox> {
     match P::STAGES.iter().find(|(n, _, _)| *n == name.as_str()) {
         Some((_, _, ctor)) => guard(|| ctor(config.as_str())),
         None => unknown_export(name.as_str(), "stage"),
+    }
+}
+
+fn stage_module<P: crate::export::PluginExports>() -> StageRoot_Ref {
+    StageRoot {
+        stage_exports: stage_exports::<P>,
+        new_stage: new_stage::<P>,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn stage_module_loader<P: crate::export::PluginExports>() -> RootModuleResult {
+    __call_root_module_loader(stage_module::<P>)
+}
+
+/// The header of the library's stage root module, exported by
+/// [`export_plugin!`](crate::export_plugin) under `otools_abi::STAGES_SYMBOL`.
+#[doc(hidden)]
+#[allow(
+    unsafe_code,
+    reason = "the stages' header, through the same abi_stable export API as the root module's"
+)]
+pub const fn stages_header<P: crate::export::PluginExports>() -> LibHeader {
+    // SAFETY: as in `export::lib_header`: `from_constructor::<M>` requires
+    // the constructor to return the root module of type `M`, and
+    // `stage_module_loader::<P>` returns exactly a `StageRoot_Ref`, for every `P`.
+    unsafe {
+        LibHeader::from_constructor::<StageRoot_Ref>(stage_module_loader::<P>, CheckTypeLayout::Yes)
     }
 }
 

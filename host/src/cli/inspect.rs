@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
-use otools_abi::{StageRole, ABI_VERSION, ExportKind};
+use otools_abi::{ABI_VERSION, ExportKind, StageRole};
 
 use super::exit;
 use crate::plugin::loader;
@@ -72,7 +72,12 @@ impl InspectCommand {
                         .map(|e| e.name.as_str())
                         .collect();
                     if !names.is_empty() {
-                        let _ = writeln!(std::io::stdout(), "{label}:{}{}", " ".repeat(11 - label.len()), names.join(", "));
+                        let _ = writeln!(
+                            std::io::stdout(),
+                            "{label}:{}{}",
+                            " ".repeat(11 - label.len()),
+                            names.join(", ")
+                        );
                     }
                 }
                 exit::OK

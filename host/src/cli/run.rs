@@ -16,7 +16,6 @@ use crate::manifest::{self, Diagnostics, Manifest};
 use crate::plan::{self, Options};
 use crate::signals;
 use crate::supervision::journal::Journal;
-use crate::supervision::watchdog;
 
 /// Run a deployment.
 #[derive(Debug, Args)]
@@ -147,7 +146,6 @@ impl RunCommand {
             );
             return exit::OK;
         }
-        watchdog::set_max_abandoned_threads(m.max_abandoned_threads());
         let (contexts, services, triggers, _) = deployment.counts();
         tracing::info!(
             "starting {}: {contexts} context(s), {services} service(s), {triggers} trigger(s), {} plugin librar{}",

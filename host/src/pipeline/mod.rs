@@ -45,7 +45,8 @@ use crate::manifest::pipeline::OnItemError;
 use crate::plan::PipelinePlan;
 use crate::plugin::Library;
 use crate::supervision::policy::{Policy, Tracker};
-use crate::threads;
+use crate::supervision::watchdog::Watchdog;
+use crate::threads::Spawner;
 
 /// What a pipeline tells the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +116,10 @@ pub struct RunningPipeline {
     dead_letter: DeadLetter,
     abort: Abort,
     notify: Notify,
+    /// The host's watchdog: every worker thread registers a slot on it.
+    watchdog: Arc<Watchdog>,
+    /// The host's thread starter.
+    threads: Arc<Spawner>,
     next_item: AtomicU64,
     /// Workers that have not yet tried their first setup (sources wait for 0).
     unready: Mutex<usize>,
@@ -137,8 +142,16 @@ fn worker_name(stage: &str, w: usize) -> String {
 }
 
 impl RunningPipeline {
-    /// Builds a pipeline from its plan; [`RunningPipeline::start`] runs it.
-    pub fn new(index: usize, plan: PipelinePlan, notify: Notify) -> Arc<RunningPipeline> {
+    /// Builds a pipeline from its plan, watched by its host's `watchdog`
+    /// and starting its threads through its host's `threads`;
+    /// [`RunningPipeline::start`] runs it.
+    pub fn new(
+        index: usize,
+        plan: PipelinePlan,
+        notify: Notify,
+        watchdog: Arc<Watchdog>,
+        threads: Arc<Spawner>,
+    ) -> Arc<RunningPipeline> {
         let now = Instant::now();
         let mut workers = 0;
         let stages: Vec<Stage> = plan
@@ -191,6 +204,8 @@ impl RunningPipeline {
             dead_letter: DeadLetter::new(plan.dead_letter),
             abort: Abort::new(),
             notify,
+            watchdog,
+            threads,
             next_item: AtomicU64::new(1),
             unready: Mutex::new(workers),
             ready: Condvar::new(),
@@ -212,7 +227,7 @@ impl RunningPipeline {
     /// [`crate::threads`]); the workers already started are stopped.
     pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
         let me = Arc::clone(self);
-        threads::spawn(
+        self.threads.spawn(
             &format!("the monitor of pipeline {}", self.name()),
             &format!("pipe-{}", self.name()),
             move || me.monitor(),
@@ -332,11 +347,10 @@ impl RunningPipeline {
     /// the pipeline was asked to stop from inside (a stage's
     /// `terminate_context` or fatal message).
     fn monitor(&self) {
-        loop {
-            let seen = self.shared.wake.epoch();
-            if self.finished.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst) {
-                return;
-            }
+        let news = || {
+            self.done() || (self.shared.stopping() && !self.stopping_sent.load(Ordering::SeqCst))
+        };
+        while !self.done() {
             if self.shared.stopping() {
                 self.stopping_sent_once();
             }
@@ -345,7 +359,7 @@ impl RunningPipeline {
             }
             self.shared
                 .wake
-                .wait_until(seen, Some(Instant::now() + self.stats_interval));
+                .wait_for(Instant::now() + self.stats_interval, news);
         }
     }
 

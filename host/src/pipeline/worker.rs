@@ -20,7 +20,6 @@ use crate::instance::InstanceHost;
 use crate::plugin::construct_stage;
 use crate::supervision::policy::{Decision, GiveUp};
 use crate::supervision::watchdog::{Entry, Hung, Slot, limit_ms};
-use crate::threads;
 
 /// Where a worker thread starts.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +31,10 @@ pub(super) enum Resume {
         /// The generation that failed.
         generation: u64,
     },
+    /// The worker is done (its last instance hung in `finalize`): only
+    /// count it out, which may block on the next queue, so never on the
+    /// watchdog thread.
+    Finished,
 }
 
 /// What became of one instance.
@@ -102,24 +105,26 @@ impl RunningPipeline {
     ) -> std::io::Result<()> {
         let me = Arc::clone(self);
         let name = worker_name(&self.stages[s].name, w);
-        threads::spawn(
-            &format!("worker {name} of pipeline {}", self.name()),
-            &format!("pipe-{name}"),
-            move || me.work(s, w, resume),
-        )
-        .map(drop)
+        self.threads
+            .spawn(
+                &format!("worker {name} of pipeline {}", self.name()),
+                &format!("pipe-{name}"),
+                move || me.work(s, w, resume),
+            )
+            .map(drop)
     }
 
     /// The body of a worker thread.
     fn work(self: &Arc<Self>, s: usize, w: usize, mut resume: Resume) {
         let weak = Arc::downgrade(self);
-        let watch = Slot::register(move |h| {
+        let watch = self.watchdog.register(move |h| {
             if let Some(p) = weak.upgrade() {
                 p.worker_hung(s, w, h);
             }
         });
         loop {
             let object = match resume {
+                Resume::Finished => return self.worker_finished(s),
                 Resume::First => self.stages[s].slots[w].initial.lock().take(),
                 Resume::Failed { generation } => match self.after_failure(s, w, generation) {
                     After::Restart => None,
@@ -429,17 +434,11 @@ impl RunningPipeline {
                     stage.policy.max_restarts,
                     humantime::format_duration(stage.policy.restart_window)
                 );
-                let until = now + delay;
-                loop {
-                    let seen = self.shared.wake.epoch();
-                    if stopped() {
-                        return After::Finish;
-                    }
-                    if Instant::now() >= until {
-                        return After::Restart;
-                    }
-                    self.shared.wake.wait_until(seen, Some(until));
-                }
+                return if self.shared.wake.wait_for(now + delay, stopped) {
+                    After::Finish
+                } else {
+                    After::Restart
+                };
             }
             Decision::Stay => {
                 self.emit(Event::Stopped {
@@ -531,11 +530,12 @@ impl RunningPipeline {
             self.item_failed(s, w, n, None, &why);
         }
         self.arrive_once(s, w);
-        if h.entry == Entry::Finalize && ran_out {
-            return self.worker_finished(s);
-        }
-        let resume = Resume::Failed {
-            generation: h.generation,
+        let resume = if h.entry == Entry::Finalize && ran_out {
+            Resume::Finished
+        } else {
+            Resume::Failed {
+                generation: h.generation,
+            }
         };
         if self.abandoned.load(Ordering::SeqCst) || self.spawn_worker(s, w, resume).is_err() {
             self.worker_finished(s);

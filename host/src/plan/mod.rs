@@ -61,6 +61,8 @@ pub struct Deployment {
     pub reload: crate::manifest::ReloadSettings,
     /// Where lifecycle events go (from [`Options::events`]).
     pub events: Arc<Events>,
+    /// `[host] max_abandoned_threads` (at least 1), for the host's watchdog.
+    pub max_abandoned_threads: usize,
 }
 
 impl Deployment {
@@ -85,7 +87,7 @@ impl Deployment {
         (self.contexts.len(), services, triggers, conditions)
     }
 
-    /// The shortest `watchdog` of any service or stage (sets the watchdog's tick).
+    /// The shortest `watchdog` of any service or stage (sets the host's watchdog's tick).
     pub fn shortest_watchdog(&self) -> Option<Duration> {
         let stages = self
             .pipelines
@@ -482,5 +484,6 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         loaded,
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
+        max_abandoned_threads: manifest.max_abandoned_threads(),
     })
 }

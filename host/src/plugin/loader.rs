@@ -15,9 +15,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::library::{
+    AbiHeaderRef, LibraryError, RawLibrary, RootModule, lib_header_from_path,
+};
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
-use otools_abi::{ABI_VERSION, ExportInfo, ExportKind, PluginRoot_Ref};
+use otools_abi::{
+    ABI_VERSION, ExportInfo, ExportKind, PluginRoot_Ref, STAGES_SYMBOL, StageRoot_Ref,
+};
 use otools_api::ffi::API_VERSION;
 
 /// A loaded, checked plugin library.
@@ -41,6 +45,8 @@ pub struct Library {
     pub abi_version: String,
     /// What it exports.
     pub exports: Vec<ExportInfo>,
+    /// Its pipeline stages' root module; none in a library built before pipelines.
+    pub stage_root: Option<StageRoot_Ref>,
 }
 
 impl fmt::Debug for Library {
@@ -177,6 +183,9 @@ enum PrivateDir {
     Closed,
 }
 
+/// Per process by nature: the copies are mapped into the process, which
+/// holds them until it exits (libraries are never unloaded), and every exit
+/// of the process removes the folder, whichever host loaded into it.
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
 
 /// The private folder, made on first use.
@@ -412,7 +421,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     let loaded = load_from(path, &shadow, verbose);
     // Removed at once (the mapping stays valid).
     drop(copy);
-    let (root, exports, abi_version) = loaded?;
+    let (root, exports, abi_version, stage_root) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -423,14 +432,20 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         api_version: root.api_version().as_str().to_owned(),
         abi_version,
         exports,
+        stage_root,
     })
 }
 
-fn load_from(
-    path: &Path,
-    shadow: &Path,
-    verbose: bool,
-) -> Result<(PluginRoot_Ref, Vec<ExportInfo>, String), LoadError> {
+/// What `load_from` finds in a library: its root module, exports, ABI
+/// version and stage root module.
+type Loaded = (
+    PluginRoot_Ref,
+    Vec<ExportInfo>,
+    String,
+    Option<StageRoot_Ref>,
+);
+
+fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadError> {
     let header = lib_header_from_path(shadow).map_err(|e| convert(path, e, None, verbose))?;
     // The header's version is `otools-abi`'s: the root module type lives there.
     let abi_version = header.version_strings().version.as_str().to_owned();
@@ -439,7 +454,33 @@ fn load_from(
         .init_root_module::<PluginRoot_Ref>()
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let exports = root.exports()().into_vec();
-    Ok((root, exports, abi_version))
+    let stage_root = extra_root::<StageRoot_Ref>(shadow, STAGES_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    Ok((root, exports, abi_version, stage_root))
+}
+
+/// A root module a library exports beside its `PluginRoot` under its own
+/// `symbol`, checked by abi_stable on its own; `None` when the library does
+/// not export it (built before it existed).
+fn extra_root<M: RootModule>(shadow: &Path, symbol: &str) -> Result<Option<M>, LibraryError> {
+    // The same mapping as the root module's: the dynamic loader hands back
+    // the handle it already has for this path, and it is leaked like that one.
+    let raw = RawLibrary::load_at(shadow)?;
+    let symbol = format!("{symbol}\0");
+    #[allow(
+        unsafe_code,
+        reason = "reading an exported header, as abi_stable's own lib_header_from_path does"
+    )]
+    // SAFETY: the symbol, when present, is a `LibHeader` static that
+    // `export_plugin!` exports (its address, read as abi_stable reads the
+    // root module's); `upgrade` checks abi_stable's header version before
+    // it is used, and the library is never unloaded (`raw` is leaked).
+    let header = match unsafe { raw.get::<AbiHeaderRef>(symbol.as_bytes()) } {
+        Ok(h) => (*h).upgrade()?,
+        Err(_) => return Ok(None),
+    };
+    std::mem::forget(raw);
+    header.init_root_module::<M>().map(Some)
 }
 
 fn newer(a: VersionNumber, b: VersionNumber) -> bool {

@@ -1,6 +1,7 @@
 //! A library's pipeline stages: which it exports ([`Library::stages`]) and
-//! building one worker's instance ([`construct_stage`]). A library built
-//! before pipelines existed lacks both entries: it exports no stage.
+//! building one worker's instance ([`construct_stage`]), through its stage
+//! root module (`otools_abi::StageRoot`). A library built before pipelines
+//! existed has none: it exports no stage.
 
 use abi_stable::std_types::{RResult, RStr, RString};
 use otools_abi::{CallError, CallErrorKind, FfiStageBox, StageExportInfo, StageRole};
@@ -10,9 +11,8 @@ use super::Library;
 impl Library {
     /// Its stage exports; none for a library built before pipelines existed.
     pub fn stages(&self) -> Vec<StageExportInfo> {
-        self.root
-            .stage_exports()
-            .map(|list| list().into_vec())
+        self.stage_root
+            .map(|r| r.stage_exports()().into_vec())
             .unwrap_or_default()
     }
 
@@ -26,7 +26,7 @@ impl Library {
 
     /// Does it have the pipeline entry points at all?
     pub fn knows_stages(&self) -> bool {
-        self.root.stage_exports().is_some()
+        self.stage_root.is_some()
     }
 }
 
@@ -36,7 +36,7 @@ pub fn construct_stage(
     export: &str,
     config_json: &str,
 ) -> Result<FfiStageBox, CallError> {
-    let Some(new_stage) = lib.root.new_stage() else {
+    let Some(new_stage) = lib.stage_root.map(|r| r.new_stage()) else {
         return Err(CallError {
             kind: CallErrorKind::UnknownExport,
             message: RString::from("the library was built before pipelines existed"),

@@ -14,7 +14,7 @@ use super::{Abandoned, ContextEvent, Instance, RunningContext};
 use crate::event::Event;
 use crate::instance::InstanceHost;
 use crate::plan::StepPlan;
-use crate::supervision::watchdog::{Entry, Hung, Slot, Watched};
+use crate::supervision::watchdog::{Entry, Hung, Watched};
 use crate::threads;
 
 /// Where a (replacement) driver starts.
@@ -49,7 +49,7 @@ impl RunningContext {
             .map(drop)
             .inspect_err(|e| {
                 let what = format!("the driver of context {}", self.shared.name);
-                threads::spawn_failed(&what, e);
+                self.threads.spawn_failed(&what, e);
             })
     }
 
@@ -66,14 +66,7 @@ impl RunningContext {
         let index = usize::try_from(h.position & 0x3fff_ffff).unwrap_or(0);
         let resume = match phase {
             PHASE_SETUP | PHASE_RUN => {
-                self.instance_ended(
-                    h.unit,
-                    h.generation,
-                    Exit::Hung {
-                        entry: h.entry,
-                        limit: h.limit,
-                    },
-                );
+                self.instance_hung(&h);
                 if phase == PHASE_SETUP {
                     Resume::Setup(index + 1)
                 } else {
@@ -137,7 +130,7 @@ struct Driver<'a> {
 
 fn drive(core: &Arc<RunningContext>, epoch: u64, resume: Resume) {
     let weak: Weak<RunningContext> = Arc::downgrade(core);
-    let slot = Slot::register(move |h| {
+    let slot = core.watchdog.register(move |h| {
         if let Some(c) = weak.upgrade() {
             c.driver_hung(epoch, h);
         }
@@ -210,36 +203,9 @@ impl Driver<'_> {
             let Some(obj) = Arc::get_mut(&mut live) else {
                 continue;
             };
-            let limit = Some(unit.policy.startup_timeout);
-            let r = RunningContext::watched(
-                self.slot,
-                u,
-                generation,
-                Entry::Setup,
-                limit,
-                position(PHASE_SETUP, u),
-                || obj.setup(),
-            )?;
-            match classify(&live.host, "setup", r) {
-                Classified::Failed(reason) => {
-                    live.host.fence();
-                    core.instance_ended(
-                        u,
-                        generation,
-                        Exit::Failed {
-                            entry: Entry::Setup,
-                            reason,
-                        },
-                    );
-                }
-                _ => {
-                    unit.live.store(Some(Arc::clone(&live)));
-                    unit.control.lock().running_since = Instant::now();
-                    unit.set_state(State::Ready);
-                    core.emit(Event::Started {
-                        unit: core.unit_id(u, generation),
-                    });
-                }
+            match core.setup_watched(u, obj, self.slot, position(PHASE_SETUP, u))? {
+                Some(reason) => core.instance_ended(u, generation, Exit::setup_failed(reason)),
+                None => core.install(u, live),
             }
         }
         Ok(())
@@ -387,13 +353,7 @@ impl Driver<'_> {
         }
         let next = started + core.period;
         core.idle.store(true, Ordering::Relaxed);
-        loop {
-            let seen = wake.epoch();
-            if core.shared.stopping() || Instant::now() >= next {
-                break;
-            }
-            wake.wait_until(seen, Some(next));
-        }
+        wake.wait_for(next, || core.shared.stopping());
         core.idle.store(false, Ordering::Relaxed);
     }
 

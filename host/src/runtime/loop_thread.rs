@@ -9,7 +9,7 @@ use otools_abi::ExportKind;
 use super::driver::{Classified, classify};
 use super::unit::{Exit, LOOP_LEFT, LOOP_RUNNING};
 use super::{Instance, RunningContext};
-use crate::supervision::watchdog::{self, Entry, Slot};
+use crate::supervision::watchdog::Entry;
 use crate::threads;
 
 impl RunningContext {
@@ -41,7 +41,7 @@ impl RunningContext {
             Err(e) => {
                 unit.loop_running.store(false, Ordering::SeqCst);
                 let what = format!("the loop thread of {}/{}", self.shared.name, unit.name);
-                threads::spawn_failed(&what, &e);
+                self.threads.spawn_failed(&what, &e);
             }
         }
     }
@@ -52,16 +52,9 @@ pub(super) fn loop_thread(core: &Arc<RunningContext>, u: usize, live: &Arc<Insta
     let unit = &core.units[u];
     let generation = live.host.generation;
     let weak = Arc::downgrade(core);
-    let slot = Slot::register(move |h| {
+    let slot = core.watchdog.register(move |h| {
         if let Some(c) = weak.upgrade() {
-            c.instance_ended(
-                h.unit,
-                h.generation,
-                Exit::Hung {
-                    entry: h.entry,
-                    limit: h.limit,
-                },
-            );
+            c.instance_hung(&h);
         }
     });
     let mut failed = None;
@@ -93,7 +86,7 @@ pub(super) fn loop_thread(core: &Arc<RunningContext>, u: usize, live: &Arc<Insta
         .is_err()
     {
         // Abandoned while stopping: it no longer holds a thread.
-        watchdog::abandoned_thread_returned();
+        core.watchdog.abandoned_thread_returned();
     }
     live.loop_done.store(true, Ordering::SeqCst);
     if unit.control.lock().generation == generation {

@@ -63,6 +63,8 @@ use self::unit::{Control, State};
 use crate::event::{self, Event};
 use crate::instance::{ContextShared, InstanceHost};
 use crate::supervision::policy::{Strategy, Tracker};
+use crate::supervision::watchdog::Watchdog;
+use crate::threads::Spawner;
 
 /// What context threads tell the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,15 +109,25 @@ pub struct RunningContext {
     pub abandoned: AtomicBool,
     /// A unit ended in failure: it gave up, or failed with no restart.
     pub failed: AtomicBool,
+    /// The host's watchdog: every thread working on the context registers
+    /// its slot there.
+    pub watchdog: Arc<Watchdog>,
+    /// The host's thread starter: where a thread that cannot be created is
+    /// reported.
+    pub threads: Arc<Spawner>,
 }
 
 impl RunningContext {
-    /// Builds a context from its plan; [`RunningContext::start`] runs it.
+    /// Builds a context from its plan, watched by its host's `watchdog`
+    /// and starting its threads through its host's `threads`;
+    /// [`RunningContext::start`] runs it.
     pub fn new(
         index: usize,
         plan: ContextPlan,
         gate: Arc<StartGate>,
         events: Sender<ContextEvent>,
+        watchdog: Arc<Watchdog>,
+        threads: Arc<Spawner>,
     ) -> Arc<RunningContext> {
         let now = Instant::now();
         let units = plan
@@ -172,6 +184,8 @@ impl RunningContext {
             ended: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            watchdog,
+            threads,
         })
     }
 

@@ -3,9 +3,10 @@
 //! - [`policy`]: the restart rules (intensity window, exponential back-off
 //!   that resets, give-up actions, restart types and strategies) as pure
 //!   arithmetic on a caller-supplied clock.
-//! - [`watchdog`]: the one thread that watches every call with a deadline
-//!   and declares it hung; it also keeps the coarse clock calls are stamped
-//!   with, and sends systemd's `WATCHDOG=1` pings.
+//! - [`watchdog`]: one per host, the thread that watches every call with a
+//!   deadline and declares it hung; it also keeps the coarse clock calls are
+//!   stamped with, counts the abandoned threads, and sends systemd's
+//!   `WATCHDOG=1` pings.
 //! - [`journal`]: the `--events` JSON-lines journal of lifecycle events, a
 //!   sink of the host's [`crate::event::Events`].
 //! - [`notify`]: systemd's `sd_notify` protocol.

@@ -8,6 +8,9 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// The socket and where it sends, made on first use. Per process by nature:
+/// `NOTIFY_SOCKET` is the process's environment, and systemd supervises
+/// the process, whichever host in it sends.
 static SOCKET: OnceLock<Option<(UnixDatagram, String)>> = OnceLock::new();
 
 fn socket() -> Option<&'static (UnixDatagram, String)> {
