@@ -14,7 +14,7 @@
 //! carries on for that worker.
 //!
 //! Items flow source → transforms → sink through one bounded
-//! [`queue::Queue`] per consuming stage. The end of the stream is one end
+//! `Queue` per consuming stage. The end of the stream is one end
 //! marker behind the last item: when every worker of a stage has finished
 //! (its sources exhausted or stopped, or its input ended), the stage sends
 //! it into the next stage's queue, and each worker there leaves after it.
@@ -23,7 +23,7 @@
 //!
 //! A stop (a signal, `stop_pipeline`, a stage giving up) stops the sources
 //! between calls; the queues drain as above. If that overruns the drain
-//! budget, the supervisor abandons the pipeline: [`queue::Abort`] frees
+//! budget, the supervisor abandons the pipeline: its `Abort` frees
 //! every worker blocked on a queue.
 
 mod dead_letter;

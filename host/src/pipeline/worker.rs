@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RVec};
-use otools_abi::{CallError, CallErrorKind, CallResult, FfiStageBox, StageRole, Value, WorkerInfo};
+use otools_abi::{
+    CallError, CallErrorKind, CallResult, FfiStageBox, HostRef, StageRole, Value, WorkerInfo,
+};
 
 use super::queue::{Aborted, Msg, Queue};
 use super::{PipelineEvent, RunningPipeline, worker_name};
@@ -70,23 +72,39 @@ fn reason(e: &CallError) -> String {
     }
 }
 
-/// One call under the watchdog when there is a `limit`; `None` when the
-/// watchdog abandoned it (the thread must then leave without touching anything).
-fn call<T>(
-    watch: &Slot,
+/// One instance's calls: its worker, its generation, its handle, and its
+/// thread's watchdog slot.
+struct Calls<'a> {
+    s: usize,
     w: usize,
     generation: u64,
-    entry: Entry,
-    limit: Option<Duration>,
-    s: usize,
-    f: impl FnOnce() -> CallResult<T>,
-) -> Option<CallResult<T>> {
-    let Some(limit) = limit else {
-        return Some(f());
-    };
-    let started = watch.begin_ms(w, generation, entry, limit_ms(limit), s as u64);
-    let r = f();
-    watch.end(started).then_some(r)
+    host: &'a InstanceHost,
+    watch: &'a Slot,
+}
+
+impl Calls<'_> {
+    /// One call with the instance's handle, under the watchdog when there
+    /// is a `limit`; `None` when the watchdog abandoned it (the thread must
+    /// then leave without touching anything).
+    fn call<T>(
+        &self,
+        entry: Entry,
+        limit: Option<Duration>,
+        f: impl FnOnce(HostRef<'_>) -> CallResult<T>,
+    ) -> Option<CallResult<T>> {
+        let Some(limit) = limit else {
+            return Some(self.host.with_handle(f));
+        };
+        let started = self.watch.begin_ms(
+            self.w,
+            self.generation,
+            entry,
+            limit_ms(limit),
+            self.s as u64,
+        );
+        let r = self.host.with_handle(f);
+        self.watch.end(started).then_some(r)
+    }
 }
 
 /// Drops a worker's plugin object and reports a panic in its destructor.
@@ -213,10 +231,15 @@ impl RunningPipeline {
             index: u32::try_from(w).unwrap_or(u32::MAX),
             count: u32::try_from(stage.slots.len()).unwrap_or(u32::MAX),
         };
+        let calls = Calls {
+            s,
+            w,
+            generation,
+            host: &host,
+            watch,
+        };
         let limit = Some(stage.policy.startup_timeout);
-        let Some(setup) = call(watch, w, generation, Entry::Setup, limit, s, || {
-            host.with_handle(|h| object.setup(h, info))
-        }) else {
+        let Some(setup) = calls.call(Entry::Setup, limit, |h| object.setup(h, info)) else {
             return Served::Abandoned;
         };
         self.arrive_once(s, w);
@@ -230,17 +253,15 @@ impl RunningPipeline {
             unit: self.unit_id(s, w, generation),
         });
         let ran = match stage.role {
-            StageRole::Source => self.produce_all(s, w, generation, &host, &mut object, watch),
-            _ => self.consume_all(s, w, generation, &host, &mut object, watch),
+            StageRole::Source => self.produce_all(&calls, &mut object),
+            _ => self.consume_all(&calls, &mut object),
         };
         if matches!(ran, Ran::Abandoned) {
             return Served::Abandoned;
         }
         slot.control.lock().ran_out = matches!(ran, Ran::Done);
         let limit = Some(stage.policy.shutdown_timeout);
-        let Some(finalized) = call(watch, w, generation, Entry::Finalize, limit, s, || {
-            host.with_handle(|h| object.finalize(h))
-        }) else {
+        let Some(finalized) = calls.call(Entry::Finalize, limit, |h| object.finalize(h)) else {
             return Served::Abandoned;
         };
         match finalized {
@@ -258,15 +279,10 @@ impl RunningPipeline {
     }
 
     /// A source's items, until it is exhausted, fails or the pipeline stops.
-    fn produce_all(
-        &self,
-        s: usize,
-        w: usize,
-        generation: u64,
-        host: &InstanceHost,
-        object: &mut FfiStageBox,
-        watch: &Slot,
-    ) -> Ran {
+    fn produce_all(&self, calls: &Calls<'_>, object: &mut FfiStageBox) -> Ran {
+        let Calls {
+            s, w, generation, ..
+        } = *calls;
         self.wait_ready();
         let stage = &self.stages[s];
         let Some(next) = self.stages.get(s + 1).and_then(|n| n.input.as_ref()) else {
@@ -277,21 +293,15 @@ impl RunningPipeline {
             if self.shared.stopping() {
                 return Ran::Done;
             }
-            let Some(r) = call(
-                watch,
-                w,
-                generation,
-                Entry::Main,
-                stage.policy.watchdog,
-                s,
-                || host.with_handle(|h| object.produce(h, &mut out)),
-            ) else {
+            let Some(r) = calls.call(Entry::Main, stage.policy.watchdog, |h| {
+                object.produce(h, &mut out)
+            }) else {
                 return Ran::Abandoned;
             };
             let more = match r {
                 RResult::ROk(more) => more,
                 RResult::RErr(e) => {
-                    self.report(s, w, generation, host, "produce", &e);
+                    self.report(s, w, generation, calls.host, "produce", &e);
                     return Ran::Failed;
                 }
             };
@@ -310,15 +320,10 @@ impl RunningPipeline {
     }
 
     /// A transform's or sink's items, until the end marker or a panic.
-    fn consume_all(
-        &self,
-        s: usize,
-        w: usize,
-        generation: u64,
-        host: &InstanceHost,
-        object: &mut FfiStageBox,
-        watch: &Slot,
-    ) -> Ran {
+    fn consume_all(&self, calls: &Calls<'_>, object: &mut FfiStageBox) -> Ran {
+        let Calls {
+            s, w, generation, ..
+        } = *calls;
         let stage = &self.stages[s];
         let Some(input) = stage.input.as_ref() else {
             return Ran::Done;
@@ -334,15 +339,9 @@ impl RunningPipeline {
             stage.items_in.fetch_add(1, Ordering::SeqCst);
             stage.slots[w].current_item.store(n, Ordering::SeqCst);
             let kept = item.clone();
-            let Some(r) = call(
-                watch,
-                w,
-                generation,
-                Entry::Main,
-                stage.policy.watchdog,
-                s,
-                || host.with_handle(|h| object.process(h, item, &mut out)),
-            ) else {
+            let Some(r) = calls.call(Entry::Main, stage.policy.watchdog, |h| {
+                object.process(h, item, &mut out)
+            }) else {
                 return Ran::Abandoned;
             };
             match (r, next) {
@@ -361,7 +360,7 @@ impl RunningPipeline {
                     out.clear();
                     let panicked = e.kind == CallErrorKind::Panicked;
                     if panicked {
-                        self.report(s, w, generation, host, "process", &e);
+                        self.report(s, w, generation, calls.host, "process", &e);
                     }
                     self.item_failed(s, w, n, Some(&kept), &reason(&e));
                     if panicked {
