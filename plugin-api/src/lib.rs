@@ -79,6 +79,15 @@
 //! is caught inside the library and reported to the host as a failure of
 //! that call, with the panic message; it never takes the host down.
 //!
+//! # Pipelines
+//!
+//! A pipeline stage implements [`Source`] (produces items until exhausted),
+//! [`Transform`] (maps one item to zero, one or several, through
+//! [`Output`]) or [`Sink`] (consumes items), and is listed in
+//! `export_plugin!` under `sources`, `transforms` or `sinks`. Each worker
+//! thread of a stage has its own instance, which learns its [`Worker`]
+//! index and count in `setup`; every method takes `&mut self`.
+//!
 //! # Threads
 //!
 //! `main` runs on the context's thread and `run_loop` on the service's own
