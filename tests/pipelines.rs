@@ -300,6 +300,48 @@ fn failing_and_panicking_items_go_to_the_dead_letter_file_while_every_other_item
 }
 
 #[test]
+fn a_hung_item_is_failed_and_its_worker_replaced_while_every_other_item_reaches_the_sink() {
+    let dir = TestDir::new("pipe-hang");
+    let (out, events) = run_in(
+        &dir,
+        &three_stages(
+            &dir,
+            "",
+            "config = { to = 40 }",
+            "watchdog = \"100ms\"",
+            "hang_on = [5], hang_ms = 400",
+            "",
+        ),
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let got: BTreeSet<i64> = collected(&dir).into_iter().collect();
+    let expected: BTreeSet<i64> = (1..=40).filter(|n| *n != 5).map(|n| n * 2).collect();
+    assert_eq!(got, expected);
+    let hung = events_of(&events, "hung", "double.0");
+    assert_eq!(hung.len(), 1, "{hung:?}");
+    assert_eq!(hung[0]["entry"], "process");
+    assert_eq!(events_of(&events, "abandoned", "double.0").len(), 1);
+    assert!(
+        events_of(&events, "started", "double.0")
+            .iter()
+            .any(|e| e["generation"] == 2),
+        "the worker was replaced in place"
+    );
+    let dead = std::fs::read_to_string(dir.path.join("numbers.dead-letter.jsonl")).unwrap();
+    let dead: Value = serde_json::from_str(dead.trim()).unwrap();
+    assert_eq!((&dead["item"], &dead["value"]), (&5.into(), &Value::Null));
+    assert!(
+        dead["error"].as_str().unwrap().starts_with("hung: process"),
+        "{dead}"
+    );
+    let f = finished(&events);
+    assert_eq!(
+        (&f["items_in"], &f["items_out"], &f["items_failed"]),
+        (&40.into(), &39.into(), &1.into())
+    );
+}
+
+#[test]
 fn stop_pipeline_stops_at_a_bad_item_with_a_non_zero_exit_naming_it() {
     let dir = TestDir::new("pipe-stop");
     let (out, events) = run_in(

@@ -189,8 +189,14 @@ enum PrivateDir {
 /// of the process removes the folder, whichever host loaded into it.
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
 
-/// What a loaded library gave: its root module, exports and ABI version.
-type Loaded = (PluginRoot_Ref, Vec<ExportInfo>, String);
+/// What a loaded library gave: its root module, exports, ABI version and
+/// stage root module (none in a library built before pipelines).
+type Loaded = (
+    PluginRoot_Ref,
+    Vec<ExportInfo>,
+    String,
+    Option<StageRoot_Ref>,
+);
 
 /// Every library content this process has loaded, by content hash. Per
 /// process by nature, like the private folder: a loaded library stays
@@ -452,15 +458,6 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         stage_root,
     })
 }
-
-/// What `load_from` finds in a library: its root module, exports, ABI
-/// version and stage root module.
-type Loaded = (
-    PluginRoot_Ref,
-    Vec<ExportInfo>,
-    String,
-    Option<StageRoot_Ref>,
-);
 
 fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadError> {
     let header = lib_header_from_path(shadow).map_err(|e| convert(path, e, None, verbose))?;

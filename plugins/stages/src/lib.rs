@@ -24,7 +24,7 @@ fn int(item: &Value) -> Result<i64> {
 }
 
 /// The faults and pace shared by `Double`, `Collect` and `Sum`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
     /// Items (as received) whose call returns an error.
@@ -36,12 +36,25 @@ pub struct Faults {
     /// Sleep this long per item (a slow stage).
     #[serde(default)]
     pub delay_ms: u64,
+    /// Items (as received) whose call sleeps `hang_ms` (a hung call).
+    #[serde(default)]
+    pub hang_on: Vec<i64>,
+    /// How long a hung call sleeps (default 1000).
+    #[serde(default = "second")]
+    pub hang_ms: u64,
+}
+
+fn second() -> u64 {
+    1000
 }
 
 impl Faults {
     fn apply(&self, n: i64) -> Result<()> {
         if self.delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(self.delay_ms));
+        }
+        if self.hang_on.contains(&n) {
+            std::thread::sleep(Duration::from_millis(self.hang_ms));
         }
         if self.panic_on.contains(&n) {
             panic!("injected panic on item {n}");
