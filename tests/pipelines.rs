@@ -342,6 +342,39 @@ fn a_hung_item_is_failed_and_its_worker_replaced_while_every_other_item_reaches_
 }
 
 #[test]
+fn a_stage_whose_last_worker_stays_down_fails_its_remaining_items_and_the_run() {
+    let dir = TestDir::new("pipe-down");
+    let (out, events) = run_in(
+        &dir,
+        &three_stages(
+            &dir,
+            "",
+            "config = { to = 50 }",
+            "restart = \"never\"",
+            "panic_on = [10]",
+            "",
+        ),
+    );
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("stage double has no worker left"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(events_of(&events, "stopped", "double.0").len(), 1);
+    let f = finished(&events);
+    assert_eq!(f["outcome"], "failed", "{f}");
+    let (i, o, x) = (
+        f["items_in"].as_u64().unwrap(),
+        f["items_out"].as_u64().unwrap(),
+        f["items_failed"].as_u64().unwrap(),
+    );
+    assert_eq!(o, 9, "items 1 to 9 went through: {f}");
+    assert_eq!(i, o + x, "every item is accounted for: {f}");
+    assert_eq!(collected(&dir), (1..=9).map(|n| n * 2).collect::<Vec<_>>());
+}
+
+#[test]
 fn stop_pipeline_stops_at_a_bad_item_with_a_non_zero_exit_naming_it() {
     let dir = TestDir::new("pipe-stop");
     let (out, events) = run_in(
