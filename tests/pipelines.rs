@@ -72,6 +72,12 @@ fn finished(events: &[Value]) -> &Value {
         .expect("a pipeline_finished event")
 }
 
+/// A `pipeline_finished` event's items in, out and failed.
+fn figures(f: &Value) -> (u64, u64, u64) {
+    let n = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("no {k} in {f}"));
+    (n("items_in"), n("items_out"), n("items_failed"))
+}
+
 /// The last `stage_stats` of `stage`.
 fn last_stats<'a>(events: &'a [Value], stage: &str) -> &'a Value {
     events
@@ -341,67 +347,50 @@ fn a_hung_item_is_failed_and_its_worker_replaced_while_every_other_item_reaches_
     );
 }
 
+/// Runs `body`, which must fail: exit code 1, `message` on stderr, the
+/// outcome `failed`, and every item accounted for; returns the journal and
+/// the items in, out and failed.
+fn run_failing(dir: &TestDir, body: &str, message: &str) -> (Vec<Value>, (u64, u64, u64)) {
+    let (out, events) = run_in(dir, body);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains(message), "{}", out.stderr);
+    let f = finished(&events);
+    assert_eq!(f["outcome"], "failed", "{f}");
+    let (i, o, x) = figures(f);
+    assert_eq!(i, o + x, "every item is accounted for: {f}");
+    (events, (i, o, x))
+}
+
 #[test]
 fn a_stage_whose_last_worker_stays_down_fails_its_remaining_items_and_the_run() {
     let dir = TestDir::new("pipe-down");
-    let (out, events) = run_in(
+    let body = three_stages(
         &dir,
-        &three_stages(
-            &dir,
-            "",
-            "config = { to = 50 }",
-            "restart = \"never\"",
-            "panic_on = [10]",
-            "",
-        ),
+        "",
+        "config = { to = 50 }",
+        "restart = \"never\"",
+        "panic_on = [10]",
+        "",
     );
-    assert_eq!(out.code(), 1, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("stage double has no worker left"),
-        "{}",
-        out.stderr
-    );
+    let (events, (_, out, _)) = run_failing(&dir, &body, "stage double has no worker left");
     assert_eq!(events_of(&events, "stopped", "double.0").len(), 1);
-    let f = finished(&events);
-    assert_eq!(f["outcome"], "failed", "{f}");
-    let (i, o, x) = (
-        f["items_in"].as_u64().unwrap(),
-        f["items_out"].as_u64().unwrap(),
-        f["items_failed"].as_u64().unwrap(),
-    );
-    assert_eq!(o, 9, "items 1 to 9 went through: {f}");
-    assert_eq!(i, o + x, "every item is accounted for: {f}");
+    assert_eq!(out, 9, "items 1 to 9 went through");
     assert_eq!(collected(&dir), (1..=9).map(|n| n * 2).collect::<Vec<_>>());
 }
 
 #[test]
 fn stop_pipeline_stops_at_a_bad_item_with_a_non_zero_exit_naming_it() {
     let dir = TestDir::new("pipe-stop");
-    let (out, events) = run_in(
+    let body = three_stages(
         &dir,
-        &three_stages(
-            &dir,
-            "on_item_error = \"stop_pipeline\"",
-            "config = { every_ms = 1 }",
-            "",
-            "fail_on = [20]",
-            "",
-        ),
+        "on_item_error = \"stop_pipeline\"",
+        "config = { every_ms = 1 }",
+        "",
+        "fail_on = [20]",
+        "",
     );
-    assert_eq!(out.code(), 1, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("item 20 failed in stage double"),
-        "{}",
-        out.stderr
-    );
-    let f = finished(&events);
-    assert_eq!(f["outcome"], "failed");
-    let (i, o, x) = (
-        f["items_in"].as_u64().unwrap(),
-        f["items_out"].as_u64().unwrap(),
-        f["items_failed"].as_u64().unwrap(),
-    );
-    assert_eq!((x, i), (1, o + x), "{f}");
+    let (_, (_, _, failed)) = run_failing(&dir, &body, "item 20 failed in stage double");
+    assert_eq!(failed, 1);
     assert!(!collected(&dir).contains(&40));
 }
 
