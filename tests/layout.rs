@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["manifest"],
     &["event"],
     &["threads"],
-    &["signals", "supervision"],
+    &["signals", "supervision", "messaging"],
     &["instance"],
     &["plan"],
     &["runtime", "pipeline"],

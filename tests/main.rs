@@ -24,6 +24,8 @@ mod lifecycle;
 mod manifest_errors;
 /// Every shipped manifest in manifests/ checks clean and runs to its end.
 mod manifests;
+/// Messages between services: mailboxes, request/reply, publish/subscribe, SHUTDOWN, correlation ids.
+mod messaging;
 /// Pipelines: delivery, bounded queues, drain on stop, dead letters, partitioned sources.
 mod pipelines;
 /// Plugin libraries: inspect, and refusal of files that are not plugins.

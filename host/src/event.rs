@@ -249,6 +249,40 @@ pub enum Event {
         /// Why, in words.
         reason: String,
     },
+    /// `message_unknown`: a message of a name the service does not accept
+    /// was refused (the sender got `UnknownMessage`); the service goes on.
+    MessageUnknown {
+        /// The target unit.
+        unit: Unit,
+        /// The message name.
+        name: String,
+        /// Who sent it.
+        from: String,
+        /// Its correlation id.
+        correlation: String,
+    },
+    /// `message_failed`: a message handler returned an error or panicked
+    /// (the requester got `PeerFailed`; a `failed` event follows).
+    MessageFailed {
+        /// The unit.
+        unit: Unit,
+        /// The message name.
+        name: String,
+        /// Its correlation id.
+        correlation: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// `shutdown`: the service received the reserved `SHUTDOWN` message
+    /// and stops as a normal exit, not restarted.
+    Shutdown {
+        /// The unit.
+        unit: Unit,
+        /// Who sent it.
+        from: String,
+        /// Its correlation id.
+        correlation: String,
+    },
     /// `item_failed`: a transform or sink failed on an item (an error, a
     /// panic, or a hang), which went to the dead-letter file.
     ItemFailed {
@@ -343,6 +377,9 @@ impl Event {
             Self::ItemFailed { .. } => "item_failed",
             Self::StageStats(_) => "stage_stats",
             Self::PipelineFinished { .. } => "pipeline_finished",
+            Self::MessageUnknown { .. } => "message_unknown",
+            Self::MessageFailed { .. } => "message_failed",
+            Self::Shutdown { .. } => "shutdown",
         }
     }
 
@@ -363,7 +400,10 @@ impl Event {
             | Self::FencedCall { unit, .. }
             | Self::DropPanicked { unit, .. }
             | Self::ReloadSetupOk { unit, .. }
-            | Self::ReloadRolledBack { unit, .. } => Some(unit),
+            | Self::ReloadRolledBack { unit, .. }
+            | Self::MessageUnknown { unit, .. }
+            | Self::MessageFailed { unit, .. }
+            | Self::Shutdown { unit, .. } => Some(unit),
             _ => None,
         }
     }
@@ -485,6 +525,32 @@ impl Event {
                 ("file", file.as_str().into()),
                 ("hash", hash.as_str().into()),
                 ("reason", reason.as_str().into()),
+            ],
+            Self::MessageUnknown {
+                name,
+                from,
+                correlation,
+                ..
+            } => vec![
+                ("name", name.as_str().into()),
+                ("from", from.as_str().into()),
+                ("correlation", correlation.as_str().into()),
+            ],
+            Self::MessageFailed {
+                name,
+                correlation,
+                reason,
+                ..
+            } => vec![
+                ("name", name.as_str().into()),
+                ("correlation", correlation.as_str().into()),
+                ("reason", reason.as_str().into()),
+            ],
+            Self::Shutdown {
+                from, correlation, ..
+            } => vec![
+                ("from", from.as_str().into()),
+                ("correlation", correlation.as_str().into()),
             ],
             Self::ItemFailed { item, reason } => vec![
                 ("pipeline", item.pipeline.as_str().into()),
@@ -766,6 +832,7 @@ mod tests {
                 dataframes: Vec::new(),
                 all_dataframes: Arc::new(Vec::new()),
                 events: Arc::clone(&events),
+                router: Arc::new(crate::messaging::InProcess::new(Arc::default())),
             });
             let plan = ContextPlan {
                 shared: Arc::clone(&shared),

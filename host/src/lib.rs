@@ -13,12 +13,13 @@
 //! exit code ([`exit`]); [`signals`] handles signals from the start of
 //! `run`; [`threads`] starts the host's threads; [`cli`] is the command line
 //! and [`logging`] the log format; [`event`] holds the typed lifecycle
-//! events and the sinks they are delivered to.
+//! events and the sinks they are delivered to; [`messaging`] routes
+//! messages between services' mailboxes.
 //!
 //! Layers, lowest first (a module uses only modules of lower layers; the
 //! integration test `layout` checks it from this source): `exit`,
 //! `logging`, `dataframe`, `plugin`; `manifest` (pure data); `event`;
-//! `threads`; `signals`, `supervision`; `instance`; `plan`; `runtime`,
+//! `threads`; `signals`, `supervision`, `messaging`; `instance`; `plan`; `runtime`,
 //! `pipeline`; `reload`; `host`; `cli`.
 
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod host;
 pub mod instance;
 pub mod logging;
 pub mod manifest;
+pub mod messaging;
 pub mod pipeline;
 pub mod plan;
 pub mod plugin;

@@ -120,6 +120,7 @@
 mod context;
 mod error;
 mod export;
+mod message;
 mod pipeline;
 mod service;
 
@@ -135,14 +136,16 @@ pub mod ffi {
 
 pub use context::{Context, Dataframe, LockGuard};
 pub use error::{Error, Result};
-pub use otools_abi::{HostError, LogLevel, TypeMismatch, Value};
+pub use message::{Accept, DEFAULT_REQUEST_TIMEOUT, Payload, SEND_TIMEOUT, SHUTDOWN};
+pub use otools_abi::{HostError, LogLevel, MessageError, TypeMismatch, Value};
 pub use pipeline::{Output, Sink, Source, Transform, Worker};
 pub use service::{Condition, NoConfig, Service};
 
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{
-        ConditionCtor, PluginExports, ServiceCtor, lib_header, new_condition, new_service,
+        ConditionCtor, MessageHandler, PluginExports, ServiceCtor, handle_with, lib_header,
+        messaging_header, new_condition, new_service,
     };
     pub use crate::pipeline::{
         SINK, SOURCE, StageCtor, TRANSFORM, new_sink, new_source, new_transform, stages_header,

@@ -135,13 +135,17 @@ macro_rules! keys_of {
 
 /// Declares a manifest item with the ten supervision keys a service has
 /// after its own fields (services, stack entries and pipeline stages share
-/// them), and its `keys()` for validation.
+/// them), then the fields of an optional `after { ... }`, and its `keys()`
+/// for validation.
 macro_rules! with_supervision_keys {
     (
         $(#[$meta:meta])*
         pub struct $name:ident {
             $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)*
         }
+        $(after {
+            $($(#[$ameta:meta])* pub $afield:ident: $aty:ty,)*
+        })?
     ) => {
         $(#[$meta])*
         pub struct $name {
@@ -167,6 +171,7 @@ macro_rules! with_supervision_keys {
             pub backoff_reset_after: Option<Spanned<HumanDuration>>,
             /// `stop_service`, `stop_context` or `exit_host` (default: the context's).
             pub on_give_up: Option<Spanned<GiveUp>>,
+            $($($(#[$ameta])* pub $afield: $aty,)*)?
         }
 
         impl $name {
@@ -216,6 +221,17 @@ pub struct ServiceDecl {
     pub export: Spanned<String>,
     /// Handed to the plugin, which deserializes it into its config type.
     pub config: Option<Spanned<toml::Table>>,
+}
+after {
+    /// Topics whose publications this service receives as messages.
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
+    /// How many messages its mailbox holds before senders wait (default 1000).
+    pub mailbox_size: Option<Spanned<u32>>,
+    /// The targets this service sends to, checked by `check` and `run`
+    /// (each must name exactly one service that accepts messages).
+    #[serde(default)]
+    pub sends_to: Vec<Spanned<String>>,
 }
 }
 

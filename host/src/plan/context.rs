@@ -11,6 +11,7 @@ use otools_abi::ExportKind;
 use crate::instance::ContextShared;
 use crate::manifest::Mode;
 use crate::manifest::policy::{Policy, Strategy};
+use crate::messaging::Mailbox;
 use crate::plugin::{Library, PluginObject};
 
 /// One service or condition of a context, as planned from the manifest.
@@ -31,6 +32,8 @@ pub struct UnitPlan {
     pub policy: Policy,
     /// The first instance, built by [`super::build`] (its config accepted, setup not run).
     pub initial: PluginObject,
+    /// Its mailbox, if it accepts messages (registered with the router).
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 /// One step of a main-loop iteration.

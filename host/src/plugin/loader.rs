@@ -21,7 +21,8 @@ use abi_stable::library::{
 };
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
 use otools_abi::{
-    ABI_VERSION, ExportInfo, ExportKind, PluginRoot_Ref, STAGES_SYMBOL, StageRoot_Ref,
+    ABI_VERSION, ExportInfo, ExportKind, MESSAGING_SYMBOL, MessagingRoot_Ref, PluginRoot_Ref,
+    STAGES_SYMBOL, StageRoot_Ref,
 };
 use otools_api::ffi::API_VERSION;
 
@@ -46,6 +47,8 @@ pub struct Library {
     pub abi_version: String,
     /// What it exports.
     pub exports: Vec<ExportInfo>,
+    /// Its messaging root module; none in a library built before messaging.
+    pub messaging: Option<MessagingRoot_Ref>,
     /// Its pipeline stages' root module; none in a library built before pipelines.
     pub stage_root: Option<StageRoot_Ref>,
 }
@@ -190,11 +193,13 @@ enum PrivateDir {
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
 
 /// What a loaded library gave: its root module, exports, ABI version and
+/// messaging root module (none in a library built before messaging) and
 /// stage root module (none in a library built before pipelines).
 type Loaded = (
     PluginRoot_Ref,
     Vec<ExportInfo>,
     String,
+    Option<MessagingRoot_Ref>,
     Option<StageRoot_Ref>,
 );
 
@@ -444,7 +449,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     };
     // Removed at once (a mapping stays valid; a reused content needs none).
     drop(copy);
-    let (root, exports, abi_version, stage_root) = loaded?;
+    let (root, exports, abi_version, messaging, stage_root) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -455,6 +460,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         api_version: root.api_version().as_str().to_owned(),
         abi_version,
         exports,
+        messaging,
         stage_root,
     })
 }
@@ -468,14 +474,17 @@ fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadEr
         .init_root_module::<PluginRoot_Ref>()
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let exports = root.exports()().into_vec();
+    let messaging = extra_root::<MessagingRoot_Ref>(shadow, MESSAGING_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let stage_root = extra_root::<StageRoot_Ref>(shadow, STAGES_SYMBOL)
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
-    Ok((root, exports, abi_version, stage_root))
+    Ok((root, exports, abi_version, messaging, stage_root))
 }
 
 /// A root module a library exports beside its `PluginRoot` under its own
-/// `symbol`, checked by abi_stable on its own; `None` when the library does
-/// not export it (built before it existed).
+/// `symbol` (the messaging one, the stages' one), checked by abi_stable on
+/// its own; `None` when the library does not export it (built before it
+/// existed).
 fn extra_root<M: RootModule>(shadow: &Path, symbol: &str) -> Result<Option<M>, LibraryError> {
     // The same mapping as the root module's: the dynamic loader hands back
     // the handle it already has for this path, and it is leaked like that one.

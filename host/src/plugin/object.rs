@@ -14,6 +14,18 @@ pub enum PluginObject {
     Condition(FfiConditionBox),
 }
 
+/// The messages service export `export` of `library` accepts, as (name,
+/// payload type); none for a library built before messaging existed.
+/// (A constant of the plugin's type: no author code runs.)
+pub fn messages(library: &Library, export: &str) -> Vec<(String, String)> {
+    library.messaging.map_or_else(Vec::new, |m| {
+        (m.messages())(RStr::from_str(export))
+            .into_iter()
+            .map(|m| (m.name.into_string(), m.payload.into_string()))
+            .collect()
+    })
+}
+
 /// Builds an instance of `export` from `lib` with its JSON config (no `setup`).
 pub fn construct(
     lib: &Library,

@@ -40,6 +40,7 @@ mod driver;
 mod gate;
 mod lifecycle;
 mod loop_thread;
+mod mailbox;
 mod restart;
 mod swap;
 mod unit;
@@ -164,6 +165,7 @@ impl RunningContext {
                         loop_thread: None,
                     }),
                     stash,
+                    mailbox: u.mailbox,
                 }
             })
             .collect();
@@ -191,6 +193,7 @@ impl RunningContext {
 
     /// Starts the context's driver thread.
     pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        self.watch_mailboxes();
         self.spawn_driver(Resume::Setup(0), 0)
     }
 
@@ -220,6 +223,7 @@ impl RunningContext {
                 State::Ready => {
                     unit.has_main.load(Ordering::Relaxed)
                         || unit.loop_running.load(Ordering::Relaxed)
+                        || unit.mailbox.is_some()
                 }
                 State::Pending | State::Stopping | State::Down => true,
                 State::Failed | State::Ended => false,

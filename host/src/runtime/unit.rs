@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::RResult;
+use abi_stable::std_types::{RResult, RStr};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use otools_abi::{CallError, CallErrorKind, CallResult, ExportKind};
+use otools_abi::{CallError, CallErrorKind, CallResult, ExportKind, Value};
 use parking_lot::Mutex;
 
 use crate::instance::InstanceHost;
+use crate::messaging::Mailbox;
 use crate::plugin::Library;
 use crate::plugin::PluginObject;
 use crate::supervision::policy::{Policy, Tracker};
@@ -71,6 +72,18 @@ impl Instance {
         match &self.object {
             PluginObject::Service(o) => self.host.with_handle(|h| o.run_loop(h)),
             PluginObject::Condition(_) => unimplemented_call(),
+        }
+    }
+
+    pub(super) fn handle_message(&self, name: &str, payload: Value) -> CallResult<Value> {
+        match (&self.object, &self.host.library.messaging) {
+            (PluginObject::Service(o), Some(m)) => self
+                .host
+                .with_handle(|h| (m.handle_message())(o, h, RStr::from_str(name), payload)),
+            _ => RResult::RErr(CallError {
+                kind: CallErrorKind::Unimplemented,
+                message: "not implemented".into(),
+            }),
         }
     }
 
@@ -169,6 +182,9 @@ pub(super) enum Exit {
     Hung { entry: Entry, limit: Duration },
     /// The instance deactivated itself (a normal exit).
     Deactivated,
+    /// The reserved `SHUTDOWN` message stopped it: a normal exit that is
+    /// never restarted, whatever the policy.
+    Shutdown,
 }
 
 impl Exit {
@@ -216,6 +232,8 @@ pub struct Unit {
     pub(super) loop_running: AtomicBool,
     pub(super) control: Mutex<Control>,
     pub(super) stash: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Its mailbox, if it accepts messages: it outlives every generation.
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 impl Unit {
