@@ -121,17 +121,6 @@ fn restore_sources(root: &Path, commit: &str, path: &str, dir: &Path) {
 /// returns the library.
 pub(crate) fn build_fixture(dir: &TestDir, name: &str, variant: &Variant<'_>) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    build_fixture_from(root, dir, name, variant)
-}
-
-/// Like [`build_fixture`], with the two crates' sources (`abi/src`,
-/// `plugin-api/src`) and `Cargo.lock` taken from `root` (an older checkout).
-pub(crate) fn build_fixture_from(
-    root: &Path,
-    dir: &TestDir,
-    name: &str,
-    variant: &Variant<'_>,
-) -> PathBuf {
     let ws = dir.path.join(name);
     // Folders named after the fixture: cargo hashes a path package by its
     // path relative to the workspace, and every fixture shares one target

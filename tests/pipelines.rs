@@ -2,14 +2,14 @@
 //! reaches the sink once, queues stay within `queue_size`, a stop drains,
 //! bad items are contained (dead-letter file) or stop the pipeline, source
 //! workers partition, reference errors are load errors, and a plugin built
-//! before pipelines existed still loads and runs.
+//! before pipelines existed (from the sources of that commit) still loads
+//! and runs.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use serde_json::Value;
 
-use crate::compat::{Variant, build_fixture_from};
+use crate::compat::{Variant, build_fixture};
 use crate::util::{self, Running, TestDir, events_of, journal, run, run_manifest};
 
 /// A three-stage pipeline: `source` (Numbers with `source_config`),
@@ -589,21 +589,7 @@ fn unchanged(s: String) -> String {
 #[test]
 fn a_plugin_built_before_pipelines_still_loads_and_runs_and_exports_no_stage() {
     let dir = TestDir::new("pipe-old-abi");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let old = dir.path.join("old-tree");
-    std::fs::create_dir_all(&old).unwrap();
-    let archive = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "git -C '{}' archive {BEFORE_PIPELINES} abi plugin-api Cargo.lock | tar -x -C '{}'",
-            root.display(),
-            old.display()
-        ))
-        .status()
-        .expect("run git archive");
-    assert!(archive.success(), "git archive of {BEFORE_PIPELINES}");
-    let lib = build_fixture_from(
-        &old,
+    let lib = build_fixture(
         &dir,
         "oldabi",
         &Variant {
@@ -612,6 +598,7 @@ fn a_plugin_built_before_pipelines_still_loads_and_runs_and_exports_no_stage() {
             edit_abi: &unchanged,
             edit_context: &unchanged,
             plugin: OLD_PLUGIN,
+            sources_at: Some(BEFORE_PIPELINES),
         },
     );
     let lib = lib.display();
