@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["instance"],
     &["plan"],
     &["runtime", "pipeline"],
-    &["reload"],
+    &["reload", "control"],
     &["host"],
     &["cli"],
 ];

@@ -144,6 +144,11 @@ pub enum Event {
         /// Restarts within the policy's window.
         restarts_in_window: u64,
     },
+    /// `main_once_done`: a `main_once` service's `main` returned; it is not called again.
+    MainOnceDone {
+        /// The unit.
+        unit: Unit,
+    },
     /// `finalized`: an instance's `finalize` returned.
     Finalized {
         /// The unit.
@@ -359,6 +364,7 @@ impl Event {
             Self::Restarting { .. } => "restarting",
             Self::Stopped { .. } => "stopped",
             Self::GaveUp { .. } => "gave_up",
+            Self::MainOnceDone { .. } => "main_once_done",
             Self::Finalized { .. } => "finalized",
             Self::Revived { .. } => "revived",
             Self::FencedCall { .. } => "fenced_call",
@@ -396,6 +402,7 @@ impl Event {
             | Self::Stopped { unit, .. }
             | Self::GaveUp { unit, .. }
             | Self::Finalized { unit }
+            | Self::MainOnceDone { unit }
             | Self::Revived { unit, .. }
             | Self::FencedCall { unit, .. }
             | Self::DropPanicked { unit, .. }
@@ -427,6 +434,7 @@ impl Event {
             Self::Started { .. }
             | Self::Deactivated { .. }
             | Self::Finalized { .. }
+            | Self::MainOnceDone { .. }
             | Self::ContextReady { .. }
             | Self::ContextStopping { .. }
             | Self::ContextEnded { .. } => Vec::new(),
@@ -646,6 +654,26 @@ pub enum Phase {
     Finalized,
     /// Started again by a reload after it had stopped.
     Revived,
+}
+
+impl Phase {
+    /// The phase as a word (status views): `serving`, `failed`,
+    /// `abandoned`, `deactivated`, `stopping`, `restarting`, `stopped`,
+    /// `gave_up`, `finalized` or `revived`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Failed => "failed",
+            Phase::Abandoned => "abandoned",
+            Phase::Deactivated => "deactivated",
+            Phase::Stopping => "stopping",
+            Phase::Restarting => "restarting",
+            Phase::Stopped => "stopped",
+            Phase::GaveUp => "gave_up",
+            Phase::Finalized => "finalized",
+            Phase::Revived => "revived",
+        }
+    }
 }
 
 /// The latest known state of one unit.

@@ -20,6 +20,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use crate::control::{self, Commands};
 use crate::event::Event;
 use crate::exit;
 use crate::manifest::ExitWhen;
@@ -37,6 +38,13 @@ enum Msg {
     LeakCeiling,
     Signal(i32),
     CannotSpawn,
+    /// `otools stop`, through the control socket.
+    Stop,
+}
+
+/// Has every `main_once` service finished (for `exit_when = "main_once_done"`)?
+fn main_once_finished(cores: &[Arc<RunningContext>]) -> bool {
+    !cores.iter().any(|c| c.main_once_pending())
 }
 
 /// Is every context making progress (for systemd's `WATCHDOG=1`)? A context
@@ -61,8 +69,10 @@ fn progress_check(cores: &[Arc<RunningContext>]) -> impl Fn() -> bool + Send + '
     }
 }
 
-/// Runs a deployment to its end and returns the process exit code.
-pub fn run(mut deployment: Deployment) -> u8 {
+/// Runs a deployment to its end and returns the process exit code. With
+/// `control`, it answers on the control socket while it runs (the socket
+/// is removed when it returns).
+pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     let (tx, rx) = mpsc::channel::<Msg>();
     {
         let tx = tx.clone();
@@ -90,6 +100,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
         )
     };
 
+    let exit_when = deployment.exit_when;
     let total = deployment.contexts.len();
     if total == 0 && deployment.pipelines.is_empty() {
         tracing::warn!("the manifest has no context: nothing to run");
@@ -116,7 +127,6 @@ pub fn run(mut deployment: Deployment) -> u8 {
             })
             .collect()
     };
-    let exit_when = deployment.exit_when;
     let gate = Arc::new(StartGate::new(total));
     let (ctx_tx, ctx_rx) = mpsc::channel::<ContextEvent>();
     let cores: Vec<Arc<RunningContext>> = deployment
@@ -153,6 +163,15 @@ pub fn run(mut deployment: Deployment) -> u8 {
     if watchdog.start(&threads, progress_check(&cores)).is_err() {
         return exit::CANNOT_SPAWN;
     }
+    // Answers `otools status` and `otools stop` from now on; removes the
+    // socket when `run` returns.
+    let _socket = control.and_then(|c| {
+        let tx = tx.clone();
+        let commands = Commands::new(c.manifest, cores.clone(), c.states, move || {
+            let _ = tx.send(Msg::Stop);
+        });
+        control::serve(c.socket, commands, &threads).ok()
+    });
 
     let mut ended = vec![false; total];
     let mut abandoned = vec![false; total];
@@ -213,6 +232,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
         );
     }
     drop(tx);
+    let mut once_stopped = false;
 
     let all_ended = |ended: &[bool]| ended.iter().all(|e| *e) && pipes.iter().all(|p| p.done());
     loop {
@@ -275,10 +295,22 @@ pub fn run(mut deployment: Deployment) -> u8 {
                     deadlines[i] = Some(Instant::now() + cores[i].shutdown_budget());
                 }
             }
-            Some(Msg::Context(ContextEvent::Ended(i))) => {
-                ended[i] = true;
+            Some(Msg::Context(e @ (ContextEvent::Ended(_) | ContextEvent::OnceDone(_)))) => {
+                if let ContextEvent::Ended(i) = e {
+                    ended[i] = true;
+                }
                 if all_ended(&ended) {
                     break;
+                }
+                if exit_when == ExitWhen::MainOnceDone
+                    && !once_stopped
+                    && main_once_finished(&cores)
+                {
+                    once_stopped = true;
+                    tracing::info!(
+                        "every main_once service has finished (exit_when = \"main_once_done\"): stopping every context"
+                    );
+                    stop_all(&mut deadlines);
                 }
             }
             Some(Msg::Pipeline(PipelineEvent::Stopping(_))) => {}
@@ -286,8 +318,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
                 if all_ended(&ended) {
                     break;
                 }
-                if exit_when == Some(ExitWhen::PipelinesFinished) && pipes.iter().all(|p| p.done())
-                {
+                if exit_when == ExitWhen::PipelinesFinished && pipes.iter().all(|p| p.done()) {
                     tracing::info!(
                         "every pipeline has finished (exit_when = \"pipelines_finished\"): stopping every context"
                     );
@@ -320,6 +351,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
                 cannot_spawn = true;
                 stop_all(&mut deadlines);
             }
+            Some(Msg::Stop) => stop_all(&mut deadlines),
             Some(Msg::Signal(sig)) => {
                 tracing::info!(
                     "received {}: stopping every context (finalizing); send a signal again to exit at once",

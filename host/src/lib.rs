@@ -9,7 +9,8 @@
 //! turns a manifest into a plan of contexts and pipelines built from plugins ([`plugin`]);
 //! [`instance`] is the host handle every plugin call receives;
 //! [`supervision`] holds the watchdog and the restart rules; [`reload`]
-//! swaps a changed library in; [`host`] runs the contexts and decides the
+//! swaps a changed library in; [`control`] is the control socket that
+//! `otools status` and `otools stop` talk to; [`host`] runs the contexts and decides the
 //! exit code ([`exit`]); [`signals`] handles signals from the start of
 //! `run`; [`threads`] starts the host's threads; [`cli`] is the command line
 //! and [`logging`] the log format; [`event`] holds the typed lifecycle
@@ -20,9 +21,10 @@
 //! integration test `layout` checks it from this source): `exit`,
 //! `logging`, `dataframe`, `plugin`; `manifest` (pure data); `event`;
 //! `threads`; `signals`, `supervision`, `messaging`; `instance`; `plan`; `runtime`,
-//! `pipeline`; `reload`; `host`; `cli`.
+//! `pipeline`; `reload`, `control`; `host`; `cli`.
 
 pub mod cli;
+pub mod control;
 pub mod dataframe;
 pub mod event;
 pub mod exit;

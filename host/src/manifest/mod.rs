@@ -78,18 +78,33 @@ pub struct HostSection {
     /// Stop everything and exit with code 76 once this many threads are left
     /// in hung plugin calls at the same time (default 256).
     pub max_abandoned_threads: Option<usize>,
-    /// When the run ends besides every context and pipeline having ended
-    /// (default: only then).
+    /// When the run ends besides every context ending (default `contexts_ended`).
     pub exit_when: Option<Spanned<ExitWhen>>,
 }
 
-/// `[host] exit_when`: an end of the run other than every context and
-/// pipeline having ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// `[host] exit_when`: what ends the run, besides a signal or `otools stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitWhen {
-    /// Once every pipeline has finished, stop the contexts and end the run.
+    /// When every context has ended on its own.
+    #[default]
+    ContextsEnded,
+    /// When every `main_once` service has finished (its `main` returned, or
+    /// it stopped for good): every context then stops and finalizes.
+    MainOnceDone,
+    /// When every pipeline has finished: every context then stops and finalizes.
     PipelinesFinished,
+}
+
+impl ExitWhen {
+    /// The value as written in a manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitWhen::ContextsEnded => "contexts_ended",
+            ExitWhen::MainOnceDone => "main_once_done",
+            ExitWhen::PipelinesFinished => "pipelines_finished",
+        }
+    }
 }
 
 /// `[[dataframe]]`: a shared key/value store owned by the host.
@@ -232,6 +247,8 @@ after {
     /// (each must name exactly one service that accepts messages).
     #[serde(default)]
     pub sends_to: Vec<Spanned<String>>,
+    /// Call `main` once (after the start gate) instead of on every iteration (default false).
+    pub main_once: Option<Spanned<bool>>,
 }
 }
 
@@ -524,6 +541,14 @@ impl Manifest {
             .max(1)
     }
 
+    /// What ends the run besides every context ending (default `contexts_ended`).
+    pub fn exit_when(&self) -> ExitWhen {
+        self.host
+            .exit_when
+            .as_ref()
+            .map_or(ExitWhen::default(), |e| *e.get_ref())
+    }
+
     /// The shutdown timeout (default 5 s).
     pub fn shutdown_timeout(&self) -> Duration {
         self.host
@@ -579,6 +604,11 @@ macro_rules! policy_of {
 }
 
 impl ServiceDecl {
+    /// Is `main` called only once (`main_once = true`)?
+    pub fn main_once(&self) -> bool {
+        self.main_once.as_ref().is_some_and(|m| *m.get_ref())
+    }
+
     /// This service's supervision policy.
     pub fn policy(&self, context: &ContextDecl, host_shutdown: Duration) -> Policy {
         policy_of!(self, context, host_shutdown)

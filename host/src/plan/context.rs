@@ -30,6 +30,8 @@ pub struct UnitPlan {
     pub config_json: String,
     /// How it is supervised.
     pub policy: Policy,
+    /// `main_once = true`: its `main` is called once, not on every iteration.
+    pub main_once: bool,
     /// The first instance, built by [`super::build`] (its config accepted, setup not run).
     pub initial: PluginObject,
     /// Its mailbox, if it accepts messages (registered with the router).

@@ -27,7 +27,7 @@ use crate::manifest::config::ConfigJson;
 use crate::manifest::policy::{Policy, Strategy};
 use crate::manifest::validate::validate;
 use crate::manifest::{
-    ContextDecl, Diagnostic, Diagnostics, EntryDecl, Level, Manifest, Mode, ServiceDecl,
+    ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Level, Manifest, Mode, ServiceDecl,
     StackEntry, name_error, shown,
 };
 use crate::messaging::{DEFAULT_MAILBOX_SIZE, EndpointSpec, InProcess, Mailbox, Router};
@@ -53,8 +53,6 @@ pub struct Deployment {
     pub contexts: Vec<ContextPlan>,
     /// All pipelines, in manifest order.
     pub pipelines: Vec<PipelinePlan>,
-    /// `[host] exit_when`.
-    pub exit_when: Option<crate::manifest::ExitWhen>,
     /// How many distinct libraries were loaded.
     pub libraries: usize,
     /// The distinct libraries, for the reload watcher.
@@ -63,6 +61,8 @@ pub struct Deployment {
     pub reload: crate::manifest::ReloadSettings,
     /// Where lifecycle events go (from [`Options::events`]).
     pub events: Arc<Events>,
+    /// What ends the run besides every context ending (`[host] exit_when`).
+    pub exit_when: ExitWhen,
     /// `[host] max_abandoned_threads` (at least 1), for the host's watchdog.
     pub max_abandoned_threads: usize,
     /// The routing layer: every service that accepts messages, by name,
@@ -242,6 +242,7 @@ impl<'m> Builder<'m> {
                 export: export_name.to_owned(),
                 config_json,
                 policy,
+                main_once: false,
                 initial,
                 mailbox: None,
             }),
@@ -418,7 +419,10 @@ impl<'m> Builder<'m> {
                         self.sends_to
                             .extend(s.sends_to.iter().map(|t| (t, format!("{key} > sends_to"))));
                         steps.push(StepPlan::Service(units.len()));
-                        units.push(u);
+                        units.push(UnitPlan {
+                            main_once: s.main_once(),
+                            ..u
+                        });
                     }
                 }
                 EntryDecl::Trigger(t) => {
@@ -563,11 +567,11 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
     Ok(Deployment {
         contexts,
         pipelines,
-        exit_when: manifest.host.exit_when.as_ref().map(|w| *w.get_ref()),
         libraries: b.registry.libraries().len(),
         loaded,
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
+        exit_when: manifest.exit_when(),
         max_abandoned_threads: manifest.max_abandoned_threads(),
         router: b.router,
     })

@@ -281,6 +281,7 @@ pub(super) fn work(core: &Arc<RunningContext>, ops: &[Op], from: usize) {
             }
             Op::Settle(u, s) => {
                 core.units[*u].set_state(*s);
+                core.settled(*u);
                 Ok(())
             }
         };

@@ -229,6 +229,11 @@ pub struct Unit {
     pub(super) live: ArcSwapOption<Instance>,
     pub(super) state: AtomicU8,
     pub(super) has_main: AtomicBool,
+    /// `main_once = true`: `main` is called until it returns once.
+    pub(super) main_once: bool,
+    /// A `main_once` unit's `main` returned (or is not implemented): it is
+    /// not called again, in this generation or any later one.
+    pub(super) main_done: AtomicBool,
     pub(super) loop_running: AtomicBool,
     pub(super) control: Mutex<Control>,
     pub(super) stash: Arc<Mutex<Option<Vec<u8>>>>,
@@ -243,6 +248,17 @@ impl Unit {
 
     pub(super) fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Is its `main` still to be called: it has one, and it is not a
+    /// `main_once` unit whose `main` already returned?
+    pub(super) fn wants_main(&self) -> bool {
+        self.has_main.load(Ordering::Relaxed) && !self.main_done.load(Ordering::Acquire)
+    }
+
+    /// Service or condition.
+    pub fn kind(&self) -> ExportKind {
+        self.kind
     }
 
     /// Moves the unit from `from` to `to` if it is in `from`, atomically:
