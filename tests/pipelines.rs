@@ -645,3 +645,27 @@ role = "sink"
         out.stderr
     );
 }
+
+#[test]
+fn otools_stop_drains_a_pipeline_only_host_which_status_shows_running_until_then() {
+    let dir = TestDir::new("pipe-control");
+    let m = dir.manifest(
+        "m.toml",
+        &three_stages(&dir, "", "config = { every_ms = 1 }", "", "", ""),
+    );
+    let events = dir.path.join("events.jsonl");
+    let mut running = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    running.wait_for("setup worker 0 of 1");
+    let status = run(&["status", "--json", m.to_str().unwrap()]);
+    assert_eq!(status.code(), 0, "{}", status.stderr);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["state"], "running", "{status}");
+    let stop = run(&["stop", m.to_str().unwrap()]);
+    assert_eq!(stop.code(), 0, "{}", stop.stderr);
+    let out = running.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let events = journal(&events);
+    let f = finished(&events);
+    assert_eq!(f["outcome"], "stopped", "{f}");
+    assert_eq!(f["items_in"], f["items_out"], "{f}");
+}
