@@ -30,11 +30,12 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ffi::API_VERSION;
 use crate::message::Accept;
+use crate::pipeline::StageCtor;
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
     FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, MessageSpec, MessagingRoot,
-    MessagingRoot_Ref, MsgHost_Ref, PluginRoot, PluginRoot_Ref, Value,
+    MessagingRoot_Ref, MsgHost_Ref, PluginRoot, PluginRoot_Ref, StageRole, Value,
 };
 
 thread_local! {
@@ -75,7 +76,7 @@ fn panic_payload_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs one entry point: a panic or an error becomes a [`CallError`].
-fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
     let outer = IN_ENTRY_POINT.with(|c| c.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     IN_ENTRY_POINT.with(|c| c.set(outer));
@@ -99,7 +100,7 @@ fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
 /// Drops `value` like an entry point runs: a panic in its destructor is
 /// caught and its message kept in `DROP_PANIC` (cleared otherwise), for
 /// the host to collect with `take_drop_panic` right after the drop.
-fn guarded_drop<T>(value: Option<T>) {
+pub(crate) fn guarded_drop<T>(value: Option<T>) {
     let outcome = guard(move || {
         drop(value);
         Ok(())
@@ -125,7 +126,7 @@ fn dropped<T>() -> CallResult<T> {
 /// own call (a trivial entry point then costs what it did before adapters
 /// held an `Option`).
 #[inline]
-fn on<S, T>(value: Option<&S>, f: impl FnOnce(&S) -> Result<T>) -> CallResult<T> {
+pub(crate) fn on<S, T>(value: Option<&S>, f: impl FnOnce(&S) -> Result<T>) -> CallResult<T> {
     match value {
         Some(v) => guard(|| f(v)),
         None => dropped(),
@@ -134,7 +135,10 @@ fn on<S, T>(value: Option<&S>, f: impl FnOnce(&S) -> Result<T>) -> CallResult<T>
 
 /// [`on`] for the entry points that take the value mutably.
 #[inline]
-fn on_mut<S, T>(value: Option<&mut S>, f: impl FnOnce(&mut S) -> Result<T>) -> CallResult<T> {
+pub(crate) fn on_mut<S, T>(
+    value: Option<&mut S>,
+    f: impl FnOnce(&mut S) -> Result<T>,
+) -> CallResult<T> {
     match value {
         Some(v) => guard(|| f(v)),
         None => dropped(),
@@ -204,7 +208,7 @@ impl<C: Condition> FfiCondition for ConditionAdapter<C> {
     }
 }
 
-fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     // The message keeps serde_json's ` at line 1 column N`: it refers to the
     // JSON the host generated, and the host turns it into the manifest line,
     // column and key of the value concerned (then removes it).
@@ -276,6 +280,8 @@ pub trait PluginExports: 'static {
     const MESSAGES: &'static [(&'static str, &'static [Accept])];
     /// One message handler per exported service.
     const HANDLERS: &'static [MessageHandler];
+    /// Exported pipeline stages by name, with their role.
+    const STAGES: &'static [(&'static str, StageRole, StageCtor)] = &[];
 }
 
 extern "C" fn exports<P: PluginExports>() -> RVec<ExportInfo> {
@@ -290,7 +296,7 @@ extern "C" fn exports<P: PluginExports>() -> RVec<ExportInfo> {
     services.chain(conditions).collect()
 }
 
-fn unknown_export<T>(name: &str, kind: &str) -> CallResult<T> {
+pub(crate) fn unknown_export<T>(name: &str, kind: &str) -> CallResult<T> {
     RResult::RErr(CallError {
         kind: CallErrorKind::UnknownExport,
         message: RString::from(format!("the library exports no {kind} named `{name}`")),
@@ -440,16 +446,21 @@ pub const fn lib_header<P: PluginExports>() -> LibHeader {
     }
 }
 
-/// Exports services and conditions from a plugin library.
+/// Exports services, conditions and pipeline stages from a plugin library.
 ///
 /// Invoke it once, at the root of a `cdylib` crate, listing the types that
-/// implement [`Service`](crate::Service) and [`Condition`](crate::Condition).
-/// Each is exported under its type name, which manifests use in `export = "..."`.
+/// implement [`Service`](crate::Service), [`Condition`](crate::Condition),
+/// [`Source`](crate::Source), [`Transform`](crate::Transform) and
+/// [`Sink`](crate::Sink), in that order (each list is optional). Each is
+/// exported under its type name, which manifests use in `export = "..."`.
 ///
 /// ```text
 /// otools_api::export_plugin! {
 ///     services: [Increment, Report],
 ///     conditions: [AtLeast],
+///     sources: [Numbers],
+///     transforms: [Double],
+///     sinks: [Collect],
 /// }
 /// ```
 #[macro_export]
@@ -457,6 +468,9 @@ macro_rules! export_plugin {
     (
         $(services: [$($service:ident),* $(,)?] $(,)?)?
         $(conditions: [$($condition:ident),* $(,)?] $(,)?)?
+        $(sources: [$($source:ident),* $(,)?] $(,)?)?
+        $(transforms: [$($transform:ident),* $(,)?] $(,)?)?
+        $(sinks: [$($sink:ident),* $(,)?] $(,)?)?
     ) => {
         #[doc(hidden)]
         pub struct __OtoolsPluginExports;
@@ -476,6 +490,15 @@ macro_rules! export_plugin {
             const HANDLERS: &'static [$crate::__private::MessageHandler] = &[
                 $($($crate::__private::handle_with::<$service>,)*)?
             ];
+            const STAGES: &'static [(
+                &'static str,
+                $crate::ffi::StageRole,
+                $crate::__private::StageCtor,
+            )] = &[
+                $($((::core::stringify!($source), $crate::__private::SOURCE, $crate::__private::new_source::<$source>),)*)?
+                $($((::core::stringify!($transform), $crate::__private::TRANSFORM, $crate::__private::new_transform::<$transform>),)*)?
+                $($((::core::stringify!($sink), $crate::__private::SINK, $crate::__private::new_sink::<$sink>),)*)?
+            ];
         }
 
         #[doc(hidden)]
@@ -487,6 +510,12 @@ macro_rules! export_plugin {
         #[unsafe(export_name = "otools_messaging_header")]
         pub static __OTOOLS_MESSAGING_HEADER: $crate::__private::LibHeader =
             $crate::__private::messaging_header::<__OtoolsPluginExports>();
+        // The pipeline stages' root module, under its own symbol
+        // (`otools_abi::STAGES_SYMBOL`): hosts before pipelines ignore it.
+        #[doc(hidden)]
+        #[unsafe(export_name = "otools_stages_header")]
+        pub static __OTOOLS_STAGES_HEADER: $crate::__private::LibHeader =
+            $crate::__private::stages_header::<__OtoolsPluginExports>();
     };
 }
 
@@ -513,6 +542,17 @@ mod tests {
     fn messaging_symbol_matches_the_abi() {
         let source = include_str!("export.rs");
         let spelled = format!("export_name = \"{}\"", otools_abi::MESSAGING_SYMBOL);
+        assert!(
+            source.contains(&spelled),
+            "export_plugin! must use {spelled}"
+        );
+    }
+
+    /// `export_plugin!` spells the stages' symbol as the host looks it up.
+    #[test]
+    fn stages_symbol_matches_the_abi() {
+        let source = include_str!("export.rs");
+        let spelled = format!("export_name = \"{}\"", otools_abi::STAGES_SYMBOL);
         assert!(
             source.contains(&spelled),
             "export_plugin! must use {spelled}"
