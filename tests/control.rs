@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{DEADLINE, Output, Running, TestDir, run};
+use crate::util::{DEADLINE, Output, Running, TestDir, run, script_context};
 
 /// A context whose services run until they are stopped: `a`, `b` and `c`
 /// log their setup and finalize, `flaky` fails once the file `fail` appears
@@ -518,18 +518,10 @@ fn a_service_blocked_in_a_request_is_released_when_its_context_stops() {
     let m = agents(
         &dir,
         10,
-        r#"
-[[context]]
-name = "Main"
-[[context.service]]
-name = "script"
-plugin = "messages"
-export = "Script"
-config = { steps = [
-  { kind = "send", to = "echo", name = "HANG", payload = 30000 },
-  { kind = "request", to = "echo", name = "ECHO", payload = "x", timeout_ms = 60000 },
-] }
-"#,
+        &script_context(
+            r#"  { kind = "send", to = "echo", name = "HANG", payload = 30000 },
+  { kind = "request", to = "echo", name = "ECHO", payload = "x", timeout_ms = 60000 },"#,
+        ),
     );
     let running = Running::start(&m);
     // The HANG is being handled and the request is queued behind it (the

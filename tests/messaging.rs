@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::util::{Running, TestDir, events_of, journal, run, run_manifest};
+use crate::util::{Running, TestDir, events_of, journal, run, run_manifest, script_context};
 
 /// The log lines of `service`, as (level, message, correlation).
 fn lines_of(out: &crate::util::Output, service: &str) -> Vec<(String, String, String)> {
@@ -368,28 +368,14 @@ fn a_request_queued_for_a_target_that_fails_for_good_is_answered_peer_gone_at_on
     let dir = TestDir::new("msg_gone_queued");
     // The PANIC and the request wait behind HANG; the PANIC ends echo for
     // good (restart = "never"), so nobody will handle the request.
-    let body = r#"
-[[context]]
-name = "Agents"
-[[context.service]]
-name = "echo"
-plugin = "messages"
-export = "Echo"
-restart = "never"
-
-[[context]]
-name = "Main"
-[[context.service]]
-name = "script"
-plugin = "messages"
-export = "Script"
-config = { steps = [
-  { kind = "send", to = "echo", name = "HANG", payload = 1000 },
+    let body = String::from(
+        "[[context]]\nname = \"Agents\"\n[[context.service]]\nname = \"echo\"\nplugin = \"messages\"\nexport = \"Echo\"\nrestart = \"never\"\n",
+    ) + &script_context(
+        r#"  { kind = "send", to = "echo", name = "HANG", payload = 1000 },
   { kind = "send", to = "echo", name = "PANIC" },
-  { kind = "request", to = "echo", name = "ECHO", payload = "x", timeout_ms = 60000 },
-] }
-"#;
-    let m = dir.manifest("m.toml", body);
+  { kind = "request", to = "echo", name = "ECHO", payload = "x", timeout_ms = 60000 },"#,
+    );
+    let m = dir.manifest("m.toml", &body);
     let out = run_manifest(&m, &[]);
     assert_eq!(out.code(), 1, "echo failed for good: {}", out.stderr);
     let script = out.messages_of("script");

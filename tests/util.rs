@@ -371,3 +371,11 @@ pub fn events_of<'a>(events: &'a [Value], event: &str, service: &str) -> Vec<&'a
         .filter(|e| e["event"] == event && e["service"] == service)
         .collect()
 }
+
+/// Manifest text: a context `Main` whose `Script` service `script` (of the
+/// `messages` plugin) runs `steps`, the items of its `steps` array.
+pub fn script_context(steps: &str) -> String {
+    format!(
+        "\n[[context]]\nname = \"Main\"\n[[context.service]]\nname = \"script\"\nplugin = \"messages\"\nexport = \"Script\"\nconfig = {{ steps = [\n{steps}\n] }}\n"
+    )
+}

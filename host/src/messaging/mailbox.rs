@@ -390,11 +390,17 @@ impl Mailbox {
         };
         self.arrived.notify_all();
         self.room.notify_all();
+        self.gone(drained, "ended");
+    }
+
+    /// Answers the requests among `drained` `PeerGone`: the unit `why`
+    /// before handling them.
+    fn gone(&self, drained: Vec<Envelope>, why: &str) {
         for env in drained {
             if let Some(reply) = env.reply {
                 reply.answer(Err(Failure::new(
                     MessageError::PeerGone,
-                    format!("{} ended before handling `{}`", self.address, env.name),
+                    format!("{} {why} before handling `{}`", self.address, env.name),
                 )));
             }
         }
@@ -406,14 +412,7 @@ impl Mailbox {
     pub fn drain(&self, why: &str) {
         let drained: Vec<Envelope> = self.inner.lock().queue.drain(..).collect();
         self.room.notify_all();
-        for env in drained {
-            if let Some(reply) = env.reply {
-                reply.answer(Err(Failure::new(
-                    MessageError::PeerGone,
-                    format!("{} {why} before handling `{}`", self.address, env.name),
-                )));
-            }
-        }
+        self.gone(drained, why);
     }
 
     /// Counts one handled message.
