@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["signals", "supervision", "messaging"],
     &["instance"],
     &["plan"],
-    &["runtime"],
+    &["runtime", "pipeline"],
     &["reload", "control"],
     &["host"],
     &["cli"],

@@ -29,7 +29,8 @@
 //! makes the host refuse every plugin built before it. So a new host
 //! callback or plugin entry point goes into a **new root module** instead,
 //! exported under its own symbol and checked on its own
-//! ([`MessagingRoot`], under [`MESSAGING_SYMBOL`]): a plugin built before it
+//! ([`MessagingRoot`] under [`MESSAGING_SYMBOL`], [`StageRoot`] under
+//! [`STAGES_SYMBOL`]): a plugin built before it
 //! lacks the symbol and loads unchanged; that bumps the patch version.
 //! Anything else (a changed type, a new enum variant, a reordered method)
 //! is a breaking change: bump the minor version of `otools-abi` (we are at
@@ -61,8 +62,13 @@ use abi_stable::sabi_types::{RRef, VersionStrings};
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
+mod pipeline;
 mod value;
 
+pub use pipeline::{
+    FfiStage, FfiStage_TO, FfiStageBox, STAGES_SYMBOL, StageExportInfo, StageRole, StageRoot,
+    StageRoot_Ref, WorkerInfo,
+};
 pub use value::{TypeMismatch, Value};
 
 /// Timeout argument meaning "wait as long as it takes".
@@ -561,6 +567,7 @@ mod tests {
             <CallError as StableAbi>::LAYOUT,
             <Value as StableAbi>::LAYOUT,
             <FfiServiceBox as StableAbi>::LAYOUT,
+            <FfiStageBox as StableAbi>::LAYOUT,
             <MessageFailure as StableAbi>::LAYOUT,
         ] {
             let (package, version) = layout.package_and_version();

@@ -24,6 +24,7 @@ use crate::control::{self, Commands};
 use crate::event::Event;
 use crate::exit;
 use crate::manifest::ExitWhen;
+use crate::pipeline::{PipelineEvent, RunningPipeline};
 use crate::plan::Deployment;
 use crate::runtime::{ContextEvent, RunningContext, StartGate};
 use crate::signals;
@@ -33,6 +34,7 @@ use crate::threads::Spawner;
 
 enum Msg {
     Context(ContextEvent),
+    Pipeline(PipelineEvent),
     LeakCeiling,
     Signal(i32),
     CannotSpawn,
@@ -70,7 +72,7 @@ fn progress_check(cores: &[Arc<RunningContext>]) -> impl Fn() -> bool + Send + '
 /// Runs a deployment to its end and returns the process exit code. With
 /// `control`, it answers on the control socket while it runs (the socket
 /// is removed when it returns).
-pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
+pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     let (tx, rx) = mpsc::channel::<Msg>();
     {
         let tx = tx.clone();
@@ -100,11 +102,31 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
 
     let exit_when = deployment.exit_when;
     let total = deployment.contexts.len();
-    if total == 0 {
+    if total == 0 && deployment.pipelines.is_empty() {
         tracing::warn!("the manifest has no context: nothing to run");
         notify::send("READY=1");
         return exit::OK;
     }
+    let pipes: Vec<Arc<RunningPipeline>> = {
+        let tx = tx.clone();
+        let to_host: crate::pipeline::Notify = Arc::new(move |e| {
+            let _ = tx.send(Msg::Pipeline(e));
+        });
+        let plans = std::mem::take(&mut deployment.pipelines);
+        plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                RunningPipeline::new(
+                    i,
+                    plan,
+                    Arc::clone(&to_host),
+                    Arc::clone(&watchdog),
+                    Arc::clone(&threads),
+                )
+            })
+            .collect()
+    };
     let gate = Arc::new(StartGate::new(total));
     let (ctx_tx, ctx_rx) = mpsc::channel::<ContextEvent>();
     let cores: Vec<Arc<RunningContext>> = deployment
@@ -166,6 +188,9 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
                 deadlines[i] = Some(Instant::now() + core.shutdown_budget());
             }
         }
+        for p in &pipes {
+            p.stop("the host is stopping");
+        }
         gate.abort();
     };
     for (i, core) in cores.iter().enumerate() {
@@ -178,6 +203,18 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
             }
             stop_all(&mut deadlines);
             break;
+        }
+    }
+    if total == 0 {
+        notify::send("READY=1");
+    }
+    for p in &pipes {
+        if cannot_spawn {
+            break;
+        }
+        if p.start().is_err() {
+            cannot_spawn = true;
+            stop_all(&mut deadlines);
         }
     }
     if !cannot_spawn {
@@ -197,8 +234,9 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
     drop(tx);
     let mut once_stopped = false;
 
+    let all_ended = |ended: &[bool]| ended.iter().all(|e| *e) && pipes.iter().all(|p| p.done());
     loop {
-        if ended.iter().all(|e| *e) {
+        if all_ended(&ended) {
             break;
         }
         let next = deadlines
@@ -206,6 +244,12 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
             .zip(&ended)
             .filter(|(_, e)| !**e)
             .filter_map(|(d, _)| *d)
+            .chain(
+                pipes
+                    .iter()
+                    .filter(|p| !p.done())
+                    .filter_map(|p| p.deadline()),
+            )
             .min();
         let msg = match next {
             None => rx.recv().ok(),
@@ -227,7 +271,12 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
                             abandoned[i] = true;
                         }
                     }
-                    if ended.iter().all(|e| *e) {
+                    for p in &pipes {
+                        if !p.done() && p.deadline().is_some_and(|d| d <= now) {
+                            p.abandon();
+                        }
+                    }
+                    if all_ended(&ended) {
                         break;
                     }
                     continue;
@@ -250,7 +299,7 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
                 if let ContextEvent::Ended(i) = e {
                     ended[i] = true;
                 }
-                if ended.iter().all(|e| *e) {
+                if all_ended(&ended) {
                     break;
                 }
                 if exit_when == ExitWhen::MainOnceDone
@@ -263,6 +312,27 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
                     );
                     stop_all(&mut deadlines);
                 }
+            }
+            Some(Msg::Pipeline(PipelineEvent::Stopping(_))) => {}
+            Some(Msg::Pipeline(PipelineEvent::Ended(_))) => {
+                if all_ended(&ended) {
+                    break;
+                }
+                if exit_when == ExitWhen::PipelinesFinished && pipes.iter().all(|p| p.done()) {
+                    tracing::info!(
+                        "every pipeline has finished (exit_when = \"pipelines_finished\"): stopping every context"
+                    );
+                    stop_all(&mut deadlines);
+                }
+            }
+            Some(Msg::Pipeline(PipelineEvent::ExitHost(i))) => {
+                tracing::error!(
+                    pipeline = %pipes[i].name(),
+                    "a stage gave up with on_give_up = \"exit_host\": stopping everything, then exiting with code {}",
+                    exit::GAVE_UP
+                );
+                exit_host = true;
+                stop_all(&mut deadlines);
             }
             Some(Msg::Context(ContextEvent::ExitHost(i))) => {
                 tracing::error!(
@@ -291,8 +361,9 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
             }
         }
     }
-    let abandoned_any =
-        abandoned.iter().any(|a| *a) || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst));
+    let abandoned_any = abandoned.iter().any(|a| *a)
+        || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst))
+        || pipes.iter().any(|p| p.abandoned.load(Ordering::SeqCst));
     if cannot_spawn || threads.any_failed() {
         tracing::error!(
             "stopped because a thread could not be created (see above); exit code {}",
@@ -316,9 +387,14 @@ pub fn run(deployment: Deployment, control: Option<control::Setup>) -> u8 {
         .iter()
         .filter(|c| c.shared.fatal.load(Ordering::SeqCst) || c.failed.load(Ordering::SeqCst))
         .map(|c| c.shared.name.as_str())
+        .chain(pipes.iter().filter(|p| p.has_failed()).map(|p| p.name()))
         .collect();
     if failed.is_empty() {
-        tracing::info!("every context ended");
+        if pipes.is_empty() {
+            tracing::info!("every context ended");
+        } else {
+            tracing::info!("every context and pipeline ended");
+        }
         exit::OK
     } else {
         tracing::error!("ended with failures in: {}", failed.join(", "));

@@ -79,6 +79,15 @@
 //! is caught inside the library and reported to the host as a failure of
 //! that call, with the panic message; it never takes the host down.
 //!
+//! # Pipelines
+//!
+//! A pipeline stage implements [`Source`] (produces items until exhausted),
+//! [`Transform`] (maps one item to zero, one or several, through
+//! [`Output`]) or [`Sink`] (consumes items), and is listed in
+//! `export_plugin!` under `sources`, `transforms` or `sinks`. Each worker
+//! thread of a stage has its own instance, which learns its [`Worker`]
+//! index and count in `setup`; every method takes `&mut self`.
+//!
 //! # Threads
 //!
 //! `main` runs on the context's thread and `run_loop` on the service's own
@@ -112,6 +121,7 @@ mod context;
 mod error;
 mod export;
 mod message;
+mod pipeline;
 mod service;
 
 /// The FFI types and the ABI version, from `otools-abi`; plugin authors
@@ -128,6 +138,7 @@ pub use context::{Context, Dataframe, LockGuard};
 pub use error::{Error, Result};
 pub use message::{Accept, DEFAULT_REQUEST_TIMEOUT, Payload, SEND_TIMEOUT, SHUTDOWN};
 pub use otools_abi::{HostError, LogLevel, MessageError, TypeMismatch, Value};
+pub use pipeline::{Output, Sink, Source, Transform, Worker};
 pub use service::{Condition, NoConfig, Service};
 
 #[doc(hidden)]
@@ -135,6 +146,9 @@ pub mod __private {
     pub use crate::export::{
         ConditionCtor, MessageHandler, PluginExports, ServiceCtor, handle_with, lib_header,
         messaging_header, new_condition, new_service,
+    };
+    pub use crate::pipeline::{
+        SINK, SOURCE, StageCtor, TRANSFORM, new_sink, new_source, new_transform, stages_header,
     };
     pub use abi_stable::library::LibHeader;
 }

@@ -63,7 +63,7 @@ impl SpanTree {
                 "config" => {
                     out.insert(v.span().start, SpanTree::new(None, v));
                 }
-                "service" | "trigger" | "condition" => {
+                "service" | "trigger" | "condition" | "stage" => {
                     if let Some(items) = v.get_ref().as_array() {
                         for item in items.iter() {
                             SpanTree::collect(item, out);

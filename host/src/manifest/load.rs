@@ -40,6 +40,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
         host: HostSection::default(),
         dataframes: Vec::new(),
         contexts: Vec::new(),
+        pipelines: Vec::new(),
     };
     let text = manifest.source.clone();
     let (root, syntax) = DeTable::parse_recoverable(&text);
@@ -90,10 +91,20 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
             }
             "context" => {
                 for (i, v) in array_items(&manifest, value, "context", &mut errors).into_iter().enumerate() {
-                    let label = context_label(&v, i);
+                    let label = item_label(&v, "context", i);
                     super::config::SpanTree::collect(&v, &mut manifest.configs);
                     match item::<ContextDecl>(v) {
                         Ok(c) => manifest.contexts.push(c),
+                        Err((at, msg)) => errors.push(manifest.diagnostic(at, label, msg)),
+                    }
+                }
+            }
+            "pipeline" => {
+                for (i, v) in array_items(&manifest, value, "pipeline", &mut errors).into_iter().enumerate() {
+                    let label = item_label(&v, "pipeline", i);
+                    super::config::SpanTree::collect(&v, &mut manifest.configs);
+                    match item::<super::pipeline::PipelineDecl>(v) {
+                        Ok(p) => manifest.pipelines.push(p),
                         Err((at, msg)) => errors.push(manifest.diagnostic(at, label, msg)),
                     }
                 }
@@ -102,7 +113,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
                 at,
                 other,
                 format!(
-                    "unknown key `{other}`, expected one of `version`, `host`, `dataframe`, `context`"
+                    "unknown key `{other}`, expected one of `version`, `host`, `dataframe`, `context`, `pipeline`"
                 ),
             )),
         }
@@ -208,16 +219,16 @@ fn array_items<'i>(
     }
 }
 
-/// `context "Name"` if the item has a string name, else `context #n`.
-fn context_label(value: &Spanned<DeValue<'_>>, index: usize) -> String {
+/// `<kind> "Name"` if the item has a string name, else `<kind> #n`.
+fn item_label(value: &Spanned<DeValue<'_>>, kind: &str, index: usize) -> String {
     value
         .get_ref()
         .as_table()
         .and_then(|t| t.get("name"))
         .and_then(|n| n.get_ref().as_str())
         .map_or_else(
-            || format!("context #{}", index + 1),
-            |n| format!("context \"{}\"", super::shown(n)),
+            || format!("{kind} #{}", index + 1),
+            |n| format!("{kind} \"{}\"", super::shown(n)),
         )
 }
 

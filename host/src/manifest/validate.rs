@@ -43,19 +43,7 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
                 format!("duplicate context name `{cname}` (first declared on line {line})"),
             ));
         }
-        for d in &c.dataframes {
-            if !dataframes.contains_key(d.get_ref().as_str()) {
-                errors.push(m.diagnostic(
-                    d.span().start,
-                    format!("{ckey} > dataframes"),
-                    format!(
-                        "unknown dataframe `{}`; declared dataframes: {}",
-                        shown(d.get_ref()),
-                        list(m.dataframes.iter().map(|d| d.name.get_ref().as_str()))
-                    ),
-                ));
-            }
-        }
+        check_dataframes(m, &ckey, &c.dataframes, &dataframes, &mut errors);
 
         let mut names: HashMap<&str, usize> = HashMap::new();
         for entry in c.entries() {
@@ -114,12 +102,37 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
             }
         }
     }
+    super::pipeline::validate(m, &contexts, &dataframes, &mut errors);
     check_exit_when(m, &mut errors);
     errors.sort_by_key(|d| d.position);
     errors
 }
 
-/// `exit_when = "main_once_done"` needs a service with `main_once = true`.
+/// Every listed dataframe (of the context or pipeline `key`) must be declared.
+pub(super) fn check_dataframes(
+    m: &Manifest,
+    key: &str,
+    listed: &[Spanned<String>],
+    declared: &HashMap<&str, usize>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    for d in listed {
+        if !declared.contains_key(d.get_ref().as_str()) {
+            errors.push(m.diagnostic(
+                d.span().start,
+                format!("{key} > dataframes"),
+                format!(
+                    "unknown dataframe `{}`; declared dataframes: {}",
+                    shown(d.get_ref()),
+                    list(m.dataframes.iter().map(|d| d.name.get_ref().as_str()))
+                ),
+            ));
+        }
+    }
+}
+
+/// `exit_when = "main_once_done"` needs a service with `main_once = true`,
+/// and `"pipelines_finished"` a pipeline.
 fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
     if let Some(e) = &m.host.exit_when
         && *e.get_ref() == ExitWhen::MainOnceDone
@@ -135,10 +148,20 @@ fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
             "`exit_when = \"main_once_done\"` needs at least one service with `main_once = true`",
         ));
     }
+    if let Some(e) = &m.host.exit_when
+        && *e.get_ref() == ExitWhen::PipelinesFinished
+        && m.pipelines.is_empty()
+    {
+        errors.push(m.diagnostic(
+            e.span().start,
+            "host > exit_when",
+            "`exit_when = \"pipelines_finished\"` needs at least one `[[pipeline]]`",
+        ));
+    }
 }
 
 /// Durations that must be positive, and a delay cap that must not be below the delay.
-fn check_supervision(
+pub(super) fn check_supervision(
     m: &Manifest,
     key: &str,
     k: &SupervisionKeys<'_>,
@@ -173,7 +196,11 @@ fn check_supervision(
 
 /// Records where `name` is first declared; for a name seen before, returns
 /// the offset of its first declaration (not of the previous duplicate).
-fn first_of<'a>(seen: &mut HashMap<&'a str, usize>, name: &'a str, at: usize) -> Option<usize> {
+pub(super) fn first_of<'a>(
+    seen: &mut HashMap<&'a str, usize>,
+    name: &'a str,
+    at: usize,
+) -> Option<usize> {
     match seen.entry(name) {
         std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
         std::collections::hash_map::Entry::Vacant(e) => {
@@ -184,7 +211,12 @@ fn first_of<'a>(seen: &mut HashMap<&'a str, usize>, name: &'a str, at: usize) ->
 }
 
 /// A name that is empty or has a character outside [`is_name_char`] is an error at the name.
-fn check_name(m: &Manifest, name: &Spanned<String>, key: &str, errors: &mut Vec<Diagnostic>) {
+pub(super) fn check_name(
+    m: &Manifest,
+    name: &Spanned<String>,
+    key: &str,
+    errors: &mut Vec<Diagnostic>,
+) {
     if let Some(message) = name_error(name.get_ref()) {
         errors.push(m.diagnostic(name.span().start, key, message));
     }

@@ -5,8 +5,10 @@
 //! manifest line it comes from, so `otools check` reports them all at once.
 
 mod context;
+mod pipeline;
 
 pub use context::{ContextPlan, StepPlan, UnitPlan};
+pub use pipeline::{PipelinePlan, StagePlan};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::time::Duration;
 
-use otools_abi::ExportKind;
+use otools_abi::{CallError, ExportKind};
 use otools_abi::{LogLevel, Value};
 use toml::Spanned;
 
@@ -25,7 +27,7 @@ use crate::manifest::config::ConfigJson;
 use crate::manifest::policy::{Policy, Strategy};
 use crate::manifest::validate::validate;
 use crate::manifest::{
-    ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Manifest, Mode, ServiceDecl,
+    ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Level, Manifest, Mode, ServiceDecl,
     StackEntry, name_error, shown,
 };
 use crate::messaging::{DEFAULT_MAILBOX_SIZE, EndpointSpec, InProcess, Mailbox, Router};
@@ -49,6 +51,8 @@ pub struct Options {
 pub struct Deployment {
     /// All contexts, in manifest order.
     pub contexts: Vec<ContextPlan>,
+    /// All pipelines, in manifest order.
+    pub pipelines: Vec<PipelinePlan>,
     /// How many distinct libraries were loaded.
     pub libraries: usize,
     /// The distinct libraries, for the reload watcher.
@@ -89,12 +93,18 @@ impl Deployment {
         (self.contexts.len(), services, triggers, conditions)
     }
 
-    /// The shortest `watchdog` of any service (sets the host's watchdog's tick).
+    /// The shortest `watchdog` of any service or stage (sets the host's watchdog's tick).
     pub fn shortest_watchdog(&self) -> Option<Duration> {
+        let stages = self
+            .pipelines
+            .iter()
+            .flat_map(|p| p.stages.iter())
+            .filter_map(|s| s.policy.watchdog);
         self.contexts
             .iter()
             .flat_map(|c| c.units.iter())
             .filter_map(|u| u.policy.watchdog)
+            .chain(stages)
             .min()
     }
 }
@@ -237,24 +247,78 @@ impl<'m> Builder<'m> {
                 mailbox: None,
             }),
             Err(e) => {
-                // At the key or value concerned when the plugin's message
-                // says where in the JSON; else at the config table.
-                let table_at = config.map_or(anchor, |c| c.span().start);
-                let tree = config.and_then(|c| self.manifest.config_spans(c.span().start));
-                let found = json.locate(e.message.as_str(), tree, table_at);
-                self.errors.push(self.manifest.diagnostic(
-                    found.at,
-                    format!("{key} > config{}", found.key),
-                    format!(
-                        "`{}` of plugin `{}` rejected its config: {}",
-                        export_name,
-                        plugin.get_ref(),
-                        found.message
-                    ),
-                ));
+                self.config_rejected(&e, &json, config, anchor, key, export_name, plugin);
                 None
             }
         }
+    }
+
+    /// Reports a config the plugin refused: at the key or value concerned
+    /// when the plugin's message says where in the JSON, else at the config
+    /// table (or `anchor` without one).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of the manifest item whose config was refused"
+    )]
+    fn config_rejected(
+        &mut self,
+        e: &CallError,
+        json: &ConfigJson,
+        config: Option<&Spanned<toml::Table>>,
+        anchor: usize,
+        key: &str,
+        export_name: &str,
+        plugin: &Spanned<String>,
+    ) {
+        let table_at = config.map_or(anchor, |c| c.span().start);
+        let tree = config.and_then(|c| self.manifest.config_spans(c.span().start));
+        let found = json.locate(e.message.as_str(), tree, table_at);
+        self.errors.push(self.manifest.diagnostic(
+            found.at,
+            format!("{key} > config{}", found.key),
+            format!(
+                "`{}` of plugin `{}` rejected its config: {}",
+                export_name,
+                plugin.get_ref(),
+                found.message
+            ),
+        ));
+    }
+
+    /// What the instances of a context (or a pipeline's workers) share:
+    /// its name, level, stop flags and the dataframes it lists.
+    fn shared(
+        &self,
+        name: &Spanned<String>,
+        log_level: Option<&Spanned<Level>>,
+        listed: &[Spanned<String>],
+        all_dataframes: &HashMap<&str, &Arc<Dataframe>>,
+        names: &Arc<Vec<String>>,
+    ) -> Arc<ContextShared> {
+        let host_level = self.manifest.host_level();
+        let level = self
+            .opts
+            .level_override
+            .unwrap_or_else(|| log_level.map_or(host_level, |l| l.get_ref().0));
+        let dataframes = listed
+            .iter()
+            .filter_map(|n| {
+                all_dataframes
+                    .get(n.get_ref().as_str())
+                    .map(|d| Arc::clone(d))
+            })
+            .collect();
+        Arc::new(ContextShared {
+            name: name.get_ref().clone(),
+            level: AtomicU8::new(level as u8),
+            stop: AtomicBool::new(false),
+            fatal: AtomicBool::new(false),
+            wake: Wake::default(),
+            dataframes,
+            all_dataframes: Arc::clone(names),
+            events: Arc::clone(&self.opts.events),
+            router: Arc::clone(&self.router) as Arc<dyn Router>,
+        })
     }
 
     /// Registers the mailbox of a top-level service that accepts messages
@@ -323,32 +387,14 @@ impl<'m> Builder<'m> {
         all_dataframes: &HashMap<&str, &Arc<Dataframe>>,
         names: &Arc<Vec<String>>,
     ) -> ContextPlan {
-        let host_level = self.manifest.host_level();
         let host_shutdown = self.manifest.shutdown_timeout();
-        let level = self
-            .opts
-            .level_override
-            .unwrap_or_else(|| c.log_level.as_ref().map_or(host_level, |l| l.get_ref().0));
-        let dataframes = c
-            .dataframes
-            .iter()
-            .filter_map(|n| {
-                all_dataframes
-                    .get(n.get_ref().as_str())
-                    .map(|d| Arc::clone(d))
-            })
-            .collect();
-        let shared = Arc::new(ContextShared {
-            name: c.name.get_ref().clone(),
-            level: AtomicU8::new(level as u8),
-            stop: AtomicBool::new(false),
-            fatal: AtomicBool::new(false),
-            wake: Wake::default(),
-            dataframes,
-            all_dataframes: Arc::clone(names),
-            events: Arc::clone(&self.opts.events),
-            router: Arc::clone(&self.router) as Arc<dyn Router>,
-        });
+        let shared = self.shared(
+            &c.name,
+            c.log_level.as_ref(),
+            &c.dataframes,
+            all_dataframes,
+            names,
+        );
         let ckey = format!("context \"{}\"", shown(c.name.get_ref()));
         let mut units = Vec::new();
         let mut steps = Vec::new();
@@ -498,6 +544,13 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         .iter()
         .map(|c| b.context(c, &by_name, &names))
         .collect();
+    // Hot reload follows the libraries of contexts only (see ARCHITECTURE.md).
+    let loaded = b.registry.libraries();
+    let pipelines: Vec<PipelinePlan> = manifest
+        .pipelines
+        .iter()
+        .filter_map(|p| b.pipeline(p, &by_name, &names))
+        .collect();
     // Static targets are caught here, by `check` as by `run`.
     for (target, key) in std::mem::take(&mut b.sends_to) {
         if let Err(f) = b.router.resolve(target.get_ref()) {
@@ -513,8 +566,9 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
     }
     Ok(Deployment {
         contexts,
+        pipelines,
         libraries: b.registry.libraries().len(),
-        loaded: b.registry.libraries(),
+        loaded,
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
         exit_when: manifest.exit_when(),

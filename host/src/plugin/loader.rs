@@ -16,9 +16,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{AbiHeaderRef, LibraryError, RawLibrary, lib_header_from_path};
+use abi_stable::library::{
+    AbiHeaderRef, LibraryError, RawLibrary, RootModule, lib_header_from_path,
+};
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
-use otools_abi::{ABI_VERSION, ExportInfo, ExportKind, MessagingRoot_Ref, PluginRoot_Ref};
+use otools_abi::{
+    ABI_VERSION, ExportInfo, ExportKind, MESSAGING_SYMBOL, MessagingRoot_Ref, PluginRoot_Ref,
+    STAGES_SYMBOL, StageRoot_Ref,
+};
 use otools_api::ffi::API_VERSION;
 
 /// A loaded, checked plugin library.
@@ -44,6 +49,8 @@ pub struct Library {
     pub exports: Vec<ExportInfo>,
     /// Its messaging root module; none in a library built before messaging.
     pub messaging: Option<MessagingRoot_Ref>,
+    /// Its pipeline stages' root module; none in a library built before pipelines.
+    pub stage_root: Option<StageRoot_Ref>,
 }
 
 impl fmt::Debug for Library {
@@ -186,12 +193,14 @@ enum PrivateDir {
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
 
 /// What a loaded library gave: its root module, exports, ABI version and
-/// messaging root module (none in a library built before messaging).
+/// messaging root module (none in a library built before messaging) and
+/// stage root module (none in a library built before pipelines).
 type Loaded = (
     PluginRoot_Ref,
     Vec<ExportInfo>,
     String,
     Option<MessagingRoot_Ref>,
+    Option<StageRoot_Ref>,
 );
 
 /// Every library content this process has loaded, by content hash. Per
@@ -440,7 +449,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     };
     // Removed at once (a mapping stays valid; a reused content needs none).
     drop(copy);
-    let (root, exports, abi_version, messaging) = loaded?;
+    let (root, exports, abi_version, messaging, stage_root) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -452,6 +461,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         abi_version,
         exports,
         messaging,
+        stage_root,
     })
 }
 
@@ -464,23 +474,27 @@ fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadEr
         .init_root_module::<PluginRoot_Ref>()
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let exports = root.exports()().into_vec();
-    let messaging = messaging_root(shadow).map_err(|e| convert(path, e, plugin_abi, verbose))?;
-    Ok((root, exports, abi_version, messaging))
+    let messaging = extra_root::<MessagingRoot_Ref>(shadow, MESSAGING_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    let stage_root = extra_root::<StageRoot_Ref>(shadow, STAGES_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    Ok((root, exports, abi_version, messaging, stage_root))
 }
 
-/// The library's messaging root module, checked by abi_stable on its own
-/// (see `otools_abi::MessagingRoot`); `None` when the library does not
-/// export one (built before messaging existed).
-fn messaging_root(shadow: &Path) -> Result<Option<MessagingRoot_Ref>, LibraryError> {
+/// A root module a library exports beside its `PluginRoot` under its own
+/// `symbol` (the messaging one, the stages' one), checked by abi_stable on
+/// its own; `None` when the library does not export it (built before it
+/// existed).
+fn extra_root<M: RootModule>(shadow: &Path, symbol: &str) -> Result<Option<M>, LibraryError> {
     // The same mapping as the root module's: the dynamic loader hands back
     // the handle it already has for this path, and it is leaked like that one.
     let raw = RawLibrary::load_at(shadow)?;
-    let symbol = format!("{}\0", otools_abi::MESSAGING_SYMBOL);
+    let symbol = format!("{symbol}\0");
     #[allow(
         unsafe_code,
         reason = "reading an exported header, as abi_stable's own lib_header_from_path does"
     )]
-    // SAFETY: the symbol, when present, is the `LibHeader` static that
+    // SAFETY: the symbol, when present, is a `LibHeader` static that
     // `export_plugin!` exports (its address, read as abi_stable reads the
     // root module's); `upgrade` checks abi_stable's header version before
     // it is used, and the library is never unloaded (`raw` is leaked).
@@ -489,7 +503,7 @@ fn messaging_root(shadow: &Path) -> Result<Option<MessagingRoot_Ref>, LibraryErr
         Err(_) => return Ok(None),
     };
     std::mem::forget(raw);
-    header.init_root_module::<MessagingRoot_Ref>().map(Some)
+    header.init_root_module::<M>().map(Some)
 }
 
 fn newer(a: VersionNumber, b: VersionNumber) -> bool {
