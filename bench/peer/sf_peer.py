@@ -42,19 +42,27 @@ def on_echo(args, to_send, config):
     return {"x": args["x"]}
 
 
-def replier_module():
-    m = types.ModuleType("bench_replier")
-    m.connection_models = {
-        "in": {
-            "echo": {
-                "connection_type": "replyer",
-                "required_creation_arguments": {"connection_function": on_echo},
-                "required_arguments": {"x": int},
-                "required_return_arguments": {"x": int},
-            }
-        }
+def service_module(name, side, connection_type, **extra):
+    """A service module with one connection `echo` that takes and returns
+    {"x": int}."""
+    m = types.ModuleType(name)
+    model = {
+        "connection_type": connection_type,
+        "required_arguments": {"x": int},
+        "required_return_arguments": {"x": int},
     }
+    model.update(extra)
+    m.connection_models = {side: {"echo": model}}
     return m
+
+
+def replier_module():
+    return service_module(
+        "bench_replier",
+        "in",
+        "replyer",
+        required_creation_arguments={"connection_function": on_echo},
+    )
 
 
 def start_replier(port):
@@ -87,16 +95,7 @@ def round_trip(n):
         result["p99_us"] = times[min(len(times) - 1, int(len(times) * 0.99))] * 1e6
         result["rate"] = n / total
 
-    requester = types.ModuleType("bench_requester")
-    requester.connection_models = {
-        "out": {
-            "echo": {
-                "connection_type": "requester",
-                "required_arguments": {"x": int},
-                "required_return_arguments": {"x": int},
-            }
-        }
-    }
+    requester = service_module("bench_requester", "out", "requester")
     requester.main = main
     Service(
         service_module=requester,

@@ -705,6 +705,63 @@ fn cpu_percent(pid: u32, window: f64) -> f64 {
     (ticks() - c0) / 100.0 / w0.elapsed().as_secs_f64() * 100.0
 }
 
+/// Writes `body` to `dir/name.toml`, starts `otools run` on it with the
+/// journal `dir/name.jsonl` and `--no-watch`, and returns it once `contexts`
+/// contexts have journaled `ready` (polled every millisecond), with the
+/// seconds from its start to then.
+fn spawn_until_ready(
+    dir: &Path,
+    name: &str,
+    body: &str,
+    contexts: usize,
+) -> (std::process::Child, f64) {
+    let manifest = dir.join(format!("{name}.toml"));
+    std::fs::write(&manifest, body).unwrap();
+    let journal_path = dir.join(format!("{name}.jsonl"));
+    let _ = std::fs::remove_file(&journal_path);
+    let t0 = Instant::now();
+    let mut child = Command::new(release_dir().join("otools"))
+        .args([
+            "run",
+            manifest.to_str().unwrap(),
+            "--events",
+            journal_path.to_str().unwrap(),
+            "--no-watch",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run otools");
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let n = journal(&journal_path)
+            .iter()
+            .filter(|e| e["event"] == "ready")
+            .count();
+        if n >= contexts {
+            return (child, t0.elapsed().as_secs_f64());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "otools ended ({status}) before its contexts were ready; see {}",
+                journal_path.display()
+            );
+        }
+        assert!(Instant::now() < deadline, "contexts never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Asks `otools` to stop (SIGTERM) and waits for it; whether it exited by
+/// itself, after the signal.
+fn terminate(mut child: std::process::Child) -> bool {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    child.wait().is_ok_and(|s| s.code().is_some())
+}
+
 /// 1,000 services in 100 contexts (otools only): time to all-ready, then
 /// the CPU used while idle with `period = "100ms"`.
 fn many_services(dir: &Path, plugins: &Path, smoke: bool) -> Vec<Row> {
@@ -720,40 +777,10 @@ fn many_services(dir: &Path, plugins: &Path, smoke: bool) -> Vec<Row> {
             ));
         }
     }
-    let m = dir.join("many.toml");
-    std::fs::write(&m, body).unwrap();
-    let j = dir.join("many.jsonl");
-    let _ = std::fs::remove_file(&j);
-    let t0 = Instant::now();
-    let mut child = Command::new(release_dir().join("otools"))
-        .args([
-            "run",
-            m.to_str().unwrap(),
-            "--events",
-            j.to_str().unwrap(),
-            "--no-watch",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run otools");
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let n = journal(&j).iter().filter(|e| e["event"] == "ready").count();
-        if n >= contexts {
-            break;
-        }
-        assert!(Instant::now() < deadline, "contexts never became ready");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    let ready = t0.elapsed().as_secs_f64();
+    let (child, ready) = spawn_until_ready(dir, "many", &body, contexts);
     let window = if smoke { 0.5 } else { 3.0 };
     let cpu = cpu_percent(child.id(), window);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    terminate(child);
     vec![
         Row {
             workload: format!(

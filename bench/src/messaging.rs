@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{header, journal, percentile, run_logged, workspace_root};
+use crate::{header, percentile, run_logged, spawn_until_ready, terminate, workspace_root};
 
 /// One row: service-framework, otools and the machine's limit.
 pub(crate) struct Row {
@@ -215,42 +215,11 @@ fn idle_agents(dir: &Path, plugins: &Path, agents: usize, window: f64) -> f64 {
             "[[context.service]]\nname = \"a{i}\"\nplugin = \"messages\"\nexport = \"Sink\"\n"
         ));
     }
-    let m = dir.join("msg-idle.toml");
-    std::fs::write(&m, body).unwrap();
-    let j = dir.join("msg-idle.jsonl");
-    let _ = std::fs::remove_file(&j);
-    let mut child = Command::new(crate::release_dir().join("otools"))
-        .args([
-            "run",
-            m.to_str().unwrap(),
-            "--events",
-            j.to_str().unwrap(),
-            "--no-watch",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run otools");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !journal(&j).iter().any(|e| e["event"] == "ready") {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "otools ended ({status}) before its idle agents were ready; see {}",
-                j.display()
-            );
-        }
-        assert!(Instant::now() < deadline, "idle agents never became ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (child, _) = spawn_until_ready(dir, "msg-idle", &body, 1);
     // Let the start-up settle (threads spawned, setup done) before counting.
     std::thread::sleep(Duration::from_millis(200));
     let cpu = cpu_percent_fine(child.id(), window);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = child.wait().expect("wait for otools");
-    assert!(status.code().is_some(), "otools was killed: {status}");
+    assert!(terminate(child), "otools was killed by SIGTERM");
     cpu
 }
 
