@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["threads"],
     &["signals", "supervision"],
     &["instance"],
+    &["flow"],
     &["plan"],
     &["runtime"],
     &["reload"],

@@ -55,8 +55,10 @@ use abi_stable::sabi_types::{RRef, VersionStrings};
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
+mod flow;
 mod value;
 
+pub use flow::{FfiStep, FfiStep_TO, FfiStepBox, StepActivation};
 pub use value::{TypeMismatch, Value};
 
 /// Timeout argument meaning "wait as long as it takes".
@@ -371,6 +373,13 @@ pub struct PluginRoot {
     /// of an instance resets it. Appended after the last prefix field:
     /// plugins built before it existed lack it (the accessor returns `None`).
     pub take_drop_panic: extern "C" fn() -> ROption<RString>,
+    /// The names of the flow steps the library exports (see [`FfiStep`]).
+    /// Appended after the last prefix field: a library built before steps
+    /// existed lacks it, and exports no step.
+    pub step_exports: extern "C" fn() -> RVec<RString>,
+    /// Builds a step instance from its export name and JSON config.
+    /// Appended with `step_exports`.
+    pub new_step: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiStepBox>,
 }
 
 impl RootModule for PluginRoot_Ref {

@@ -22,6 +22,8 @@ use std::time::Instant;
 
 use crate::event::Event;
 use crate::exit;
+use crate::flow::engine::{self as flows, Outcome};
+use crate::manifest::ExitWhen;
 use crate::plan::Deployment;
 use crate::runtime::{ContextEvent, RunningContext, StartGate};
 use crate::signals;
@@ -31,6 +33,8 @@ use crate::threads::Spawner;
 
 enum Msg {
     Context(ContextEvent),
+    /// Flow `index` finished with this outcome.
+    Flow(usize, Outcome),
     LeakCeiling,
     Signal(i32),
     CannotSpawn,
@@ -59,7 +63,7 @@ fn progress_check(cores: &[Arc<RunningContext>]) -> impl Fn() -> bool + Send + '
 }
 
 /// Runs a deployment to its end and returns the process exit code.
-pub fn run(deployment: Deployment) -> u8 {
+pub fn run(mut deployment: Deployment) -> u8 {
     let (tx, rx) = mpsc::channel::<Msg>();
     {
         let tx = tx.clone();
@@ -87,8 +91,21 @@ pub fn run(deployment: Deployment) -> u8 {
         )
     };
 
+    // Every flow's store is opened and its run set up before anything
+    // runs: a `recover` with nothing to recover stops here.
+    let mut opened = Vec::new();
+    for plan in std::mem::take(&mut deployment.flows) {
+        match flows::open(plan, Arc::clone(&deployment.events)) {
+            Ok(o) => opened.push(o),
+            Err(e) => {
+                tracing::error!("{e}; nothing was started");
+                return exit::CONFIG_ERROR;
+            }
+        }
+    }
+    let flow_handles: Vec<_> = opened.iter().map(|o| o.handle.clone()).collect();
     let total = deployment.contexts.len();
-    if total == 0 {
+    if total == 0 && opened.is_empty() {
         tracing::warn!("the manifest has no context: nothing to run");
         notify::send("READY=1");
         return exit::OK;
@@ -137,8 +154,12 @@ pub fn run(deployment: Deployment) -> u8 {
     let mut exit_host = false;
     let mut leak_ceiling = false;
     let mut cannot_spawn = false;
+    let mut flows_done: Vec<Option<Outcome>> = vec![None; opened.len()];
     let stop_all = |deadlines: &mut Vec<Option<Instant>>| {
         notify::send("STOPPING=1");
+        for f in &flow_handles {
+            f.stop();
+        }
         for (i, core) in cores.iter().enumerate() {
             core.shared.request_stop();
             if deadlines[i].is_none() {
@@ -159,6 +180,27 @@ pub fn run(deployment: Deployment) -> u8 {
             break;
         }
     }
+    if total == 0 {
+        notify::send("READY=1");
+    }
+    for (i, o) in opened.into_iter().enumerate() {
+        let tx = tx.clone();
+        let started = o.start(
+            Arc::clone(&watchdog),
+            Arc::clone(&threads),
+            move |outcome| {
+                let _ = tx.send(Msg::Flow(i, outcome));
+            },
+        );
+        if started.is_err() {
+            cannot_spawn = true;
+            flows_done[i] = Some(Outcome::Stopped);
+            stop_all(&mut deadlines);
+        }
+    }
+    let all_done = |ended: &[bool], flows_done: &[Option<Outcome>]| {
+        ended.iter().all(|e| *e) && flows_done.iter().all(Option::is_some)
+    };
     if !cannot_spawn {
         let tx = tx.clone();
         crate::reload::start(
@@ -176,7 +218,7 @@ pub fn run(deployment: Deployment) -> u8 {
     drop(tx);
 
     loop {
-        if ended.iter().all(|e| *e) {
+        if all_done(&ended, &flows_done) {
             break;
         }
         let next = deadlines
@@ -205,7 +247,7 @@ pub fn run(deployment: Deployment) -> u8 {
                             abandoned[i] = true;
                         }
                     }
-                    if ended.iter().all(|e| *e) {
+                    if all_done(&ended, &flows_done) {
                         break;
                     }
                     continue;
@@ -226,8 +268,20 @@ pub fn run(deployment: Deployment) -> u8 {
             }
             Some(Msg::Context(ContextEvent::Ended(i))) => {
                 ended[i] = true;
-                if ended.iter().all(|e| *e) {
+                if all_done(&ended, &flows_done) {
                     break;
+                }
+            }
+            Some(Msg::Flow(i, outcome)) => {
+                flows_done[i] = Some(outcome);
+                if flows_done.iter().all(Option::is_some)
+                    && deployment.exit_when == ExitWhen::FlowsFinished
+                    && !ended.iter().all(|e| *e)
+                {
+                    tracing::info!(
+                        "every flow finished (exit_when = \"flows_finished\"): stopping every context"
+                    );
+                    stop_all(&mut deadlines);
                 }
             }
             Some(Msg::Context(ContextEvent::ExitHost(i))) => {
@@ -281,6 +335,13 @@ pub fn run(deployment: Deployment) -> u8 {
         .iter()
         .filter(|c| c.shared.fatal.load(Ordering::SeqCst) || c.failed.load(Ordering::SeqCst))
         .map(|c| c.shared.name.as_str())
+        .chain(
+            flow_handles
+                .iter()
+                .zip(&flows_done)
+                .filter(|(h, d)| **d == Some(Outcome::Failure) || h.fatal())
+                .map(|(h, _)| h.name()),
+        )
         .collect();
     if failed.is_empty() {
         tracing::info!("every context ended");

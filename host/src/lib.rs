@@ -17,13 +17,14 @@
 //! Layers, lowest first (a module uses only modules of lower layers; the
 //! integration test `layout` checks it from this source): `exit`,
 //! `logging`, `dataframe`, `plugin`; `manifest` (pure data); `event`;
-//! `threads`; `signals`, `supervision`; `instance`; `plan`; `runtime`;
+//! `threads`; `signals`, `supervision`; `instance`; `flow`; `plan`; `runtime`;
 //! `reload`; `host`; `cli`.
 
 pub mod cli;
 pub mod dataframe;
 pub mod event;
 pub mod exit;
+pub mod flow;
 pub mod host;
 pub mod instance;
 pub mod logging;

@@ -29,10 +29,12 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ffi::API_VERSION;
+use crate::flow::{Step, StepContext};
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
-    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, PluginRoot, PluginRoot_Ref,
+    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, FfiStep, FfiStep_TO, FfiStepBox,
+    HostRef, PluginRoot, PluginRoot_Ref, StepActivation,
 };
 
 thread_local! {
@@ -198,6 +200,24 @@ impl<C: Condition> FfiCondition for ConditionAdapter<C> {
     }
 }
 
+/// A [`Step`] behind the FFI trait; `Option` as in [`ServiceAdapter`].
+struct StepAdapter<S>(Option<S>);
+
+impl<S> Drop for StepAdapter<S> {
+    fn drop(&mut self) {
+        guarded_drop(self.0.take());
+    }
+}
+
+impl<S: Step> FfiStep for StepAdapter<S> {
+    fn run(&self, host: HostRef<'_>, activation: &StepActivation) -> CallResult {
+        guard(|| {
+            let step = self.0.as_ref().map_or_else(dropped, Ok)?;
+            step.run(&StepContext::new(Context::from_host(host), activation))
+        })
+    }
+}
+
 fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     // The message keeps serde_json's ` at line 1 column N`: it refers to the
     // JSON the host generated, and the host turns it into the manifest line,
@@ -227,6 +247,17 @@ pub fn new_condition<C: Condition>(config_json: &str) -> Result<FfiConditionBox>
     ))
 }
 
+/// Builds a step instance from its JSON config. Used by [`export_plugin!`](crate::export_plugin).
+#[doc(hidden)]
+pub fn new_step<S: Step>(config_json: &str) -> Result<FfiStepBox> {
+    let config = parse_config::<S::Config>(config_json)?;
+    let step = S::new(config).map_err(Error::rejecting_config)?;
+    Ok(FfiStep_TO::from_value(StepAdapter(Some(step)), TD_Opaque))
+}
+
+/// A constructor of a step instance from JSON config.
+#[doc(hidden)]
+pub type StepCtor = fn(&str) -> Result<FfiStepBox>;
 /// A constructor of a service instance from JSON config.
 #[doc(hidden)]
 pub type ServiceCtor = fn(&str) -> Result<FfiServiceBox>;
@@ -245,6 +276,8 @@ pub trait PluginExports: 'static {
     const SERVICES: &'static [(&'static str, ServiceCtor)];
     /// Exported conditions by name.
     const CONDITIONS: &'static [(&'static str, ConditionCtor)];
+    /// Exported flow steps by name.
+    const STEPS: &'static [(&'static str, StepCtor)] = &[];
 }
 
 extern "C" fn exports<P: PluginExports>() -> RVec<ExportInfo> {
@@ -286,6 +319,23 @@ extern "C" fn new_condition_ffi<P: PluginExports>(
     }
 }
 
+extern "C" fn step_exports<P: PluginExports>() -> RVec<RString> {
+    P::STEPS
+        .iter()
+        .map(|(name, _)| RString::from(*name))
+        .collect()
+}
+
+extern "C" fn new_step_ffi<P: PluginExports>(
+    name: RStr<'_>,
+    config: RStr<'_>,
+) -> CallResult<FfiStepBox> {
+    match P::STEPS.iter().find(|(n, _)| *n == name.as_str()) {
+        Some((_, ctor)) => guard(|| ctor(config.as_str())),
+        None => unknown_export(name.as_str(), "step"),
+    }
+}
+
 extern "C" fn take_drop_panic() -> ROption<RString> {
     DROP_PANIC
         .with(|p| p.borrow_mut().take())
@@ -303,6 +353,8 @@ fn root_module<P: PluginExports>() -> PluginRoot_Ref {
         new_service: new_service_ffi::<P>,
         new_condition: new_condition_ffi::<P>,
         take_drop_panic,
+        step_exports: step_exports::<P>,
+        new_step: new_step_ffi::<P>,
     }
     .leak_into_prefix()
 }
@@ -327,16 +379,18 @@ pub const fn lib_header<P: PluginExports>() -> LibHeader {
     }
 }
 
-/// Exports services and conditions from a plugin library.
+/// Exports services, conditions and flow steps from a plugin library.
 ///
 /// Invoke it once, at the root of a `cdylib` crate, listing the types that
-/// implement [`Service`](crate::Service) and [`Condition`](crate::Condition).
+/// implement [`Service`](crate::Service), [`Condition`](crate::Condition)
+/// and [`Step`](crate::Step) (each list is optional, in this order).
 /// Each is exported under its type name, which manifests use in `export = "..."`.
 ///
 /// ```text
 /// otools_api::export_plugin! {
 ///     services: [Increment, Report],
 ///     conditions: [AtLeast],
+///     steps: [Charge],
 /// }
 /// ```
 #[macro_export]
@@ -344,6 +398,7 @@ macro_rules! export_plugin {
     (
         $(services: [$($service:ident),* $(,)?] $(,)?)?
         $(conditions: [$($condition:ident),* $(,)?] $(,)?)?
+        $(steps: [$($step:ident),* $(,)?] $(,)?)?
     ) => {
         #[doc(hidden)]
         pub struct __OtoolsPluginExports;
@@ -356,6 +411,9 @@ macro_rules! export_plugin {
             ];
             const CONDITIONS: &'static [(&'static str, $crate::__private::ConditionCtor)] = &[
                 $($((::core::stringify!($condition), $crate::__private::new_condition::<$condition>),)*)?
+            ];
+            const STEPS: &'static [(&'static str, $crate::__private::StepCtor)] = &[
+                $($((::core::stringify!($step), $crate::__private::new_step::<$step>),)*)?
             ];
         }
 

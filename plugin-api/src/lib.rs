@@ -111,6 +111,7 @@
 mod context;
 mod error;
 mod export;
+mod flow;
 mod service;
 
 /// The FFI types and the ABI version, from `otools-abi`; plugin authors
@@ -125,13 +126,15 @@ pub mod ffi {
 
 pub use context::{Context, Dataframe, LockGuard};
 pub use error::{Error, Result};
+pub use flow::{Step, StepContext};
 pub use otools_abi::{HostError, LogLevel, TypeMismatch, Value};
 pub use service::{Condition, NoConfig, Service};
 
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{
-        ConditionCtor, PluginExports, ServiceCtor, lib_header, new_condition, new_service,
+        ConditionCtor, PluginExports, ServiceCtor, StepCtor, lib_header, new_condition,
+        new_service, new_step,
     };
     pub use abi_stable::library::LibHeader;
 }

@@ -40,6 +40,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
         host: HostSection::default(),
         dataframes: Vec::new(),
         contexts: Vec::new(),
+        flows: Vec::new(),
     };
     let text = manifest.source.clone();
     let (root, syntax) = DeTable::parse_recoverable(&text);
@@ -98,11 +99,21 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
                     }
                 }
             }
+            "flow" => {
+                for (i, v) in array_items(&manifest, value, "flow", &mut errors).into_iter().enumerate() {
+                    let label = item_label(&v, "flow", i);
+                    super::config::SpanTree::collect(&v, &mut manifest.configs);
+                    match item::<super::flow::FlowDecl>(v) {
+                        Ok(f) => manifest.flows.push(f),
+                        Err((at, msg)) => errors.push(manifest.diagnostic(at, label, msg)),
+                    }
+                }
+            }
             other => errors.push(manifest.diagnostic(
                 at,
                 other,
                 format!(
-                    "unknown key `{other}`, expected one of `version`, `host`, `dataframe`, `context`"
+                    "unknown key `{other}`, expected one of `version`, `host`, `dataframe`, `context`, `flow`"
                 ),
             )),
         }
@@ -210,14 +221,19 @@ fn array_items<'i>(
 
 /// `context "Name"` if the item has a string name, else `context #n`.
 fn context_label(value: &Spanned<DeValue<'_>>, index: usize) -> String {
+    item_label(value, "context", index)
+}
+
+/// `<kind> "Name"` if the item has a string name, else `<kind> #n`.
+fn item_label(value: &Spanned<DeValue<'_>>, kind: &str, index: usize) -> String {
     value
         .get_ref()
         .as_table()
         .and_then(|t| t.get("name"))
         .and_then(|n| n.get_ref().as_str())
         .map_or_else(
-            || format!("context #{}", index + 1),
-            |n| format!("context \"{}\"", super::shown(n)),
+            || format!("{kind} #{}", index + 1),
+            |n| format!("{kind} \"{}\"", super::shown(n)),
         )
 }
 

@@ -8,6 +8,7 @@
 //! handing them their config) is the job of [`crate::plan`].
 
 pub mod config;
+pub mod flow;
 pub mod load;
 pub mod policy;
 pub mod validate;
@@ -45,6 +46,19 @@ pub struct Manifest {
     pub dataframes: Vec<DataframeDecl>,
     /// `[[context]]`, in file order.
     pub contexts: Vec<ContextDecl>,
+    /// `[[flow]]`, in file order.
+    pub flows: Vec<flow::FlowDecl>,
+}
+
+/// `[host] exit_when`: what ends the run besides a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitWhen {
+    /// Every context has ended and every flow has finished (the default).
+    #[default]
+    ContextsEnded,
+    /// Every flow has finished: the contexts are then stopped and finalized.
+    FlowsFinished,
 }
 
 /// The default of `[host] max_abandoned_threads`.
@@ -76,6 +90,8 @@ pub struct HostSection {
     /// Stop everything and exit with code 76 once this many threads are left
     /// in hung plugin calls at the same time (default 256).
     pub max_abandoned_threads: Option<usize>,
+    /// What ends the run besides a signal (default `contexts_ended`).
+    pub exit_when: Option<Spanned<ExitWhen>>,
 }
 
 /// `[[dataframe]]`: a shared key/value store owned by the host.

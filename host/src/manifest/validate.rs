@@ -152,7 +152,11 @@ fn check_supervision(
 
 /// Records where `name` is first declared; for a name seen before, returns
 /// the offset of its first declaration (not of the previous duplicate).
-fn first_of<'a>(seen: &mut HashMap<&'a str, usize>, name: &'a str, at: usize) -> Option<usize> {
+pub(super) fn first_of<'a>(
+    seen: &mut HashMap<&'a str, usize>,
+    name: &'a str,
+    at: usize,
+) -> Option<usize> {
     match seen.entry(name) {
         std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
         std::collections::hash_map::Entry::Vacant(e) => {
@@ -163,7 +167,12 @@ fn first_of<'a>(seen: &mut HashMap<&'a str, usize>, name: &'a str, at: usize) ->
 }
 
 /// A name that is empty or has a character outside [`is_name_char`] is an error at the name.
-fn check_name(m: &Manifest, name: &Spanned<String>, key: &str, errors: &mut Vec<Diagnostic>) {
+pub(super) fn check_name(
+    m: &Manifest,
+    name: &Spanned<String>,
+    key: &str,
+    errors: &mut Vec<Diagnostic>,
+) {
     if let Some(message) = name_error(name.get_ref()) {
         errors.push(m.diagnostic(name.span().start, key, message));
     }
@@ -171,7 +180,7 @@ fn check_name(m: &Manifest, name: &Spanned<String>, key: &str, errors: &mut Vec<
 
 /// Names for a message: the first few, and how many more (a message per
 /// error that listed them all would make `check` quadratic in their number).
-fn list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+pub(super) fn list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
     const SHOWN: usize = 10;
     let total = names.len();
     let v: Vec<String> = names

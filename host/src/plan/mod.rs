@@ -5,6 +5,7 @@
 //! manifest line it comes from, so `otools check` reports them all at once.
 
 mod context;
+mod flow;
 
 pub use context::{ContextPlan, StepPlan, UnitPlan};
 
@@ -57,6 +58,10 @@ pub struct Deployment {
     pub events: Arc<Events>,
     /// `[host] max_abandoned_threads` (at least 1), for the host's watchdog.
     pub max_abandoned_threads: usize,
+    /// The flows, in manifest order.
+    pub flows: Vec<crate::flow::FlowPlan>,
+    /// `[host] exit_when`.
+    pub exit_when: crate::manifest::ExitWhen,
 }
 
 impl Deployment {
@@ -87,6 +92,11 @@ impl Deployment {
             .iter()
             .flat_map(|c| c.units.iter())
             .filter_map(|u| u.policy.watchdog)
+            .chain(
+                self.flows
+                    .iter()
+                    .filter_map(crate::flow::FlowPlan::shortest_watchdog),
+            )
             .min()
     }
 }
@@ -224,24 +234,42 @@ impl Builder<'_> {
                 initial,
             }),
             Err(e) => {
-                // At the key or value concerned when the plugin's message
-                // says where in the JSON; else at the config table.
-                let table_at = config.map_or(anchor, |c| c.span().start);
-                let tree = config.and_then(|c| self.manifest.config_spans(c.span().start));
-                let found = json.locate(e.message.as_str(), tree, table_at);
-                self.errors.push(self.manifest.diagnostic(
-                    found.at,
-                    format!("{key} > config{}", found.key),
-                    format!(
-                        "`{}` of plugin `{}` rejected its config: {}",
-                        export_name,
-                        plugin.get_ref(),
-                        found.message
-                    ),
-                ));
+                let export = export_name.to_owned();
+                self.config_refused(&e, &json, config, anchor, key, &export, plugin);
                 None
             }
         }
+    }
+
+    /// Reports a config a plugin refused: at the key or value concerned
+    /// when the plugin's message says where in the JSON, else at the
+    /// config table (or `anchor` without one).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of the manifest entry the message names"
+    )]
+    fn config_refused(
+        &mut self,
+        e: &otools_abi::CallError,
+        json: &ConfigJson,
+        config: Option<&Spanned<toml::Table>>,
+        anchor: usize,
+        key: &str,
+        export: &str,
+        plugin: &Spanned<String>,
+    ) {
+        let table_at = config.map_or(anchor, |c| c.span().start);
+        let tree = config.and_then(|c| self.manifest.config_spans(c.span().start));
+        let found = json.locate(e.message.as_str(), tree, table_at);
+        self.errors.push(self.manifest.diagnostic(
+            found.at,
+            format!("{key} > config{}", found.key),
+            format!(
+                "`{export}` of plugin `{}` rejected its config: {}",
+                plugin.get_ref(),
+                found.message
+            ),
+        ));
     }
 
     fn context(
@@ -389,6 +417,7 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         registry: Registry::new(opts.verbose),
         errors: validate(manifest),
     };
+    b.errors.extend(crate::manifest::flow::validate(manifest));
     let dataframes: Vec<Arc<Dataframe>> = manifest
         .dataframes
         .iter()
@@ -415,6 +444,11 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         .iter()
         .map(|c| b.context(c, &by_name, &names))
         .collect();
+    let flows: Vec<crate::flow::FlowPlan> = manifest
+        .flows
+        .iter()
+        .filter_map(|f| b.flow(f, &by_name, &names))
+        .collect();
     if !b.errors.is_empty() {
         let mut errors = b.errors;
         errors.sort_by_key(|d| d.position);
@@ -428,5 +462,11 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
         max_abandoned_threads: manifest.max_abandoned_threads(),
+        flows,
+        exit_when: manifest
+            .host
+            .exit_when
+            .as_ref()
+            .map_or_else(Default::default, |w| *w.get_ref()),
     })
 }
