@@ -327,17 +327,26 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The rows of `sql` (one `?1` parameter: the run), each through `row`.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        run: &str,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut q = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        q.query_map(params![run], row)
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
     /// The events raised in a run, as (event, sequence).
     pub fn triggers(&self, run: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let mut q = self
-            .conn
-            .prepare("SELECT event, sequence FROM triggers WHERE run_id = ?1 ORDER BY rowid")
-            .map_err(|e| self.err(e))?;
-        let rows = q
-            .query_map(params![run], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e));
-        rows
+        self.rows(
+            "SELECT event, sequence FROM triggers WHERE run_id = ?1 ORDER BY rowid",
+            run,
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// Records a task's status (and its error text for a failure).
@@ -384,26 +393,20 @@ impl Store {
 
     /// The latest attempt of every (step, sequence) of a run.
     pub fn tasks(&self, run: &str) -> Result<Vec<Task>, StoreError> {
-        let mut q = self
-            .conn
-            .prepare(
-                "SELECT step, sequence, attempt, status FROM tasks t WHERE run_id = ?1 AND attempt =
-                 (SELECT MAX(attempt) FROM tasks u WHERE u.run_id = t.run_id AND u.step = t.step AND u.sequence = t.sequence)
-                 ORDER BY rowid",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = q
-            .query_map(params![run], |r| {
+        self.rows(
+            "SELECT step, sequence, attempt, status FROM tasks t WHERE run_id = ?1 AND attempt =
+             (SELECT MAX(attempt) FROM tasks u WHERE u.run_id = t.run_id AND u.step = t.step AND u.sequence = t.sequence)
+             ORDER BY rowid",
+            run,
+            |r| {
                 Ok(Task {
                     step: r.get(0)?,
                     sequence: r.get(1)?,
                     attempt: r.get(2)?,
                     status: Status::parse(&r.get::<_, String>(3)?),
                 })
-            })
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e));
-        rows
+            },
+        )
     }
 
     /// Records a delay; returns its id.
@@ -434,14 +437,10 @@ impl Store {
 
     /// The delays of a run not fired yet.
     pub fn pending_delays(&self, run: &str) -> Result<Vec<Delay>, StoreError> {
-        let mut q = self
-            .conn
-            .prepare(
-                "SELECT id, sequence, target_kind, target, due_ms FROM delays WHERE run_id = ?1 AND fired = 0 ORDER BY id",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = q
-            .query_map(params![run], |r| {
+        self.rows(
+            "SELECT id, sequence, target_kind, target, due_ms FROM delays WHERE run_id = ?1 AND fired = 0 ORDER BY id",
+            run,
+            |r| {
                 Ok(Delay {
                     id: r.get(0)?,
                     sequence: r.get(1)?,
@@ -449,10 +448,8 @@ impl Store {
                     target: r.get(3)?,
                     due_ms: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
                 })
-            })
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e));
-        rows
+            },
+        )
     }
 }
 
