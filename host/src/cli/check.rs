@@ -38,8 +38,9 @@ impl CheckCommand {
                 let (contexts, services, triggers, conditions) = d.counts();
                 let _ = writeln!(
                     std::io::stdout(),
-                    "{}: ok ({contexts} context(s), {services} service(s), {triggers} trigger(s), {conditions} condition(s), {} plugin librar{})",
+                    "{}: ok ({contexts} context(s), {services} service(s), {triggers} trigger(s), {conditions} condition(s), {} flow(s), {} plugin librar{})",
                     m.path.display(),
+                    d.flows.len(),
                     d.libraries,
                     if d.libraries == 1 { "y" } else { "ies" }
                 );
