@@ -44,6 +44,31 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Extracts `paths` of the repository at `commit` into `to` (with `git archive`).
+pub(crate) fn checkout(commit: &str, paths: &[&str], to: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    std::fs::create_dir_all(to).unwrap();
+    let archive = Command::new("git")
+        .current_dir(root)
+        .args(["archive", "--format=tar", commit])
+        .args(paths)
+        .output()
+        .expect("run git archive");
+    assert!(
+        archive.status.success(),
+        "git archive {commit} failed (the test needs the repository's history):\n{}",
+        String::from_utf8_lossy(&archive.stderr)
+    );
+    let tar = to.join("sources.tar");
+    std::fs::write(&tar, &archive.stdout).unwrap();
+    let status = Command::new("tar")
+        .current_dir(to)
+        .args(["xf", "sources.tar"])
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar failed");
+}
+
 /// Rewrites the file at `path` through `edit`.
 fn edit_file(path: &Path, edit: &dyn Fn(String) -> String) {
     let original = std::fs::read_to_string(path).unwrap();
@@ -65,7 +90,7 @@ pub(crate) struct Variant<'a> {
     pub plugin: &'a str,
 }
 
-fn unchanged(s: String) -> String {
+pub(crate) fn unchanged(s: String) -> String {
     s
 }
 
@@ -95,13 +120,25 @@ pub(crate) fn build_variant(
 /// returns the library.
 pub(crate) fn build_fixture(dir: &TestDir, name: &str, variant: &Variant<'_>) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    build_fixture_from(root, dir, name, variant)
+}
+
+/// Like [`build_fixture`], with the two crates' `src/` folders copied from
+/// `sources` (a folder holding `abi/src` and `plugin-api/src`).
+pub(crate) fn build_fixture_from(
+    sources: &Path,
+    dir: &TestDir,
+    name: &str,
+    variant: &Variant<'_>,
+) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let ws = dir.path.join(name);
     // Folders named after the fixture: cargo hashes a path package by its
     // path relative to the workspace, and every fixture shares one target
     // dir, so two fixtures' `otools-abi 0.3.0` in a folder of the same
     // name would share (and race for) one artifact.
     let abi = ws.join(format!("abi-{name}"));
-    copy_dir(&root.join("abi/src"), &abi.join("src"));
+    copy_dir(&sources.join("abi/src"), &abi.join("src"));
     edit_file(&abi.join("src/lib.rs"), variant.edit_abi);
     // The package name must stay `otools-abi`: abi_stable compares it too.
     std::fs::write(
@@ -114,7 +151,7 @@ pub(crate) fn build_fixture(dir: &TestDir, name: &str, variant: &Variant<'_>) ->
     )
     .unwrap();
     let api = ws.join(format!("api-{name}"));
-    copy_dir(&root.join("plugin-api/src"), &api.join("src"));
+    copy_dir(&sources.join("plugin-api/src"), &api.join("src"));
     edit_file(&api.join("src/context.rs"), variant.edit_context);
     std::fs::write(
         api.join("Cargo.toml"),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::compat::{Variant, build_fixture_from, checkout, unchanged};
 use crate::util::{Running, TestDir, journal, run, run_manifest, wait_for_events};
 
 /// A manifest with one flow (`body` is everything from `[[flow]]` on).
@@ -679,4 +680,110 @@ expr = "and(go, ghost)"
             out.stderr
         );
     }
+}
+
+/// main just before flow steps were appended to the ABI (otools-abi 0.3.0).
+const BEFORE_STEPS: &str = "f2249ab68744f1f6058d3959c02335e735a937b3";
+
+const OLD_PLUGIN: &str = r#"
+//! A plugin built before flow steps existed.
+use otools_api::{Context, NoConfig, Result, Service};
+
+/// Logs once, then ends its context.
+pub struct Old;
+
+impl Service for Old {
+    type Config = NoConfig;
+    fn new(_: NoConfig) -> Result<Self> {
+        Ok(Old)
+    }
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        ctx.info("old plugin runs");
+        ctx.terminate_context();
+        Ok(())
+    }
+}
+
+otools_api::export_plugin! { services: [Old] }
+"#;
+
+#[test]
+fn a_plugin_built_before_flow_steps_existed_still_loads_and_runs_beside_a_flow() {
+    let dir = TestDir::new("flow_compat");
+    let sources = dir.path.join("before-steps");
+    checkout(BEFORE_STEPS, &["abi/src", "plugin-api/src"], &sources);
+    let old = build_fixture_from(
+        &sources,
+        &dir,
+        "prestep",
+        &Variant {
+            abi_version: "0.3.0",
+            api_version: env!("CARGO_PKG_VERSION"),
+            edit_abi: &unchanged,
+            edit_context: &unchanged,
+            plugin: OLD_PLUGIN,
+        },
+    );
+    let out = run(&["inspect", old.to_str().unwrap()]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "otools-abi: 0.3.0 (host: {}, compatible)",
+            otools_abi::ABI_VERSION
+        )) && out.stdout.contains("services:   Old")
+            && out.stdout.contains("steps:      (none)"),
+        "{}",
+        out.stdout
+    );
+    let m = flow(
+        &dir,
+        &format!(
+            r#"
+[[context]]
+name = "C"
+[[context.service]]
+name = "old"
+plugin = "{}"
+export = "Old"
+
+[[flow]]
+name = "f"
+events = ["go"]
+start = ["go/1"]
+[[flow.step]]
+name = "s"
+plugin = "flowsteps"
+export = "Work"
+[[flow.association]]
+event = "go"
+steps = ["s"]
+"#,
+            old.display()
+        ),
+    );
+    let (out, ev) = run_flow(&m, &dir, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.messages_of("old")
+            .contains(&String::from("old plugin runs")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sequences(&ev, "step_finished", "s"), vec!["1"]);
+    // Asked for a step, the old library is refused cleanly: it has none.
+    let m = dir.manifest(
+        "step.toml",
+        &format!(
+            "[[flow]]\nname = \"f\"\n[[flow.step]]\nname = \"s\"\nplugin = \"{}\"\nexport = \"Old\"\n",
+            old.display()
+        ),
+    );
+    let out = run(&["check", m.to_str().unwrap()]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("exports no step named `Old`; its steps: (none)"),
+        "{}",
+        out.stderr
+    );
 }

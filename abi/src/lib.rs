@@ -31,6 +31,17 @@
 //! minor with a message saying which side to rebuild (a layout change
 //! forgotten without a bump is still refused, by abi_stable's layout check).
 //! A pure-Rust addition (a method or conversion on [`Value`]) is a patch.
+//!
+//! One caveat, found by the flow-step test: abi_stable's layout check lets
+//! a *library's* prefix type have more fields than the host's, not fewer.
+//! So a host whose [`PluginRoot`] has fields appended refuses a library
+//! built before them ("too many fields"), unless it knows the older layout:
+//! [`legacy`] keeps each earlier root module frozen, and the host checks a
+//! library against it when the current layout does not match, then
+//! upgrades it (the missing entries answer "none"). Appending to
+//! `PluginRoot` therefore also adds the previous root module to
+//! [`legacy`]. The same check applies to the traits' vtables (`FfiHost`,
+//! `FfiService`, `FfiCondition`), which the root module's layout reaches.
 
 #![allow(
     non_local_definitions,
@@ -56,6 +67,7 @@ use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec,
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
 mod flow;
+pub mod legacy;
 mod value;
 
 pub use flow::{FfiStep, FfiStep_TO, FfiStepBox, StepActivation};

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
-use otools_abi::{ABI_VERSION, ExportInfo, ExportKind, PluginRoot_Ref};
+use otools_abi::{ABI_VERSION, ExportInfo, ExportKind, PluginRoot_Ref, legacy};
 use otools_api::ffi::API_VERSION;
 
 /// A loaded, checked plugin library.
@@ -438,9 +438,18 @@ fn load_from(
     // The header's version is `otools-abi`'s: the root module type lives there.
     let abi_version = header.version_strings().version.as_str().to_owned();
     let plugin_abi = VersionNumber::new(header.version_strings()).ok();
-    let root = header
-        .init_root_module::<PluginRoot_Ref>()
-        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    // A library built before the root module's latest appended fields
+    // has fewer of them, which abi_stable refuses against the current
+    // layout: it is checked against the earlier layout it was built with,
+    // and upgraded (see `otools_abi::legacy`). Any other mismatch reports
+    // the current layout's error.
+    let root = match header.init_root_module::<PluginRoot_Ref>() {
+        Ok(root) => root,
+        Err(e) => match header.init_root_module::<legacy::before_steps::PluginRoot_Ref>() {
+            Ok(old) => old.upgrade(),
+            Err(_) => return Err(convert(path, e, plugin_abi, verbose)),
+        },
+    };
     let exports = root.exports()().into_vec();
     Ok((root, exports, abi_version))
 }
