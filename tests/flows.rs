@@ -787,3 +787,45 @@ steps = ["s"]
         out.stderr
     );
 }
+
+#[test]
+fn a_step_still_running_at_shutdown_is_abandoned_after_shutdown_timeout_and_recovered() {
+    let dir = TestDir::new("flow_abandon");
+    let m = flow(
+        &dir,
+        r#"shutdown_timeout = "300ms"
+
+[[flow]]
+name = "f"
+store = "f.db"
+events = ["go"]
+start = ["go/1"]
+
+[[flow.step]]
+name = "endless"
+plugin = "flowsteps"
+export = "Work"
+config = { sleep_ms = 120000, until_attempt = 1 }
+
+[[flow.association]]
+event = "go"
+steps = ["endless"]
+"#,
+    );
+    let ev = events_arg(&dir);
+    let host = Running::start_with(&m, &["--events", ev.as_str()]);
+    wait_for_events(&events_path(&dir), 1, |e| e["event"] == "step_started");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.messages()
+            .iter()
+            .any(|m| m.contains("did not finish within shutdown_timeout (300ms): abandoned")),
+        "{}",
+        out.stderr
+    );
+    let (out, ev) = run_flow(&m, &dir, &["--mode", "recover"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(of(&ev, "step_finished", "endless")[0]["attempt"], 2);
+}

@@ -310,8 +310,9 @@ pub fn run(mut deployment: Deployment) -> u8 {
             }
         }
     }
-    let abandoned_any =
-        abandoned.iter().any(|a| *a) || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst));
+    let abandoned_any = abandoned.iter().any(|a| *a)
+        || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst))
+        || flows_done.contains(&Some(Outcome::Abandoned));
     if cannot_spawn || threads.any_failed() {
         tracing::error!(
             "stopped because a thread could not be created (see above); exit code {}",

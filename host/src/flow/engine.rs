@@ -76,6 +76,9 @@ pub enum Outcome {
     Failure,
     /// Stopped (a signal, a fatal log) with work left pending.
     Stopped,
+    /// Stopped, and steps still running after `shutdown_timeout` were
+    /// abandoned (their tasks stay `active`: `recover` reruns them).
+    Abandoned,
 }
 
 impl Outcome {
@@ -83,7 +86,7 @@ impl Outcome {
         match self {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
-            Outcome::Stopped => "stopped",
+            Outcome::Stopped | Outcome::Abandoned => "stopped",
         }
     }
 }
@@ -163,6 +166,8 @@ struct Engine {
     active: usize,
     delays: Vec<Delay>,
     stopping: bool,
+    /// When running steps are abandoned, once stopping (see `Outcome::Abandoned`).
+    stop_deadline: Option<std::time::Instant>,
     failed: bool,
     /// Recovered interrupted activations of non-idempotent steps, failed at start.
     interrupted: Vec<(StepId, String, u32)>,
@@ -243,6 +248,7 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         active: 0,
         delays: Vec::new(),
         stopping: false,
+        stop_deadline: None,
         failed: false,
         interrupted: Vec::new(),
     };
@@ -443,8 +449,21 @@ impl Engine {
             if self.active == 0 && (self.stopping || idle) {
                 break;
             }
-            let wait = if self.stopping {
-                None
+            if self.stopping && self.stop_deadline.is_none() {
+                self.stop_deadline = Some(std::time::Instant::now() + self.plan.shutdown_timeout);
+            }
+            let wait = if let Some(deadline) = self.stop_deadline {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    tracing::error!(
+                        flow = %self.plan.name,
+                        "{} running step(s) did not finish within shutdown_timeout ({}): abandoned (their tasks stay active; `--mode recover` runs them again)",
+                        self.active,
+                        humantime::format_duration(self.plan.shutdown_timeout)
+                    );
+                    return self.finish(true);
+                }
+                Some(left)
             } else {
                 self.delays
                     .iter()
@@ -480,7 +499,7 @@ impl Engine {
                 }
             }
         }
-        self.finish()
+        self.finish(false)
     }
 
     /// Raises `event` for `sequence` (see the module docs).
@@ -858,7 +877,7 @@ impl Engine {
     }
 
     /// Reports expression events left unsatisfied, records the result.
-    fn finish(&mut self) -> Outcome {
+    fn finish(&mut self, abandoned: bool) -> Outcome {
         let plan = Arc::clone(&self.plan);
         let mut sequences: Vec<&String> = self.raised.iter().map(|(_, s)| s).collect();
         sequences.sort_unstable();
@@ -895,7 +914,9 @@ impl Engine {
             }
         }
         let pending = !self.queue.is_empty() || !self.delays.is_empty();
-        let outcome = if self.failed {
+        let outcome = if abandoned {
+            Outcome::Abandoned
+        } else if self.failed {
             Outcome::Failure
         } else if pending {
             Outcome::Stopped
@@ -917,7 +938,7 @@ impl Engine {
         );
         match outcome {
             Outcome::Success => tracing::info!(flow = %plan.name, "{line}"),
-            Outcome::Stopped => {
+            Outcome::Stopped | Outcome::Abandoned => {
                 tracing::warn!(flow = %plan.name, "{line} (work left pending: `otools run --mode continue` takes it up)")
             }
             Outcome::Failure => tracing::error!(flow = %plan.name, "{line}"),

@@ -146,6 +146,9 @@ pub struct FlowPlan {
     pub run_id: Option<String>,
     /// After an unhandled failure, start no new step.
     pub stop_on_error: bool,
+    /// Once asked to stop, how long running steps may take before they
+    /// are abandoned (`[host] shutdown_timeout`).
+    pub shutdown_timeout: Duration,
     /// What its steps' host handles share: the flow's name, log level and dataframes.
     pub shared: Arc<ContextShared>,
     /// Every event name (plain events, then expression events).

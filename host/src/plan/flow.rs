@@ -163,6 +163,7 @@ impl Builder<'_> {
                 .map_or_else(Default::default, |m| *m.get_ref()),
             run_id: None,
             stop_on_error: f.stop_on_error.unwrap_or(true),
+            shutdown_timeout: self.manifest.shutdown_timeout(),
             shared,
             events,
             expressions,
