@@ -77,6 +77,12 @@ fn run(manifest: &Path, journal_path: &Path, signal_when: Option<Done<'_>>) -> V
             if done(&journal(journal_path)) {
                 break;
             }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "otools ended ({status}) before the workload finished; see {}",
+                    journal_path.display()
+                );
+            }
             assert!(Instant::now() < deadline, "workload did not finish");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -229,10 +235,13 @@ fn watchdog_detection(dir: &Path, plugins: &Path, hangs: u64) -> Vec<Row> {
     std::fs::write(
         &m,
         format!(
-            "{}[[context]]\nname = \"C\"\n[[context.service]]\nname = \"hang\"\nplugin = \"faulty\"\nexport = \"Faulty\"\n\
+            "{}max_abandoned_threads = {}\n[[context]]\nname = \"C\"\n[[context.service]]\nname = \"hang\"\nplugin = \"faulty\"\nexport = \"Faulty\"\n\
              config = {{ hang_in = [\"main\"], after = 1 }}\nwatchdog = \"50ms\"\nmax_restarts = 100000\nrestart_window = \"1h\"\n\
              restart_delay = \"0ms\"\nmax_restart_delay = \"0ms\"\n",
-            header(plugins)
+            header(plugins),
+            // Every hang leaves its thread behind; the host's cap (default
+            // 256, exit 76) must stay above the hangs this workload injects.
+            hangs + 16
         ),
     )
     .unwrap();

@@ -179,6 +179,16 @@ pub enum Event {
         /// The plugin library file.
         file: String,
     },
+    /// `reload_rolled_back`: a reload that set up this unit's new version
+    /// (the generation named) was refused before it served: the new
+    /// instance was discarded (finalized, or only fenced when a call of the
+    /// reload hung) and the unit's old generation serves on.
+    ReloadRolledBack {
+        /// The unit, at the discarded new generation.
+        unit: Unit,
+        /// The plugin library file.
+        file: String,
+    },
     /// `ready`: every service of a context was set up.
     ContextReady {
         /// The context.
@@ -262,6 +272,7 @@ impl Event {
             Self::FencedCall { .. } => "fenced_call",
             Self::DropPanicked { .. } => "drop_panicked",
             Self::ReloadSetupOk { .. } => "reload_setup_ok",
+            Self::ReloadRolledBack { .. } => "reload_rolled_back",
             Self::ContextReady { .. } => "ready",
             Self::ContextStopping { .. } => "context_stopping",
             Self::ContextEnded { .. } => "context_ended",
@@ -291,7 +302,8 @@ impl Event {
             | Self::Revived { unit, .. }
             | Self::FencedCall { unit, .. }
             | Self::DropPanicked { unit, .. }
-            | Self::ReloadSetupOk { unit, .. } => Some(unit),
+            | Self::ReloadSetupOk { unit, .. }
+            | Self::ReloadRolledBack { unit, .. } => Some(unit),
             _ => None,
         }
     }
@@ -364,6 +376,7 @@ impl Event {
             ],
             Self::Revived { file, .. }
             | Self::ReloadSetupOk { file, .. }
+            | Self::ReloadRolledBack { file, .. }
             | Self::ReloadPostponed { file } => vec![("file", file.as_str().into())],
             Self::FencedCall {
                 call, fenced_calls, ..
@@ -732,22 +745,41 @@ pub struct UnitState {
     pub restarts: u64,
     /// The reason of its latest failure, if any.
     pub last_failure: Option<String>,
-    /// New versions a reload set up for it (`reload_setup_ok`).
+    /// New versions a reload set up for it and did not roll back
+    /// (`reload_setup_ok`, less `reload_rolled_back`).
     pub reloads: u64,
+    /// New versions a refused reload set up for it and discarded
+    /// (`reload_rolled_back`).
+    pub reloads_rolled_back: u64,
 }
 
 /// A sink that keeps the latest state of every unit, keyed by context and
 /// service. An event about an older generation than the newest seen (the
 /// old instance finalized after a reload or a restart) changes no phase.
+/// A reload's new version counts as the newest generation from its
+/// `reload_setup_ok`; when that reload is rolled back
+/// (`reload_rolled_back`), the unit is back at the generation and phase it
+/// had before, unless a `started` came between (a restart meanwhile).
 #[derive(Default)]
 pub struct UnitStates {
-    units: Mutex<BTreeMap<(String, String), UnitState>>,
+    units: Mutex<BTreeMap<(String, String), Tracked>>,
+}
+
+/// One unit's state, and what it was before a reload's new version was
+/// set up (until that version serves or is rolled back).
+struct Tracked {
+    state: UnitState,
+    before_reload: Option<(u64, Phase)>,
 }
 
 impl UnitStates {
     /// A copy of every unit's state, ordered by context, then service.
     pub fn snapshot(&self) -> BTreeMap<(String, String), UnitState> {
-        self.units.lock().clone()
+        self.units
+            .lock()
+            .iter()
+            .map(|(k, t)| (k.clone(), t.state.clone()))
+            .collect()
     }
 }
 
@@ -755,18 +787,40 @@ impl Sink for UnitStates {
     fn event(&self, e: &Event) {
         let Some(unit) = e.unit() else { return };
         let mut units = self.units.lock();
-        let s = units
+        let t = units
             .entry((unit.context.clone(), unit.service.clone()))
-            .or_insert(UnitState {
-                phase: Phase::Serving,
-                generation: unit.generation,
-                restarts: 0,
-                last_failure: None,
-                reloads: 0,
+            .or_insert(Tracked {
+                state: UnitState {
+                    phase: Phase::Serving,
+                    generation: unit.generation,
+                    restarts: 0,
+                    last_failure: None,
+                    reloads: 0,
+                    reloads_rolled_back: 0,
+                },
+                before_reload: None,
             });
+        let s = &mut t.state;
         match e {
             Event::Restarting { .. } => s.restarts += 1,
-            Event::ReloadSetupOk { .. } => s.reloads += 1,
+            Event::ReloadSetupOk { .. } => {
+                s.reloads += 1;
+                if unit.generation > s.generation && t.before_reload.is_none() {
+                    t.before_reload = Some((s.generation, s.phase));
+                }
+            }
+            Event::ReloadRolledBack { .. } => {
+                s.reloads = s.reloads.saturating_sub(1);
+                s.reloads_rolled_back += 1;
+                if s.generation == unit.generation
+                    && let Some((generation, phase)) = t.before_reload.take()
+                {
+                    s.generation = generation;
+                    s.phase = phase;
+                }
+                return;
+            }
+            Event::Started { .. } if unit.generation >= s.generation => t.before_reload = None,
             Event::Failed { reason, .. } => s.last_failure = Some(reason.clone()),
             Event::Hung { entry, .. } => s.last_failure = Some(format!("{entry} hung")),
             _ => {}
@@ -956,6 +1010,7 @@ mod tests {
                 restarts: 1,
                 last_failure: Some("boom".into()),
                 reloads: 0,
+                reloads_rolled_back: 0,
             }
         );
         let b = &s[&("ctx".to_owned(), "b".to_owned())];
@@ -967,7 +1022,59 @@ mod tests {
                 restarts: 0,
                 last_failure: None,
                 reloads: 1,
+                reloads_rolled_back: 0,
             }
+        );
+    }
+
+    #[test]
+    fn unit_states_after_a_rolled_back_reload_show_the_old_generation_serving() {
+        let states = UnitStates::default();
+        let events = [
+            Event::Started { unit: unit("a", 1) },
+            // A reload sets up a's next version, then is refused: the new
+            // instance is discarded (finalized), the old one resumes.
+            Event::ReloadSetupOk {
+                unit: unit("a", 2),
+                file: "lib.so".into(),
+            },
+            Event::Finalized { unit: unit("a", 2) },
+            Event::ReloadRolledBack {
+                unit: unit("a", 2),
+                file: "lib.so".into(),
+            },
+        ];
+        for e in &events {
+            states.event(e);
+        }
+        let a = &states.snapshot()[&("ctx".to_owned(), "a".to_owned())];
+        assert_eq!(
+            *a,
+            UnitState {
+                phase: Phase::Serving,
+                generation: 1,
+                restarts: 0,
+                last_failure: None,
+                reloads: 0,
+                reloads_rolled_back: 1,
+            }
+        );
+        // A later reload that is committed counts as one, from generation 2.
+        states.event(&Event::ReloadSetupOk {
+            unit: unit("a", 2),
+            file: "lib.so".into(),
+        });
+        states.event(&Event::Finalized { unit: unit("a", 1) });
+        states.event(&Event::Started { unit: unit("a", 2) });
+        let a = &states.snapshot()[&("ctx".to_owned(), "a".to_owned())];
+        assert_eq!((a.phase, a.generation, a.reloads), (Phase::Serving, 2, 1));
+        assert_eq!(
+            Event::ReloadRolledBack {
+                unit: unit("a", 2),
+                file: "lib.so".into(),
+            }
+            .name(),
+            "reload_rolled_back"
         );
     }
 

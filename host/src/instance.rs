@@ -54,6 +54,23 @@ impl Wake {
         *self.epoch.lock()
     }
 
+    /// The one way to wait for a condition that a notify announces: until
+    /// `done()` is true (then true) or `deadline` has passed (then false),
+    /// looking again at each notify. The epoch is taken before each look,
+    /// so a notify between a look and the wait is never missed.
+    pub fn wait_for(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
+        loop {
+            let seen = self.epoch();
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.wait_until(seen, Some(deadline));
+        }
+    }
+
     /// Waits until `deadline` (or forever) unless notified since `seen`.
     pub fn wait_until(&self, seen: u64, deadline: Option<Instant>) {
         let mut epoch = self.epoch.lock();

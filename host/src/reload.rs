@@ -583,6 +583,7 @@ impl Watcher {
             tx,
             current: Mutex::new(file.clone()),
             hosts: Mutex::new(Vec::new()),
+            set_up: Mutex::new(Vec::new()),
             exporting: Mutex::new(None),
             paused: Mutex::new(Vec::new()),
             committed: AtomicBool::new(false),
@@ -632,6 +633,10 @@ struct Swap {
     /// Host handles of the new instances (fenced if the swap is abandoned
     /// before the point of no return).
     hosts: Mutex<Vec<Arc<InstanceHost>>>,
+    /// The units whose new version was set up (journaled
+    /// `reload_setup_ok`), with its generation: each is journaled
+    /// `reload_rolled_back` if the swap rolls back.
+    set_up: Mutex<Vec<(Arc<RunningContext>, usize, u64)>>,
     /// The old instance whose `export_state` is running (its context, unit
     /// and generation): a hang there ends it under its restart policy.
     exporting: Mutex<Option<(Arc<RunningContext>, usize, u64)>>,
@@ -725,6 +730,7 @@ impl Swap {
         for host in self.hosts.lock().iter() {
             host.fence();
         }
+        self.journal_rolled_back();
         // Taken out first: resuming or exiting a paused instance can drop
         // it, and a plugin's `Drop` never runs under a host lock.
         let exporting = self.exporting.lock().take();
@@ -738,10 +744,7 @@ impl Swap {
             }
             None => Retry::Never,
         };
-        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
-        for (core, p) in paused {
-            core.resume(p);
-        }
+        self.resume_paused();
         let what = self.current.lock().clone();
         self.send(Err(Refusal {
             reason: format!(
@@ -778,6 +781,8 @@ impl Swap {
                         unit: core.unit_id(*u, p.generation()),
                         file: self.file.clone(),
                     });
+                    let set_up = (Arc::clone(core), *u, p.generation());
+                    self.set_up.lock().push(set_up);
                     prepared.push((Arc::clone(core), p));
                 }
             }
@@ -841,6 +846,7 @@ impl Swap {
             commits.push_back((core, old, new));
         }
         drop(commits);
+        self.set_up.lock().clear();
         self.committed.store(true, Ordering::SeqCst);
         Some(Ok(()))
     }
@@ -860,7 +866,9 @@ impl Swap {
                 // instance is finalized with its context.
                 self.kept.fetch_add(1, Ordering::SeqCst);
                 core.resume(old);
+                let (u, generation) = (new.unit(), new.generation());
                 core.discard(new, slot).ok()?;
+                self.rolled_back(&core, u, generation);
                 continue;
             }
             *self.current.lock() = format!("{} (old version)", self.label(&core, old.unit()));
@@ -870,6 +878,36 @@ impl Swap {
             if let Some((core, new)) = committing {
                 core.promote(new, &self.lib);
             }
+        }
+    }
+
+    /// Journals `reload_rolled_back` for every unit whose new version this
+    /// swap set up (`set_up`, drained, so once): called when the swap rolls
+    /// back, after the new instances were discarded or fenced and before
+    /// anything else is journaled about those units (a hang of an old
+    /// instance).
+    fn journal_rolled_back(&self) {
+        let set_up: Vec<_> = self.set_up.lock().drain(..).collect();
+        for (core, u, generation) in set_up {
+            self.rolled_back(&core, u, generation);
+        }
+    }
+
+    /// Journals `reload_rolled_back` for unit `u`, whose new instance (of
+    /// `generation`) was discarded.
+    fn rolled_back(&self, core: &RunningContext, u: usize, generation: u64) {
+        core.emit(Event::ReloadRolledBack {
+            unit: core.unit_id(u, generation),
+            file: self.file.clone(),
+        });
+    }
+
+    /// Resumes every paused old instance, taken out of `paused` first (a
+    /// plugin's `Drop` never runs under a host lock).
+    fn resume_paused(&self) {
+        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
+        for (core, p) in paused {
+            core.resume(p);
         }
     }
 
@@ -885,10 +923,8 @@ impl Swap {
                 return None;
             }
         }
-        let paused: Vec<(Arc<RunningContext>, Paused)> = self.paused.lock().drain(..).collect();
-        for (core, p) in paused {
-            core.resume(p);
-        }
+        self.journal_rolled_back();
+        self.resume_paused();
         Some(Err(reason.into()))
     }
 }

@@ -12,6 +12,7 @@
 //! root-module type per process and would hand every later plugin the first
 //! one's module.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -181,6 +182,16 @@ enum PrivateDir {
 /// holds them until it exits (libraries are never unloaded), and every exit
 /// of the process removes the folder, whichever host loaded into it.
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
+
+/// What a loaded library gave: its root module, exports and ABI version.
+type Loaded = (PluginRoot_Ref, Vec<ExportInfo>, String);
+
+/// Every library content this process has loaded, by content hash. Per
+/// process by nature, like the private folder: a loaded library stays
+/// mapped until the process exits, so a content seen before (a file that
+/// goes back to an earlier version) is served from its first load instead
+/// of being mapped again, once more per reload.
+static LOADED: parking_lot::Mutex<BTreeMap<u64, Loaded>> = parking_lot::Mutex::new(BTreeMap::new());
 
 /// The private folder, made on first use.
 fn private_dir() -> std::io::Result<PathBuf> {
@@ -412,8 +423,14 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         });
     }
     let hash = file_hash(&shadow).map_err(open_err)?;
-    let loaded = load_from(path, &shadow, verbose);
-    // Removed at once (the mapping stays valid).
+    let known = LOADED.lock().get(&hash).cloned();
+    let loaded = match known {
+        Some(loaded) => Ok(loaded),
+        None => load_from(path, &shadow, verbose).inspect(|loaded| {
+            LOADED.lock().insert(hash, loaded.clone());
+        }),
+    };
+    // Removed at once (a mapping stays valid; a reused content needs none).
     drop(copy);
     let (root, exports, abi_version) = loaded?;
     Ok(Library {

@@ -66,14 +66,7 @@ impl RunningContext {
         let index = usize::try_from(h.position & 0x3fff_ffff).unwrap_or(0);
         let resume = match phase {
             PHASE_SETUP | PHASE_RUN => {
-                self.instance_ended(
-                    h.unit,
-                    h.generation,
-                    Exit::Hung {
-                        entry: h.entry,
-                        limit: h.limit,
-                    },
-                );
+                self.instance_hung(&h);
                 if phase == PHASE_SETUP {
                     Resume::Setup(index + 1)
                 } else {
@@ -210,36 +203,9 @@ impl Driver<'_> {
             let Some(obj) = Arc::get_mut(&mut live) else {
                 continue;
             };
-            let limit = Some(unit.policy.startup_timeout);
-            let r = RunningContext::watched(
-                self.slot,
-                u,
-                generation,
-                Entry::Setup,
-                limit,
-                position(PHASE_SETUP, u),
-                || obj.setup(),
-            )?;
-            match classify(&live.host, "setup", r) {
-                Classified::Failed(reason) => {
-                    live.host.fence();
-                    core.instance_ended(
-                        u,
-                        generation,
-                        Exit::Failed {
-                            entry: Entry::Setup,
-                            reason,
-                        },
-                    );
-                }
-                _ => {
-                    unit.live.store(Some(Arc::clone(&live)));
-                    unit.control.lock().running_since = Instant::now();
-                    unit.set_state(State::Ready);
-                    core.emit(Event::Started {
-                        unit: core.unit_id(u, generation),
-                    });
-                }
+            match core.setup_watched(u, obj, self.slot, position(PHASE_SETUP, u))? {
+                Some(reason) => core.instance_ended(u, generation, Exit::setup_failed(reason)),
+                None => core.install(u, live),
             }
         }
         Ok(())
@@ -387,13 +353,7 @@ impl Driver<'_> {
         }
         let next = started + core.period;
         core.idle.store(true, Ordering::Relaxed);
-        loop {
-            let seen = wake.epoch();
-            if core.shared.stopping() || Instant::now() >= next {
-                break;
-            }
-            wake.wait_until(seen, Some(next));
-        }
+        wake.wait_for(next, || core.shared.stopping());
         core.idle.store(false, Ordering::Relaxed);
     }
 

@@ -54,14 +54,7 @@ pub(super) fn loop_thread(core: &Arc<RunningContext>, u: usize, live: &Arc<Insta
     let weak = Arc::downgrade(core);
     let slot = core.watchdog.register(move |h| {
         if let Some(c) = weak.upgrade() {
-            c.instance_ended(
-                h.unit,
-                h.generation,
-                Exit::Hung {
-                    entry: h.entry,
-                    limit: h.limit,
-                },
-            );
+            c.instance_hung(&h);
         }
     });
     let mut failed = None;

@@ -10,6 +10,7 @@ use super::unit::{Exit, State};
 use super::{ContextEvent, RunningContext};
 use crate::event::Event;
 use crate::supervision::policy::{Decision, GiveUp, Restart, Strategy};
+use crate::supervision::watchdog::Hung;
 use crate::threads;
 
 /// A restart or stop job run by a worker thread.
@@ -38,6 +39,12 @@ impl RunningContext {
             Strategy::OneForAll => (0..self.units.len()).filter(|i| include(*i)).collect(),
             Strategy::RestForOne => (u..self.units.len()).filter(|i| include(*i)).collect(),
         }
+    }
+
+    /// The watchdog declared a call of an instance hung: it ends as
+    /// [`Exit::Hung`] (see [`RunningContext::instance_ended`]).
+    pub(super) fn instance_hung(self: &Arc<Self>, h: &Hung) {
+        self.instance_ended(h.unit, h.generation, Exit::hung(h));
     }
 
     /// An instance of unit `u` stopped serving: apply the restart policy.
@@ -119,15 +126,7 @@ impl RunningContext {
                             return true;
                         }
                         let _claim = self.units[g].control.lock();
-                        self.units[g]
-                            .state
-                            .compare_exchange(
-                                State::Ready as u8,
-                                State::Stopping as u8,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_ok()
+                        self.units[g].transition(State::Ready, State::Stopping)
                     })
                     .collect();
                 for &g in &group {
@@ -248,14 +247,7 @@ pub(super) fn work(core: &Arc<RunningContext>, ops: &[Op], from: usize) {
         let k = usize::try_from(h.position).unwrap_or(usize::MAX);
         match plan.get(k) {
             Some(Op::Stop(_)) => c.finalize_hung(h, false),
-            Some(Op::Start(_)) => c.instance_ended(
-                h.unit,
-                h.generation,
-                Exit::Hung {
-                    entry: h.entry,
-                    limit: h.limit,
-                },
-            ),
+            Some(Op::Start(_)) => c.instance_hung(&h),
             _ => {}
         }
         // Carry on with the rest of the job on a new worker (it inherits this
@@ -270,13 +262,7 @@ pub(super) fn work(core: &Arc<RunningContext>, ops: &[Op], from: usize) {
                 }
             }),
             Op::Delay(until) => {
-                loop {
-                    let seen = core.shared.wake.epoch();
-                    if core.shared.stopping() || Instant::now() >= *until {
-                        break;
-                    }
-                    core.shared.wake.wait_until(seen, Some(*until));
-                }
+                core.shared.wake.wait_for(*until, || core.shared.stopping());
                 Ok(())
             }
             Op::Start(u) => {

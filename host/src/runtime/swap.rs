@@ -4,18 +4,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use abi_stable::std_types::RResult;
 
 use super::driver::{Classified, classify};
+use super::lifecycle::{NotSetUp, wait_unshared};
 use super::restart::Op;
 use super::unit::{Exit, State};
 use super::{Abandoned, Instance, RunningContext};
 use crate::event::Event;
 use crate::instance::InstanceHost;
 use crate::plugin::Library;
-use crate::plugin::construct;
 use crate::supervision::policy::Tracker;
 use crate::supervision::watchdog::{Entry, Hung, Slot};
 
@@ -100,14 +100,7 @@ impl RunningContext {
     /// the call.
     pub fn hung_while_paused(self: &Arc<Self>, u: usize, generation: u64, h: Hung) {
         self.units[u].set_state(State::Ready);
-        self.instance_ended(
-            u,
-            generation,
-            Exit::Hung {
-                entry: h.entry,
-                limit: h.limit,
-            },
-        );
+        self.instance_ended(u, generation, Exit::hung(&h));
     }
 
     /// The unit's name and export, for messages.
@@ -121,8 +114,9 @@ impl RunningContext {
     }
 
     /// Builds and sets up a new instance of unit `u` from `lib` (the old one
-    /// keeps serving). `on_host` sees the new host handle as soon as it
-    /// exists, so a caller can fence it if this call is abandoned.
+    /// keeps serving), as a restart does (`build_and_setup`). `on_host` sees
+    /// the new host handle as soon as it exists, so a caller can fence it if
+    /// this call is abandoned. Journals nothing.
     pub fn prepare(
         &self,
         u: usize,
@@ -130,38 +124,20 @@ impl RunningContext {
         slot: &Slot,
         on_host: &dyn Fn(&Arc<InstanceHost>),
     ) -> Result<Result<Prepared, String>, Abandoned> {
-        let unit = &self.units[u];
-        let generation = unit.control.lock().generation + 1;
-        let object = match construct(lib, unit.kind, &unit.export, &unit.config_json) {
-            Ok(o) => o,
-            Err(e) => {
-                let message = crate::manifest::config::without_position(e.message.as_str());
-                return Ok(Err(format!("its config was rejected: {message}")));
-            }
-        };
-        let host = self.new_host(u, Arc::clone(lib), generation);
-        on_host(&host);
-        let mut live = Instance::new(host, object);
-        let r = RunningContext::watched(
-            slot,
-            u,
-            generation,
-            Entry::Setup,
-            Some(unit.policy.startup_timeout),
-            0,
-            || live.setup(),
-        )?;
-        match classify(&live.host, "setup", r) {
-            Classified::Failed(reason) => {
-                live.host.fence();
-                Ok(Err(format!("setup {reason}")))
-            }
-            _ => Ok(Ok(Prepared {
-                unit: u,
-                generation,
-                live,
-            })),
-        }
+        let generation = self.units[u].control.lock().generation + 1;
+        Ok(
+            match self.build_and_setup(u, Arc::clone(lib), generation, slot, 0, on_host)? {
+                Ok(live) => Ok(Prepared {
+                    unit: u,
+                    generation,
+                    live,
+                }),
+                Err(NotSetUp::Rejected(message)) => {
+                    Err(format!("its config was rejected: {message}"))
+                }
+                Err(NotSetUp::Failed(reason)) => Err(format!("setup {reason}")),
+            },
+        )
     }
 
     /// Pauses unit `u`'s serving instance: no more `main`, its loop stopped.
@@ -169,17 +145,7 @@ impl RunningContext {
         let unit = &self.units[u];
         let generation = {
             let c = unit.control.lock();
-            if self.shared.stopping()
-                || unit
-                    .state
-                    .compare_exchange(
-                        State::Ready as u8,
-                        State::Stopping as u8,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_err()
-            {
+            if self.shared.stopping() || !unit.transition(State::Ready, State::Stopping) {
                 return Err(String::from(
                     "it is not serving (restarting, stopping or stopped)",
                 ));
@@ -188,47 +154,29 @@ impl RunningContext {
         };
         // Taken out of service: no new `main` starts, and once the count
         // drops to one no call is in flight.
-        let Some(live) = unit.live.swap(None) else {
+        let Some((live, loop_thread)) = self.take_out_of_service(u) else {
             unit.set_state(State::Ready);
             return Err(String::from("it is not serving"));
         };
-        live.host.retired.store(true, Ordering::SeqCst);
-        self.shared.wake.notify();
-        let loop_thread = {
-            let mut c = unit.control.lock();
-            match &c.loop_thread {
-                Some((g, _)) if *g == generation => c.loop_thread.take().map(|(_, t)| t),
-                _ => None,
-            }
-        };
-        if let Some(t) = loop_thread {
-            let deadline = Instant::now() + unit.policy.shutdown_timeout;
-            self.wait_loop_done(&live, deadline);
-            if !live.loop_done.load(Ordering::SeqCst) {
-                // Put everything back: the loop is still in a call.
-                unit.control.lock().loop_thread = Some((generation, t));
-                live.host.retired.store(false, Ordering::SeqCst);
-                unit.live.store(Some(live));
-                unit.set_state(State::Ready);
-                return Err(String::from(
-                    "its loop call did not return within shutdown_timeout",
-                ));
-            }
-            let _ = t.join();
+        let deadline = Instant::now() + unit.policy.shutdown_timeout;
+        if let Some(t) = loop_thread
+            && let Err(t) = self.join_loop(&live, t, deadline)
+        {
+            // Put everything back: the loop is still in a call.
+            unit.control.lock().loop_thread = Some((generation, t));
+            live.host.retired.store(false, Ordering::SeqCst);
+            unit.live.store(Some(live));
+            unit.set_state(State::Ready);
+            return Err(String::from(
+                "its loop call did not return within shutdown_timeout",
+            ));
         }
         let deadline = Instant::now() + unit.policy.shutdown_timeout;
-        while Arc::strong_count(&live) > 1 {
-            if Instant::now() >= deadline {
-                live.host.retired.store(false, Ordering::SeqCst);
-                live.loop_done.store(false, Ordering::SeqCst);
-                unit.live.store(Some(Arc::clone(&live)));
-                unit.set_state(State::Ready);
-                self.start_loop(u, &live);
-                return Err(String::from(
-                    "its main call did not return within shutdown_timeout",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        if !wait_unshared(&live, deadline) {
+            self.back_in_service(u, &live);
+            return Err(String::from(
+                "its main call did not return within shutdown_timeout",
+            ));
         }
         Ok(Paused {
             unit: u,
@@ -284,31 +232,28 @@ impl RunningContext {
 
     /// Rolls a paused instance back into service.
     pub fn resume(self: &Arc<Self>, p: Paused) {
-        let unit = &self.units[p.unit];
-        p.live.host.retired.store(false, Ordering::SeqCst);
-        p.live.loop_done.store(false, Ordering::SeqCst);
-        unit.live.store(Some(Arc::clone(&p.live)));
+        self.back_in_service(p.unit, &p.live);
+    }
+
+    /// The one way an instance taken out of service (its loop joined) is
+    /// put back: no longer retired, stored in `live`, `Ready`, with a new
+    /// loop thread. Journals nothing: it never stopped serving as far as
+    /// the journal is concerned.
+    fn back_in_service(self: &Arc<Self>, u: usize, live: &Arc<Instance>) {
+        let unit = &self.units[u];
+        live.host.retired.store(false, Ordering::SeqCst);
+        live.loop_done.store(false, Ordering::SeqCst);
+        unit.live.store(Some(Arc::clone(live)));
         unit.set_state(State::Ready);
-        self.start_loop(p.unit, &p.live);
+        self.start_loop(u, live);
         self.shared.wake.notify();
     }
 
-    /// Drops a prepared instance that will not serve: finalize it (it was set up) and fence it.
+    /// Drops a prepared instance that will not serve: it was set up, so it
+    /// is finalized and fenced as any other (`finalize_and_fence`: journaled
+    /// as `finalized`, or `failed`, for its generation).
     pub fn discard(&self, mut new: Prepared, slot: &Slot) -> Result<(), Abandoned> {
-        let unit = &self.units[new.unit];
-        let limit = Some(unit.policy.shutdown_timeout);
-        let r = RunningContext::watched(
-            slot,
-            new.unit,
-            new.generation,
-            Entry::Finalize,
-            limit,
-            0,
-            || new.live.finalize(),
-        )?;
-        classify(&new.live.host, "finalize", r);
-        new.live.host.fence();
-        Ok(())
+        self.finalize_and_fence(new.unit, &mut new.live, slot, 0)
     }
 
     /// Can the paused instance still be swapped: its context is not
@@ -318,47 +263,13 @@ impl RunningContext {
     }
 
     /// The first half of committing a reload of one unit: the paused old
-    /// instance is finalized (watched by `shutdown_timeout`) and fenced.
-    /// [`RunningContext::promote`] puts its successor in its place.
+    /// instance is finalized (watched by `shutdown_timeout`) and fenced, as
+    /// `stop_instance` would (`finalize_when_unshared`): one still shared
+    /// after `shutdown_timeout` is abandoned, fenced, journaled and marked
+    /// instead. [`RunningContext::promote`] puts its successor in its place.
     pub fn retire(&self, old: Paused, slot: &Slot) -> Result<(), Abandoned> {
-        let u = old.unit;
-        let unit = &self.units[u];
-        let mut previous = old.live;
-        let deadline = Instant::now() + unit.policy.shutdown_timeout;
-        while Arc::strong_count(&previous) > 1 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        match Arc::get_mut(&mut previous) {
-            Some(obj) => {
-                let limit = Some(unit.policy.shutdown_timeout);
-                let r = RunningContext::watched(
-                    slot,
-                    u,
-                    old.generation,
-                    Entry::Finalize,
-                    limit,
-                    0,
-                    || obj.finalize(),
-                )?;
-                if let Classified::Failed(reason) = classify(&previous.host, "finalize", r) {
-                    self.emit(Event::Failed {
-                        unit: self.unit_id(u, old.generation),
-                        entry: "finalize".into(),
-                        reason,
-                    });
-                } else {
-                    self.emit(Event::Finalized {
-                        unit: self.unit_id(u, old.generation),
-                    });
-                }
-            }
-            None => self.emit(Event::Abandoned {
-                unit: self.unit_id(u, old.generation),
-                entry: "main".into(),
-            }),
-        }
-        previous.host.fence();
-        Ok(())
+        let deadline = Instant::now() + self.units[old.unit].policy.shutdown_timeout;
+        self.finalize_when_unshared(old.unit, old.live, deadline, slot, 0)
     }
 
     /// The old instance's `finalize` in [`RunningContext::retire`] hung: it is
@@ -377,7 +288,7 @@ impl RunningContext {
             c.host = Some(Arc::clone(&new.live.host));
         }
         unit.library.store(Arc::clone(lib));
-        self.install(new.unit, new.live);
+        self.install(new.unit, Arc::new(new.live));
     }
 
     /// Is unit `u` over for good (ended or failed)? Such a unit just takes
@@ -407,15 +318,7 @@ impl RunningContext {
             let mut c = unit.control.lock();
             if self.shared.stopping()
                 || self.ended.load(Ordering::SeqCst)
-                || unit
-                    .state
-                    .compare_exchange(
-                        State::Failed as u8,
-                        State::Down as u8,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_err()
+                || !unit.transition(State::Failed, State::Down)
             {
                 drop(c);
                 tracing::warn!(

@@ -16,7 +16,7 @@ use crate::instance::InstanceHost;
 use crate::plugin::Library;
 use crate::plugin::PluginObject;
 use crate::supervision::policy::{Policy, Tracker};
-use crate::supervision::watchdog::Entry;
+use crate::supervision::watchdog::{Entry, Hung};
 
 /// One running instance: its plugin object and its host handle.
 pub struct Instance {
@@ -179,6 +179,24 @@ pub(super) enum Exit {
     Deactivated,
 }
 
+impl Exit {
+    /// The call the watchdog declared hung.
+    pub(super) fn hung(h: &Hung) -> Exit {
+        Exit::Hung {
+            entry: h.entry,
+            limit: h.limit,
+        }
+    }
+
+    /// A `setup` (or the construction before it) that failed for `reason`.
+    pub(super) fn setup_failed(reason: String) -> Exit {
+        Exit::Failed {
+            entry: Entry::Setup,
+            reason,
+        }
+    }
+}
+
 pub(super) struct Control {
     pub(super) generation: u64,
     pub(super) tracker: Tracker,
@@ -215,5 +233,13 @@ impl Unit {
 
     pub(super) fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Moves the unit from `from` to `to` if it is in `from`, atomically:
+    /// of two threads claiming the same unit, one wins. True if this one did.
+    pub(super) fn transition(&self, from: State, to: State) -> bool {
+        self.state
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 }
