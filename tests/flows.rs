@@ -16,6 +16,20 @@ fn flow(dir: &TestDir, body: &str) -> PathBuf {
     dir.manifest("m.toml", body)
 }
 
+/// A `[[flow.step]]` of `flowsteps::Work` named `name`; `extra` adds keys
+/// (TOML lines).
+fn step(name: &str, extra: &str) -> String {
+    format!(
+        "\n[[flow.step]]\nname = \"{name}\"\nplugin = \"flowsteps\"\nexport = \"Work\"\n{extra}\n"
+    )
+}
+
+/// A `[[flow.association]]` from `event` to `steps` (a TOML array); `extra`
+/// adds keys.
+fn association(event: &str, steps: &str, extra: &str) -> String {
+    format!("\n[[flow.association]]\nevent = \"{event}\"\nsteps = {steps}\n{extra}\n")
+}
+
 fn events_path(dir: &TestDir) -> PathBuf {
     dir.path.join("events.jsonl")
 }
@@ -80,43 +94,28 @@ fn a_chain_routes_success_and_failure_in_order_per_sequence() {
     let dir = TestDir::new("flow_chain");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "orders"
 store = "runs/orders.db"
 events = ["go", "charged", "refused"]
 start = ["go/1", "go/2"]
-
-[[flow.step]]
-name = "charge"
-plugin = "flowsteps"
-export = "Work"
-config = { fail = ["2"] }
+"#
+            .to_owned(),
+            step(
+                "charge",
+                r#"config = { fail = ["2"] }
 on_success = "charged"
-on_failure = "refused"
-
-[[flow.step]]
-name = "ship"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.step]]
-name = "notify"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "go"
-steps = ["charge"]
-
-[[flow.association]]
-event = "charged"
-steps = ["ship"]
-
-[[flow.association]]
-event = "refused"
-steps = ["notify"]
-"#,
+on_failure = "refused""#,
+            ),
+            step("ship", ""),
+            step("notify", ""),
+            association("go", r#"["charge"]"#, ""),
+            association("charged", r#"["ship"]"#, ""),
+            association("refused", r#"["notify"]"#, ""),
+        ]
+        .concat(),
     );
     let (out, ev) = run_flow(&m, &dir, &[]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -160,7 +159,8 @@ fn or_fires_on_either_operand_and_and_waits_for_both_operands_of_a_sequence() {
     let dir = TestDir::new("flow_expr");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "expr"
 events = ["x", "y"]
@@ -173,25 +173,14 @@ expr = "or(x, y)"
 [[flow.expression]]
 name = "both"
 expr = "and(x, or(y, y))"
-
-[[flow.step]]
-name = "on_either"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.step]]
-name = "on_both"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "either"
-steps = ["on_either"]
-
-[[flow.association]]
-event = "both"
-steps = ["on_both"]
-"#,
+"#
+            .to_owned(),
+            step("on_either", ""),
+            step("on_both", ""),
+            association("either", r#"["on_either"]"#, ""),
+            association("both", r#"["on_both"]"#, ""),
+        ]
+        .concat(),
     );
     let (out, ev) = run_flow(&m, &dir, &[]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -235,21 +224,18 @@ fn an_event_raised_twice_for_a_sequence_is_a_journaled_duplicate_not_a_second_ru
     let dir = TestDir::new("flow_dup");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "dup"
 events = ["go"]
 start = ["go/1", "go/1", "go/2"]
-
-[[flow.step]]
-name = "task"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "go"
-steps = ["task"]
-"#,
+"#
+            .to_owned(),
+            step("task", ""),
+            association("go", r#"["task"]"#, ""),
+        ]
+        .concat(),
     );
     let (out, ev) = run_flow(&m, &dir, &[]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -269,7 +255,8 @@ fn max_concurrent_and_a_pool_of_one_are_never_exceeded_and_everything_runs() {
     let dir = TestDir::new("flow_limits");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "limits"
 events = ["go"]
@@ -278,33 +265,27 @@ start = ["go/1", "go/2", "go/3", "go/4", "go/5", "go/6"]
 [[flow.pool]]
 name = "db"
 limit = 1
-
-[[flow.step]]
-name = "wide"
-plugin = "flowsteps"
-export = "Work"
-config = { sleep_ms = 50 }
-max_concurrent = 2
-
-[[flow.step]]
-name = "p"
-plugin = "flowsteps"
-export = "Work"
-config = { sleep_ms = 20, fail = ["1", "2"] }
+"#
+            .to_owned(),
+            step(
+                "wide",
+                r#"config = { sleep_ms = 50 }
+max_concurrent = 2"#,
+            ),
+            step(
+                "p",
+                r#"config = { sleep_ms = 20, fail = ["1", "2"] }
 pools = ["db"]
-stop_on_error = false
-
-[[flow.step]]
-name = "q"
-plugin = "flowsteps"
-export = "Work"
-config = { sleep_ms = 20 }
-pools = ["db"]
-
-[[flow.association]]
-event = "go"
-steps = ["wide", "p", "q"]
-"#,
+stop_on_error = false"#,
+            ),
+            step(
+                "q",
+                r#"config = { sleep_ms = 20 }
+pools = ["db"]"#,
+            ),
+            association("go", r#"["wide", "p", "q"]"#, ""),
+        ]
+        .concat(),
     );
     let (out, ev) = run_flow(&m, &dir, &[]);
     // p's failures are not handled: the flow fails, but stop_on_error = false
@@ -324,39 +305,26 @@ fn stop_on_error_lets_running_steps_finish_and_starts_no_new_ones() {
     let dir = TestDir::new("flow_stop");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "stopper"
 store = "runs.db"
 events = ["go", "slow_done"]
 start = ["go/1"]
-
-[[flow.step]]
-name = "slow"
-plugin = "flowsteps"
-export = "Work"
-config = { sleep_ms = 300 }
-on_success = "slow_done"
-
-[[flow.step]]
-name = "bad"
-plugin = "flowsteps"
-export = "Work"
-config = { fail = ["*"] }
-
-[[flow.step]]
-name = "after"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "go"
-steps = ["slow", "bad"]
-
-[[flow.association]]
-event = "slow_done"
-steps = ["after"]
-"#,
+"#
+            .to_owned(),
+            step(
+                "slow",
+                r#"config = { sleep_ms = 300 }
+on_success = "slow_done""#,
+            ),
+            step("bad", r#"config = { fail = ["*"] }"#),
+            step("after", ""),
+            association("go", r#"["slow", "bad"]"#, ""),
+            association("slow_done", r#"["after"]"#, ""),
+        ]
+        .concat(),
     );
     let (out, ev) = run_flow(&m, &dir, &[]);
     assert_eq!(out.code(), 1, "{}", out.stderr);
@@ -376,7 +344,8 @@ fn a_panic_and_a_watchdog_reset_in_a_step_are_contained_failures_that_release_th
     let dir = TestDir::new("flow_panic");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "faults"
 events = ["go", "boom_failed", "slow_failed"]
@@ -385,41 +354,26 @@ start = ["go/1"]
 [[flow.pool]]
 name = "one"
 limit = 1
-
-[[flow.step]]
-name = "boom"
-plugin = "flowsteps"
-export = "Work"
-config = { panic = ["*"] }
-on_failure = "boom_failed"
-
-[[flow.step]]
-name = "stuck"
-plugin = "flowsteps"
-export = "Work"
-config = { sleep_ms = 60000 }
+"#
+            .to_owned(),
+            step(
+                "boom",
+                r#"config = { panic = ["*"] }
+on_failure = "boom_failed""#,
+            ),
+            step(
+                "stuck",
+                r#"config = { sleep_ms = 60000 }
 watchdog = "200ms"
 pools = ["one"]
-on_failure = "slow_failed"
-
-[[flow.step]]
-name = "next"
-plugin = "flowsteps"
-export = "Work"
-pools = ["one"]
-
-[[flow.association]]
-event = "go"
-steps = ["boom", "stuck"]
-
-[[flow.association]]
-event = "slow_failed"
-steps = ["next"]
-
-[[flow.association]]
-event = "boom_failed"
-steps = ["next"]
-"#,
+on_failure = "slow_failed""#,
+            ),
+            step("next", r#"pools = ["one"]"#),
+            association("go", r#"["boom", "stuck"]"#, ""),
+            association("slow_failed", r#"["next"]"#, ""),
+            association("boom_failed", r#"["next"]"#, ""),
+        ]
+        .concat(),
     );
     let (out, ev) = run_flow(&m, &dir, &[]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -448,43 +402,27 @@ fn a_host_killed_during_a_step_is_recovered_skipping_what_succeeded() {
     let dir = TestDir::new("flow_kill");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "chain"
 store = "store/chain.db"
 events = ["go", "s1_done", "s2_done"]
 start = ["go/1"]
-
-[[flow.step]]
-name = "s1"
-plugin = "flowsteps"
-export = "Work"
-on_success = "s1_done"
-
-[[flow.step]]
-name = "s2"
-plugin = "flowsteps"
-export = "Work"
-config = { sleep_ms = 120000, until_attempt = 1 }
-on_success = "s2_done"
-
-[[flow.step]]
-name = "s3"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "go"
-steps = ["s1"]
-
-[[flow.association]]
-event = "s1_done"
-steps = ["s2"]
-
-[[flow.association]]
-event = "s2_done"
-steps = ["s3"]
-"#,
+"#
+            .to_owned(),
+            step("s1", r#"on_success = "s1_done""#),
+            step(
+                "s2",
+                r#"config = { sleep_ms = 120000, until_attempt = 1 }
+on_success = "s2_done""#,
+            ),
+            step("s3", ""),
+            association("go", r#"["s1"]"#, ""),
+            association("s1_done", r#"["s2"]"#, ""),
+            association("s2_done", r#"["s3"]"#, ""),
+        ]
+        .concat(),
     );
     let ev = events_arg(&dir);
     let host = Running::start_with(&m, &["--events", ev.as_str()]);
@@ -528,23 +466,19 @@ fn a_delayed_association_is_persisted_and_run_exactly_once_by_continue() {
     let dir = TestDir::new("flow_delay");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "later"
 store = "later.db"
 events = ["go"]
 start = ["go/7"]
-
-[[flow.step]]
-name = "reminder"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "go"
-steps = ["reminder"]
-delay = "1s"
-"#,
+"#
+            .to_owned(),
+            step("reminder", ""),
+            association("go", r#"["reminder"]"#, r#"delay = "1s""#),
+        ]
+        .concat(),
     );
     let ev = events_arg(&dir);
     let host = Running::start_with(&m, &["--events", ev.as_str()]);
@@ -573,22 +507,19 @@ fn recover_without_a_store_file_or_with_an_unknown_run_exits_at_once_naming_the_
     let dir = TestDir::new("flow_norecover");
     let m = flow(
         &dir,
-        r#"
+        &[
+            r#"
 [[flow]]
 name = "f"
 store = "missing/f.db"
 events = ["go"]
 start = ["go"]
-
-[[flow.step]]
-name = "s"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "go"
-steps = ["s"]
-"#,
+"#
+            .to_owned(),
+            step("s", ""),
+            association("go", r#"["s"]"#, ""),
+        ]
+        .concat(),
     );
     let (out, ev) = run_flow(&m, &dir, &["--mode", "recover"]);
     assert_eq!(out.code(), 2, "{}", out.stderr);
@@ -620,12 +551,15 @@ fn an_unusable_store_path_is_a_clear_error() {
     dir.write("plain", "not a folder");
     let m = flow(
         &dir,
-        r#"
+        &[r#"
 [[flow]]
 name = "f"
 store = "plain/f.db"
 events = ["go"]
-"#,
+
+"#
+        .to_owned()]
+        .concat(),
     );
     let (out, _) = run_flow(&m, &dir, &[]);
     assert_eq!(out.code(), 2, "{}", out.stderr);
@@ -793,24 +727,23 @@ fn a_step_still_running_at_shutdown_is_abandoned_after_shutdown_timeout_and_reco
     let dir = TestDir::new("flow_abandon");
     let m = flow(
         &dir,
-        r#"shutdown_timeout = "300ms"
+        &[
+            r#"shutdown_timeout = "300ms"
 
 [[flow]]
 name = "f"
 store = "f.db"
 events = ["go"]
 start = ["go/1"]
-
-[[flow.step]]
-name = "endless"
-plugin = "flowsteps"
-export = "Work"
-config = { sleep_ms = 120000, until_attempt = 1 }
-
-[[flow.association]]
-event = "go"
-steps = ["endless"]
-"#,
+"#
+            .to_owned(),
+            step(
+                "endless",
+                "config = { sleep_ms = 120000, until_attempt = 1 }",
+            ),
+            association("go", r#"["endless"]"#, ""),
+        ]
+        .concat(),
     );
     let ev = events_arg(&dir);
     let host = Running::start_with(&m, &["--events", ev.as_str()]);

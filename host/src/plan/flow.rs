@@ -4,14 +4,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8};
 
 use toml::Spanned;
 
 use super::Builder;
 use crate::dataframe::Dataframe;
 use crate::flow::{Association, Expr, FlowPlan, FlowStep, Pool};
-use crate::instance::{ContextShared, Wake};
 use crate::manifest::config::ConfigJson;
 use crate::manifest::flow::{self as decl, FlowDecl, StepDecl};
 use crate::manifest::shown;
@@ -42,29 +40,13 @@ impl Builder<'_> {
         names: &Arc<Vec<String>>,
     ) -> Option<FlowPlan> {
         let fkey = format!("flow \"{}\"", shown(f.name.get_ref()));
-        let level = self.opts.level_override.unwrap_or_else(|| {
-            f.log_level
-                .as_ref()
-                .map_or(self.manifest.host_level(), |l| l.get_ref().0)
-        });
-        let shared = Arc::new(ContextShared {
-            name: f.name.get_ref().clone(),
-            level: AtomicU8::new(level as u8),
-            stop: AtomicBool::new(false),
-            fatal: AtomicBool::new(false),
-            wake: Wake::default(),
-            dataframes: f
-                .dataframes
-                .iter()
-                .filter_map(|n| {
-                    all_dataframes
-                        .get(n.get_ref().as_str())
-                        .map(|d| Arc::clone(d))
-                })
-                .collect(),
-            all_dataframes: Arc::clone(names),
-            events: Arc::clone(&self.opts.events),
-        });
+        let shared = self.shared(
+            f.name.get_ref(),
+            f.log_level.as_ref(),
+            &f.dataframes,
+            all_dataframes,
+            names,
+        );
         let events: Vec<String> = f
             .events
             .iter()

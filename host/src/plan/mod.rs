@@ -272,37 +272,55 @@ impl Builder<'_> {
         ));
     }
 
+    /// What the instances of a context (or the steps of a flow) share:
+    /// its name, level (`--log-level`, else its own, else the host's),
+    /// the dataframes it lists, and the host's event hub.
+    fn shared(
+        &self,
+        name: &str,
+        log_level: Option<&Spanned<crate::manifest::Level>>,
+        dataframes: &[Spanned<String>],
+        all_dataframes: &HashMap<&str, &Arc<Dataframe>>,
+        names: &Arc<Vec<String>>,
+    ) -> Arc<ContextShared> {
+        let host_level = self.manifest.host_level();
+        let level = self
+            .opts
+            .level_override
+            .unwrap_or_else(|| log_level.map_or(host_level, |l| l.get_ref().0));
+        Arc::new(ContextShared {
+            name: name.to_owned(),
+            level: AtomicU8::new(level as u8),
+            stop: AtomicBool::new(false),
+            fatal: AtomicBool::new(false),
+            wake: Wake::default(),
+            dataframes: dataframes
+                .iter()
+                .filter_map(|n| {
+                    all_dataframes
+                        .get(n.get_ref().as_str())
+                        .map(|d| Arc::clone(d))
+                })
+                .collect(),
+            all_dataframes: Arc::clone(names),
+            events: Arc::clone(&self.opts.events),
+        })
+    }
+
     fn context(
         &mut self,
         c: &ContextDecl,
         all_dataframes: &HashMap<&str, &Arc<Dataframe>>,
         names: &Arc<Vec<String>>,
     ) -> ContextPlan {
-        let host_level = self.manifest.host_level();
         let host_shutdown = self.manifest.shutdown_timeout();
-        let level = self
-            .opts
-            .level_override
-            .unwrap_or_else(|| c.log_level.as_ref().map_or(host_level, |l| l.get_ref().0));
-        let dataframes = c
-            .dataframes
-            .iter()
-            .filter_map(|n| {
-                all_dataframes
-                    .get(n.get_ref().as_str())
-                    .map(|d| Arc::clone(d))
-            })
-            .collect();
-        let shared = Arc::new(ContextShared {
-            name: c.name.get_ref().clone(),
-            level: AtomicU8::new(level as u8),
-            stop: AtomicBool::new(false),
-            fatal: AtomicBool::new(false),
-            wake: Wake::default(),
-            dataframes,
-            all_dataframes: Arc::clone(names),
-            events: Arc::clone(&self.opts.events),
-        });
+        let shared = self.shared(
+            c.name.get_ref(),
+            c.log_level.as_ref(),
+            &c.dataframes,
+            all_dataframes,
+            names,
+        );
         let ckey = format!("context \"{}\"", shown(c.name.get_ref()));
         let mut units = Vec::new();
         let mut steps = Vec::new();
