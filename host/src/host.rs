@@ -1,5 +1,12 @@
-//! The top of the process: starts every context and the watchdog, talks to
-//! systemd, and decides the exit code.
+//! The top of the process: starts every context, every flow and the
+//! watchdog, talks to systemd, and decides the exit code.
+//!
+//! Flows ([`crate::flow`]) are opened first (their run stores, and the run
+//! each takes up): a flow that cannot start (an unusable store, a
+//! `recover` with nothing to recover) stops the host before anything runs,
+//! with code 2. The run ends when every context has ended and every flow
+//! has finished; with `[host] exit_when = "flows_finished"`, the contexts
+//! are stopped once every flow has finished. A signal stops the flows too.
 //!
 //! A host's state is its own: [`run`] makes the host's watchdog and thread
 //! starter ([`Watchdog`], [`Spawner`]) and hands them, with the deployment's
