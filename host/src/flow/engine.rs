@@ -171,6 +171,8 @@ struct Engine {
     failed: bool,
     /// Recovered interrupted activations of non-idempotent steps, failed at start.
     interrupted: Vec<(StepId, String, u32)>,
+    /// `recover`: the steps it does not run again, journaled at start.
+    skipped: Vec<FlowEvent>,
 }
 
 fn store_err(flow: &str) -> impl Fn(StoreError) -> OpenError + '_ {
@@ -251,6 +253,7 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         stop_deadline: None,
         failed: false,
         interrupted: Vec::new(),
+        skipped: Vec::new(),
     };
     let recovery = if engine.plan.mode == RunMode::Restart {
         recovery
@@ -272,6 +275,9 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         mode: engine.plan.mode.name().into(),
         recovery,
     });
+    for e in std::mem::take(&mut engine.skipped) {
+        engine.emit(e);
+    }
     tracing::info!(
         flow = %flow,
         run = %engine.run.run,
@@ -384,7 +390,8 @@ impl Engine {
                 self.queue.push_back((s, t.sequence, attempt));
                 work += 1;
             } else if recover {
-                self.emit(FlowEvent::StepSkipped {
+                // Journaled once the run is known to start (see `open`).
+                self.skipped.push(FlowEvent::StepSkipped {
                     run: self.run.clone(),
                     activation: self.activation(s, &t.sequence, t.attempt),
                     status: t.status.name().into(),
