@@ -1,8 +1,10 @@
 //! Libraries built against an incompatible ABI are refused at load with a
 //! short message that says which side to rebuild, and only then: the
-//! version checked is `otools-abi`'s, not `otools-api`'s. The fixtures are
-//! real: copies of `abi/` and `plugin-api/` with other version numbers or
-//! edited sources, each with a one-service plugin built by cargo.
+//! version checked is `otools-abi`'s, not `otools-api`'s; and a plugin
+//! built before messaging (otools-abi 0.3.0) still loads and runs. The
+//! fixtures are real: copies of `abi/` and `plugin-api/` with other version
+//! numbers or edited sources (or the sources of an earlier commit, from
+//! git), each with a one-service plugin built by cargo.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,31 +46,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Extracts `paths` of the repository at `commit` into `to` (with `git archive`).
-pub(crate) fn checkout(commit: &str, paths: &[&str], to: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    std::fs::create_dir_all(to).unwrap();
-    let archive = Command::new("git")
-        .current_dir(root)
-        .args(["archive", "--format=tar", commit])
-        .args(paths)
-        .output()
-        .expect("run git archive");
-    assert!(
-        archive.status.success(),
-        "git archive {commit} failed (the test needs the repository's history):\n{}",
-        String::from_utf8_lossy(&archive.stderr)
-    );
-    let tar = to.join("sources.tar");
-    std::fs::write(&tar, &archive.stdout).unwrap();
-    let status = Command::new("tar")
-        .current_dir(to)
-        .args(["xf", "sources.tar"])
-        .status()
-        .expect("run tar");
-    assert!(status.success(), "tar failed");
-}
-
 /// Rewrites the file at `path` through `edit`.
 fn edit_file(path: &Path, edit: &dyn Fn(String) -> String) {
     let original = std::fs::read_to_string(path).unwrap();
@@ -88,6 +65,9 @@ pub(crate) struct Variant<'a> {
     pub edit_context: &'a dyn Fn(String) -> String,
     /// The plugin's `src/lib.rs`.
     pub plugin: &'a str,
+    /// Take the sources of both crates from this commit of the repository
+    /// instead of the working tree (a plugin built before a change).
+    pub sources_at: Option<&'a str>,
 }
 
 pub(crate) fn unchanged(s: String) -> String {
@@ -112,25 +92,34 @@ pub(crate) fn build_variant(
             edit_abi: &edit,
             edit_context: &unchanged,
             plugin: PLUGIN,
+            sources_at: None,
         },
     )
+}
+
+/// Replaces every file of `dir` (a copy of `path` in the repository at
+/// `root`) by its content at `commit`; a file that did not exist there is
+/// removed.
+fn restore_sources(root: &Path, commit: &str, path: &str, dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let file = entry.unwrap().path();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let out = Command::new("git")
+            .current_dir(root)
+            .args(["show", &format!("{commit}:{path}/{name}")])
+            .output()
+            .expect("run git");
+        if out.status.success() {
+            std::fs::write(&file, out.stdout).unwrap();
+        } else {
+            std::fs::remove_file(&file).unwrap();
+        }
+    }
 }
 
 /// Builds the plugin of `variant` against its copies of the two crates;
 /// returns the library.
 pub(crate) fn build_fixture(dir: &TestDir, name: &str, variant: &Variant<'_>) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    build_fixture_from(root, dir, name, variant)
-}
-
-/// Like [`build_fixture`], with the two crates' `src/` folders copied from
-/// `sources` (a folder holding `abi/src` and `plugin-api/src`).
-pub(crate) fn build_fixture_from(
-    sources: &Path,
-    dir: &TestDir,
-    name: &str,
-    variant: &Variant<'_>,
-) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let ws = dir.path.join(name);
     // Folders named after the fixture: cargo hashes a path package by its
@@ -138,7 +127,10 @@ pub(crate) fn build_fixture_from(
     // dir, so two fixtures' `otools-abi 0.3.0` in a folder of the same
     // name would share (and race for) one artifact.
     let abi = ws.join(format!("abi-{name}"));
-    copy_dir(&sources.join("abi/src"), &abi.join("src"));
+    copy_dir(&root.join("abi/src"), &abi.join("src"));
+    if let Some(commit) = variant.sources_at {
+        restore_sources(root, commit, "abi/src", &abi.join("src"));
+    }
     edit_file(&abi.join("src/lib.rs"), variant.edit_abi);
     // The package name must stay `otools-abi`: abi_stable compares it too.
     std::fs::write(
@@ -151,7 +143,10 @@ pub(crate) fn build_fixture_from(
     )
     .unwrap();
     let api = ws.join(format!("api-{name}"));
-    copy_dir(&sources.join("plugin-api/src"), &api.join("src"));
+    copy_dir(&root.join("plugin-api/src"), &api.join("src"));
+    if let Some(commit) = variant.sources_at {
+        restore_sources(root, commit, "plugin-api/src", &api.join("src"));
+    }
     edit_file(&api.join("src/context.rs"), variant.edit_context);
     std::fs::write(
         api.join("Cargo.toml"),
@@ -267,6 +262,7 @@ fn plugins_built_against_another_otools_api_on_the_same_abi_load_and_run() {
             edit_abi: &unchanged,
             edit_context: &add_helper,
             plugin: HELPER_PLUGIN,
+            sources_at: None,
         },
     );
     // An older otools-api, built before that helper existed.
@@ -280,6 +276,7 @@ fn plugins_built_against_another_otools_api_on_the_same_abi_load_and_run() {
             edit_abi: &unchanged,
             edit_context: &unchanged,
             plugin: PLUGIN,
+            sources_at: None,
         },
     );
 
@@ -332,6 +329,7 @@ fn libraries_built_against_an_incompatible_abi_are_refused_with_which_side_to_re
             edit_abi: &unchanged,
             edit_context: &unchanged,
             plugin: PLUGIN,
+            sources_at: None,
         },
     );
     // The same ABI version number but a changed FFI type: one more error kind.
@@ -402,5 +400,78 @@ fn libraries_built_against_an_incompatible_abi_are_refused_with_which_side_to_re
         out.stderr.contains(":8:") && out.stderr.contains("rebuild the plugin"),
         "{}",
         out.stderr
+    );
+}
+
+/// The commit the messaging work started from: `otools-abi` 0.3.0, before
+/// `msg_send`, `handle_message` and the rest were appended to the ABI.
+const BEFORE_MESSAGING: &str = "ae49325959c895ed081e6f3f434fb8ede215c64c";
+
+/// A plugin that logs from `main` and ends its context.
+const OLD_PLUGIN: &str = r#"
+//! A plugin built before messaging existed.
+use otools_api::{Context, NoConfig, Result, Service};
+
+/// Logs once, then ends its context.
+pub struct Old;
+
+impl Service for Old {
+    type Config = NoConfig;
+    fn new(_: NoConfig) -> Result<Self> {
+        Ok(Old)
+    }
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        ctx.info("built before messaging, running");
+        ctx.terminate_context();
+        Ok(())
+    }
+}
+
+otools_api::export_plugin! { services: [Old] }
+"#;
+
+#[test]
+fn plugins_built_before_messaging_load_and_run_beside_message_handlers() {
+    let dir = TestDir::new("compat_premsg");
+    let old = build_fixture(
+        &dir,
+        "premsg",
+        &Variant {
+            abi_version: "0.3.0",
+            api_version: env!("CARGO_PKG_VERSION"),
+            edit_abi: &unchanged,
+            edit_context: &unchanged,
+            plugin: OLD_PLUGIN,
+            sources_at: Some(BEFORE_MESSAGING),
+        },
+    );
+    let out = run(&["inspect", old.to_str().unwrap()]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "otools-abi: 0.3.0 (host: {ABI_VERSION}, compatible)"
+        )),
+        "{}",
+        out.stdout
+    );
+    let body = format!(
+        "[[context]]\nname = \"Old\"\n[[context.service]]\nname = \"old\"\nplugin = \"{}\"\nexport = \"Old\"\n\
+         [[context]]\nname = \"Msg\"\n[[context.service]]\nname = \"agent\"\nplugin = \"messages\"\nexport = \"Agent\"\n\
+         [[context.service]]\nname = \"script\"\nplugin = \"messages\"\nexport = \"Script\"\n\
+         config = {{ steps = [ {{ kind = \"request\", to = \"agent\", name = \"PING\" }}, \
+         {{ kind = \"request\", to = \"old\", name = \"PING\" }}, {{ kind = \"send\", to = \"agent\", name = \"SHUTDOWN\" }} ] }}\n",
+        old.display()
+    );
+    let out = run_manifest(&dir.manifest("m.toml", &body), &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(out.messages_of("old"), ["built before messaging, running"]);
+    // The old service has no mailbox: it is no message target.
+    assert_eq!(
+        out.messages_of("script"),
+        [
+            "reply to PING: 1",
+            "PING failed: UnknownTarget: no service `old` accepts messages",
+            "sent SHUTDOWN"
+        ]
     );
 }

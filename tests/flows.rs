@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::compat::{Variant, build_fixture_from, checkout, unchanged};
+use crate::compat::{Variant, build_fixture, unchanged};
 use crate::util::{Running, TestDir, journal, run, run_manifest, wait_for_events};
 
 /// A manifest with one flow (`body` is everything from `[[flow]]` on).
@@ -644,10 +644,7 @@ otools_api::export_plugin! { services: [Old] }
 #[test]
 fn a_plugin_built_before_flow_steps_existed_still_loads_and_runs_beside_a_flow() {
     let dir = TestDir::new("flow_compat");
-    let sources = dir.path.join("before-steps");
-    checkout(BEFORE_STEPS, &["abi/src", "plugin-api/src"], &sources);
-    let old = build_fixture_from(
-        &sources,
+    let old = build_fixture(
         &dir,
         "prestep",
         &Variant {
@@ -656,6 +653,7 @@ fn a_plugin_built_before_flow_steps_existed_still_loads_and_runs_beside_a_flow()
             edit_abi: &unchanged,
             edit_context: &unchanged,
             plugin: OLD_PLUGIN,
+            sources_at: Some(BEFORE_STEPS),
         },
     );
     let out = run(&["inspect", old.to_str().unwrap()]);

@@ -12,6 +12,8 @@ mod util;
 
 /// Libraries built against an incompatible ABI are refused clearly; another otools-api on the same ABI loads.
 mod compat;
+/// The control socket: `otools status` and `otools stop`, one host per manifest.
+mod control;
 /// Dataframe semantics through real plugins: atomic updates, lock timeouts, values.
 mod dataframes;
 /// Panics and errors in every entry point are contained and reported.
@@ -26,10 +28,14 @@ mod lifecycle;
 mod manifest_errors;
 /// Every shipped manifest in manifests/ checks clean and runs to its end.
 mod manifests;
+/// Messages between services: mailboxes, request/reply, publish/subscribe, SHUTDOWN, correlation ids.
+mod messaging;
 /// Plugin libraries: inspect, and refusal of files that are not plugins.
 mod plugins;
 /// Hot reload: swap in place with state hand-off, refusal keeps the old version.
 mod reload;
+/// Run-once services (`main_once`) and `[host] exit_when`.
+mod run_once;
 /// Hangs, failures, restarts, fencing, give-up, strategies and systemd.
 mod supervision;
 /// Trigger modes (and / or / xor) over one to three conditions.

@@ -442,3 +442,39 @@ fn help_lists_every_exit_code_of_the_readme() {
     // The codes agreed for this host, each documented in both.
     assert_eq!(readme, [0, 1, 2, 3, 71, 75, 76, 130]);
 }
+
+#[test]
+fn exit_when_main_once_done_without_a_main_once_service_is_an_error() {
+    let (out, path) = check(
+        "exit_when_no_once",
+        &format!("exit_when = \"main_once_done\"\n{CONTEXT}{STOP}"),
+    );
+    assert_at(
+        &out,
+        &path,
+        4,
+        "needs at least one service with `main_once = true`",
+    );
+    assert!(out.stderr.contains("host > exit_when"), "{}", out.stderr);
+}
+
+#[test]
+fn an_unknown_exit_when_or_a_main_once_that_is_not_a_boolean_is_an_error() {
+    let (out, path) = check(
+        "exit_when_bogus",
+        &format!("exit_when = \"soon\"\n{CONTEXT}{STOP}"),
+    );
+    assert_at(&out, &path, 4, "unknown variant `soon`");
+    let (out, path) = check(
+        "main_once_type",
+        &format!("{CONTEXT}{STOP}main_once = \"yes\"\n"),
+    );
+    assert_at(&out, &path, 11, "main_once");
+    let (out, path) = check(
+        "main_once_stack",
+        &format!(
+            "{CONTEXT}[[context.trigger]]\nname = \"t\"\ncondition = [ {{ plugin = \"probe\", export = \"Constant\", config = {{ value = true }} }} ]\nservice = [ {{ plugin = \"control\", export = \"Shutdown\", main_once = true }} ]\n"
+        ),
+    );
+    assert_at(&out, &path, 9, "unknown field `main_once`");
+}

@@ -150,3 +150,36 @@ fn flow_manifest_ships_two_orders_refunds_the_third_and_ends_by_itself() {
         out.stderr
     );
 }
+
+#[test]
+fn messaging_manifest_pings_publishes_relays_and_ends_by_itself() {
+    let out = run_shipped("messaging.toml");
+    assert_eq!(
+        out.messages_of("agent"),
+        [
+            "setup done",
+            "pong 1",
+            "pong 2",
+            "unknown message `BOGUS` from Main/script: refused (accepts: PING, DUMP)",
+            "dump: 2 pings",
+            "stopped by SHUTDOWN"
+        ]
+    );
+    assert_eq!(
+        out.messages_of("listener"),
+        [
+            "got px 100",
+            "got px 101",
+            "got px 102",
+            "got px 103",
+            "got px 104",
+            "stopped by SHUTDOWN"
+        ]
+    );
+    assert!(
+        out.messages_of("script")
+            .contains(&String::from("reply to HOP: 3")),
+        "{}",
+        out.stderr
+    );
+}

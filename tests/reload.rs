@@ -749,6 +749,53 @@ fn an_old_instance_hanging_in_finalize_at_the_commit_does_not_split_the_swap() {
     }
 }
 
+#[test]
+fn messages_queued_across_a_reload_reach_the_new_version_in_order() {
+    let dir = TestDir::new("reload_messages");
+    // A ticker in the same context publishes 1, 2, 3, ... to the counter,
+    // which subscribes; it goes on publishing while the counter is paused
+    // and swapped, so those messages wait in the unit's mailbox.
+    let (m, watched) = manifest(
+        &dir,
+        r#"subscribe = ["ticks"]
+[[context.service]]
+name = "ticker"
+plugin = "messages"
+export = "Ticker"
+config = { topic = "ticks", start = 1, count = 100000 }"#,
+    );
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 got tick 5");
+    swap_in(&watched, &std::fs::read(variant("2")).unwrap());
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    host.wait_for("version 2 got tick");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let got: Vec<(String, u64)> = out
+        .messages_of("counter")
+        .iter()
+        .filter_map(|m| {
+            let rest = m.strip_prefix("version ")?;
+            let (version, n) = rest.split_once(" got tick ")?;
+            Some((version.to_owned(), n.parse().ok()?))
+        })
+        .collect();
+    let numbers: Vec<u64> = got.iter().map(|(_, n)| *n).collect();
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(numbers, expected, "every tick, once, in order");
+    let first_v2 = got
+        .iter()
+        .position(|(v, _)| v == "2")
+        .expect("version 2 got ticks");
+    assert!(
+        got[..first_v2].iter().all(|(v, _)| v == "1")
+            && got[first_v2..].iter().all(|(v, _)| v == "2"),
+        "version 1 handled a prefix, version 2 the rest: {got:?}"
+    );
+}
+
 /// The private copies of `stem`'s library versions that process `pid` has
 /// mapped (deleted files still show in its maps).
 fn mapped_copies(pid: u32, stem: &str) -> std::collections::BTreeSet<String> {

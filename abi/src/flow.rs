@@ -2,13 +2,18 @@
 //! ([`FfiStep`]) and the activation it runs for ([`StepActivation`]).
 //!
 //! Steps were added after the first plugins were built, following the
-//! evolution rule of the crate docs: the two root-module entries that list
-//! and build steps (`step_exports`, `new_step`) are appended after the last
-//! prefix field of `PluginRoot`, so a library built before them loads and
-//! runs, and the host sees it as exporting no step.
+//! evolution rule of the crate docs: the entries that list and build steps
+//! are a root module of their own ([`FlowRoot`]), exported under its own
+//! symbol ([`FLOW_SYMBOL`]) and checked on its own, so a library built
+//! before them (which lacks the symbol) loads and runs unchanged, and the
+//! host sees it as exporting no step. (Appending them to `PluginRoot`
+//! would make the host refuse it: abi_stable refuses a library whose prefix
+//! types have fewer fields than the host's.)
 
-use abi_stable::std_types::{RBox, RString};
-use abi_stable::{StableAbi, sabi_trait};
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, RStr, RString, RVec};
+use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
 use crate::{CallResult, HostRef};
 
@@ -43,3 +48,26 @@ pub trait FfiStep: Send + Sync {
 
 /// An owned step instance.
 pub type FfiStepBox = FfiStep_TO<'static, RBox<()>>;
+
+/// The root module of a library's flow steps, exported beside `PluginRoot`
+/// under [`FLOW_SYMBOL`] (see the module docs).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = FlowRoot_Ref)))]
+pub struct FlowRoot {
+    /// The names of the steps the library exports.
+    pub step_exports: extern "C" fn() -> RVec<RString>,
+    /// Builds a step instance from its export name and JSON config.
+    #[sabi(last_prefix_field)]
+    pub new_step: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiStepBox>,
+}
+
+impl RootModule for FlowRoot_Ref {
+    declare_root_module_statics! {FlowRoot_Ref}
+    const BASE_NAME: &'static str = "otools_flow";
+    const NAME: &'static str = "otools_flow";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The symbol [`FlowRoot`]'s library header is exported under.
+pub const FLOW_SYMBOL: &str = "otools_flow_header";

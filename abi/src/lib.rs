@@ -22,26 +22,22 @@
 //!
 //! The root module ([`PluginRoot`]) and the three traits are abi_stable *prefix
 //! types*: a field or method may only ever be **added after** the one marked
-//! `#[sabi(last_prefix_field)]`, never inserted, removed or changed. A host
-//! then loads plugins built against an older `otools-abi` of the same minor
-//! version and sees the missing newer entries as absent; such an addition
-//! bumps the patch version. Anything else (a changed type, a new enum
-//! variant, a reordered method) is a breaking change: bump the minor version
-//! of `otools-abi` (we are at 0.x), and the host refuses plugins of the other
-//! minor with a message saying which side to rebuild (a layout change
-//! forgotten without a bump is still refused, by abi_stable's layout check).
-//! A pure-Rust addition (a method or conversion on [`Value`]) is a patch.
-//!
-//! One caveat, found by the flow-step test: abi_stable's layout check lets
-//! a *library's* prefix type have more fields than the host's, not fewer.
-//! So a host whose [`PluginRoot`] has fields appended refuses a library
-//! built before them ("too many fields"), unless it knows the older layout:
-//! [`legacy`] keeps each earlier root module frozen, and the host checks a
-//! library against it when the current layout does not match, then
-//! upgrades it (the missing entries answer "none"). Appending to
-//! `PluginRoot` therefore also adds the previous root module to
-//! [`legacy`]. The same check applies to the traits' vtables (`FfiHost`,
-//! `FfiService`, `FfiCondition`), which the root module's layout reaches.
+//! `#[sabi(last_prefix_field)]`, never inserted, removed or changed. But
+//! abi_stable checks that the host's prefix types have *no more* fields
+//! than the library's: such an addition lets a plugin built against it
+//! load on an older host (which sees the newer entries as absent), and
+//! makes the host refuse every plugin built before it. So a new host
+//! callback or plugin entry point goes into a **new root module** instead,
+//! exported under its own symbol and checked on its own
+//! ([`MessagingRoot`], under [`MESSAGING_SYMBOL`]; [`FlowRoot`], under
+//! [`FLOW_SYMBOL`]): a plugin built before it lacks the symbol and loads
+//! unchanged; that bumps the patch version.
+//! Anything else (a changed type, a new enum variant, a reordered method)
+//! is a breaking change: bump the minor version of `otools-abi` (we are at
+//! 0.x), and the host refuses plugins of the other minor with a message
+//! saying which side to rebuild (a layout change forgotten without a bump
+//! is still refused, by abi_stable's layout check). A pure-Rust addition (a
+//! method or conversion on [`Value`]) is a patch.
 
 #![allow(
     non_local_definitions,
@@ -67,10 +63,11 @@ use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec,
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
 mod flow;
-pub mod legacy;
 mod value;
 
-pub use flow::{FfiStep, FfiStep_TO, FfiStepBox, StepActivation};
+pub use flow::{
+    FLOW_SYMBOL, FfiStep, FfiStep_TO, FfiStepBox, FlowRoot, FlowRoot_Ref, StepActivation,
+};
 pub use value::{TypeMismatch, Value};
 
 /// Timeout argument meaning "wait as long as it takes".
@@ -205,6 +202,84 @@ pub struct CallError {
 
 /// What every plugin entry point returns.
 pub type CallResult<T = ()> = RResult<T, CallError>;
+
+/// Why a message could not be sent, or a request got no reply. Every
+/// failure of `send`, `request` and `publish` is one of these, so a caller
+/// can match on it.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageError {
+    /// No service of that name (`Context/service`, or a unique service
+    /// name), or a name that more than one service has.
+    UnknownTarget = 0,
+    /// The target does not accept a message of that name.
+    UnknownMessage = 1,
+    /// The payload is not of the type the target declared for that message.
+    InvalidPayload = 2,
+    /// The target's mailbox stayed full for the whole timeout.
+    MailboxFull = 3,
+    /// No reply within the timeout (or the handler hung).
+    Timeout = 4,
+    /// The handler returned an error or panicked; the target is restarted
+    /// under its policy.
+    PeerFailed = 5,
+    /// The target ended (`SHUTDOWN`, deactivated), gave up, or its context
+    /// is stopping.
+    PeerGone = 6,
+    /// The calling instance was replaced; its calls are refused.
+    Fenced = 7,
+    /// The other side has no messaging (a host or plugin built before it).
+    Unsupported = 8,
+}
+
+impl MessageError {
+    /// A short description of the error.
+    pub fn describe(self) -> &'static str {
+        match self {
+            MessageError::UnknownTarget => "unknown target",
+            MessageError::UnknownMessage => "unknown message name",
+            MessageError::InvalidPayload => "invalid payload",
+            MessageError::MailboxFull => "mailbox full",
+            MessageError::Timeout => "timed out",
+            MessageError::PeerFailed => "peer failed",
+            MessageError::PeerGone => "peer gone",
+            MessageError::Fenced => "this instance was replaced; its calls are refused",
+            MessageError::Unsupported => "messaging is not supported here",
+        }
+    }
+}
+
+/// A failed `send`, `request` or `publish`: its kind and a message that
+/// names the target and says why.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct MessageFailure {
+    /// What kind of failure.
+    pub kind: MessageError,
+    /// Details, for logs.
+    pub message: RString,
+}
+
+impl MessageFailure {
+    /// A failure of `kind` with `message`.
+    pub fn new(kind: MessageError, message: impl Into<RString>) -> MessageFailure {
+        MessageFailure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// One message a service accepts: its name and the type of its payload
+/// (a [`Value::type_name`], or `any`).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct MessageSpec {
+    /// The message name (`PING`).
+    pub name: RString,
+    /// `any`, or the only payload type accepted (`null`, `integer`, `map`, ...).
+    pub payload: RString,
+}
 
 /// Read or write lock of a dataframe held across several operations.
 #[repr(u8)]
@@ -385,13 +460,6 @@ pub struct PluginRoot {
     /// of an instance resets it. Appended after the last prefix field:
     /// plugins built before it existed lack it (the accessor returns `None`).
     pub take_drop_panic: extern "C" fn() -> ROption<RString>,
-    /// The names of the flow steps the library exports (see [`FfiStep`]).
-    /// Appended after the last prefix field: a library built before steps
-    /// existed lacks it, and exports no step.
-    pub step_exports: extern "C" fn() -> RVec<RString>,
-    /// Builds a step instance from its export name and JSON config.
-    /// Appended with `step_exports`.
-    pub new_step: extern "C" fn(RStr<'_>, RStr<'_>) -> CallResult<FfiStepBox>,
 }
 
 impl RootModule for PluginRoot_Ref {
@@ -399,6 +467,80 @@ impl RootModule for PluginRoot_Ref {
     const BASE_NAME: &'static str = "otools_plugin";
     const NAME: &'static str = "otools_plugin";
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The root module of a library's messaging, exported beside
+/// [`PluginRoot`] under its own symbol ([`MESSAGING_SYMBOL`]) and checked on
+/// its own by abi_stable: a library built before messaging existed does
+/// not export it, and its [`PluginRoot`] tree is unchanged, so it still
+/// loads (abi_stable refuses a library whose prefix types have fewer
+/// fields than the host's, so messaging could not be appended to
+/// [`FfiHost`] or [`FfiService`] without refusing every older plugin).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = MessagingRoot_Ref)))]
+pub struct MessagingRoot {
+    /// The messages the service export `export` accepts (none: no mailbox).
+    pub messages: extern "C" fn(export: RStr<'_>) -> RVec<MessageSpec>,
+    /// Handles one message on a service instance this library built
+    /// (on the service's mailbox thread); the value is the reply.
+    pub handle_message: extern "C" fn(
+        object: &FfiServiceBox,
+        host: HostRef<'_>,
+        name: RStr<'_>,
+        payload: Value,
+    ) -> CallResult<Value>,
+    /// Hands the library the host's messaging callbacks, once, at load.
+    #[sabi(last_prefix_field)]
+    pub set_host: extern "C" fn(host: MsgHost_Ref),
+}
+
+impl RootModule for MessagingRoot_Ref {
+    declare_root_module_statics! {MessagingRoot_Ref}
+    const BASE_NAME: &'static str = "otools_messaging";
+    const NAME: &'static str = "otools_messaging";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The symbol [`MessagingRoot`]'s library header is exported under.
+pub const MESSAGING_SYMBOL: &str = "otools_messaging_header";
+
+/// The host's messaging callbacks. `caller` is the host handle of the
+/// call the plugin is in (the host tells who sends from it); timeouts are
+/// in nanoseconds, [`NO_TIMEOUT`] for none.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = MsgHost_Ref)))]
+pub struct MsgHost {
+    /// Queues a one-way message for `to` (`Context/service` or a unique
+    /// service name), waiting up to `timeout_ns` for room in its mailbox.
+    pub send: extern "C" fn(
+        caller: HostRef<'_>,
+        to: RStr<'_>,
+        name: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<(), MessageFailure>,
+    /// Sends a request to `to` and waits for its reply, all within `timeout_ns`.
+    pub request: extern "C" fn(
+        caller: HostRef<'_>,
+        to: RStr<'_>,
+        name: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<Value, MessageFailure>,
+    /// Delivers `payload` to every subscriber of `topic` (as a message
+    /// named `topic`); returns how many got it.
+    pub publish: extern "C" fn(
+        caller: HostRef<'_>,
+        topic: RStr<'_>,
+        payload: Value,
+        timeout_ns: u64,
+    ) -> RResult<u32, MessageFailure>,
+    /// The correlation id of the message being handled on this thread
+    /// (none outside a handler).
+    #[sabi(last_prefix_field)]
+    pub correlation_id: extern "C" fn() -> ROption<RString>,
 }
 
 /// The ABI version: this crate's package version, which abi_stable checks
@@ -424,6 +566,7 @@ mod tests {
             <CallError as StableAbi>::LAYOUT,
             <Value as StableAbi>::LAYOUT,
             <FfiServiceBox as StableAbi>::LAYOUT,
+            <MessageFailure as StableAbi>::LAYOUT,
         ] {
             let (package, version) = layout.package_and_version();
             assert_eq!(package.as_str(), "otools-abi", "{}", layout.name());

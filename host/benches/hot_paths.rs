@@ -51,6 +51,7 @@ fn host_to_plugin(c: &mut Criterion) {
         dataframes: Vec::new(),
         all_dataframes: Arc::new(Vec::new()),
         events: Arc::default(),
+        router: Arc::new(otools_host::messaging::InProcess::new(Arc::default())),
     });
     let host = InstanceHost::new(shared, "nop".into(), lib, "Nop".into(), 1, Arc::default());
     c.bench_function("host -> plugin main() call (Nop)", |b| {

@@ -144,6 +144,11 @@ pub enum Event {
         /// Restarts within the policy's window.
         restarts_in_window: u64,
     },
+    /// `main_once_done`: a `main_once` service's `main` returned; it is not called again.
+    MainOnceDone {
+        /// The unit.
+        unit: Unit,
+    },
     /// `finalized`: an instance's `finalize` returned.
     Finalized {
         /// The unit.
@@ -252,6 +257,40 @@ pub enum Event {
         /// Why, in words.
         reason: String,
     },
+    /// `message_unknown`: a message of a name the service does not accept
+    /// was refused (the sender got `UnknownMessage`); the service goes on.
+    MessageUnknown {
+        /// The target unit.
+        unit: Unit,
+        /// The message name.
+        name: String,
+        /// Who sent it.
+        from: String,
+        /// Its correlation id.
+        correlation: String,
+    },
+    /// `message_failed`: a message handler returned an error or panicked
+    /// (the requester got `PeerFailed`; a `failed` event follows).
+    MessageFailed {
+        /// The unit.
+        unit: Unit,
+        /// The message name.
+        name: String,
+        /// Its correlation id.
+        correlation: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// `shutdown`: the service received the reserved `SHUTDOWN` message
+    /// and stops as a normal exit, not restarted.
+    Shutdown {
+        /// The unit.
+        unit: Unit,
+        /// Who sent it.
+        from: String,
+        /// Its correlation id.
+        correlation: String,
+    },
 }
 
 impl Event {
@@ -267,6 +306,7 @@ impl Event {
             Self::Restarting { .. } => "restarting",
             Self::Stopped { .. } => "stopped",
             Self::GaveUp { .. } => "gave_up",
+            Self::MainOnceDone { .. } => "main_once_done",
             Self::Finalized { .. } => "finalized",
             Self::Revived { .. } => "revived",
             Self::FencedCall { .. } => "fenced_call",
@@ -282,6 +322,9 @@ impl Event {
             Self::ReloadAttempted { .. } => "reload_attempted",
             Self::ReloadOk { .. } => "reload_ok",
             Self::ReloadRejected { .. } => "reload_rejected",
+            Self::MessageUnknown { .. } => "message_unknown",
+            Self::MessageFailed { .. } => "message_failed",
+            Self::Shutdown { .. } => "shutdown",
             Self::Flow(f) => f.name(),
         }
     }
@@ -299,11 +342,15 @@ impl Event {
             | Self::Stopped { unit, .. }
             | Self::GaveUp { unit, .. }
             | Self::Finalized { unit }
+            | Self::MainOnceDone { unit }
             | Self::Revived { unit, .. }
             | Self::FencedCall { unit, .. }
             | Self::DropPanicked { unit, .. }
             | Self::ReloadSetupOk { unit, .. }
-            | Self::ReloadRolledBack { unit, .. } => Some(unit),
+            | Self::ReloadRolledBack { unit, .. }
+            | Self::MessageUnknown { unit, .. }
+            | Self::MessageFailed { unit, .. }
+            | Self::Shutdown { unit, .. } => Some(unit),
             _ => None,
         }
     }
@@ -327,6 +374,7 @@ impl Event {
             Self::Started { .. }
             | Self::Deactivated { .. }
             | Self::Finalized { .. }
+            | Self::MainOnceDone { .. }
             | Self::ContextReady { .. }
             | Self::ContextStopping { .. }
             | Self::ContextEnded { .. } => Vec::new(),
@@ -425,6 +473,32 @@ impl Event {
                 ("file", file.as_str().into()),
                 ("hash", hash.as_str().into()),
                 ("reason", reason.as_str().into()),
+            ],
+            Self::MessageUnknown {
+                name,
+                from,
+                correlation,
+                ..
+            } => vec![
+                ("name", name.as_str().into()),
+                ("from", from.as_str().into()),
+                ("correlation", correlation.as_str().into()),
+            ],
+            Self::MessageFailed {
+                name,
+                correlation,
+                reason,
+                ..
+            } => vec![
+                ("name", name.as_str().into()),
+                ("correlation", correlation.as_str().into()),
+                ("reason", reason.as_str().into()),
+            ],
+            Self::Shutdown {
+                from, correlation, ..
+            } => vec![
+                ("from", from.as_str().into()),
+                ("correlation", correlation.as_str().into()),
             ],
             Self::Flow(f) => f.fields(),
         }
@@ -734,6 +808,26 @@ pub enum Phase {
     Revived,
 }
 
+impl Phase {
+    /// The phase as a word (status views): `serving`, `failed`,
+    /// `abandoned`, `deactivated`, `stopping`, `restarting`, `stopped`,
+    /// `gave_up`, `finalized` or `revived`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Failed => "failed",
+            Phase::Abandoned => "abandoned",
+            Phase::Deactivated => "deactivated",
+            Phase::Stopping => "stopping",
+            Phase::Restarting => "restarting",
+            Phase::Stopped => "stopped",
+            Phase::GaveUp => "gave_up",
+            Phase::Finalized => "finalized",
+            Phase::Revived => "revived",
+        }
+    }
+}
+
 /// The latest known state of one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitState {
@@ -918,6 +1012,7 @@ mod tests {
                 dataframes: Vec::new(),
                 all_dataframes: Arc::new(Vec::new()),
                 events: Arc::clone(&events),
+                router: Arc::new(crate::messaging::InProcess::new(Arc::default())),
             });
             let plan = ContextPlan {
                 shared: Arc::clone(&shared),

@@ -27,6 +27,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use crate::control::{self, Commands};
 use crate::event::Event;
 use crate::exit;
 use crate::flow::engine::{self as flows, Outcome};
@@ -45,6 +46,13 @@ enum Msg {
     LeakCeiling,
     Signal(i32),
     CannotSpawn,
+    /// `otools stop`, through the control socket.
+    Stop,
+}
+
+/// Has every `main_once` service finished (for `exit_when = "main_once_done"`)?
+fn main_once_finished(cores: &[Arc<RunningContext>]) -> bool {
+    !cores.iter().any(|c| c.main_once_pending())
 }
 
 /// Is every context making progress (for systemd's `WATCHDOG=1`)? A context
@@ -69,8 +77,10 @@ fn progress_check(cores: &[Arc<RunningContext>]) -> impl Fn() -> bool + Send + '
     }
 }
 
-/// Runs a deployment to its end and returns the process exit code.
-pub fn run(mut deployment: Deployment) -> u8 {
+/// Runs a deployment to its end and returns the process exit code. With
+/// `control`, it answers on the control socket while it runs (the socket
+/// is removed when it returns).
+pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     let (tx, rx) = mpsc::channel::<Msg>();
     {
         let tx = tx.clone();
@@ -111,6 +121,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
         }
     }
     let flow_handles: Vec<_> = opened.iter().map(|o| o.handle.clone()).collect();
+    let exit_when = deployment.exit_when;
     let total = deployment.contexts.len();
     if total == 0 && opened.is_empty() {
         tracing::warn!("the manifest has no context: nothing to run");
@@ -153,6 +164,15 @@ pub fn run(mut deployment: Deployment) -> u8 {
     if watchdog.start(&threads, progress_check(&cores)).is_err() {
         return exit::CANNOT_SPAWN;
     }
+    // Answers `otools status` and `otools stop` from now on; removes the
+    // socket when `run` returns.
+    let _socket = control.and_then(|c| {
+        let tx = tx.clone();
+        let commands = Commands::new(c.manifest, cores.clone(), c.states, move || {
+            let _ = tx.send(Msg::Stop);
+        });
+        control::serve(c.socket, commands, &threads).ok()
+    });
 
     let mut ended = vec![false; total];
     let mut abandoned = vec![false; total];
@@ -223,6 +243,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
         );
     }
     drop(tx);
+    let mut once_stopped = false;
 
     loop {
         if all_done(&ended, &flows_done) {
@@ -273,16 +294,28 @@ pub fn run(mut deployment: Deployment) -> u8 {
                     deadlines[i] = Some(Instant::now() + cores[i].shutdown_budget());
                 }
             }
-            Some(Msg::Context(ContextEvent::Ended(i))) => {
-                ended[i] = true;
+            Some(Msg::Context(e @ (ContextEvent::Ended(_) | ContextEvent::OnceDone(_)))) => {
+                if let ContextEvent::Ended(i) = e {
+                    ended[i] = true;
+                }
                 if all_done(&ended, &flows_done) {
                     break;
+                }
+                if exit_when == ExitWhen::MainOnceDone
+                    && !once_stopped
+                    && main_once_finished(&cores)
+                {
+                    once_stopped = true;
+                    tracing::info!(
+                        "every main_once service has finished (exit_when = \"main_once_done\"): stopping every context"
+                    );
+                    stop_all(&mut deadlines);
                 }
             }
             Some(Msg::Flow(i, outcome)) => {
                 flows_done[i] = Some(outcome);
                 if flows_done.iter().all(Option::is_some)
-                    && deployment.exit_when == ExitWhen::FlowsFinished
+                    && exit_when == ExitWhen::FlowsFinished
                     && !ended.iter().all(|e| *e)
                 {
                     tracing::info!(
@@ -308,6 +341,7 @@ pub fn run(mut deployment: Deployment) -> u8 {
                 cannot_spawn = true;
                 stop_all(&mut deadlines);
             }
+            Some(Msg::Stop) => stop_all(&mut deadlines),
             Some(Msg::Signal(sig)) => {
                 tracing::info!(
                     "received {}: stopping every context (finalizing); send a signal again to exit at once",

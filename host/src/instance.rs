@@ -11,14 +11,16 @@
 //! a host lock.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use otools_abi::{
-    CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, NO_TIMEOUT,
+    CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, MessageError,
+    MessageFailure, MsgHost, MsgHost_Ref, NO_TIMEOUT,
 };
 use otools_abi::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
@@ -26,6 +28,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::dataframe::{Caller, Dataframe, Deadline, OwnerId};
 use crate::event::{self, Event, Events};
 use crate::logging;
+use crate::messaging::{self, Failure, Outgoing, Router, correlation};
 use crate::plugin::Library;
 
 /// The next lease owner id. Process-wide on purpose: it only hands out ids
@@ -105,6 +108,8 @@ pub struct ContextShared {
     pub all_dataframes: Arc<Vec<String>>,
     /// Where the context's lifecycle events go (the host's hub).
     pub events: Arc<Events>,
+    /// The routing layer its services send, request and publish through.
+    pub router: Arc<dyn Router>,
 }
 
 impl ContextShared {
@@ -158,6 +163,10 @@ impl InstanceHost {
         generation: u64,
         stash: Arc<Mutex<Option<Vec<u8>>>>,
     ) -> InstanceHost {
+        if let Some(messaging) = &library.messaging {
+            // Idempotent: the library keeps the first table it is given.
+            (messaging.set_host())(msg_host_table());
+        }
         InstanceHost {
             owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             context,
@@ -242,9 +251,11 @@ impl InstanceHost {
         }
     }
 
-    /// Runs `f` with a borrowed FFI handle to this host.
+    /// Runs `f` with a borrowed FFI handle to this host. The handle can
+    /// be downcast back to this `InstanceHost`, which is how a messaging
+    /// callback knows who calls.
     pub fn with_handle<R>(&self, f: impl FnOnce(HostRef<'_>) -> R) -> R {
-        f(FfiHost_TO::from_ptr(self, TD_Opaque))
+        f(FfiHost_TO::from_ptr(self, TD_CanDowncast))
     }
 
     /// Releases every dataframe lock the instance still holds. Called when the
@@ -290,21 +301,59 @@ impl InstanceHost {
         });
     }
 
-    /// Logs a failed call with everything needed to find the culprit.
+    /// Logs a failed call with everything needed to find the culprit (and,
+    /// in a message handler, the correlation id of its message).
     pub fn report_failure(&self, entry: &str, e: &CallError) {
         let what = match e.kind {
             CallErrorKind::Panicked => "panicked",
             _ => "failed",
         };
-        tracing::error!(
-            context = %self.context.name,
-            service = %self.name,
-            library = %self.library.path.display(),
-            export = %self.export,
-            entry,
-            "{entry} {what}: {}",
-            e.message
-        );
+        correlation::with_current(|correlation| {
+            tracing::error!(
+                context = %self.context.name,
+                service = %self.name,
+                library = %self.library.path.display(),
+                export = %self.export,
+                entry,
+                correlation,
+                "{entry} {what}: {}",
+                e.message
+            );
+        });
+    }
+}
+
+/// A messaging deadline: `timeout_ns` from now ([`NO_TIMEOUT`]: a far future).
+fn message_deadline(timeout_ns: u64) -> Instant {
+    messaging::deadline_after(Duration::from_nanos(timeout_ns))
+}
+
+fn ffi_failure(f: Failure) -> MessageFailure {
+    MessageFailure::new(f.kind, f.message)
+}
+
+fn fenced_failure() -> MessageFailure {
+    MessageFailure::new(MessageError::Fenced, MessageError::Fenced.describe())
+}
+
+fn internal_failure() -> MessageFailure {
+    MessageFailure::new(
+        MessageError::PeerFailed,
+        "internal host error; the message is in the host log",
+    )
+}
+
+impl InstanceHost {
+    /// A message from this instance: its correlation id is the next child
+    /// of the message being handled on this thread, or a new root id.
+    fn outgoing(&self, name: &str, payload: Value) -> Outgoing {
+        Outgoing {
+            from: format!("{}/{}", self.context.name, self.name),
+            name: name.to_owned(),
+            payload,
+            correlation: correlation::next_child()
+                .unwrap_or_else(|| self.context.router.new_correlation()),
+        }
     }
 }
 
@@ -340,7 +389,15 @@ impl FfiHost for InstanceHost {
         }
         shield("log", (), || {
             if self.log_enabled(level) {
-                logging::plugin_event(level, &self.context.name, &self.name, message.as_str());
+                correlation::with_current(|c| {
+                    logging::plugin_event_correlated(
+                        level,
+                        &self.context.name,
+                        &self.name,
+                        message.as_str(),
+                        c,
+                    );
+                });
             }
             if level == LogLevel::Fatal {
                 self.context.fatal.store(true, Ordering::SeqCst);
@@ -576,4 +633,116 @@ impl FfiHost for InstanceHost {
             RResult::ROk(())
         })
     }
+}
+
+/// Messaging callbacks: plugins reach them through the [`MsgHost`] table
+/// the host hands each library at load ([`msg_host_table`]), with the host
+/// handle of the call they are in, which leads back to the instance.
+impl InstanceHost {
+    /// Sends `name` with `payload` from this instance through `go` on the
+    /// context's router: refused when fenced, shielded, and with the
+    /// message's correlation id (see [`InstanceHost::outgoing`]).
+    fn route<T>(
+        &self,
+        call: &str,
+        name: &str,
+        payload: Value,
+        go: impl FnOnce(&dyn Router, Outgoing) -> Result<T, Failure>,
+    ) -> RResult<T, MessageFailure> {
+        if self.fenced_check(call) {
+            return RResult::RErr(fenced_failure());
+        }
+        shield(call, RResult::RErr(internal_failure()), || {
+            let msg = self.outgoing(name, payload);
+            go(&*self.context.router, msg).map_err(ffi_failure).into()
+        })
+    }
+}
+
+/// Runs `f` on the instance a plugin's host handle belongs to (every
+/// handle the host lends is downcastable: [`InstanceHost::with_handle`]).
+fn with_caller<T>(
+    caller: &HostRef<'_>,
+    f: impl FnOnce(&InstanceHost) -> RResult<T, MessageFailure>,
+) -> RResult<T, MessageFailure> {
+    match caller.obj.downcast_as::<InstanceHost>() {
+        Ok(h) => f(h),
+        Err(_) => RResult::RErr(MessageFailure::new(
+            MessageError::Fenced,
+            "the host handle given is not one this host lent",
+        )),
+    }
+}
+
+#[allow(
+    improper_ctypes_definitions,
+    reason = "Value is a #[repr(u8)] StableAbi enum whose layout abi_stable checks; #[non_exhaustive] only binds Rust code"
+)]
+extern "C" fn host_send(
+    caller: HostRef<'_>,
+    to: RStr<'_>,
+    name: RStr<'_>,
+    payload: Value,
+    timeout_ns: u64,
+) -> RResult<(), MessageFailure> {
+    with_caller(&caller, |h| {
+        h.route("send", name.as_str(), payload, |r, msg| {
+            r.send(to.as_str(), msg, message_deadline(timeout_ns))
+        })
+    })
+}
+
+#[allow(
+    improper_ctypes_definitions,
+    reason = "Value is a #[repr(u8)] StableAbi enum whose layout abi_stable checks; #[non_exhaustive] only binds Rust code"
+)]
+extern "C" fn host_request(
+    caller: HostRef<'_>,
+    to: RStr<'_>,
+    name: RStr<'_>,
+    payload: Value,
+    timeout_ns: u64,
+) -> RResult<Value, MessageFailure> {
+    with_caller(&caller, |h| {
+        h.route("request", name.as_str(), payload, |r, msg| {
+            r.request(to.as_str(), msg, message_deadline(timeout_ns))
+        })
+    })
+}
+
+#[allow(
+    improper_ctypes_definitions,
+    reason = "Value is a #[repr(u8)] StableAbi enum whose layout abi_stable checks; #[non_exhaustive] only binds Rust code"
+)]
+extern "C" fn host_publish(
+    caller: HostRef<'_>,
+    topic: RStr<'_>,
+    payload: Value,
+    timeout_ns: u64,
+) -> RResult<u32, MessageFailure> {
+    with_caller(&caller, |h| {
+        h.route("publish", topic.as_str(), payload, |r, msg| {
+            r.publish(topic.as_str(), msg, message_deadline(timeout_ns))
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        })
+    })
+}
+
+extern "C" fn host_correlation_id() -> ROption<RString> {
+    correlation::with_current(|c| c.map(RString::from).into())
+}
+
+/// The host's messaging callbacks, handed to every library that has a
+/// messaging root (a constant table of functions, built once).
+pub fn msg_host_table() -> MsgHost_Ref {
+    static TABLE: OnceLock<MsgHost_Ref> = OnceLock::new();
+    *TABLE.get_or_init(|| {
+        MsgHost {
+            send: host_send,
+            request: host_request,
+            publish: host_publish,
+            correlation_id: host_correlation_id,
+        }
+        .leak_into_prefix()
+    })
 }

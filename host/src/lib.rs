@@ -8,19 +8,22 @@
 //! manifest into a plan of contexts built from plugins ([`plugin`]);
 //! [`instance`] is the host handle every plugin call receives;
 //! [`supervision`] holds the watchdog and the restart rules; [`reload`]
-//! swaps a changed library in; [`host`] runs the contexts and decides the
+//! swaps a changed library in; [`control`] is the control socket that
+//! `otools status` and `otools stop` talk to; [`host`] runs the contexts and decides the
 //! exit code ([`exit`]); [`signals`] handles signals from the start of
 //! `run`; [`threads`] starts the host's threads; [`cli`] is the command line
 //! and [`logging`] the log format; [`event`] holds the typed lifecycle
-//! events and the sinks they are delivered to.
+//! events and the sinks they are delivered to; [`messaging`] routes
+//! messages between services' mailboxes.
 //!
 //! Layers, lowest first (a module uses only modules of lower layers; the
 //! integration test `layout` checks it from this source): `exit`,
 //! `logging`, `dataframe`, `plugin`; `manifest` (pure data); `event`;
-//! `threads`; `signals`, `supervision`; `instance`; `flow`; `plan`; `runtime`;
-//! `reload`; `host`; `cli`.
+//! `threads`; `signals`, `supervision`, `messaging`; `instance`; `flow`; `plan`;
+//! `runtime`; `reload`, `control`; `host`; `cli`.
 
 pub mod cli;
+pub mod control;
 pub mod dataframe;
 pub mod event;
 pub mod exit;
@@ -29,6 +32,7 @@ pub mod host;
 pub mod instance;
 pub mod logging;
 pub mod manifest;
+pub mod messaging;
 pub mod plan;
 pub mod plugin;
 pub mod reload;

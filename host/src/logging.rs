@@ -67,15 +67,37 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
 
 /// Emits one message of a service at its level.
 pub fn plugin_event(level: LogLevel, context: &str, service: &str, message: &str) {
-    match level {
-        LogLevel::Verbose => tracing::trace!(target: "plugin", context, service, "{message}"),
-        LogLevel::Debug => tracing::debug!(target: "plugin", context, service, "{message}"),
-        LogLevel::Info => tracing::info!(target: "plugin", context, service, "{message}"),
-        LogLevel::Warning => tracing::warn!(target: "plugin", context, service, "{message}"),
-        LogLevel::Error => tracing::error!(target: "plugin", context, service, "{message}"),
-        LogLevel::Fatal => {
-            tracing::error!(target: "plugin", context, service, fatal = true, "{message}")
+    plugin_event_correlated(level, context, service, message, None);
+}
+
+/// Emits one message at `level` with the given fields (`fatal = true` added at fatal).
+macro_rules! emit_at {
+    ($level:expr, $($field:ident),*; $message:expr) => {
+        match $level {
+            LogLevel::Verbose => tracing::trace!(target: "plugin", $($field,)* "{}", $message),
+            LogLevel::Debug => tracing::debug!(target: "plugin", $($field,)* "{}", $message),
+            LogLevel::Info => tracing::info!(target: "plugin", $($field,)* "{}", $message),
+            LogLevel::Warning => tracing::warn!(target: "plugin", $($field,)* "{}", $message),
+            LogLevel::Error => tracing::error!(target: "plugin", $($field,)* "{}", $message),
+            LogLevel::Fatal => {
+                tracing::error!(target: "plugin", $($field,)* fatal = true, "{}", $message)
+            }
         }
+    };
+}
+
+/// Emits one message of a service at its level, with the correlation id of
+/// the message it is handling, if any (the `correlation` field).
+pub fn plugin_event_correlated(
+    level: LogLevel,
+    context: &str,
+    service: &str,
+    message: &str,
+    correlation: Option<&str>,
+) {
+    match correlation {
+        None => emit_at!(level, context, service; message),
+        Some(correlation) => emit_at!(level, context, service, correlation; message),
     }
 }
 

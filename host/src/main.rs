@@ -21,6 +21,8 @@ fn main() -> ExitCode {
         Command::Run(c) => c.execute(),
         Command::Check(c) => c.execute(),
         Command::Inspect(c) => c.execute(),
+        Command::Status(c) => c.execute(),
+        Command::Stop(c) => c.execute(),
     };
     ExitCode::from(code)
 }

@@ -10,7 +10,10 @@
 //!   files, so SIGHUP has nothing to reload); when the host was started with
 //!   SIGHUP ignored (`nohup`), it stays ignored.
 //! - Any second one of them exits at once with code 130
-//!   ([`crate::exit::FORCED`]), whatever the host is doing.
+//!   ([`crate::exit::FORCED`]), whatever the host is doing, after removing
+//!   the loader's private folder and the files registered with
+//!   [`remove_on_forced_exit`] (the control sockets), since `exit` runs no
+//!   destructor.
 //!
 //! Each signal's handler writes one byte to its own socket pair (signal-hook's
 //! self-pipe), and one thread per signal reads the bytes one by one: every
@@ -21,6 +24,7 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
@@ -45,6 +49,20 @@ type Handler = Box<dyn Fn(i32) + Send + Sync>;
 /// Told about the first signal (set by `host::run` once it runs; a later
 /// host of the same process replaces it).
 static ON_FIRST: Mutex<Option<Handler>> = Mutex::new(None);
+
+/// Files a forced exit removes first (it runs no destructor): the control
+/// sockets of the hosts in this process.
+static REMOVE_ON_FORCED_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Has a forced exit (a second signal) remove `path` before the process ends.
+pub fn remove_on_forced_exit(path: &Path) {
+    REMOVE_ON_FORCED_EXIT.lock().push(path.to_path_buf());
+}
+
+/// Undoes [`remove_on_forced_exit`] (the owner removes `path` itself).
+pub fn keep_on_forced_exit(path: &Path) {
+    REMOVE_ON_FORCED_EXIT.lock().retain(|p| p != path);
+}
 
 /// The signal's name for messages.
 pub fn name(sig: i32) -> &'static str {
@@ -131,8 +149,12 @@ fn delivered(sig: i32) {
     } else {
         eprintln!("{msg}");
     }
-    // `exit` runs no destructor: remove the private library copies first.
+    // `exit` runs no destructor: remove the private library copies and the
+    // control sockets first.
     crate::plugin::loader::remove_private_dir();
+    for path in REMOVE_ON_FORCED_EXIT.lock().iter() {
+        let _ = std::fs::remove_file(path);
+    }
     std::process::exit(i32::from(exit::FORCED));
 }
 

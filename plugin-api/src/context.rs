@@ -12,6 +12,8 @@ use std::time::Duration;
 use abi_stable::std_types::{RResult, RStr};
 
 use crate::error::{Error, Result};
+use crate::export::msg_host;
+use crate::message::{DEFAULT_REQUEST_TIMEOUT, SEND_TIMEOUT};
 use otools_abi::Value;
 use otools_abi::{HostError, HostRef, LockMode, NO_TIMEOUT};
 
@@ -113,6 +115,82 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Sends a one-way message `name` with `payload` to `to`: a service
+    /// named `Context/service`, or by its name alone when no other context
+    /// has a service of that name. It returns once the message is queued
+    /// in the target's mailbox (waiting up to [`SEND_TIMEOUT`] for room).
+    ///
+    /// A failure is an error whose [`Error::message_error`] says which:
+    /// `UnknownTarget`, `UnknownMessage`, `InvalidPayload` (checked here: a
+    /// bad message is never queued), `MailboxFull` or `PeerGone`.
+    pub fn send(&self, to: &str, name: &str, payload: impl Into<Value>) -> Result<()> {
+        let host = msg_host().ok_or_else(no_messaging)?;
+        match (host.send())(
+            self.host.sabi_reborrow(),
+            RStr::from_str(to),
+            RStr::from_str(name),
+            payload.into(),
+            timeout_ns(SEND_TIMEOUT),
+        ) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(f) => Err(Error::message_failure(f)),
+        }
+    }
+
+    /// Sends a request and waits for the reply, for at most `timeout`
+    /// ([`DEFAULT_REQUEST_TIMEOUT`], 5 s, when `None`): the whole call always
+    /// ends within it. Besides the failures of [`Context::send`], it can
+    /// fail with `Timeout` (no reply in time, or the handler hung) and
+    /// `PeerFailed` (the handler returned an error or panicked: its message
+    /// is in the error's).
+    pub fn request(
+        &self,
+        to: &str,
+        name: &str,
+        payload: impl Into<Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
+        let timeout = timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let host = msg_host().ok_or_else(no_messaging)?;
+        match (host.request())(
+            self.host.sabi_reborrow(),
+            RStr::from_str(to),
+            RStr::from_str(name),
+            payload.into(),
+            timeout_ns(timeout),
+        ) {
+            RResult::ROk(v) => Ok(v),
+            RResult::RErr(f) => Err(Error::message_failure(f)),
+        }
+    }
+
+    /// Publishes `payload` on `topic`: every service whose manifest entry
+    /// has `subscribe = ["<topic>", ...]` gets it as a message named
+    /// `topic`, in publication order. Returns how many subscribers got it
+    /// (0 when there are none).
+    pub fn publish(&self, topic: &str, payload: impl Into<Value>) -> Result<usize> {
+        let host = msg_host().ok_or_else(no_messaging)?;
+        match (host.publish())(
+            self.host.sabi_reborrow(),
+            RStr::from_str(topic),
+            payload.into(),
+            timeout_ns(SEND_TIMEOUT),
+        ) {
+            RResult::ROk(n) => Ok(n as usize),
+            RResult::RErr(f) => Err(Error::message_failure(f)),
+        }
+    }
+
+    /// The correlation id of the message being handled: created by the host
+    /// at the first send, and carried by every message a handler sends in
+    /// turn as a child id (`7`, then `7.1`, `7.2`, ...). `None` outside a
+    /// message handler.
+    pub fn correlation_id(&self) -> Option<String> {
+        msg_host()
+            .and_then(|h| (h.correlation_id())().into_option())
+            .map(abi_stable::std_types::RString::into_string)
+    }
+
     /// A handle on the dataframe `name`, which this context must list.
     ///
     /// Operations wait for a dataframe another service holds locked
@@ -128,6 +206,14 @@ impl<'a> Context<'a> {
             RResult::RErr(e) => Err(Error::host(e, &format!("dataframe `{name}`"))),
         }
     }
+}
+
+/// The error of a message call under a host without messaging.
+fn no_messaging() -> Error {
+    Error::message_failure(otools_abi::MessageFailure::new(
+        otools_abi::MessageError::Unsupported,
+        "this host has no messaging (it was built before otools-abi 0.3.1)",
+    ))
 }
 
 /// A dataframe as seen from one call: get, set and atomic updates by key.

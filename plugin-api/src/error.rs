@@ -10,7 +10,7 @@ use std::fmt;
 
 use abi_stable::std_types::RString;
 
-use otools_abi::{CallError, CallErrorKind, HostError};
+use otools_abi::{CallError, CallErrorKind, HostError, MessageError, MessageFailure};
 
 /// The result type of every plugin entry point.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -25,6 +25,7 @@ pub struct Error {
 enum Kind {
     Failed,
     Host(HostError),
+    Message(MessageError),
     Unimplemented,
     InvalidConfig,
 }
@@ -46,9 +47,28 @@ impl Error {
         }
     }
 
-    /// True if a dataframe lock could not be had within the timeout.
+    /// Why a `send`, `request` or `publish` failed, if this is such a failure.
+    pub fn message_error(&self) -> Option<MessageError> {
+        match self.kind {
+            Kind::Message(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True if a dataframe lock could not be had within the timeout, or a
+    /// request got no reply within its timeout.
     pub fn is_timeout(&self) -> bool {
-        self.kind == Kind::Host(HostError::Timeout)
+        matches!(
+            self.kind,
+            Kind::Host(HostError::Timeout) | Kind::Message(MessageError::Timeout)
+        )
+    }
+
+    pub(crate) fn message_failure(f: MessageFailure) -> Error {
+        Error {
+            kind: Kind::Message(f.kind),
+            message: f.message.into_string(),
+        }
     }
 
     /// The error message.
@@ -101,7 +121,7 @@ impl Error {
 
     pub(crate) fn into_call_error(self) -> CallError {
         let kind = match self.kind {
-            Kind::Failed | Kind::Host(_) => CallErrorKind::Failed,
+            Kind::Failed | Kind::Host(_) | Kind::Message(_) => CallErrorKind::Failed,
             Kind::Unimplemented => CallErrorKind::Unimplemented,
             Kind::InvalidConfig => CallErrorKind::InvalidConfig,
         };

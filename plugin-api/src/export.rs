@@ -23,18 +23,20 @@ use abi_stable::library::{
     __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
 };
 use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_trait::{TD_CanDowncast, TD_Opaque};
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ffi::API_VERSION;
 use crate::flow::{Step, StepContext};
+use crate::message::Accept;
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
     FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, FfiStep, FfiStep_TO, FfiStepBox,
-    HostRef, PluginRoot, PluginRoot_Ref, StepActivation,
+    FlowRoot, FlowRoot_Ref, HostRef, MessageSpec, MessagingRoot, MessagingRoot_Ref, MsgHost_Ref,
+    PluginRoot, PluginRoot_Ref, StepActivation, Value,
 };
 
 thread_local! {
@@ -230,9 +232,10 @@ fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
 pub fn new_service<S: Service>(config_json: &str) -> Result<FfiServiceBox> {
     let config = parse_config::<S::Config>(config_json)?;
     let service = S::new(config).map_err(Error::rejecting_config)?;
+    // Downcastable, so that `handle_message` can find the service again.
     Ok(FfiService_TO::from_value(
         ServiceAdapter(Some(service)),
-        TD_Opaque,
+        TD_CanDowncast,
     ))
 }
 
@@ -264,6 +267,28 @@ pub type ServiceCtor = fn(&str) -> Result<FfiServiceBox>;
 /// A constructor of a condition instance from JSON config.
 #[doc(hidden)]
 pub type ConditionCtor = fn(&str) -> Result<FfiConditionBox>;
+/// Handles a message if `object` is a `S` built by this library: the
+/// payload is taken only then.
+#[doc(hidden)]
+pub type MessageHandler =
+    fn(&FfiServiceBox, HostRef<'_>, &str, &mut Option<Value>) -> Option<CallResult<Value>>;
+
+/// The [`MessageHandler`] of service type `S`. Used by [`export_plugin!`](crate::export_plugin).
+#[doc(hidden)]
+pub fn handle_with<S: Service>(
+    object: &FfiServiceBox,
+    host: HostRef<'_>,
+    name: &str,
+    payload: &mut Option<Value>,
+) -> Option<CallResult<Value>> {
+    let adapter = object.obj.downcast_as::<ServiceAdapter<S>>().ok()?;
+    let payload = payload.take()?;
+    Some(guard(|| {
+        adapter
+            .get()?
+            .handle_message(&Context::from_host(host), name, payload)
+    }))
+}
 
 /// What [`export_plugin!`](crate::export_plugin) declares about a library.
 #[doc(hidden)]
@@ -276,6 +301,10 @@ pub trait PluginExports: 'static {
     const SERVICES: &'static [(&'static str, ServiceCtor)];
     /// Exported conditions by name.
     const CONDITIONS: &'static [(&'static str, ConditionCtor)];
+    /// The messages each exported service accepts, by export name.
+    const MESSAGES: &'static [(&'static str, &'static [Accept])];
+    /// One message handler per exported service.
+    const HANDLERS: &'static [MessageHandler];
     /// Exported flow steps by name.
     const STEPS: &'static [(&'static str, StepCtor)] = &[];
 }
@@ -353,14 +382,121 @@ fn root_module<P: PluginExports>() -> PluginRoot_Ref {
         new_service: new_service_ffi::<P>,
         new_condition: new_condition_ffi::<P>,
         take_drop_panic,
-        step_exports: step_exports::<P>,
-        new_step: new_step_ffi::<P>,
     }
     .leak_into_prefix()
 }
 
 extern "C" fn root_module_loader<P: PluginExports>() -> RootModuleResult {
     __call_root_module_loader(root_module::<P>)
+}
+
+/// The host's messaging callbacks, handed over when the library is loaded
+/// (none under a host built before messaging).
+static MSG_HOST: std::sync::OnceLock<MsgHost_Ref> = std::sync::OnceLock::new();
+
+/// The host's messaging callbacks, if the host has any.
+pub(crate) fn msg_host() -> Option<MsgHost_Ref> {
+    MSG_HOST.get().copied()
+}
+
+extern "C" fn set_host(host: MsgHost_Ref) {
+    let _ = MSG_HOST.set(host);
+}
+
+extern "C" fn messages_ffi<P: PluginExports>(export: RStr<'_>) -> RVec<MessageSpec> {
+    P::MESSAGES
+        .iter()
+        .find(|(n, _)| *n == export.as_str())
+        .map(|(_, accepts)| {
+            accepts
+                .iter()
+                .map(|a| MessageSpec {
+                    name: RString::from(a.name),
+                    payload: RString::from(a.payload.type_name()),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[allow(
+    improper_ctypes_definitions,
+    reason = "Value is a #[repr(u8)] StableAbi enum whose layout abi_stable checks; #[non_exhaustive] only binds Rust code"
+)]
+extern "C" fn handle_message_ffi<P: PluginExports>(
+    object: &FfiServiceBox,
+    host: HostRef<'_>,
+    name: RStr<'_>,
+    payload: Value,
+) -> CallResult<Value> {
+    let mut payload = Some(payload);
+    for handle in P::HANDLERS {
+        if let Some(r) = handle(object, host.sabi_reborrow(), name.as_str(), &mut payload) {
+            return r;
+        }
+    }
+    RResult::RErr(CallError {
+        kind: CallErrorKind::Failed,
+        message: RString::from("this library did not build that service instance"),
+    })
+}
+
+fn messaging_module<P: PluginExports>() -> MessagingRoot_Ref {
+    MessagingRoot {
+        messages: messages_ffi::<P>,
+        handle_message: handle_message_ffi::<P>,
+        set_host,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn messaging_module_loader<P: PluginExports>() -> RootModuleResult {
+    __call_root_module_loader(messaging_module::<P>)
+}
+
+/// The header of the library's messaging root module, exported by
+/// `export_plugin!` under `otools_abi::MESSAGING_SYMBOL`.
+#[doc(hidden)]
+#[allow(
+    unsafe_code,
+    reason = "the second header, through the same abi_stable export API as the first"
+)]
+pub const fn messaging_header<P: PluginExports>() -> LibHeader {
+    // SAFETY: as in `lib_header`: `messaging_module_loader::<P>` returns a
+    // `MessagingRoot_Ref`, for every `P`.
+    unsafe {
+        LibHeader::from_constructor::<MessagingRoot_Ref>(
+            messaging_module_loader::<P>,
+            CheckTypeLayout::Yes,
+        )
+    }
+}
+
+fn flow_module<P: PluginExports>() -> FlowRoot_Ref {
+    FlowRoot {
+        step_exports: step_exports::<P>,
+        new_step: new_step_ffi::<P>,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn flow_module_loader<P: PluginExports>() -> RootModuleResult {
+    __call_root_module_loader(flow_module::<P>)
+}
+
+/// The header of the library's flow-step root module, exported by
+/// `export_plugin!` under `otools_abi::FLOW_SYMBOL`.
+#[doc(hidden)]
+#[allow(
+    unsafe_code,
+    reason = "the third header, through the same abi_stable export API as the first"
+)]
+pub const fn flow_header<P: PluginExports>() -> LibHeader {
+    // SAFETY: as in `lib_header`: `flow_module_loader::<P>` returns a
+    // `FlowRoot_Ref`, for every `P`.
+    unsafe {
+        LibHeader::from_constructor::<FlowRoot_Ref>(flow_module_loader::<P>, CheckTypeLayout::Yes)
+    }
 }
 
 /// The header abi_stable looks for in a library: what `export_plugin!` exports.
@@ -412,6 +548,12 @@ macro_rules! export_plugin {
             const CONDITIONS: &'static [(&'static str, $crate::__private::ConditionCtor)] = &[
                 $($((::core::stringify!($condition), $crate::__private::new_condition::<$condition>),)*)?
             ];
+            const MESSAGES: &'static [(&'static str, &'static [$crate::Accept])] = &[
+                $($((::core::stringify!($service), <$service as $crate::Service>::MESSAGES),)*)?
+            ];
+            const HANDLERS: &'static [$crate::__private::MessageHandler] = &[
+                $($($crate::__private::handle_with::<$service>,)*)?
+            ];
             const STEPS: &'static [(&'static str, $crate::__private::StepCtor)] = &[
                 $($((::core::stringify!($step), $crate::__private::new_step::<$step>),)*)?
             ];
@@ -421,6 +563,16 @@ macro_rules! export_plugin {
         #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
         pub static __OTOOLS_LIB_HEADER: $crate::__private::LibHeader =
             $crate::__private::lib_header::<__OtoolsPluginExports>();
+
+        #[doc(hidden)]
+        #[unsafe(export_name = "otools_messaging_header")]
+        pub static __OTOOLS_MESSAGING_HEADER: $crate::__private::LibHeader =
+            $crate::__private::messaging_header::<__OtoolsPluginExports>();
+
+        #[doc(hidden)]
+        #[unsafe(export_name = "otools_flow_header")]
+        pub static __OTOOLS_FLOW_HEADER: $crate::__private::LibHeader =
+            $crate::__private::flow_header::<__OtoolsPluginExports>();
     };
 }
 
@@ -440,6 +592,19 @@ mod tests {
             source.contains(&spelled),
             "export_plugin! must use {spelled}"
         );
+    }
+
+    /// `export_plugin!` spells the messaging and flow headers' symbols as literals.
+    #[test]
+    fn messaging_and_flow_symbols_match_the_abi() {
+        let source = include_str!("export.rs");
+        for symbol in [otools_abi::MESSAGING_SYMBOL, otools_abi::FLOW_SYMBOL] {
+            let spelled = format!("export_name = \"{symbol}\"");
+            assert!(
+                source.contains(&spelled),
+                "export_plugin! must use {spelled}"
+            );
+        }
     }
 
     #[test]

@@ -112,6 +112,7 @@ mod context;
 mod error;
 mod export;
 mod flow;
+mod message;
 mod service;
 
 /// The FFI types and the ABI version, from `otools-abi`; plugin authors
@@ -127,14 +128,15 @@ pub mod ffi {
 pub use context::{Context, Dataframe, LockGuard};
 pub use error::{Error, Result};
 pub use flow::{Step, StepContext};
-pub use otools_abi::{HostError, LogLevel, TypeMismatch, Value};
+pub use message::{Accept, DEFAULT_REQUEST_TIMEOUT, Payload, SEND_TIMEOUT, SHUTDOWN};
+pub use otools_abi::{HostError, LogLevel, MessageError, TypeMismatch, Value};
 pub use service::{Condition, NoConfig, Service};
 
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{
-        ConditionCtor, PluginExports, ServiceCtor, StepCtor, lib_header, new_condition,
-        new_service, new_step,
+        ConditionCtor, MessageHandler, PluginExports, ServiceCtor, StepCtor, flow_header,
+        handle_with, lib_header, messaging_header, new_condition, new_service, new_step,
     };
     pub use abi_stable::library::LibHeader;
 }

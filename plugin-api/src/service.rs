@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::message::Accept;
+use otools_abi::Value;
 
 /// A unit of logic run by a context: OTools' `Service`.
 ///
@@ -71,6 +73,22 @@ pub trait Service: Send + Sync + Sized + 'static {
     fn import_state(&mut self, ctx: &Context<'_>, version: u32, bytes: &[u8]) -> Result<()> {
         let _ = (ctx, version, bytes);
         Ok(())
+    }
+
+    /// The messages this service accepts. A service that lists any gets a
+    /// mailbox and a mailbox thread; a message of another name, or with a
+    /// payload of another type, is refused at the sender.
+    const MESSAGES: &'static [Accept] = &[];
+
+    /// Handles one message listed in [`Service::MESSAGES`], on the service's
+    /// own mailbox thread (never its context's thread), one at a time, in
+    /// the order they were sent, and only once `setup` has returned. The
+    /// value returned is the reply to a request (ignored for a one-way
+    /// message). An error or a panic answers the requester `PeerFailed`
+    /// and ends this instance under its restart policy.
+    fn handle_message(&self, ctx: &Context<'_>, name: &str, payload: Value) -> Result<Value> {
+        let _ = (ctx, name, payload);
+        Err(Error::unimplemented())
     }
 }
 

@@ -1,4 +1,5 @@
-//! The command line: `otools run`, `otools check`, `otools inspect`.
+//! The command line: `otools run`, `otools check`, `otools inspect`, and
+//! `otools status` and `otools stop`, which talk to a running host.
 //!
 //! clap parses the raw arguments into these structs; each subcommand is an
 //! `XCommand` with an `execute()` that returns the process exit code.
@@ -6,14 +7,20 @@
 mod check;
 mod inspect;
 mod run;
+mod status;
+mod stop;
 
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 pub use check::CheckCommand;
 pub use inspect::InspectCommand;
 pub use run::RunCommand;
+pub use status::StatusCommand;
+pub use stop::StopCommand;
 
 use crate::logging::LogFormat;
 
@@ -27,8 +34,10 @@ Exit codes:
   1    runtime failure: a service logged at fatal, or ended in failure (gave up,
        or failed with restart = \"never\"), or a flow failed (unhandled step failure)
   2    nothing ran: manifest or plugin error (check: problems found), an invalid
-       --log-level, the --events file cannot be opened, a flow's run store
-       cannot be used, or --mode recover/continue found nothing to take up
+       --log-level, the --events file cannot be opened, another host already
+       runs this manifest (\"already running (pid N)\") or its control socket
+       cannot be created, a flow's run store cannot be used, or --mode
+       recover/continue found nothing to take up
   3    stopped, but something was abandoned: a finalize, or a loop or main call,
        overran shutdown_timeout, or a context overran its shutdown budget
   71   the host could not create a thread it needs (the system's thread limit)
@@ -37,6 +46,15 @@ Exit codes:
        versions, or max_abandoned_threads threads were abandoned; stopped
        cleanly for systemd to restart the host
   130  a second SIGINT, SIGTERM or SIGHUP: exited at once";
+
+/// The exit codes of `status` and `stop`, in their `--help`.
+const CLIENT_EXIT_CODES: &str = "\
+Exit codes:
+  0    done
+  1    no host runs this manifest, the host did not answer, or it refused the request";
+
+/// How long `status` and `stop` wait for the host's reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// otools: run OTools-style deployments of Rust plugins.
 #[derive(Debug, Parser)]
@@ -55,7 +73,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a deployment until every context has ended or a signal arrives.
+    /// Run a deployment until every context has ended, a signal or `otools
+    /// stop` arrives, or `[host] exit_when` is met.
     ///
     /// Signals: SIGINT, SIGTERM and SIGHUP are handled from the start. The
     /// first one stops cleanly: while the plugins are still loading, before
@@ -63,6 +82,13 @@ pub enum Command {
     /// instances (exit code 0 unless something else failed). SIGHUP is the
     /// same graceful stop as SIGTERM (no reload: hot reload follows the
     /// plugin files). A second signal exits at once with code 130.
+    ///
+    /// While it runs, the host answers `otools status` and `otools stop` on a
+    /// control socket derived from the manifest's path
+    /// (`$XDG_RUNTIME_DIR/otools/<hash>.sock`, else
+    /// `/tmp/otools-<uid>/<hash>.sock`; mode 0600, removed at exit). A second `run` of the same manifest is
+    /// refused with "already running (pid N)" (exit code 2); a socket left by
+    /// a killed host is replaced.
     #[command(after_help = EXIT_CODES)]
     Run(RunCommand),
     /// Parse and validate a manifest, load every plugin and build every
@@ -71,6 +97,62 @@ pub enum Command {
     Check(CheckCommand),
     /// Show a plugin library's interface version and exports.
     Inspect(InspectCommand),
+    /// Show the state of every context and unit of the host running a
+    /// manifest (through its control socket).
+    ///
+    /// For each unit: its state, generation, restarts, last failure and
+    /// reloads. `--json` prints one JSON object.
+    Status(StatusCommand),
+    /// Stop the host running a manifest, gracefully, as SIGTERM does
+    /// (through its control socket), and wait until it has exited.
+    ///
+    /// Every context stops and finalizes its instances, and the host exits
+    /// with the same code as after a first SIGTERM. This does not count as a
+    /// signal: a second SIGTERM after it is still a first one.
+    Stop(StopCommand),
+}
+
+/// Sends `request` to the host running `manifest` and returns its reply and
+/// the connection; or reports why not and returns the exit code.
+fn ask(
+    manifest: &Path,
+    request: crate::control::Request,
+) -> Result<(crate::control::Reply, UnixStream), u8> {
+    use crate::control::{ClientError, request as send, socket_path};
+    let socket = match socket_path(manifest) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("error: {}: manifest not found", manifest.display());
+            return Err(exit::RUNTIME_FAILURE);
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", manifest.display());
+            return Err(exit::RUNTIME_FAILURE);
+        }
+    };
+    match send(&socket, request, REPLY_TIMEOUT) {
+        Ok((reply, _)) if !reply.ok => {
+            eprintln!(
+                "error: the host (pid {}) refused: {}",
+                reply.pid,
+                reply.error.as_deref().unwrap_or("no reason given")
+            );
+            Err(exit::RUNTIME_FAILURE)
+        }
+        Ok(answer) => Ok(answer),
+        Err(ClientError::NoHost { socket }) => {
+            eprintln!(
+                "error: no running host for {} (socket {})",
+                manifest.display(),
+                socket.display()
+            );
+            Err(exit::RUNTIME_FAILURE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::RUNTIME_FAILURE)
+        }
+    }
 }
 
 /// Prints every diagnostic, then `N error(s)` followed by `closing`, to

@@ -10,6 +10,7 @@ use otools_abi::LogLevel;
 use tracing_subscriber::EnvFilter;
 
 use super::{LogArgs, ManifestArgs, exit, print_errors};
+use crate::control;
 use crate::event::{Events, Sink, UnitStates};
 use crate::logging::{self, directive};
 use crate::manifest::flow::RunMode;
@@ -127,14 +128,26 @@ impl RunCommand {
             );
             return exit::OK;
         }
+        // Before any plugin loads: one host per manifest. Removed on return.
+        let socket = match control::Bound::bind(&m.path) {
+            Ok(s) => s,
+            Err(e) => return refuse_one(&format!("{}: {e}", m.path.display())),
+        };
         let (filter, level_override) = match filters(&self.log, &m) {
             Ok(f) => f,
             Err(e) => return refuse_one(&e),
         };
         logging::init(self.log.log_format, filter);
-        // The host's events: the latest state of every unit, and the
-        // `--events` file when asked for.
-        let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(UnitStates::default())];
+        if socket.replaced_stale {
+            tracing::warn!(
+                "replaced the control socket {}, left by a host that no longer runs",
+                socket.path().display()
+            );
+        }
+        // The host's events: the latest state of every unit (for `otools
+        // status`), and the `--events` file when asked for.
+        let states = Arc::new(UnitStates::default());
+        let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::clone(&states) as Arc<dyn Sink>];
         let mut journal = None;
         if let Some(path) = &self.events {
             match Journal::open(path) {
@@ -190,7 +203,12 @@ impl RunCommand {
             }
             f.run_id.clone_from(&self.run);
         }
-        let code = crate::host::run(deployment);
+        let control = control::Setup {
+            socket,
+            manifest: std::fs::canonicalize(&m.path).unwrap_or_else(|_| m.path.clone()),
+            states,
+        };
+        let code = crate::host::run(deployment, Some(control));
         if let Some(j) = &journal {
             j.finish();
         }

@@ -50,17 +50,6 @@ pub struct Manifest {
     pub flows: Vec<flow::FlowDecl>,
 }
 
-/// `[host] exit_when`: what ends the run besides a signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExitWhen {
-    /// Every context has ended and every flow has finished (the default).
-    #[default]
-    ContextsEnded,
-    /// Every flow has finished: the contexts are then stopped and finalized.
-    FlowsFinished,
-}
-
 /// The default of `[host] max_abandoned_threads`.
 pub const DEFAULT_MAX_ABANDONED_THREADS: usize = 256;
 
@@ -90,8 +79,33 @@ pub struct HostSection {
     /// Stop everything and exit with code 76 once this many threads are left
     /// in hung plugin calls at the same time (default 256).
     pub max_abandoned_threads: Option<usize>,
-    /// What ends the run besides a signal (default `contexts_ended`).
+    /// When the run ends besides every context ending (default `contexts_ended`).
     pub exit_when: Option<Spanned<ExitWhen>>,
+}
+
+/// `[host] exit_when`: what ends the run, besides a signal or `otools stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitWhen {
+    /// When every context has ended on its own.
+    #[default]
+    ContextsEnded,
+    /// When every `main_once` service has finished (its `main` returned, or
+    /// it stopped for good): every context then stops and finalizes.
+    MainOnceDone,
+    /// When every flow has finished: every context then stops and finalizes.
+    FlowsFinished,
+}
+
+impl ExitWhen {
+    /// The value as written in a manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitWhen::ContextsEnded => "contexts_ended",
+            ExitWhen::MainOnceDone => "main_once_done",
+            ExitWhen::FlowsFinished => "flows_finished",
+        }
+    }
 }
 
 /// `[[dataframe]]`: a shared key/value store owned by the host.
@@ -163,6 +177,17 @@ pub struct ServiceDecl {
     pub backoff_reset_after: Option<Spanned<HumanDuration>>,
     /// `stop_service`, `stop_context` or `exit_host` (default: the context's).
     pub on_give_up: Option<Spanned<GiveUp>>,
+    /// Topics whose publications this service receives as messages.
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
+    /// How many messages its mailbox holds before senders wait (default 1000).
+    pub mailbox_size: Option<Spanned<u32>>,
+    /// The targets this service sends to, checked by `check` and `run`
+    /// (each must name exactly one service that accepts messages).
+    #[serde(default)]
+    pub sends_to: Vec<Spanned<String>>,
+    /// Call `main` once (after the start gate) instead of on every iteration (default false).
+    pub main_once: Option<Spanned<bool>>,
 }
 
 /// `[[context.trigger]]`: conditions that run a stack of services when they fire.
@@ -473,6 +498,14 @@ impl Manifest {
             .max(1)
     }
 
+    /// What ends the run besides every context ending (default `contexts_ended`).
+    pub fn exit_when(&self) -> ExitWhen {
+        self.host
+            .exit_when
+            .as_ref()
+            .map_or(ExitWhen::default(), |e| *e.get_ref())
+    }
+
     /// The shutdown timeout (default 5 s).
     pub fn shutdown_timeout(&self) -> Duration {
         self.host
@@ -558,6 +591,11 @@ macro_rules! keys_of {
 }
 
 impl ServiceDecl {
+    /// Is `main` called only once (`main_once = true`)?
+    pub fn main_once(&self) -> bool {
+        self.main_once.as_ref().is_some_and(|m| *m.get_ref())
+    }
+
     /// Its supervision durations, for validation.
     pub fn keys(&self) -> SupervisionKeys<'_> {
         keys_of!(self)

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use toml::Spanned;
 
-use super::{Diagnostic, EntryDecl, Manifest, SupervisionKeys, name_error, shown};
+use super::{
+    Diagnostic, EntryDecl, ExitWhen, Manifest, ServiceDecl, SupervisionKeys, name_error, shown,
+};
 
 /// Every cross-reference problem in the manifest.
 pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
@@ -112,8 +114,27 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
             }
         }
     }
+    check_exit_when(m, &mut errors);
     errors.sort_by_key(|d| d.position);
     errors
+}
+
+/// `exit_when = "main_once_done"` needs a service with `main_once = true`.
+fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
+    if let Some(e) = &m.host.exit_when
+        && *e.get_ref() == ExitWhen::MainOnceDone
+        && !m
+            .contexts
+            .iter()
+            .flat_map(|c| &c.services)
+            .any(ServiceDecl::main_once)
+    {
+        errors.push(m.diagnostic(
+            e.span().start,
+            "host > exit_when",
+            "`exit_when = \"main_once_done\"` needs at least one service with `main_once = true`",
+        ));
+    }
 }
 
 /// Durations that must be positive, and a delay cap that must not be below the delay.

@@ -11,6 +11,7 @@ use otools_abi::ExportKind;
 use crate::instance::ContextShared;
 use crate::manifest::Mode;
 use crate::manifest::policy::{Policy, Strategy};
+use crate::messaging::Mailbox;
 use crate::plugin::{Library, PluginObject};
 
 /// One service or condition of a context, as planned from the manifest.
@@ -29,8 +30,12 @@ pub struct UnitPlan {
     pub config_json: String,
     /// How it is supervised.
     pub policy: Policy,
+    /// `main_once = true`: its `main` is called once, not on every iteration.
+    pub main_once: bool,
     /// The first instance, built by [`super::build`] (its config accepted, setup not run).
     pub initial: PluginObject,
+    /// Its mailbox, if it accepts messages (registered with the router).
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 /// One step of a main-loop iteration.

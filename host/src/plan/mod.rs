@@ -26,8 +26,10 @@ use crate::manifest::config::ConfigJson;
 use crate::manifest::policy::{Policy, Strategy};
 use crate::manifest::validate::validate;
 use crate::manifest::{
-    ContextDecl, Diagnostic, Diagnostics, EntryDecl, Manifest, Mode, StackEntry, shown,
+    ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Manifest, Mode, ServiceDecl,
+    StackEntry, name_error, shown,
 };
+use crate::messaging::{DEFAULT_MAILBOX_SIZE, EndpointSpec, InProcess, Mailbox, Router};
 use crate::plugin::construct;
 use crate::plugin::{LoadError, Registry};
 
@@ -56,12 +58,16 @@ pub struct Deployment {
     pub reload: crate::manifest::ReloadSettings,
     /// Where lifecycle events go (from [`Options::events`]).
     pub events: Arc<Events>,
+    /// What ends the run besides every context ending (`[host] exit_when`).
+    pub exit_when: ExitWhen,
     /// `[host] max_abandoned_threads` (at least 1), for the host's watchdog.
     pub max_abandoned_threads: usize,
     /// The flows, in manifest order.
     pub flows: Vec<crate::flow::FlowPlan>,
-    /// `[host] exit_when`.
-    pub exit_when: crate::manifest::ExitWhen,
+    /// The routing layer: every service that accepts messages, by name,
+    /// with its mailbox. [`Router::send`] on it is the entry point for a
+    /// message from outside the plugins (sender `control`).
+    pub router: Arc<InProcess>,
 }
 
 impl Deployment {
@@ -119,6 +125,9 @@ struct Builder<'m> {
     opts: &'m Options,
     registry: Registry,
     errors: Vec<Diagnostic>,
+    router: Arc<InProcess>,
+    /// Every `sends_to` target and its manifest key, checked once all are registered.
+    sends_to: Vec<(&'m Spanned<String>, String)>,
 }
 
 /// Where `plugin = "..."` points: a path (with a `/` or ending in `.so`,
@@ -141,7 +150,7 @@ pub fn resolve_plugin(manifest: &Manifest, opts: &Options, plugin: &str) -> Path
     dir.join(format!("lib{plugin}.so"))
 }
 
-impl Builder<'_> {
+impl<'m> Builder<'m> {
     fn library(
         &mut self,
         plugin: &Spanned<String>,
@@ -231,7 +240,9 @@ impl Builder<'_> {
                 export: export_name.to_owned(),
                 config_json,
                 policy,
+                main_once: false,
                 initial,
+                mailbox: None,
             }),
             Err(e) => {
                 let export = export_name.to_owned();
@@ -304,12 +315,73 @@ impl Builder<'_> {
                 .collect(),
             all_dataframes: Arc::clone(names),
             events: Arc::clone(&self.opts.events),
+            router: Arc::clone(&self.router) as Arc<dyn Router>,
         })
+    }
+
+    /// Registers the mailbox of a top-level service that accepts messages
+    /// or subscribes to topics; every subscribed topic must be a message it
+    /// accepts.
+    fn mailbox(
+        &mut self,
+        context: &str,
+        s: &'_ ServiceDecl,
+        u: &UnitPlan,
+        key: &str,
+    ) -> Option<Arc<Mailbox>> {
+        let accepts = crate::plugin::messages(&u.library, &u.export);
+        if accepts.is_empty() && s.subscribe.is_empty() {
+            return None;
+        }
+        let mut subscribe = Vec::new();
+        for topic in &s.subscribe {
+            let t = topic.get_ref();
+            let problem = if let Some(bad) = name_error(t) {
+                Some(format!("topic \"{}\": {bad}", shown(t)))
+            } else if !accepts.iter().any(|(n, _)| n == t) {
+                Some(format!(
+                    "`{}` subscribes to topic `{}`, but its export `{}` accepts no message of that name (it accepts: {})",
+                    shown(&u.name),
+                    shown(t),
+                    u.export,
+                    if accepts.is_empty() {
+                        String::from("none")
+                    } else {
+                        accepts
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => self.errors.push(self.manifest.diagnostic(
+                    topic.span().start,
+                    format!("{key} > subscribe"),
+                    message,
+                )),
+                None => subscribe.push(t.clone()),
+            }
+        }
+        let capacity = s
+            .mailbox_size
+            .as_ref()
+            .map_or(DEFAULT_MAILBOX_SIZE, |n| *n.get_ref() as usize);
+        Some(self.router.register(&EndpointSpec {
+            context: context.to_owned(),
+            service: u.name.clone(),
+            accepts,
+            capacity,
+            subscribe,
+        }))
     }
 
     fn context(
         &mut self,
-        c: &ContextDecl,
+        c: &'m ContextDecl,
         all_dataframes: &HashMap<&str, &Arc<Dataframe>>,
         names: &Arc<Vec<String>>,
     ) -> ContextPlan {
@@ -340,8 +412,15 @@ impl Builder<'_> {
                         &key,
                         s.name.span().start,
                     ) {
+                        let mut u = u;
+                        u.mailbox = self.mailbox(c.name.get_ref(), s, &u, &key);
+                        self.sends_to
+                            .extend(s.sends_to.iter().map(|t| (t, format!("{key} > sends_to"))));
                         steps.push(StepPlan::Service(units.len()));
-                        units.push(u);
+                        units.push(UnitPlan {
+                            main_once: s.main_once(),
+                            ..u
+                        });
                     }
                 }
                 EntryDecl::Trigger(t) => {
@@ -434,6 +513,8 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         opts,
         registry: Registry::new(opts.verbose),
         errors: validate(manifest),
+        router: Arc::new(InProcess::new(Arc::clone(&opts.events))),
+        sends_to: Vec::new(),
     };
     b.errors.extend(crate::manifest::flow::validate(manifest));
     let dataframes: Vec<Arc<Dataframe>> = manifest
@@ -462,6 +543,13 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         .iter()
         .map(|c| b.context(c, &by_name, &names))
         .collect();
+    // Static targets are caught here, by `check` as by `run`.
+    for (target, key) in std::mem::take(&mut b.sends_to) {
+        if let Err(f) = b.router.resolve(target.get_ref()) {
+            b.errors
+                .push(manifest.diagnostic(target.span().start, key, f.message));
+        }
+    }
     let flows: Vec<crate::flow::FlowPlan> = manifest
         .flows
         .iter()
@@ -479,12 +567,9 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         loaded: b.registry.libraries(),
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
+        exit_when: manifest.exit_when(),
         max_abandoned_threads: manifest.max_abandoned_threads(),
         flows,
-        exit_when: manifest
-            .host
-            .exit_when
-            .as_ref()
-            .map_or_else(Default::default, |w| *w.get_ref()),
+        router: b.router,
     })
 }

@@ -16,9 +16,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::library::RootModule;
+use abi_stable::library::{AbiHeaderRef, LibraryError, RawLibrary, lib_header_from_path};
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
-use otools_abi::{ABI_VERSION, ExportInfo, ExportKind, PluginRoot_Ref, legacy};
+use otools_abi::{
+    ABI_VERSION, ExportInfo, ExportKind, FLOW_SYMBOL, FlowRoot_Ref, MESSAGING_SYMBOL,
+    MessagingRoot_Ref, PluginRoot_Ref,
+};
 use otools_api::ffi::API_VERSION;
 
 /// A loaded, checked plugin library.
@@ -42,6 +46,10 @@ pub struct Library {
     pub abi_version: String,
     /// What it exports.
     pub exports: Vec<ExportInfo>,
+    /// Its messaging root module; none in a library built before messaging.
+    pub messaging: Option<MessagingRoot_Ref>,
+    /// Its flow-step root module; none in a library built before steps.
+    pub flow: Option<FlowRoot_Ref>,
 }
 
 impl fmt::Debug for Library {
@@ -183,8 +191,16 @@ enum PrivateDir {
 /// of the process removes the folder, whichever host loaded into it.
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
 
-/// What a loaded library gave: its root module, exports and ABI version.
-type Loaded = (PluginRoot_Ref, Vec<ExportInfo>, String);
+/// What a loaded library gave: its root module, exports, ABI version,
+/// messaging root module (none in a library built before messaging) and
+/// flow-step root module (none in a library built before steps).
+type Loaded = (
+    PluginRoot_Ref,
+    Vec<ExportInfo>,
+    String,
+    Option<MessagingRoot_Ref>,
+    Option<FlowRoot_Ref>,
+);
 
 /// Every library content this process has loaded, by content hash. Per
 /// process by nature, like the private folder: a loaded library stays
@@ -432,7 +448,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     };
     // Removed at once (a mapping stays valid; a reused content needs none).
     drop(copy);
-    let (root, exports, abi_version) = loaded?;
+    let (root, exports, abi_version, messaging, flow) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -443,32 +459,50 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         api_version: root.api_version().as_str().to_owned(),
         abi_version,
         exports,
+        messaging,
+        flow,
     })
 }
 
-fn load_from(
-    path: &Path,
-    shadow: &Path,
-    verbose: bool,
-) -> Result<(PluginRoot_Ref, Vec<ExportInfo>, String), LoadError> {
+fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadError> {
     let header = lib_header_from_path(shadow).map_err(|e| convert(path, e, None, verbose))?;
     // The header's version is `otools-abi`'s: the root module type lives there.
     let abi_version = header.version_strings().version.as_str().to_owned();
     let plugin_abi = VersionNumber::new(header.version_strings()).ok();
-    // A library built before the root module's latest appended fields
-    // has fewer of them, which abi_stable refuses against the current
-    // layout: it is checked against the earlier layout it was built with,
-    // and upgraded (see `otools_abi::legacy`). Any other mismatch reports
-    // the current layout's error.
-    let root = match header.init_root_module::<PluginRoot_Ref>() {
-        Ok(root) => root,
-        Err(e) => match header.init_root_module::<legacy::before_steps::PluginRoot_Ref>() {
-            Ok(old) => old.upgrade(),
-            Err(_) => return Err(convert(path, e, plugin_abi, verbose)),
-        },
-    };
+    let root = header
+        .init_root_module::<PluginRoot_Ref>()
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let exports = root.exports()().into_vec();
-    Ok((root, exports, abi_version))
+    let messaging = extra_root::<MessagingRoot_Ref>(shadow, MESSAGING_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    let flow = extra_root::<FlowRoot_Ref>(shadow, FLOW_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    Ok((root, exports, abi_version, messaging, flow))
+}
+
+/// A root module exported beside the main one under its own `symbol` and
+/// checked by abi_stable on its own (`otools_abi::MessagingRoot`,
+/// `otools_abi::FlowRoot`); `None` when the library does not export it
+/// (built before it existed).
+fn extra_root<M: RootModule>(shadow: &Path, symbol: &str) -> Result<Option<M>, LibraryError> {
+    // The same mapping as the root module's: the dynamic loader hands back
+    // the handle it already has for this path, and it is leaked like that one.
+    let raw = RawLibrary::load_at(shadow)?;
+    let symbol = format!("{symbol}\0");
+    #[allow(
+        unsafe_code,
+        reason = "reading an exported header, as abi_stable's own lib_header_from_path does"
+    )]
+    // SAFETY: the symbol, when present, is the `LibHeader` static that
+    // `export_plugin!` exports (its address, read as abi_stable reads the
+    // root module's); `upgrade` checks abi_stable's header version before
+    // it is used, and the library is never unloaded (`raw` is leaked).
+    let header = match unsafe { raw.get::<AbiHeaderRef>(symbol.as_bytes()) } {
+        Ok(h) => (*h).upgrade()?,
+        Err(_) => return Ok(None),
+    };
+    std::mem::forget(raw);
+    header.init_root_module::<M>().map(Some)
 }
 
 fn newer(a: VersionNumber, b: VersionNumber) -> bool {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use loader::{Library, LoadError};
-pub use object::{PluginObject, construct, construct_step, step_exports};
+pub use object::{PluginObject, construct, construct_step, messages, step_exports};
 
 /// Libraries loaded so far, by canonical path.
 #[derive(Default)]

@@ -2,7 +2,7 @@
 //! with its config, before any `setup` ([`construct`]), or a flow step
 //! ([`construct_step`]).
 
-use abi_stable::std_types::{RResult, RStr};
+use abi_stable::std_types::{RResult, RStr, RString};
 use otools_abi::{CallError, ExportKind, FfiConditionBox, FfiServiceBox, FfiStepBox};
 
 use super::Library;
@@ -13,6 +13,18 @@ pub enum PluginObject {
     Service(FfiServiceBox),
     /// A condition.
     Condition(FfiConditionBox),
+}
+
+/// The messages service export `export` of `library` accepts, as (name,
+/// payload type); none for a library built before messaging existed.
+/// (A constant of the plugin's type: no author code runs.)
+pub fn messages(library: &Library, export: &str) -> Vec<(String, String)> {
+    library.messaging.map_or_else(Vec::new, |m| {
+        (m.messages())(RStr::from_str(export))
+            .into_iter()
+            .map(|m| (m.name.into_string(), m.payload.into_string()))
+            .collect()
+    })
 }
 
 /// Builds an instance of `export` from `lib` with its JSON config (no `setup`).
@@ -36,11 +48,15 @@ pub fn construct(
 }
 
 /// The flow steps a library exports (none for a library built before
-/// steps existed: it lacks the root module's `step_exports`).
+/// steps existed: it lacks the flow root module).
 pub fn step_exports(lib: &Library) -> Vec<String> {
-    lib.root
-        .step_exports()
-        .map(|f| f().into_iter().map(|n| n.into_string()).collect())
+    lib.flow
+        .map(|f| {
+            f.step_exports()()
+                .into_iter()
+                .map(RString::into_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -50,13 +66,13 @@ pub fn construct_step(
     export: &str,
     config_json: &str,
 ) -> Result<FfiStepBox, CallError> {
-    let Some(new_step) = lib.root.new_step() else {
+    let Some(flow) = lib.flow else {
         return Err(CallError {
             kind: otools_abi::CallErrorKind::UnknownExport,
             message: "the library was built before flow steps existed".into(),
         });
     };
-    match new_step(RStr::from_str(export), RStr::from_str(config_json)) {
+    match flow.new_step()(RStr::from_str(export), RStr::from_str(config_json)) {
         RResult::ROk(o) => Ok(o),
         RResult::RErr(e) => Err(e),
     }

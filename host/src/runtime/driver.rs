@@ -265,14 +265,19 @@ impl Driver<'_> {
     }
 
     /// Calls `main` of unit `u` if it is serving and has one; true if called.
+    /// A `main_once` unit's `main` is called until it returns once.
     fn call_main(&mut self, u: usize, step: usize) -> Result<bool, Abandoned> {
-        if !self.core.units[u].has_main.load(Ordering::Relaxed) {
+        let unit = &self.core.units[u];
+        if !unit.wants_main() {
             return Ok(false);
         }
-        Ok(!matches!(
-            self.serve(u, step, Entry::Main, Instance::main)?,
-            Served::NotServing
-        ))
+        let served = self.serve(u, step, Entry::Main, Instance::main)?;
+        if unit.main_once
+            && (matches!(served, Served::Returned(())) || !unit.has_main.load(Ordering::Relaxed))
+        {
+            self.core.main_once_done(u);
+        }
+        Ok(!matches!(served, Served::NotServing))
     }
 
     /// Evaluates condition `u`; false if it is not serving or failed.

@@ -13,8 +13,10 @@ use crate::supervision::watchdog::Entry;
 use crate::threads;
 
 impl RunningContext {
-    /// Starts the loop thread of a top-level service.
+    /// Starts the loop thread of a top-level service (and its mailbox
+    /// thread, if it has a mailbox).
     pub(super) fn start_loop(self: &Arc<Self>, u: usize, live: &Arc<Instance>) {
+        self.start_mailbox(u, live);
         let unit = &self.units[u];
         if !unit.top_level || unit.kind != ExportKind::Service {
             return;

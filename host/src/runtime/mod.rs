@@ -40,6 +40,7 @@ mod driver;
 mod gate;
 mod lifecycle;
 mod loop_thread;
+mod mailbox;
 mod restart;
 mod swap;
 mod unit;
@@ -77,6 +78,9 @@ pub enum ContextEvent {
     Ended(usize),
     /// A service of this context gave up with `on_give_up = "exit_host"`.
     ExitHost(usize),
+    /// A `main_once` service of this context finished: its `main` returned,
+    /// or it stopped for good before it did.
+    OnceDone(usize),
 }
 
 /// The calling thread left because the watchdog abandoned its call.
@@ -155,6 +159,8 @@ impl RunningContext {
                     live: ArcSwapOption::from_pointee(live),
                     state: AtomicU8::new(State::Pending as u8),
                     has_main: AtomicBool::new(u.kind == ExportKind::Service),
+                    main_once: u.main_once,
+                    main_done: AtomicBool::new(false),
                     loop_running: AtomicBool::new(false),
                     control: Mutex::new(Control {
                         generation: 1,
@@ -164,6 +170,7 @@ impl RunningContext {
                         loop_thread: None,
                     }),
                     stash,
+                    mailbox: u.mailbox,
                 }
             })
             .collect();
@@ -191,6 +198,7 @@ impl RunningContext {
 
     /// Starts the context's driver thread.
     pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        self.watch_mailboxes();
         self.spawn_driver(Resume::Setup(0), 0)
     }
 
@@ -212,14 +220,52 @@ impl RunningContext {
         event::Unit::new(&self.shared.name, &self.units[u].name, generation)
     }
 
+    /// Does a `main_once` service of this context still have to finish
+    /// (its `main` has not returned, and it has not stopped for good)?
+    pub fn main_once_pending(&self) -> bool {
+        !self.ended.load(Ordering::SeqCst)
+            && self.units.iter().any(|u| {
+                u.main_once && !u.main_done.load(Ordering::Acquire) && !u.state().terminal()
+            })
+    }
+
+    /// The `main` of `main_once` unit `u` returned (or is not implemented):
+    /// it is not called again; journaled, and the supervisor is told.
+    fn main_once_done(&self, u: usize) {
+        let unit = &self.units[u];
+        if unit.main_done.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let generation = unit.control.lock().generation;
+        tracing::info!(
+            context = %self.shared.name,
+            service = %unit.name,
+            "main returned (main_once): it is not called again"
+        );
+        self.emit(Event::MainOnceDone {
+            unit: self.unit_id(u, generation),
+        });
+        let _ = self.events.send(ContextEvent::OnceDone(self.index));
+    }
+
+    /// Unit `u` was left in a final state by a worker: a `main_once` unit
+    /// that stopped for good before its `main` returned has finished too.
+    fn settled(&self, u: usize) {
+        let unit = &self.units[u];
+        if unit.main_once && !unit.main_done.load(Ordering::Acquire) {
+            let _ = self.events.send(ContextEvent::OnceDone(self.index));
+        }
+    }
+
     /// Is anything left that can run?
     fn alive(&self) -> bool {
         let unit_alive = |u: usize| {
             let unit = &self.units[u];
             match unit.state() {
                 State::Ready => {
-                    unit.has_main.load(Ordering::Relaxed)
+                    unit.wants_main()
                         || unit.loop_running.load(Ordering::Relaxed)
+                        || unit.mailbox.is_some()
                 }
                 State::Pending | State::Stopping | State::Down => true,
                 State::Failed | State::Ended => false,

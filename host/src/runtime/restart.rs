@@ -58,7 +58,7 @@ impl RunningContext {
             return;
         }
         let now = Instant::now();
-        let failure = !matches!(how, Exit::Deactivated);
+        let failure = !matches!(how, Exit::Deactivated | Exit::Shutdown);
         match &how {
             Exit::Failed { entry, reason } => {
                 self.emit(Event::Failed {
@@ -96,6 +96,10 @@ impl RunningContext {
                 });
                 tracing::debug!(context = %self.shared.name, service = %unit.name, "deactivated");
             }
+            Exit::Shutdown => {
+                // Journaled as `shutdown` by the mailbox thread.
+                tracing::info!(context = %self.shared.name, service = %unit.name, "stopped by SHUTDOWN");
+            }
         }
         unit.set_state(State::Stopping);
         if self.shared.stopping() {
@@ -108,7 +112,9 @@ impl RunningContext {
             self.shared.wake.notify();
             return;
         }
-        let decision = {
+        let decision = if matches!(how, Exit::Shutdown) {
+            Decision::Stay
+        } else {
             let since = c.running_since;
             c.tracker.on_exit(&unit.policy, failure, since, now)
         };
@@ -275,6 +281,7 @@ pub(super) fn work(core: &Arc<RunningContext>, ops: &[Op], from: usize) {
             }
             Op::Settle(u, s) => {
                 core.units[*u].set_state(*s);
+                core.settled(*u);
                 Ok(())
             }
         };

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::RResult;
+use abi_stable::std_types::{RResult, RStr};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use otools_abi::{CallError, CallErrorKind, CallResult, ExportKind};
+use otools_abi::{CallError, CallErrorKind, CallResult, ExportKind, Value};
 use parking_lot::Mutex;
 
 use crate::instance::InstanceHost;
+use crate::messaging::Mailbox;
 use crate::plugin::Library;
 use crate::plugin::PluginObject;
 use crate::supervision::policy::{Policy, Tracker};
@@ -79,6 +80,18 @@ impl Instance {
         match &self.object {
             PluginObject::Service(o) => self.host.with_handle(|h| o.run_loop(h)),
             PluginObject::Condition(_) => unimplemented_call(),
+        }
+    }
+
+    pub(super) fn handle_message(&self, name: &str, payload: Value) -> CallResult<Value> {
+        match (&self.object, &self.host.library.messaging) {
+            (PluginObject::Service(o), Some(m)) => self
+                .host
+                .with_handle(|h| (m.handle_message())(o, h, RStr::from_str(name), payload)),
+            _ => RResult::RErr(CallError {
+                kind: CallErrorKind::Unimplemented,
+                message: "not implemented".into(),
+            }),
         }
     }
 
@@ -177,6 +190,9 @@ pub(super) enum Exit {
     Hung { entry: Entry, limit: Duration },
     /// The instance deactivated itself (a normal exit).
     Deactivated,
+    /// The reserved `SHUTDOWN` message stopped it: a normal exit that is
+    /// never restarted, whatever the policy.
+    Shutdown,
 }
 
 impl Exit {
@@ -221,9 +237,16 @@ pub struct Unit {
     pub(super) live: ArcSwapOption<Instance>,
     pub(super) state: AtomicU8,
     pub(super) has_main: AtomicBool,
+    /// `main_once = true`: `main` is called until it returns once.
+    pub(super) main_once: bool,
+    /// A `main_once` unit's `main` returned (or is not implemented): it is
+    /// not called again, in this generation or any later one.
+    pub(super) main_done: AtomicBool,
     pub(super) loop_running: AtomicBool,
     pub(super) control: Mutex<Control>,
     pub(super) stash: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Its mailbox, if it accepts messages: it outlives every generation.
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 impl Unit {
@@ -233,6 +256,17 @@ impl Unit {
 
     pub(super) fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Is its `main` still to be called: it has one, and it is not a
+    /// `main_once` unit whose `main` already returned?
+    pub(super) fn wants_main(&self) -> bool {
+        self.has_main.load(Ordering::Relaxed) && !self.main_done.load(Ordering::Acquire)
+    }
+
+    /// Service or condition.
+    pub fn kind(&self) -> ExportKind {
+        self.kind
     }
 
     /// Moves the unit from `from` to `to` if it is in `from`, atomically:

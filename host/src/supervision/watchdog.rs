@@ -227,6 +227,8 @@ pub enum Entry {
     Export = 5,
     /// `import_state` during a reload (deadline: `startup_timeout`).
     Import = 6,
+    /// A message handler (deadline: `watchdog`).
+    Message = 7,
 }
 
 impl Entry {
@@ -240,6 +242,7 @@ impl Entry {
             Entry::Finalize => "finalize",
             Entry::Export => "export_state",
             Entry::Import => "import_state",
+            Entry::Message => "message",
         }
     }
 
@@ -251,6 +254,7 @@ impl Entry {
             3 => Entry::Check,
             5 => Entry::Export,
             6 => Entry::Import,
+            7 => Entry::Message,
             _ => Entry::Finalize,
         }
     }

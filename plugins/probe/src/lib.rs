@@ -529,7 +529,36 @@ impl Service for DfPairs {
     }
 }
 
+/// Fails its `main` call once a file appears (and removes the file): a
+/// failure a test triggers at the moment it chooses, from outside the host.
+pub struct FailOnFile {
+    config: FailOnFileConfig,
+}
+
+/// Configuration of [`FailOnFile`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailOnFileConfig {
+    /// The file whose appearance makes the next `main` call fail.
+    pub path: String,
+}
+
+impl Service for FailOnFile {
+    type Config = FailOnFileConfig;
+
+    fn new(config: FailOnFileConfig) -> Result<Self> {
+        Ok(FailOnFile { config })
+    }
+
+    fn main(&self, _: &Context<'_>) -> Result<()> {
+        if std::fs::remove_file(&self.config.path).is_ok() {
+            otools_api::bail!("asked to fail by {}", self.config.path);
+        }
+        Ok(())
+    }
+}
+
 otools_api::export_plugin! {
-    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, LeaseWriter, Sleeper, StashCounter, Nop, DfPairs],
+    services: [Record, Report, Lifecycle, SetupGate, HoldLock, TryLocked, LeaseWriter, Sleeper, StashCounter, Nop, DfPairs, FailOnFile],
     conditions: [Constant],
 }

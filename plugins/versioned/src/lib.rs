@@ -11,12 +11,15 @@
 //!
 //! The service `Counter` counts its `main` calls, adds one to the dataframe
 //! key `count` and to `by_<version>` on each, and hands its call count to
-//! its successor through `export_state` / `import_state` (schema 1).
+//! its successor through `export_state` / `import_state` (schema 1). It
+//! also accepts the message `ticks` (any payload) and logs
+//! `version <version> got tick <payload>`, to show that messages queued
+//! across a reload reach the new version in order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use otools_api::{Context, Result, Service};
+use otools_api::{Accept, Context, Result, Service, Value};
 use serde::Deserialize;
 
 /// The build-time version tag.
@@ -64,6 +67,14 @@ pub struct CounterConfig {
 
 impl Service for Counter {
     type Config = CounterConfig;
+
+    const MESSAGES: &'static [Accept] = &[Accept::any("ticks")];
+
+    fn handle_message(&self, ctx: &Context<'_>, _name: &str, payload: Value) -> Result<Value> {
+        let n = payload.as_i64().unwrap_or_default();
+        ctx.info(format_args!("version {VERSION} got tick {n}"));
+        Ok(Value::Null)
+    }
 
     fn new(config: CounterConfig) -> Result<Self> {
         Ok(Counter {

@@ -1,0 +1,474 @@
+//! The control socket: how `otools status` and `otools stop` reach a running
+//! host.
+//!
+//! `otools run` binds a Unix socket whose path is derived from the
+//! manifest ([`socket::socket_path`]) before it loads any plugin, so a
+//! second host for the same manifest refuses to start ("already running
+//! (pid N)"), and a socket left by a host that was killed is detected
+//! (nobody answers) and replaced. Once the contexts run, [`serve`] answers
+//! on a `control` thread of its own, blocked in `accept` between requests.
+//!
+//! The protocol is one JSON line each way, versioned by
+//! [`PROTOCOL_VERSION`]: a [`Envelope`] (`{"version":1,"command":"status"}`),
+//! then a [`Reply`] (`{"version":1,"pid":N,"ok":true,"result":{...}}`, or
+//! `"ok":false` and an `error`). Each command is one variant of [`Request`]
+//! and one arm of [`Commands::dispatch`]; adding a command adds both.
+//! `stop` is carried out once its reply was sent, and its connection is
+//! kept open until the process exits, so the client can wait for the host
+//! to be gone.
+
+pub mod socket;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use otools_abi::ExportKind;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+pub use socket::{BindError, Bound, ClientError, SocketFile, request, socket_path, wait_closed};
+
+use crate::event::UnitStates;
+use crate::runtime::RunningContext;
+use crate::threads::Spawner;
+
+/// The version of the request and reply lines. A host refuses a request of
+/// another version with an error reply naming both.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line a host reads.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// How long the host waits for a client's request line, and for its reply to be taken.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One command to a running host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// Who is there: the host's pid (in every reply) and manifest.
+    Ping,
+    /// The state of every context and unit ([`Status`]).
+    Status,
+    /// The same graceful stop as SIGTERM.
+    Stop,
+}
+
+/// A request line: the protocol version and the command with its fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// [`PROTOCOL_VERSION`] of the client.
+    pub version: u32,
+    /// The command.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// A reply line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// [`PROTOCOL_VERSION`] of the host.
+    pub version: u32,
+    /// The host's process id.
+    pub pid: u32,
+    /// Whether the command was carried out.
+    pub ok: bool,
+    /// Why not, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the command returns (`null` for none).
+    #[serde(default, skip_serializing_if = "Json::is_null")]
+    pub result: Json,
+}
+
+impl Reply {
+    fn ok(result: Json) -> Reply {
+        Reply {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            ok: true,
+            error: None,
+            result,
+        }
+    }
+
+    fn error(message: String) -> Reply {
+        Reply {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            ok: false,
+            error: Some(message),
+            result: Json::Null,
+        }
+    }
+}
+
+/// `status`: the host and every context and unit, in manifest order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The host's process id.
+    pub pid: u32,
+    /// The manifest it runs (canonical path).
+    pub manifest: String,
+    /// `running`, or `stopping` once every context is stopping or has
+    /// ended (after a signal, `otools stop` or `exit_when`).
+    pub state: String,
+    /// Every context, in manifest order.
+    pub contexts: Vec<ContextStatus>,
+}
+
+/// One context in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextStatus {
+    /// Its name.
+    pub name: String,
+    /// `running`, `stopping` or `ended`.
+    pub state: String,
+    /// Its services and conditions, in manifest order.
+    pub units: Vec<UnitStatus>,
+}
+
+/// One service or condition in a [`Status`]. Fields may be added (a
+/// client ignores the ones it does not know); none is removed within a
+/// protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    /// Its name (a stack entry's is `<trigger>/<export>` unless named).
+    pub name: String,
+    /// `service` or `condition`.
+    pub kind: String,
+    /// `pending` until its first generation is set up, then the phase its
+    /// latest event gave it ([`crate::event::Phase::name`]): `serving`,
+    /// `restarting`, `gave_up`, ...
+    pub state: String,
+    /// Its newest generation (1 for the first).
+    pub generation: u64,
+    /// Restarts decided for it since the host started.
+    pub restarts: u64,
+    /// The reason of its latest failure, if any.
+    pub last_failure: Option<String>,
+    /// New versions a hot reload set up for it and did not roll back.
+    pub reloads: u64,
+    /// New versions a refused hot reload set up for it and discarded.
+    pub reloads_rolled_back: u64,
+}
+
+/// What follows a reply, once it was sent (the host may exit at once after
+/// a stop, so the reply goes first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Close the connection.
+    Close,
+    /// Stop the host, and keep the connection open until the process exits.
+    Stop,
+}
+
+/// What `otools run` hands the host for its control socket.
+pub struct Setup {
+    /// The socket, bound before the plugins were loaded.
+    pub socket: Bound,
+    /// The manifest (as `status` and `ping` name it).
+    pub manifest: PathBuf,
+    /// The host's unit states (a sink of its event hub).
+    pub states: Arc<UnitStates>,
+}
+
+/// What the control thread answers with: the running contexts, the host's
+/// unit states, and how to stop the host.
+pub struct Commands {
+    manifest: PathBuf,
+    cores: Vec<Arc<RunningContext>>,
+    states: Arc<UnitStates>,
+    stop: Box<dyn Fn() + Send>,
+}
+
+impl Commands {
+    /// The commands of the host running `manifest` as `cores`, whose unit
+    /// states `states` keeps; `stop` asks the host to stop every context.
+    pub fn new(
+        manifest: PathBuf,
+        cores: Vec<Arc<RunningContext>>,
+        states: Arc<UnitStates>,
+        stop: impl Fn() + Send + 'static,
+    ) -> Commands {
+        Commands {
+            manifest,
+            cores,
+            states,
+            stop: Box::new(stop),
+        }
+    }
+
+    /// Carries out one request line; the reply, and what follows once it
+    /// was sent.
+    pub fn dispatch(&self, line: &str) -> (Reply, After) {
+        let envelope: Envelope = match serde_json::from_str(line) {
+            Ok(e) => e,
+            Err(e) => {
+                return (Reply::error(unreadable(line, &e)), After::Close);
+            }
+        };
+        if envelope.version != PROTOCOL_VERSION {
+            return (
+                Reply::error(format!(
+                    "protocol version {} is not supported; this host speaks version {PROTOCOL_VERSION}",
+                    envelope.version
+                )),
+                After::Close,
+            );
+        }
+        match envelope.request {
+            Request::Ping => (
+                Reply::ok(serde_json::json!({ "manifest": self.manifest.display().to_string() })),
+                After::Close,
+            ),
+            Request::Status => (Reply::ok(to_json(&self.status())), After::Close),
+            Request::Stop => (
+                Reply::ok(serde_json::json!({ "stopping": true })),
+                After::Stop,
+            ),
+        }
+    }
+
+    /// What follows a reply once it was sent.
+    fn after(&self, after: After, stream: UnixStream) -> Option<UnixStream> {
+        match after {
+            After::Close => None,
+            After::Stop => {
+                tracing::info!(
+                    "stop requested through the control socket: stopping every context (finalizing)"
+                );
+                (self.stop)();
+                Some(stream)
+            }
+        }
+    }
+
+    /// The state of every context and unit.
+    pub fn status(&self) -> Status {
+        let states = self.states.snapshot();
+        let stopping = self
+            .cores
+            .iter()
+            .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst));
+        let contexts = self
+            .cores
+            .iter()
+            .map(|core| {
+                let context = &core.shared.name;
+                let units = core
+                    .units
+                    .iter()
+                    .map(|u| {
+                        let kind = match u.kind() {
+                            ExportKind::Service => "service",
+                            ExportKind::Condition => "condition",
+                        };
+                        match states.get(&(context.clone(), u.name.clone())) {
+                            Some(s) => UnitStatus {
+                                name: u.name.clone(),
+                                kind: kind.into(),
+                                state: s.phase.name().into(),
+                                generation: s.generation,
+                                restarts: s.restarts,
+                                last_failure: s.last_failure.clone(),
+                                reloads: s.reloads,
+                                reloads_rolled_back: s.reloads_rolled_back,
+                            },
+                            None => UnitStatus {
+                                name: u.name.clone(),
+                                kind: kind.into(),
+                                state: "pending".into(),
+                                generation: 1,
+                                restarts: 0,
+                                last_failure: None,
+                                reloads: 0,
+                                reloads_rolled_back: 0,
+                            },
+                        }
+                    })
+                    .collect();
+                let state = if core.ended.load(Ordering::SeqCst) {
+                    "ended"
+                } else if core.shared.stopping() {
+                    "stopping"
+                } else {
+                    "running"
+                };
+                ContextStatus {
+                    name: context.clone(),
+                    state: state.into(),
+                    units,
+                }
+            })
+            .collect();
+        Status {
+            pid: std::process::id(),
+            manifest: self.manifest.display().to_string(),
+            state: if stopping { "stopping" } else { "running" }.into(),
+            contexts,
+        }
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Json {
+    serde_json::to_value(v).unwrap_or(Json::Null)
+}
+
+/// Why a request line was refused, without echoing more than a few dozen
+/// characters of it.
+fn unreadable(line: &str, e: &serde_json::Error) -> String {
+    let shown: String = line
+        .chars()
+        .take(60)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    format!(
+        "unreadable request `{shown}`: {e}; send one JSON line such as {{\"version\":{PROTOCOL_VERSION},\"command\":\"status\"}}"
+    )
+}
+
+/// Starts the `control` thread (with the host's `threads`) answering on
+/// `socket` with `commands`. Returns the socket file, which is removed when
+/// it is dropped: the caller keeps it until the host is done. A thread that
+/// cannot be created was already reported (the host stops); the socket is
+/// then removed.
+pub fn serve(socket: Bound, commands: Commands, threads: &Spawner) -> std::io::Result<SocketFile> {
+    let (listener, file) = socket.into_parts();
+    tracing::info!("control socket: {}", file.path().display());
+    threads.spawn("the control socket server", "control", move || {
+        accept_loop(&listener, &commands);
+    })?;
+    Ok(file)
+}
+
+/// The body of the `control` thread: one connection at a time.
+fn accept_loop(listener: &UnixListener, commands: &Commands) {
+    // Connections of `stop` requests, kept open until the process exits.
+    let mut held = Vec::new();
+    let mut warned = false;
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                warned = false;
+                if let Some(keep) = answer(s, commands) {
+                    held.push(keep);
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors, say: wait a little instead of
+                // spinning on the same error.
+                if !warned {
+                    tracing::warn!("control socket: cannot accept a connection: {e}");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Reads one request line from `stream` and writes the reply; returns the
+/// stream when it must stay open.
+fn answer(stream: UnixStream, commands: &Commands) -> Option<UnixStream> {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let mut line = String::new();
+    let read = BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line);
+    let (reply, after) = match read {
+        Ok(0) => return None,
+        Ok(_) if !line.ends_with('\n') => (
+            Reply::error(format!(
+                "the request must be one line of at most {MAX_REQUEST} bytes, ended by a newline"
+            )),
+            After::Close,
+        ),
+        Ok(_) => commands.dispatch(line.trim_end()),
+        Err(e) => (
+            Reply::error(format!("cannot read the request: {e}")),
+            After::Close,
+        ),
+    };
+    let mut text = serde_json::to_string(&reply).unwrap_or_default();
+    text.push('\n');
+    let mut writer = &stream;
+    let _ = writer.write_all(text.as_bytes());
+    // A stop is carried out even if its client is gone.
+    commands.after(after, stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commands() -> (Commands, Arc<std::sync::atomic::AtomicBool>) {
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stopped);
+        let c = Commands::new(
+            PathBuf::from("/m.toml"),
+            Vec::new(),
+            Arc::new(UnitStates::default()),
+            move || flag.store(true, Ordering::SeqCst),
+        );
+        (c, stopped)
+    }
+
+    #[test]
+    fn a_request_line_names_its_version_and_command() {
+        let line = serde_json::to_string(&Envelope {
+            version: PROTOCOL_VERSION,
+            request: Request::Status,
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"version":1,"command":"status"}"#);
+    }
+
+    #[test]
+    fn ping_and_status_answer_and_stop_waits_for_its_reply_to_be_sent() {
+        let (c, stopped) = commands();
+        let (reply, after) = c.dispatch(r#"{"version":1,"command":"ping"}"#);
+        assert!(reply.ok);
+        assert_eq!(reply.pid, std::process::id());
+        assert_eq!(reply.result["manifest"], "/m.toml");
+        assert_eq!(after, After::Close);
+        let (reply, _) = c.dispatch(r#"{"version":1,"command":"status"}"#);
+        let status: Status = serde_json::from_value(reply.result).unwrap();
+        assert_eq!(status.manifest, "/m.toml");
+        assert!(status.contexts.is_empty());
+        let (reply, after) = c.dispatch(r#"{"version":1,"command":"stop"}"#);
+        assert!(reply.ok);
+        assert_eq!(after, After::Stop);
+        assert!(
+            !stopped.load(Ordering::SeqCst),
+            "not before the reply is sent"
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_an_error_reply_naming_what_is_wrong() {
+        let (c, stopped) = commands();
+        for (line, want) in [
+            ("status", "unreadable request `status`"),
+            (
+                r#"{"version":2,"command":"status"}"#,
+                "protocol version 2 is not supported; this host speaks version 1",
+            ),
+            (
+                r#"{"version":1,"command":"reboot"}"#,
+                "unknown variant `reboot`",
+            ),
+        ] {
+            let (reply, after) = c.dispatch(line);
+            assert!(!reply.ok, "{line}");
+            assert_eq!(after, After::Close);
+            let error = reply.error.unwrap_or_default();
+            assert!(error.contains(want), "{line}: {error}");
+        }
+        assert!(!stopped.load(Ordering::SeqCst));
+    }
+}

@@ -1,0 +1,201 @@
+//! [`InProcess`]: the in-process backend of [`Router`]. The manifest is the
+//! registry: every service that accepts messages is registered while the
+//! deployment is planned, with its mailbox and its topics, and a message
+//! goes straight into the target's mailbox on the sender's thread (no
+//! serialization: the payload `Value` is moved).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use otools_abi::{MessageError, Value};
+use parking_lot::RwLock;
+
+use super::mailbox::{Envelope, Mailbox, reply_pair};
+use super::{EndpointSpec, Failure, Outgoing, Router};
+use crate::event::{self, Event, Events};
+
+#[derive(Default)]
+struct Table {
+    mailboxes: Vec<Arc<Mailbox>>,
+    /// `Context/service` and bare service names, to mailbox indexes.
+    by_name: HashMap<String, Vec<usize>>,
+    /// Topic to subscribers' mailbox indexes, in manifest order.
+    topics: HashMap<String, Vec<usize>>,
+}
+
+/// The in-process backend; see the module docs.
+pub struct InProcess {
+    table: RwLock<Table>,
+    next_root: AtomicU64,
+    events: Arc<Events>,
+}
+
+impl InProcess {
+    /// An empty router whose unknown-message events go to `events`.
+    pub fn new(events: Arc<Events>) -> InProcess {
+        InProcess {
+            table: RwLock::new(Table::default()),
+            next_root: AtomicU64::new(1),
+            events,
+        }
+    }
+
+    /// Registers a service's mailbox and its subscriptions; returns the mailbox.
+    pub fn register(&self, spec: &EndpointSpec) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox::new(spec));
+        let mut t = self.table.write();
+        let i = t.mailboxes.len();
+        t.mailboxes.push(Arc::clone(&mailbox));
+        t.by_name
+            .entry(mailbox.address.clone())
+            .or_default()
+            .push(i);
+        t.by_name.entry(spec.service.clone()).or_default().push(i);
+        for topic in &spec.subscribe {
+            t.topics.entry(topic.clone()).or_default().push(i);
+        }
+        mailbox
+    }
+
+    /// Every registered mailbox, in registration (manifest) order.
+    pub fn mailboxes(&self) -> Vec<Arc<Mailbox>> {
+        self.table.read().mailboxes.clone()
+    }
+
+    fn mailbox(&self, target: &str) -> Result<Arc<Mailbox>, Failure> {
+        let t = self.table.read();
+        match t.by_name.get(target).map(Vec::as_slice) {
+            Some([i]) => Ok(Arc::clone(&t.mailboxes[*i])),
+            Some(many) if !many.is_empty() => Err(Failure::new(
+                MessageError::UnknownTarget,
+                format!(
+                    "`{target}` is ambiguous ({}): name it `Context/service`",
+                    many.iter()
+                        .map(|i| t.mailboxes[*i].address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            _ => Err(Failure::new(
+                MessageError::UnknownTarget,
+                format!("no service `{target}` accepts messages"),
+            )),
+        }
+    }
+
+    /// Checks `msg` for `mb`; an unknown name is also a WARN line and a
+    /// `message_unknown` event about the target, which goes on.
+    fn check(&self, mb: &Mailbox, msg: &Outgoing) -> Result<(), Failure> {
+        let r = mb.check(&msg.name, &msg.payload);
+        if let Err(f) = &r
+            && f.kind == MessageError::UnknownMessage
+        {
+            report_unknown(&self.events, mb, &msg.name, &msg.from, &msg.correlation);
+        }
+        r
+    }
+}
+
+/// Logs and journals a message of a name `mb` does not accept.
+pub fn report_unknown(events: &Events, mb: &Mailbox, name: &str, from: &str, correlation: &str) {
+    tracing::warn!(
+        context = %mb.context,
+        service = %mb.service,
+        correlation,
+        "unknown message `{name}` from {from}: refused (accepts: {})",
+        mb.accepted().join(", ")
+    );
+    events.emit(&Event::MessageUnknown {
+        unit: event::Unit::new(&mb.context, &mb.service, mb.generation()),
+        name: name.to_owned(),
+        from: from.to_owned(),
+        correlation: correlation.to_owned(),
+    });
+}
+
+fn envelope(msg: Outgoing) -> Envelope {
+    Envelope {
+        from: msg.from,
+        name: msg.name,
+        payload: msg.payload,
+        correlation: msg.correlation,
+        reply: None,
+    }
+}
+
+impl Router for InProcess {
+    fn resolve(&self, target: &str) -> Result<String, Failure> {
+        self.mailbox(target).map(|m| m.address.clone())
+    }
+
+    fn send(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<(), Failure> {
+        let mb = self.mailbox(to)?;
+        self.check(&mb, &msg)?;
+        mb.push(envelope(msg), deadline).map_err(|refused| {
+            let (f, env) = *refused;
+            drop(env);
+            f
+        })
+    }
+
+    fn request(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<Value, Failure> {
+        let mb = self.mailbox(to)?;
+        self.check(&mb, &msg)?;
+        let (reply, pending) = reply_pair();
+        let mut env = envelope(msg);
+        env.reply = Some(reply);
+        if let Err(refused) = mb.push(env, deadline) {
+            let (f, mut env) = *refused;
+            // Not queued: nobody will answer, and the refusal is the answer.
+            if let Some(r) = env.reply.take() {
+                r.answer(Err(f.clone()));
+            }
+            return Err(f);
+        }
+        pending.wait(deadline, &mb.address)
+    }
+
+    fn publish(&self, topic: &str, msg: Outgoing, deadline: Instant) -> Result<usize, Failure> {
+        let subscribers: Vec<Arc<Mailbox>> = {
+            let t = self.table.read();
+            t.topics
+                .get(topic)
+                .map(|v| v.iter().map(|i| Arc::clone(&t.mailboxes[*i])).collect())
+                .unwrap_or_default()
+        };
+        // Every live subscriber must take it before anyone gets it.
+        let live: Vec<Arc<Mailbox>> = subscribers.into_iter().filter(|m| m.is_alive()).collect();
+        for mb in &live {
+            self.check(mb, &msg)?;
+        }
+        let mut delivered = 0;
+        let mut full = None;
+        for mb in &live {
+            let env = Envelope {
+                from: msg.from.clone(),
+                name: msg.name.clone(),
+                payload: msg.payload.clone(),
+                correlation: msg.correlation.clone(),
+                reply: None,
+            };
+            match mb.push(env, deadline) {
+                Ok(()) => delivered += 1,
+                Err(refused) => {
+                    let (f, env) = *refused;
+                    drop(env);
+                    full.get_or_insert(f);
+                }
+            }
+        }
+        match full {
+            Some(f) => Err(f),
+            None => Ok(delivered),
+        }
+    }
+
+    fn new_correlation(&self) -> String {
+        self.next_root.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+}
