@@ -404,11 +404,12 @@ fn libraries_built_against_an_incompatible_abi_are_refused_with_which_side_to_re
 }
 
 /// The commit the messaging work started from: `otools-abi` 0.3.0, before
-/// `msg_send`, `handle_message` and the rest were appended to the ABI.
-const BEFORE_MESSAGING: &str = "ae49325959c895ed081e6f3f434fb8ede215c64c";
+/// `msg_send`, `handle_message` and the rest were appended to the ABI (and
+/// before flow steps).
+pub(crate) const BEFORE_MESSAGING: &str = "ae49325959c895ed081e6f3f434fb8ede215c64c";
 
 /// A plugin that logs from `main` and ends its context.
-const OLD_PLUGIN: &str = r#"
+pub(crate) const OLD_PLUGIN: &str = r#"
 //! A plugin built before messaging existed.
 use otools_api::{Context, NoConfig, Result, Service};
 

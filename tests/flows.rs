@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::compat::{Variant, build_fixture, unchanged};
+use crate::compat::{BEFORE_MESSAGING, OLD_PLUGIN, Variant, build_fixture, unchanged};
 use crate::util::{Running, TestDir, journal, run, run_manifest, wait_for_events};
 
 /// A manifest with one flow (`body` is everything from `[[flow]]` on).
@@ -616,31 +616,6 @@ expr = "and(go, ghost)"
     }
 }
 
-/// main just before flow steps were appended to the ABI (otools-abi 0.3.0).
-const BEFORE_STEPS: &str = "f2249ab68744f1f6058d3959c02335e735a937b3";
-
-const OLD_PLUGIN: &str = r#"
-//! A plugin built before flow steps existed.
-use otools_api::{Context, NoConfig, Result, Service};
-
-/// Logs once, then ends its context.
-pub struct Old;
-
-impl Service for Old {
-    type Config = NoConfig;
-    fn new(_: NoConfig) -> Result<Self> {
-        Ok(Old)
-    }
-    fn main(&self, ctx: &Context<'_>) -> Result<()> {
-        ctx.info("old plugin runs");
-        ctx.terminate_context();
-        Ok(())
-    }
-}
-
-otools_api::export_plugin! { services: [Old] }
-"#;
-
 #[test]
 fn a_plugin_built_before_flow_steps_existed_still_loads_and_runs_beside_a_flow() {
     let dir = TestDir::new("flow_compat");
@@ -653,7 +628,7 @@ fn a_plugin_built_before_flow_steps_existed_still_loads_and_runs_beside_a_flow()
             edit_abi: &unchanged,
             edit_context: &unchanged,
             plugin: OLD_PLUGIN,
-            sources_at: Some(BEFORE_STEPS),
+            sources_at: Some(BEFORE_MESSAGING),
         },
     );
     let out = run(&["inspect", old.to_str().unwrap()]);
@@ -697,7 +672,7 @@ steps = ["s"]
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(
         out.messages_of("old")
-            .contains(&String::from("old plugin runs")),
+            .contains(&String::from("built before messaging, running")),
         "{}",
         out.stderr
     );
@@ -759,4 +734,41 @@ start = ["go/1"]
     let (out, ev) = run_flow(&m, &dir, &["--mode", "recover"]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(of(&ev, "step_finished", "endless")[0]["attempt"], 2);
+}
+
+#[test]
+fn exit_when_flows_finished_stops_the_contexts_once_every_flow_has_finished() {
+    let dir = TestDir::new("flow_exit_when");
+    let m = flow(
+        &dir,
+        &[
+            "exit_when = \"flows_finished\"\n\n[[context]]\nname = \"Forever\"\nperiod = \"50ms\"\n\
+             [[context.service]]\nname = \"greeter\"\nplugin = \"hello\"\nexport = \"Greeter\"\n\n\
+             [[flow]]\nname = \"f\"\nevents = [\"go\"]\nstart = [\"go/1\"]\n"
+                .to_owned(),
+            step("s", ""),
+            association("go", r#"["s"]"#, ""),
+        ]
+        .concat(),
+    );
+    let (out, ev) = run_flow(&m, &dir, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(result(&ev), "success");
+    assert!(
+        out.messages()
+            .iter()
+            .any(|m| m.contains("every flow finished (exit_when = \"flows_finished\")")),
+        "{}",
+        out.stderr
+    );
+    // Without a flow, the value is refused.
+    let m = dir.manifest("none.toml", "exit_when = \"flows_finished\"\n");
+    let out = run(&["check", m.to_str().unwrap()]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("`exit_when = \"flows_finished\"` needs at least one `[[flow]]`"),
+        "{}",
+        out.stderr
+    );
 }

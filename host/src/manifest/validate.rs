@@ -119,7 +119,8 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
     errors
 }
 
-/// `exit_when = "main_once_done"` needs a service with `main_once = true`.
+/// `exit_when = "main_once_done"` needs a service with `main_once = true`,
+/// and `exit_when = "flows_finished"` a flow.
 fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
     if let Some(e) = &m.host.exit_when
         && *e.get_ref() == ExitWhen::MainOnceDone
@@ -133,6 +134,16 @@ fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
             e.span().start,
             "host > exit_when",
             "`exit_when = \"main_once_done\"` needs at least one service with `main_once = true`",
+        ));
+    }
+    if let Some(e) = &m.host.exit_when
+        && *e.get_ref() == ExitWhen::FlowsFinished
+        && m.flows.is_empty()
+    {
+        errors.push(m.diagnostic(
+            e.span().start,
+            "host > exit_when",
+            "`exit_when = \"flows_finished\"` needs at least one `[[flow]]`",
         ));
     }
 }
