@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::compat::{BEFORE_MESSAGING, OLD_PLUGIN, Variant, build_fixture, unchanged};
+use crate::compat::build_old_plugin;
 use crate::util::{Running, TestDir, journal, run, run_manifest, wait_for_events};
 
 /// A manifest with one flow (`body` is everything from `[[flow]]` on).
@@ -619,28 +619,10 @@ expr = "and(go, ghost)"
 #[test]
 fn a_plugin_built_before_flow_steps_existed_still_loads_and_runs_beside_a_flow() {
     let dir = TestDir::new("flow_compat");
-    let old = build_fixture(
-        &dir,
-        "prestep",
-        &Variant {
-            abi_version: "0.3.0",
-            api_version: env!("CARGO_PKG_VERSION"),
-            edit_abi: &unchanged,
-            edit_context: &unchanged,
-            plugin: OLD_PLUGIN,
-            sources_at: Some(BEFORE_MESSAGING),
-        },
-    );
-    let out = run(&["inspect", old.to_str().unwrap()]);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let (old, inspected) = build_old_plugin(&dir, "prestep");
     assert!(
-        out.stdout.contains(&format!(
-            "otools-abi: 0.3.0 (host: {}, compatible)",
-            otools_abi::ABI_VERSION
-        )) && out.stdout.contains("services:   Old")
-            && out.stdout.contains("steps:      (none)"),
-        "{}",
-        out.stdout
+        inspected.contains("services:   Old") && inspected.contains("steps:      (none)"),
+        "{inspected}"
     );
     let m = flow(
         &dir,
