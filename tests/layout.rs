@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["instance"],
     &["flow"],
     &["plan"],
-    &["runtime"],
+    &["runtime", "pipeline"],
     &["reload", "control"],
     &["host"],
     &["cli"],

@@ -30,6 +30,8 @@ mod manifest_errors;
 mod manifests;
 /// Messages between services: mailboxes, request/reply, publish/subscribe, SHUTDOWN, correlation ids.
 mod messaging;
+/// Pipelines: delivery, bounded queues, drain on stop, dead letters, partitioned sources.
+mod pipelines;
 /// Plugin libraries: inspect, and refusal of files that are not plugins.
 mod plugins;
 /// Hot reload: swap in place with state hand-off, refusal keeps the old version.

@@ -152,6 +152,17 @@ fn flow_manifest_ships_two_orders_refunds_the_third_and_ends_by_itself() {
 }
 
 #[test]
+fn pipeline_manifest_ends_by_itself_with_every_doubled_number_summed() {
+    let out = run_shipped("pipeline.toml");
+    assert_eq!(
+        out.messages_of("sum.0"),
+        ["sum of 1000 items: 1001000"],
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn messaging_manifest_pings_publishes_relays_and_ends_by_itself() {
     let out = run_shipped("messaging.toml");
     assert_eq!(

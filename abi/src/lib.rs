@@ -29,9 +29,10 @@
 //! makes the host refuse every plugin built before it. So a new host
 //! callback or plugin entry point goes into a **new root module** instead,
 //! exported under its own symbol and checked on its own
-//! ([`MessagingRoot`], under [`MESSAGING_SYMBOL`]; [`FlowRoot`], under
-//! [`FLOW_SYMBOL`]): a plugin built before it lacks the symbol and loads
-//! unchanged; that bumps the patch version.
+//! ([`MessagingRoot`] under [`MESSAGING_SYMBOL`], [`StageRoot`] under
+//! [`STAGES_SYMBOL`], [`FlowRoot`] under [`FLOW_SYMBOL`]): a plugin built
+//! before it lacks the symbol and loads unchanged; that bumps the patch
+//! version.
 //! Anything else (a changed type, a new enum variant, a reordered method)
 //! is a breaking change: bump the minor version of `otools-abi` (we are at
 //! 0.x), and the host refuses plugins of the other minor with a message
@@ -63,10 +64,15 @@ use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec,
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
 mod flow;
+mod pipeline;
 mod value;
 
 pub use flow::{
     FLOW_SYMBOL, FfiStep, FfiStep_TO, FfiStepBox, FlowRoot, FlowRoot_Ref, StepActivation,
+};
+pub use pipeline::{
+    FfiStage, FfiStage_TO, FfiStageBox, STAGES_SYMBOL, StageExportInfo, StageRole, StageRoot,
+    StageRoot_Ref, WorkerInfo,
 };
 pub use value::{TypeMismatch, Value};
 
@@ -566,6 +572,7 @@ mod tests {
             <CallError as StableAbi>::LAYOUT,
             <Value as StableAbi>::LAYOUT,
             <FfiServiceBox as StableAbi>::LAYOUT,
+            <FfiStageBox as StableAbi>::LAYOUT,
             <MessageFailure as StableAbi>::LAYOUT,
         ] {
             let (package, version) = layout.package_and_version();

@@ -291,6 +291,67 @@ pub enum Event {
         /// Its correlation id.
         correlation: String,
     },
+    /// `item_failed`: a transform or sink failed on an item (an error, a
+    /// panic, or a hang), which went to the dead-letter file.
+    ItemFailed {
+        /// Where and which item.
+        item: ItemRef,
+        /// Why, in words.
+        reason: String,
+    },
+    /// `stage_stats`: one stage's figures, every `stats_interval` and at the end.
+    StageStats(StageStats),
+    /// `pipeline_finished`: every worker of the pipeline has finished.
+    PipelineFinished {
+        /// The pipeline.
+        pipeline: String,
+        /// Items its sources produced.
+        items_in: u64,
+        /// Items its sinks consumed.
+        items_out: u64,
+        /// Items that failed in any stage.
+        items_failed: u64,
+        /// `completed` (every source exhausted), `stopped` (a stop request
+        /// or `stop_pipeline`) or `failed` (a stage could not go on).
+        outcome: String,
+    },
+}
+
+/// Which item of which worker of which pipeline stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemRef {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// The worker's index in its stage.
+    pub worker: u32,
+    /// The item's number: the number its source gave it, from 1 (the
+    /// items a transform makes of one item share its number).
+    pub item: u64,
+}
+
+/// One stage's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageStats {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// Its workers that are running now.
+    pub workers: u64,
+    /// Items in its input queue now (0 for a source).
+    pub queue_depth: u64,
+    /// The most items its input queue held (never above `queue_size`).
+    pub queue_high_water: u64,
+    /// The capacity of its input queue (0 for a source).
+    pub queue_size: u64,
+    /// Items it took in (a source: produced).
+    pub items_in: u64,
+    /// Items it sent on (a sink: consumed).
+    pub items_out: u64,
+    /// Items that failed in it.
+    pub items_failed: u64,
 }
 
 impl Event {
@@ -322,6 +383,9 @@ impl Event {
             Self::ReloadAttempted { .. } => "reload_attempted",
             Self::ReloadOk { .. } => "reload_ok",
             Self::ReloadRejected { .. } => "reload_rejected",
+            Self::ItemFailed { .. } => "item_failed",
+            Self::StageStats(_) => "stage_stats",
+            Self::PipelineFinished { .. } => "pipeline_finished",
             Self::MessageUnknown { .. } => "message_unknown",
             Self::MessageFailed { .. } => "message_failed",
             Self::Shutdown { .. } => "shutdown",
@@ -499,6 +563,37 @@ impl Event {
             } => vec![
                 ("from", from.as_str().into()),
                 ("correlation", correlation.as_str().into()),
+            ],
+            Self::ItemFailed { item, reason } => vec![
+                ("pipeline", item.pipeline.as_str().into()),
+                ("stage", item.stage.as_str().into()),
+                ("worker", item.worker.into()),
+                ("item", item.item.into()),
+                ("reason", reason.as_str().into()),
+            ],
+            Self::StageStats(s) => vec![
+                ("pipeline", s.pipeline.as_str().into()),
+                ("stage", s.stage.as_str().into()),
+                ("workers", s.workers.into()),
+                ("queue_depth", s.queue_depth.into()),
+                ("queue_high_water", s.queue_high_water.into()),
+                ("queue_size", s.queue_size.into()),
+                ("items_in", s.items_in.into()),
+                ("items_out", s.items_out.into()),
+                ("items_failed", s.items_failed.into()),
+            ],
+            Self::PipelineFinished {
+                pipeline,
+                items_in,
+                items_out,
+                items_failed,
+                outcome,
+            } => vec![
+                ("pipeline", pipeline.as_str().into()),
+                ("items_in", (*items_in).into()),
+                ("items_out", (*items_out).into()),
+                ("items_failed", (*items_failed).into()),
+                ("outcome", outcome.as_str().into()),
             ],
             Self::Flow(f) => f.fields(),
         }

@@ -32,6 +32,7 @@ use crate::event::Event;
 use crate::exit;
 use crate::flow::engine::{self as flows, Outcome};
 use crate::manifest::ExitWhen;
+use crate::pipeline::{PipelineEvent, RunningPipeline};
 use crate::plan::Deployment;
 use crate::runtime::{ContextEvent, RunningContext, StartGate};
 use crate::signals;
@@ -41,6 +42,7 @@ use crate::threads::Spawner;
 
 enum Msg {
     Context(ContextEvent),
+    Pipeline(PipelineEvent),
     /// Flow `index` finished with this outcome.
     Flow(usize, Outcome),
     LeakCeiling,
@@ -123,11 +125,31 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     let flow_handles: Vec<_> = opened.iter().map(|o| o.handle.clone()).collect();
     let exit_when = deployment.exit_when;
     let total = deployment.contexts.len();
-    if total == 0 && opened.is_empty() {
+    if total == 0 && deployment.pipelines.is_empty() && opened.is_empty() {
         tracing::warn!("the manifest has no context: nothing to run");
         notify::send("READY=1");
         return exit::OK;
     }
+    let pipes: Vec<Arc<RunningPipeline>> = {
+        let tx = tx.clone();
+        let to_host: crate::pipeline::Notify = Arc::new(move |e| {
+            let _ = tx.send(Msg::Pipeline(e));
+        });
+        let plans = std::mem::take(&mut deployment.pipelines);
+        plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                RunningPipeline::new(
+                    i,
+                    plan,
+                    Arc::clone(&to_host),
+                    Arc::clone(&watchdog),
+                    Arc::clone(&threads),
+                )
+            })
+            .collect()
+    };
     let gate = Arc::new(StartGate::new(total));
     let (ctx_tx, ctx_rx) = mpsc::channel::<ContextEvent>();
     let cores: Vec<Arc<RunningContext>> = deployment
@@ -193,6 +215,9 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
                 deadlines[i] = Some(Instant::now() + core.shutdown_budget());
             }
         }
+        for p in &pipes {
+            p.stop("the host is stopping");
+        }
         gate.abort();
     };
     for (i, core) in cores.iter().enumerate() {
@@ -210,6 +235,15 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     if total == 0 {
         notify::send("READY=1");
     }
+    for p in &pipes {
+        if cannot_spawn {
+            break;
+        }
+        if p.start().is_err() {
+            cannot_spawn = true;
+            stop_all(&mut deadlines);
+        }
+    }
     for (i, o) in opened.into_iter().enumerate() {
         let tx = tx.clone();
         let started = o.start(
@@ -225,9 +259,6 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
             stop_all(&mut deadlines);
         }
     }
-    let all_done = |ended: &[bool], flows_done: &[Option<Outcome>]| {
-        ended.iter().all(|e| *e) && flows_done.iter().all(Option::is_some)
-    };
     if !cannot_spawn {
         let tx = tx.clone();
         crate::reload::start(
@@ -245,8 +276,13 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     drop(tx);
     let mut once_stopped = false;
 
+    let all_ended = |ended: &[bool], flows_done: &[Option<Outcome>]| {
+        ended.iter().all(|e| *e)
+            && pipes.iter().all(|p| p.done())
+            && flows_done.iter().all(Option::is_some)
+    };
     loop {
-        if all_done(&ended, &flows_done) {
+        if all_ended(&ended, &flows_done) {
             break;
         }
         let next = deadlines
@@ -254,6 +290,12 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
             .zip(&ended)
             .filter(|(_, e)| !**e)
             .filter_map(|(d, _)| *d)
+            .chain(
+                pipes
+                    .iter()
+                    .filter(|p| !p.done())
+                    .filter_map(|p| p.deadline()),
+            )
             .min();
         let msg = match next {
             None => rx.recv().ok(),
@@ -275,7 +317,12 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
                             abandoned[i] = true;
                         }
                     }
-                    if all_done(&ended, &flows_done) {
+                    for p in &pipes {
+                        if !p.done() && p.deadline().is_some_and(|d| d <= now) {
+                            p.abandon();
+                        }
+                    }
+                    if all_ended(&ended, &flows_done) {
                         break;
                     }
                     continue;
@@ -298,7 +345,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
                 if let ContextEvent::Ended(i) = e {
                     ended[i] = true;
                 }
-                if all_done(&ended, &flows_done) {
+                if all_ended(&ended, &flows_done) {
                     break;
                 }
                 if exit_when == ExitWhen::MainOnceDone
@@ -323,6 +370,27 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
                     );
                     stop_all(&mut deadlines);
                 }
+            }
+            Some(Msg::Pipeline(PipelineEvent::Stopping(_))) => {}
+            Some(Msg::Pipeline(PipelineEvent::Ended(_))) => {
+                if all_ended(&ended, &flows_done) {
+                    break;
+                }
+                if exit_when == ExitWhen::PipelinesFinished && pipes.iter().all(|p| p.done()) {
+                    tracing::info!(
+                        "every pipeline has finished (exit_when = \"pipelines_finished\"): stopping every context"
+                    );
+                    stop_all(&mut deadlines);
+                }
+            }
+            Some(Msg::Pipeline(PipelineEvent::ExitHost(i))) => {
+                tracing::error!(
+                    pipeline = %pipes[i].name(),
+                    "a stage gave up with on_give_up = \"exit_host\": stopping everything, then exiting with code {}",
+                    exit::GAVE_UP
+                );
+                exit_host = true;
+                stop_all(&mut deadlines);
             }
             Some(Msg::Context(ContextEvent::ExitHost(i))) => {
                 tracing::error!(
@@ -353,6 +421,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     }
     let abandoned_any = abandoned.iter().any(|a| *a)
         || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst))
+        || pipes.iter().any(|p| p.abandoned.load(Ordering::SeqCst))
         || flows_done.contains(&Some(Outcome::Abandoned));
     if cannot_spawn || threads.any_failed() {
         tracing::error!(
@@ -377,6 +446,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         .iter()
         .filter(|c| c.shared.fatal.load(Ordering::SeqCst) || c.failed.load(Ordering::SeqCst))
         .map(|c| c.shared.name.as_str())
+        .chain(pipes.iter().filter(|p| p.has_failed()).map(|p| p.name()))
         .chain(
             flow_handles
                 .iter()
@@ -386,7 +456,11 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         )
         .collect();
     if failed.is_empty() {
-        tracing::info!("every context ended");
+        if pipes.is_empty() {
+            tracing::info!("every context ended");
+        } else {
+            tracing::info!("every context and pipeline ended");
+        }
         exit::OK
     } else {
         tracing::error!("ended with failures in: {}", failed.join(", "));

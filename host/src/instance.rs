@@ -301,6 +301,19 @@ impl InstanceHost {
         });
     }
 
+    /// Collects the panic (if any) of the plugin object of this instance
+    /// that was just dropped on this thread, and reports it.
+    pub fn collect_drop_panic(&self) {
+        let message = self
+            .library
+            .root
+            .take_drop_panic()
+            .and_then(|take| take().into_option());
+        if let Some(message) = message {
+            self.report_drop_panic(message.as_str());
+        }
+    }
+
     /// Logs a failed call with everything needed to find the culprit (and,
     /// in a message handler, the correlation id of its message).
     pub fn report_failure(&self, entry: &str, e: &CallError) {

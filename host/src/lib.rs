@@ -4,8 +4,9 @@
 //! Concepts: a [`manifest::Manifest`] names *dataframes* (host-owned
 //! key/value stores, [`dataframe`]), *contexts* (one main loop each, on its
 //! own thread, [`runtime`]), the *services* each context runs and the
-//! *triggers* (conditions that fire a stack of services). [`plan`] turns a
-//! manifest into a plan of contexts built from plugins ([`plugin`]);
+//! *triggers* (conditions that fire a stack of services), and *pipelines*
+//! (stages of workers connected by bounded queues, [`pipeline`]). [`plan`]
+//! turns a manifest into a plan of contexts and pipelines built from plugins ([`plugin`]);
 //! [`instance`] is the host handle every plugin call receives;
 //! [`supervision`] holds the watchdog and the restart rules; [`reload`]
 //! swaps a changed library in; [`control`] is the control socket that
@@ -20,7 +21,7 @@
 //! integration test `layout` checks it from this source): `exit`,
 //! `logging`, `dataframe`, `plugin`; `manifest` (pure data); `event`;
 //! `threads`; `signals`, `supervision`, `messaging`; `instance`; `flow`; `plan`;
-//! `runtime`; `reload`, `control`; `host`; `cli`.
+//! `runtime`, `pipeline`; `reload`, `control`; `host`; `cli`.
 
 pub mod cli;
 pub mod control;
@@ -33,6 +34,7 @@ pub mod instance;
 pub mod logging;
 pub mod manifest;
 pub mod messaging;
+pub mod pipeline;
 pub mod plan;
 pub mod plugin;
 pub mod reload;

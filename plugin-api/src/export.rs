@@ -31,12 +31,13 @@ use crate::error::{Error, Result};
 use crate::ffi::API_VERSION;
 use crate::flow::{Step, StepContext};
 use crate::message::Accept;
+use crate::pipeline::StageCtor;
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
     FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, FfiStep, FfiStep_TO, FfiStepBox,
     FlowRoot, FlowRoot_Ref, HostRef, MessageSpec, MessagingRoot, MessagingRoot_Ref, MsgHost_Ref,
-    PluginRoot, PluginRoot_Ref, StepActivation, Value,
+    PluginRoot, PluginRoot_Ref, StageRole, StepActivation, Value,
 };
 
 thread_local! {
@@ -77,7 +78,7 @@ fn panic_payload_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs one entry point: a panic or an error becomes a [`CallError`].
-fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
     let outer = IN_ENTRY_POINT.with(|c| c.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     IN_ENTRY_POINT.with(|c| c.set(outer));
@@ -101,7 +102,7 @@ fn guard<T>(f: impl FnOnce() -> Result<T>) -> CallResult<T> {
 /// Drops `value` like an entry point runs: a panic in its destructor is
 /// caught and its message kept in `DROP_PANIC` (cleared otherwise), for
 /// the host to collect with `take_drop_panic` right after the drop.
-fn guarded_drop<T>(value: Option<T>) {
+pub(crate) fn guarded_drop<T>(value: Option<T>) {
     let outcome = guard(move || {
         drop(value);
         Ok(())
@@ -113,26 +114,43 @@ fn guarded_drop<T>(value: Option<T>) {
     DROP_PANIC.with(|p| *p.borrow_mut() = message);
 }
 
-/// The error of a call on an adapter whose value was already dropped: it
+/// The answer to a call on an adapter whose value was already dropped: it
 /// cannot happen (the host never calls a dropped object), but the adapter
 /// must answer something without `unsafe`.
-fn dropped<T>() -> Result<T> {
-    Err(Error::msg("the instance was already dropped"))
+#[cold]
+#[inline(never)]
+fn dropped<T>() -> CallResult<T> {
+    RResult::RErr(Error::msg("the instance was already dropped").into_call_error())
+}
+
+/// Runs entry point `f` on the adapter's value under [`guard`]. The value is
+/// looked at outside the guard, so the guarded closure is only the plugin's
+/// own call (a trivial entry point then costs what it did before adapters
+/// held an `Option`).
+#[inline]
+pub(crate) fn on<S, T>(value: Option<&S>, f: impl FnOnce(&S) -> Result<T>) -> CallResult<T> {
+    match value {
+        Some(v) => guard(|| f(v)),
+        None => dropped(),
+    }
+}
+
+/// [`on`] for the entry points that take the value mutably.
+#[inline]
+pub(crate) fn on_mut<S, T>(
+    value: Option<&mut S>,
+    f: impl FnOnce(&mut S) -> Result<T>,
+) -> CallResult<T> {
+    match value {
+        Some(v) => guard(|| f(v)),
+        None => dropped(),
+    }
 }
 
 /// A [`Service`] behind the FFI trait. The value is an `Option` only so that
 /// `Drop` can take it out and drop it inside the panic guard; it is `Some`
 /// for the adapter's whole life.
 struct ServiceAdapter<S>(Option<S>);
-
-impl<S> ServiceAdapter<S> {
-    fn get(&self) -> Result<&S> {
-        self.0.as_ref().map_or_else(dropped, Ok)
-    }
-    fn get_mut(&mut self) -> Result<&mut S> {
-        self.0.as_mut().map_or_else(dropped, Ok)
-    }
-}
 
 impl<S> Drop for ServiceAdapter<S> {
     fn drop(&mut self) {
@@ -142,20 +160,20 @@ impl<S> Drop for ServiceAdapter<S> {
 
 impl<S: Service> FfiService for ServiceAdapter<S> {
     fn setup(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get_mut()?.setup(&Context::from_host(host)))
+        on_mut(self.0.as_mut(), |v| v.setup(&Context::from_host(host)))
     }
     fn main(&self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get()?.main(&Context::from_host(host)))
+        on(self.0.as_ref(), |v| v.main(&Context::from_host(host)))
     }
     fn run_loop(&self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get()?.run_loop(&Context::from_host(host)))
+        on(self.0.as_ref(), |v| v.run_loop(&Context::from_host(host)))
     }
     fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get_mut()?.finalize(&Context::from_host(host)))
+        on_mut(self.0.as_mut(), |v| v.finalize(&Context::from_host(host)))
     }
     fn export_state(&self, host: HostRef<'_>) -> CallResult<ROption<Tuple2<u32, RVec<u8>>>> {
-        guard(|| {
-            let state = self.get()?.export_state(&Context::from_host(host))?;
+        on(self.0.as_ref(), |v| {
+            let state = v.export_state(&Context::from_host(host))?;
             Ok(state.map(|(v, b)| Tuple2(v, RVec::from(b))).into())
         })
     }
@@ -165,24 +183,14 @@ impl<S: Service> FfiService for ServiceAdapter<S> {
         version: u32,
         bytes: RSlice<'_, u8>,
     ) -> CallResult {
-        guard(|| {
-            self.get_mut()?
-                .import_state(&Context::from_host(host), version, bytes.as_slice())
+        on_mut(self.0.as_mut(), |v| {
+            v.import_state(&Context::from_host(host), version, bytes.as_slice())
         })
     }
 }
 
 /// A [`Condition`] behind the FFI trait; `Option` as in [`ServiceAdapter`].
 struct ConditionAdapter<C>(Option<C>);
-
-impl<C> ConditionAdapter<C> {
-    fn get(&self) -> Result<&C> {
-        self.0.as_ref().map_or_else(dropped, Ok)
-    }
-    fn get_mut(&mut self) -> Result<&mut C> {
-        self.0.as_mut().map_or_else(dropped, Ok)
-    }
-}
 
 impl<C> Drop for ConditionAdapter<C> {
     fn drop(&mut self) {
@@ -192,13 +200,13 @@ impl<C> Drop for ConditionAdapter<C> {
 
 impl<C: Condition> FfiCondition for ConditionAdapter<C> {
     fn setup(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get_mut()?.setup(&Context::from_host(host)))
+        on_mut(self.0.as_mut(), |v| v.setup(&Context::from_host(host)))
     }
     fn check(&self, host: HostRef<'_>) -> CallResult<bool> {
-        guard(|| self.get()?.check(&Context::from_host(host)))
+        on(self.0.as_ref(), |v| v.check(&Context::from_host(host)))
     }
     fn finalize(&mut self, host: HostRef<'_>) -> CallResult {
-        guard(|| self.get_mut()?.finalize(&Context::from_host(host)))
+        on_mut(self.0.as_mut(), |v| v.finalize(&Context::from_host(host)))
     }
 }
 
@@ -213,14 +221,13 @@ impl<S> Drop for StepAdapter<S> {
 
 impl<S: Step> FfiStep for StepAdapter<S> {
     fn run(&self, host: HostRef<'_>, activation: &StepActivation) -> CallResult {
-        guard(|| {
-            let step = self.0.as_ref().map_or_else(dropped, Ok)?;
+        on(self.0.as_ref(), |step| {
             step.run(&StepContext::new(Context::from_host(host), activation))
         })
     }
 }
 
-fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     // The message keeps serde_json's ` at line 1 column N`: it refers to the
     // JSON the host generated, and the host turns it into the manifest line,
     // column and key of the value concerned (then removes it).
@@ -283,10 +290,8 @@ pub fn handle_with<S: Service>(
 ) -> Option<CallResult<Value>> {
     let adapter = object.obj.downcast_as::<ServiceAdapter<S>>().ok()?;
     let payload = payload.take()?;
-    Some(guard(|| {
-        adapter
-            .get()?
-            .handle_message(&Context::from_host(host), name, payload)
+    Some(on(adapter.0.as_ref(), |v| {
+        v.handle_message(&Context::from_host(host), name, payload)
     }))
 }
 
@@ -305,6 +310,8 @@ pub trait PluginExports: 'static {
     const MESSAGES: &'static [(&'static str, &'static [Accept])];
     /// One message handler per exported service.
     const HANDLERS: &'static [MessageHandler];
+    /// Exported pipeline stages by name, with their role.
+    const STAGES: &'static [(&'static str, StageRole, StageCtor)] = &[];
     /// Exported flow steps by name.
     const STEPS: &'static [(&'static str, StepCtor)] = &[];
 }
@@ -321,7 +328,7 @@ extern "C" fn exports<P: PluginExports>() -> RVec<ExportInfo> {
     services.chain(conditions).collect()
 }
 
-fn unknown_export<T>(name: &str, kind: &str) -> CallResult<T> {
+pub(crate) fn unknown_export<T>(name: &str, kind: &str) -> CallResult<T> {
     RResult::RErr(CallError {
         kind: CallErrorKind::UnknownExport,
         message: RString::from(format!("the library exports no {kind} named `{name}`")),
@@ -515,17 +522,22 @@ pub const fn lib_header<P: PluginExports>() -> LibHeader {
     }
 }
 
-/// Exports services, conditions and flow steps from a plugin library.
+/// Exports services, conditions, pipeline stages and flow steps from a plugin library.
 ///
 /// Invoke it once, at the root of a `cdylib` crate, listing the types that
-/// implement [`Service`](crate::Service), [`Condition`](crate::Condition)
-/// and [`Step`](crate::Step) (each list is optional, in this order).
-/// Each is exported under its type name, which manifests use in `export = "..."`.
+/// implement [`Service`](crate::Service), [`Condition`](crate::Condition),
+/// [`Source`](crate::Source), [`Transform`](crate::Transform) and
+/// [`Sink`](crate::Sink), then flow steps ([`Step`](crate::Step)), in that
+/// order (each list is optional). Each is
+/// exported under its type name, which manifests use in `export = "..."`.
 ///
 /// ```text
 /// otools_api::export_plugin! {
 ///     services: [Increment, Report],
 ///     conditions: [AtLeast],
+///     sources: [Numbers],
+///     transforms: [Double],
+///     sinks: [Collect],
 ///     steps: [Charge],
 /// }
 /// ```
@@ -534,6 +546,9 @@ macro_rules! export_plugin {
     (
         $(services: [$($service:ident),* $(,)?] $(,)?)?
         $(conditions: [$($condition:ident),* $(,)?] $(,)?)?
+        $(sources: [$($source:ident),* $(,)?] $(,)?)?
+        $(transforms: [$($transform:ident),* $(,)?] $(,)?)?
+        $(sinks: [$($sink:ident),* $(,)?] $(,)?)?
         $(steps: [$($step:ident),* $(,)?] $(,)?)?
     ) => {
         #[doc(hidden)]
@@ -554,6 +569,15 @@ macro_rules! export_plugin {
             const HANDLERS: &'static [$crate::__private::MessageHandler] = &[
                 $($($crate::__private::handle_with::<$service>,)*)?
             ];
+            const STAGES: &'static [(
+                &'static str,
+                $crate::ffi::StageRole,
+                $crate::__private::StageCtor,
+            )] = &[
+                $($((::core::stringify!($source), $crate::__private::SOURCE, $crate::__private::new_source::<$source>),)*)?
+                $($((::core::stringify!($transform), $crate::__private::TRANSFORM, $crate::__private::new_transform::<$transform>),)*)?
+                $($((::core::stringify!($sink), $crate::__private::SINK, $crate::__private::new_sink::<$sink>),)*)?
+            ];
             const STEPS: &'static [(&'static str, $crate::__private::StepCtor)] = &[
                 $($((::core::stringify!($step), $crate::__private::new_step::<$step>),)*)?
             ];
@@ -568,6 +592,12 @@ macro_rules! export_plugin {
         #[unsafe(export_name = "otools_messaging_header")]
         pub static __OTOOLS_MESSAGING_HEADER: $crate::__private::LibHeader =
             $crate::__private::messaging_header::<__OtoolsPluginExports>();
+        // The pipeline stages' root module, under its own symbol
+        // (`otools_abi::STAGES_SYMBOL`): hosts before pipelines ignore it.
+        #[doc(hidden)]
+        #[unsafe(export_name = "otools_stages_header")]
+        pub static __OTOOLS_STAGES_HEADER: $crate::__private::LibHeader =
+            $crate::__private::stages_header::<__OtoolsPluginExports>();
 
         #[doc(hidden)]
         #[unsafe(export_name = "otools_flow_header")]
@@ -605,6 +635,17 @@ mod tests {
                 "export_plugin! must use {spelled}"
             );
         }
+    }
+
+    /// `export_plugin!` spells the stages' symbol as the host looks it up.
+    #[test]
+    fn stages_symbol_matches_the_abi() {
+        let source = include_str!("export.rs");
+        let spelled = format!("export_name = \"{}\"", otools_abi::STAGES_SYMBOL);
+        assert!(
+            source.contains(&spelled),
+            "export_plugin! must use {spelled}"
+        );
     }
 
     #[test]

@@ -79,6 +79,15 @@
 //! is caught inside the library and reported to the host as a failure of
 //! that call, with the panic message; it never takes the host down.
 //!
+//! # Pipelines
+//!
+//! A pipeline stage implements [`Source`] (produces items until exhausted),
+//! [`Transform`] (maps one item to zero, one or several, through
+//! [`Output`]) or [`Sink`] (consumes items), and is listed in
+//! `export_plugin!` under `sources`, `transforms` or `sinks`. Each worker
+//! thread of a stage has its own instance, which learns its [`Worker`]
+//! index and count in `setup`; every method takes `&mut self`.
+//!
 //! # Threads
 //!
 //! `main` runs on the context's thread and `run_loop` on the service's own
@@ -113,6 +122,7 @@ mod error;
 mod export;
 mod flow;
 mod message;
+mod pipeline;
 mod service;
 
 /// The FFI types and the ABI version, from `otools-abi`; plugin authors
@@ -130,6 +140,7 @@ pub use error::{Error, Result};
 pub use flow::{Step, StepContext};
 pub use message::{Accept, DEFAULT_REQUEST_TIMEOUT, Payload, SEND_TIMEOUT, SHUTDOWN};
 pub use otools_abi::{HostError, LogLevel, MessageError, TypeMismatch, Value};
+pub use pipeline::{Output, Sink, Source, Transform, Worker};
 pub use service::{Condition, NoConfig, Service};
 
 #[doc(hidden)]
@@ -137,6 +148,9 @@ pub mod __private {
     pub use crate::export::{
         ConditionCtor, MessageHandler, PluginExports, ServiceCtor, StepCtor, flow_header,
         handle_with, lib_header, messaging_header, new_condition, new_service, new_step,
+    };
+    pub use crate::pipeline::{
+        SINK, SOURCE, StageCtor, TRANSFORM, new_sink, new_source, new_transform, stages_header,
     };
     pub use abi_stable::library::LibHeader;
 }

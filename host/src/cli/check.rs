@@ -36,9 +36,15 @@ impl CheckCommand {
         match plan::build(&m, &opts) {
             Ok(d) => {
                 let (contexts, services, triggers, conditions) = d.counts();
+                let pipelines = if d.pipelines.is_empty() {
+                    String::new()
+                } else {
+                    let stages: usize = d.pipelines.iter().map(|p| p.stages.len()).sum();
+                    format!("{} pipeline(s) of {stages} stage(s), ", d.pipelines.len())
+                };
                 let _ = writeln!(
                     std::io::stdout(),
-                    "{}: ok ({contexts} context(s), {services} service(s), {triggers} trigger(s), {conditions} condition(s), {} flow(s), {} plugin librar{})",
+                    "{}: ok ({contexts} context(s), {services} service(s), {triggers} trigger(s), {conditions} condition(s), {pipelines}{} flow(s), {} plugin librar{})",
                     m.path.display(),
                     d.flows.len(),
                     d.libraries,

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
-use otools_abi::{ABI_VERSION, ExportKind};
+use otools_abi::{ABI_VERSION, ExportKind, StageRole};
 
 use super::exit;
 use crate::plugin::loader;
@@ -57,6 +57,28 @@ impl InspectCommand {
                             names.join(", ")
                         }
                     );
+                }
+                // Stages only when it has some: older libraries and plain
+                // service plugins print as before.
+                let stages = lib.stages();
+                for (role, label) in [
+                    (StageRole::Source, "sources"),
+                    (StageRole::Transform, "transforms"),
+                    (StageRole::Sink, "sinks"),
+                ] {
+                    let names: Vec<&str> = stages
+                        .iter()
+                        .filter(|e| e.role == role)
+                        .map(|e| e.name.as_str())
+                        .collect();
+                    if !names.is_empty() {
+                        let _ = writeln!(
+                            std::io::stdout(),
+                            "{label}:{}{}",
+                            " ".repeat(11 - label.len()),
+                            names.join(", ")
+                        );
+                    }
                 }
                 let steps = crate::plugin::step_exports(&lib);
                 let _ = writeln!(

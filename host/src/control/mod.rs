@@ -251,10 +251,13 @@ impl Commands {
     /// The state of every context and unit.
     pub fn status(&self) -> Status {
         let states = self.states.snapshot();
-        let stopping = self
-            .cores
-            .iter()
-            .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst));
+        // A host of pipelines only (no context) counts as running: the
+        // control socket does not look at pipelines yet.
+        let stopping = !self.cores.is_empty()
+            && self
+                .cores
+                .iter()
+                .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst));
         let contexts = self
             .cores
             .iter()

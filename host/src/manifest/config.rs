@@ -64,7 +64,7 @@ impl SpanTree {
                 "config" => {
                     out.insert(v.span().start, SpanTree::new(None, v));
                 }
-                "service" | "trigger" | "condition" | "step" => {
+                "service" | "trigger" | "condition" | "stage" | "step" => {
                     if let Some(items) = v.get_ref().as_array() {
                         for item in items.iter() {
                             SpanTree::collect(item, out);

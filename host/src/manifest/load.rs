@@ -41,6 +41,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
         dataframes: Vec::new(),
         contexts: Vec::new(),
         flows: Vec::new(),
+        pipelines: Vec::new(),
     };
     let text = manifest.source.clone();
     let (root, syntax) = DeTable::parse_recoverable(&text);
@@ -91,7 +92,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
             }
             "context" => {
                 for (i, v) in array_items(&manifest, value, "context", &mut errors).into_iter().enumerate() {
-                    let label = context_label(&v, i);
+                    let label = item_label(&v, "context", i);
                     super::config::SpanTree::collect(&v, &mut manifest.configs);
                     match item::<ContextDecl>(v) {
                         Ok(c) => manifest.contexts.push(c),
@@ -109,11 +110,21 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
                     }
                 }
             }
+            "pipeline" => {
+                for (i, v) in array_items(&manifest, value, "pipeline", &mut errors).into_iter().enumerate() {
+                    let label = item_label(&v, "pipeline", i);
+                    super::config::SpanTree::collect(&v, &mut manifest.configs);
+                    match item::<super::pipeline::PipelineDecl>(v) {
+                        Ok(p) => manifest.pipelines.push(p),
+                        Err((at, msg)) => errors.push(manifest.diagnostic(at, label, msg)),
+                    }
+                }
+            }
             other => errors.push(manifest.diagnostic(
                 at,
                 other,
                 format!(
-                    "unknown key `{other}`, expected one of `version`, `host`, `dataframe`, `context`, `flow`"
+                    "unknown key `{other}`, expected one of `version`, `host`, `dataframe`, `context`, `pipeline`, `flow`"
                 ),
             )),
         }
@@ -217,11 +228,6 @@ fn array_items<'i>(
             Vec::new()
         }
     }
-}
-
-/// `context "Name"` if the item has a string name, else `context #n`.
-fn context_label(value: &Spanned<DeValue<'_>>, index: usize) -> String {
-    item_label(value, "context", index)
 }
 
 /// `<kind> "Name"` if the item has a string name, else `<kind> #n`.

@@ -46,6 +46,8 @@ pub struct Manifest {
     pub dataframes: Vec<DataframeDecl>,
     /// `[[context]]`, in file order.
     pub contexts: Vec<ContextDecl>,
+    /// `[[pipeline]]`, in file order.
+    pub pipelines: Vec<pipeline::PipelineDecl>,
     /// `[[flow]]`, in file order.
     pub flows: Vec<flow::FlowDecl>,
 }
@@ -93,6 +95,8 @@ pub enum ExitWhen {
     /// When every `main_once` service has finished (its `main` returned, or
     /// it stopped for good): every context then stops and finalizes.
     MainOnceDone,
+    /// When every pipeline has finished: every context then stops and finalizes.
+    PipelinesFinished,
     /// When every flow has finished: every context then stops and finalizes.
     FlowsFinished,
 }
@@ -103,6 +107,7 @@ impl ExitWhen {
         match self {
             ExitWhen::ContextsEnded => "contexts_ended",
             ExitWhen::MainOnceDone => "main_once_done",
+            ExitWhen::PipelinesFinished => "pipelines_finished",
             ExitWhen::FlowsFinished => "flows_finished",
         }
     }
@@ -117,6 +122,86 @@ pub struct DataframeDecl {
     /// Initial keys and values.
     #[serde(default)]
     pub init: toml::Table,
+}
+
+/// The duration keys of a service's supervision, for validation.
+#[derive(Debug, Clone, Copy)]
+pub struct SupervisionKeys<'a> {
+    /// `watchdog`.
+    pub watchdog: Option<&'a Spanned<HumanDuration>>,
+    /// `startup_timeout`.
+    pub startup_timeout: Option<&'a Spanned<HumanDuration>>,
+    /// `shutdown_timeout`.
+    pub shutdown_timeout: Option<&'a Spanned<HumanDuration>>,
+    /// `restart_window`.
+    pub restart_window: Option<&'a Spanned<HumanDuration>>,
+    /// `restart_delay`.
+    pub restart_delay: Option<&'a Spanned<HumanDuration>>,
+    /// `max_restart_delay`.
+    pub max_restart_delay: Option<&'a Spanned<HumanDuration>>,
+}
+
+macro_rules! keys_of {
+    ($d:expr) => {
+        SupervisionKeys {
+            watchdog: $d.watchdog.as_ref(),
+            startup_timeout: $d.startup_timeout.as_ref(),
+            shutdown_timeout: $d.shutdown_timeout.as_ref(),
+            restart_window: $d.restart_window.as_ref(),
+            restart_delay: $d.restart_delay.as_ref(),
+            max_restart_delay: $d.max_restart_delay.as_ref(),
+        }
+    };
+}
+
+/// Declares a manifest item with the ten supervision keys a service has
+/// after its own fields (services, stack entries and pipeline stages share
+/// them), then the fields of an optional `after { ... }`, and its `keys()`
+/// for validation.
+macro_rules! with_supervision_keys {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)*
+        }
+        $(after {
+            $($(#[$ameta:meta])* pub $afield:ident: $aty:ty,)*
+        })?
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// Longest a single `main`, loop or `check` call may take before the
+            /// instance is declared hung and replaced (default: not watched).
+            pub watchdog: Option<Spanned<HumanDuration>>,
+            /// Longest `setup` may take; overrunning is a startup failure (default 30s).
+            pub startup_timeout: Option<Spanned<HumanDuration>>,
+            /// Longest `finalize` may take (default: `[host] shutdown_timeout`).
+            pub shutdown_timeout: Option<Spanned<HumanDuration>>,
+            /// `always`, `on-failure` (default) or `never`.
+            pub restart: Option<Spanned<Restart>>,
+            /// Restarts allowed within `restart_window` before giving up (default 5).
+            pub max_restarts: Option<Spanned<u32>>,
+            /// The window `max_restarts` counts in (default 10s).
+            pub restart_window: Option<Spanned<HumanDuration>>,
+            /// Delay before the first restart; doubles for each consecutive one (default 100ms).
+            pub restart_delay: Option<Spanned<HumanDuration>>,
+            /// Cap of the doubling restart delay (default 30s).
+            pub max_restart_delay: Option<Spanned<HumanDuration>>,
+            /// Healthy running time after which the delay starts over (default 60s).
+            pub backoff_reset_after: Option<Spanned<HumanDuration>>,
+            /// `stop_service`, `stop_context` or `exit_host` (default: the context's).
+            pub on_give_up: Option<Spanned<GiveUp>>,
+            $($($(#[$ameta])* pub $afield: $aty,)*)?
+        }
+
+        impl $name {
+            /// Its supervision durations, for validation.
+            pub fn keys(&self) -> SupervisionKeys<'_> {
+                keys_of!(self)
+            }
+        }
+    };
 }
 
 /// `[[context]]`: one main loop on its own thread.
@@ -144,6 +229,7 @@ pub struct ContextDecl {
     pub triggers: Vec<TriggerDecl>,
 }
 
+with_supervision_keys! {
 /// `[[context.service]]`: one service instance run by the context.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,27 +242,8 @@ pub struct ServiceDecl {
     pub export: Spanned<String>,
     /// Handed to the plugin, which deserializes it into its config type.
     pub config: Option<Spanned<toml::Table>>,
-    /// Longest a single `main`, loop or `check` call may take before the
-    /// instance is declared hung and replaced (default: not watched).
-    pub watchdog: Option<Spanned<HumanDuration>>,
-    /// Longest `setup` may take; overrunning is a startup failure (default 30s).
-    pub startup_timeout: Option<Spanned<HumanDuration>>,
-    /// Longest `finalize` may take (default: `[host] shutdown_timeout`).
-    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
-    /// `always`, `on-failure` (default) or `never`.
-    pub restart: Option<Spanned<Restart>>,
-    /// Restarts allowed within `restart_window` before giving up (default 5).
-    pub max_restarts: Option<Spanned<u32>>,
-    /// The window `max_restarts` counts in (default 10s).
-    pub restart_window: Option<Spanned<HumanDuration>>,
-    /// Delay before the first restart; doubles for each consecutive one (default 100ms).
-    pub restart_delay: Option<Spanned<HumanDuration>>,
-    /// Cap of the doubling restart delay (default 30s).
-    pub max_restart_delay: Option<Spanned<HumanDuration>>,
-    /// Healthy running time after which the delay starts over (default 60s).
-    pub backoff_reset_after: Option<Spanned<HumanDuration>>,
-    /// `stop_service`, `stop_context` or `exit_host` (default: the context's).
-    pub on_give_up: Option<Spanned<GiveUp>>,
+}
+after {
     /// Topics whose publications this service receives as messages.
     #[serde(default)]
     pub subscribe: Vec<Spanned<String>>,
@@ -188,6 +255,7 @@ pub struct ServiceDecl {
     pub sends_to: Vec<Spanned<String>>,
     /// Call `main` once (after the start gate) instead of on every iteration (default false).
     pub main_once: Option<Spanned<bool>>,
+}
 }
 
 /// `[[context.trigger]]`: conditions that run a stack of services when they fire.
@@ -206,6 +274,7 @@ pub struct TriggerDecl {
     pub service: Vec<Spanned<StackEntry>>,
 }
 
+with_supervision_keys! {
 /// One condition or stack service of a trigger.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,27 +287,7 @@ pub struct StackEntry {
     pub export: Spanned<String>,
     /// Handed to the plugin.
     pub config: Option<Spanned<toml::Table>>,
-    /// Longest a single `main`, loop or `check` call may take before the
-    /// instance is declared hung and replaced (default: not watched).
-    pub watchdog: Option<Spanned<HumanDuration>>,
-    /// Longest `setup` may take; overrunning is a startup failure (default 30s).
-    pub startup_timeout: Option<Spanned<HumanDuration>>,
-    /// Longest `finalize` may take (default: `[host] shutdown_timeout`).
-    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
-    /// `always`, `on-failure` (default) or `never`.
-    pub restart: Option<Spanned<Restart>>,
-    /// Restarts allowed within `restart_window` before giving up (default 5).
-    pub max_restarts: Option<Spanned<u32>>,
-    /// The window `max_restarts` counts in (default 10s).
-    pub restart_window: Option<Spanned<HumanDuration>>,
-    /// Delay before the first restart; doubles for each consecutive one (default 100ms).
-    pub restart_delay: Option<Spanned<HumanDuration>>,
-    /// Cap of the doubling restart delay (default 30s).
-    pub max_restart_delay: Option<Spanned<HumanDuration>>,
-    /// Healthy running time after which the delay starts over (default 60s).
-    pub backoff_reset_after: Option<Spanned<HumanDuration>>,
-    /// `stop_service`, `stop_context` or `exit_host` (default: the context's).
-    pub on_give_up: Option<Spanned<GiveUp>>,
+}
 }
 
 /// How a trigger combines its conditions.
@@ -560,45 +609,10 @@ macro_rules! policy_of {
     }};
 }
 
-/// The duration keys of a service's supervision, for validation.
-#[derive(Debug, Clone, Copy)]
-pub struct SupervisionKeys<'a> {
-    /// `watchdog`.
-    pub watchdog: Option<&'a Spanned<HumanDuration>>,
-    /// `startup_timeout`.
-    pub startup_timeout: Option<&'a Spanned<HumanDuration>>,
-    /// `shutdown_timeout`.
-    pub shutdown_timeout: Option<&'a Spanned<HumanDuration>>,
-    /// `restart_window`.
-    pub restart_window: Option<&'a Spanned<HumanDuration>>,
-    /// `restart_delay`.
-    pub restart_delay: Option<&'a Spanned<HumanDuration>>,
-    /// `max_restart_delay`.
-    pub max_restart_delay: Option<&'a Spanned<HumanDuration>>,
-}
-
-macro_rules! keys_of {
-    ($d:expr) => {
-        SupervisionKeys {
-            watchdog: $d.watchdog.as_ref(),
-            startup_timeout: $d.startup_timeout.as_ref(),
-            shutdown_timeout: $d.shutdown_timeout.as_ref(),
-            restart_window: $d.restart_window.as_ref(),
-            restart_delay: $d.restart_delay.as_ref(),
-            max_restart_delay: $d.max_restart_delay.as_ref(),
-        }
-    };
-}
-
 impl ServiceDecl {
     /// Is `main` called only once (`main_once = true`)?
     pub fn main_once(&self) -> bool {
         self.main_once.as_ref().is_some_and(|m| *m.get_ref())
-    }
-
-    /// Its supervision durations, for validation.
-    pub fn keys(&self) -> SupervisionKeys<'_> {
-        keys_of!(self)
     }
 
     /// This service's supervision policy.
@@ -608,11 +622,6 @@ impl ServiceDecl {
 }
 
 impl StackEntry {
-    /// Its supervision durations, for validation.
-    pub fn keys(&self) -> SupervisionKeys<'_> {
-        keys_of!(self)
-    }
-
     /// This condition's or stack service's supervision policy.
     pub fn policy(&self, context: &ContextDecl, host_shutdown: Duration) -> Policy {
         policy_of!(self, context, host_shutdown)
@@ -676,6 +685,10 @@ pub struct ReloadSettings {
     /// Keep abi_stable's full reports in errors.
     pub verbose: bool,
 }
+
+// Declared after the macros it uses (`with_supervision_keys!`, `policy_of!`):
+// a `macro_rules!` is visible only in the text that follows it.
+pub mod pipeline;
 
 #[cfg(test)]
 mod tests {

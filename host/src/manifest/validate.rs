@@ -43,19 +43,7 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
                 format!("duplicate context name `{cname}` (first declared on line {line})"),
             ));
         }
-        for d in &c.dataframes {
-            if !dataframes.contains_key(d.get_ref().as_str()) {
-                errors.push(m.diagnostic(
-                    d.span().start,
-                    format!("{ckey} > dataframes"),
-                    format!(
-                        "unknown dataframe `{}`; declared dataframes: {}",
-                        shown(d.get_ref()),
-                        list(m.dataframes.iter().map(|d| d.name.get_ref().as_str()))
-                    ),
-                ));
-            }
-        }
+        check_dataframes(m, &ckey, &c.dataframes, &dataframes, &mut errors);
 
         let mut names: HashMap<&str, usize> = HashMap::new();
         for entry in c.entries() {
@@ -114,13 +102,37 @@ pub fn validate(m: &Manifest) -> Vec<Diagnostic> {
             }
         }
     }
+    super::pipeline::validate(m, &contexts, &dataframes, &mut errors);
     check_exit_when(m, &mut errors);
     errors.sort_by_key(|d| d.position);
     errors
 }
 
+/// Every listed dataframe (of the context or pipeline `key`) must be declared.
+pub(super) fn check_dataframes(
+    m: &Manifest,
+    key: &str,
+    listed: &[Spanned<String>],
+    declared: &HashMap<&str, usize>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    for d in listed {
+        if !declared.contains_key(d.get_ref().as_str()) {
+            errors.push(m.diagnostic(
+                d.span().start,
+                format!("{key} > dataframes"),
+                format!(
+                    "unknown dataframe `{}`; declared dataframes: {}",
+                    shown(d.get_ref()),
+                    list(m.dataframes.iter().map(|d| d.name.get_ref().as_str()))
+                ),
+            ));
+        }
+    }
+}
+
 /// `exit_when = "main_once_done"` needs a service with `main_once = true`,
-/// and `exit_when = "flows_finished"` a flow.
+/// `"pipelines_finished"` a pipeline and `"flows_finished"` a flow.
 fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
     if let Some(e) = &m.host.exit_when
         && *e.get_ref() == ExitWhen::MainOnceDone
@@ -137,6 +149,16 @@ fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
         ));
     }
     if let Some(e) = &m.host.exit_when
+        && *e.get_ref() == ExitWhen::PipelinesFinished
+        && m.pipelines.is_empty()
+    {
+        errors.push(m.diagnostic(
+            e.span().start,
+            "host > exit_when",
+            "`exit_when = \"pipelines_finished\"` needs at least one `[[pipeline]]`",
+        ));
+    }
+    if let Some(e) = &m.host.exit_when
         && *e.get_ref() == ExitWhen::FlowsFinished
         && m.flows.is_empty()
     {
@@ -149,7 +171,7 @@ fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
 }
 
 /// Durations that must be positive, and a delay cap that must not be below the delay.
-fn check_supervision(
+pub(super) fn check_supervision(
     m: &Manifest,
     key: &str,
     k: &SupervisionKeys<'_>,

@@ -41,7 +41,7 @@ impl Builder<'_> {
     ) -> Option<FlowPlan> {
         let fkey = format!("flow \"{}\"", shown(f.name.get_ref()));
         let shared = self.shared(
-            f.name.get_ref(),
+            &f.name,
             f.log_level.as_ref(),
             &f.dataframes,
             all_dataframes,
@@ -194,7 +194,7 @@ impl Builder<'_> {
             Ok(object) => Some((lib, object)),
             Err(e) => {
                 let config = s.config.as_ref();
-                self.config_refused(
+                self.config_rejected(
                     &e,
                     &json,
                     config,

@@ -6,8 +6,10 @@
 
 mod context;
 mod flow;
+mod pipeline;
 
 pub use context::{ContextPlan, StepPlan, UnitPlan};
+pub use pipeline::{PipelinePlan, StagePlan};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::time::Duration;
 
-use otools_abi::ExportKind;
+use otools_abi::{CallError, ExportKind};
 use otools_abi::{LogLevel, Value};
 use toml::Spanned;
 
@@ -26,7 +28,7 @@ use crate::manifest::config::ConfigJson;
 use crate::manifest::policy::{Policy, Strategy};
 use crate::manifest::validate::validate;
 use crate::manifest::{
-    ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Manifest, Mode, ServiceDecl,
+    ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Level, Manifest, Mode, ServiceDecl,
     StackEntry, name_error, shown,
 };
 use crate::messaging::{DEFAULT_MAILBOX_SIZE, EndpointSpec, InProcess, Mailbox, Router};
@@ -50,6 +52,8 @@ pub struct Options {
 pub struct Deployment {
     /// All contexts, in manifest order.
     pub contexts: Vec<ContextPlan>,
+    /// All pipelines, in manifest order.
+    pub pipelines: Vec<PipelinePlan>,
     /// How many distinct libraries were loaded.
     pub libraries: usize,
     /// The distinct libraries, for the reload watcher.
@@ -92,12 +96,18 @@ impl Deployment {
         (self.contexts.len(), services, triggers, conditions)
     }
 
-    /// The shortest `watchdog` of any service (sets the host's watchdog's tick).
+    /// The shortest `watchdog` of any service or stage (sets the host's watchdog's tick).
     pub fn shortest_watchdog(&self) -> Option<Duration> {
+        let stages = self
+            .pipelines
+            .iter()
+            .flat_map(|p| p.stages.iter())
+            .filter_map(|s| s.policy.watchdog);
         self.contexts
             .iter()
             .flat_map(|c| c.units.iter())
             .filter_map(|u| u.policy.watchdog)
+            .chain(stages)
             .chain(
                 self.flows
                     .iter()
@@ -245,28 +255,27 @@ impl<'m> Builder<'m> {
                 mailbox: None,
             }),
             Err(e) => {
-                let export = export_name.to_owned();
-                self.config_refused(&e, &json, config, anchor, key, &export, plugin);
+                self.config_rejected(&e, &json, config, anchor, key, export_name, plugin);
                 None
             }
         }
     }
 
-    /// Reports a config a plugin refused: at the key or value concerned
-    /// when the plugin's message says where in the JSON, else at the
-    /// config table (or `anchor` without one).
+    /// Reports a config the plugin refused: at the key or value concerned
+    /// when the plugin's message says where in the JSON, else at the config
+    /// table (or `anchor` without one).
     #[expect(
         clippy::too_many_arguments,
-        reason = "the parts of the manifest entry the message names"
+        reason = "the parts of the manifest item whose config was refused"
     )]
-    fn config_refused(
+    fn config_rejected(
         &mut self,
-        e: &otools_abi::CallError,
+        e: &CallError,
         json: &ConfigJson,
         config: Option<&Spanned<toml::Table>>,
         anchor: usize,
         key: &str,
-        export: &str,
+        export_name: &str,
         plugin: &Spanned<String>,
     ) {
         let table_at = config.map_or(anchor, |c| c.span().start);
@@ -276,21 +285,21 @@ impl<'m> Builder<'m> {
             found.at,
             format!("{key} > config{}", found.key),
             format!(
-                "`{export}` of plugin `{}` rejected its config: {}",
+                "`{}` of plugin `{}` rejected its config: {}",
+                export_name,
                 plugin.get_ref(),
                 found.message
             ),
         ));
     }
 
-    /// What the instances of a context (or the steps of a flow) share:
-    /// its name, level (`--log-level`, else its own, else the host's),
-    /// the dataframes it lists, and the host's event hub.
+    /// What the instances of a context (or a pipeline's workers) share:
+    /// its name, level, stop flags and the dataframes it lists.
     fn shared(
         &self,
-        name: &str,
-        log_level: Option<&Spanned<crate::manifest::Level>>,
-        dataframes: &[Spanned<String>],
+        name: &Spanned<String>,
+        log_level: Option<&Spanned<Level>>,
+        listed: &[Spanned<String>],
         all_dataframes: &HashMap<&str, &Arc<Dataframe>>,
         names: &Arc<Vec<String>>,
     ) -> Arc<ContextShared> {
@@ -299,20 +308,21 @@ impl<'m> Builder<'m> {
             .opts
             .level_override
             .unwrap_or_else(|| log_level.map_or(host_level, |l| l.get_ref().0));
+        let dataframes = listed
+            .iter()
+            .filter_map(|n| {
+                all_dataframes
+                    .get(n.get_ref().as_str())
+                    .map(|d| Arc::clone(d))
+            })
+            .collect();
         Arc::new(ContextShared {
-            name: name.to_owned(),
+            name: name.get_ref().clone(),
             level: AtomicU8::new(level as u8),
             stop: AtomicBool::new(false),
             fatal: AtomicBool::new(false),
             wake: Wake::default(),
-            dataframes: dataframes
-                .iter()
-                .filter_map(|n| {
-                    all_dataframes
-                        .get(n.get_ref().as_str())
-                        .map(|d| Arc::clone(d))
-                })
-                .collect(),
+            dataframes,
             all_dataframes: Arc::clone(names),
             events: Arc::clone(&self.opts.events),
             router: Arc::clone(&self.router) as Arc<dyn Router>,
@@ -387,7 +397,7 @@ impl<'m> Builder<'m> {
     ) -> ContextPlan {
         let host_shutdown = self.manifest.shutdown_timeout();
         let shared = self.shared(
-            c.name.get_ref(),
+            &c.name,
             c.log_level.as_ref(),
             &c.dataframes,
             all_dataframes,
@@ -543,6 +553,13 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         .iter()
         .map(|c| b.context(c, &by_name, &names))
         .collect();
+    // Hot reload follows the libraries of contexts only (see ARCHITECTURE.md).
+    let loaded = b.registry.libraries();
+    let pipelines: Vec<PipelinePlan> = manifest
+        .pipelines
+        .iter()
+        .filter_map(|p| b.pipeline(p, &by_name, &names))
+        .collect();
     // Static targets are caught here, by `check` as by `run`.
     for (target, key) in std::mem::take(&mut b.sends_to) {
         if let Err(f) = b.router.resolve(target.get_ref()) {
@@ -563,8 +580,9 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
     }
     Ok(Deployment {
         contexts,
+        pipelines,
         libraries: b.registry.libraries().len(),
-        loaded: b.registry.libraries(),
+        loaded,
         reload: manifest.reload_settings(opts.verbose),
         events: Arc::clone(&opts.events),
         exit_when: manifest.exit_when(),

@@ -16,12 +16,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::RootModule;
-use abi_stable::library::{AbiHeaderRef, LibraryError, RawLibrary, lib_header_from_path};
+use abi_stable::library::{
+    AbiHeaderRef, LibraryError, RawLibrary, RootModule, lib_header_from_path,
+};
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
 use otools_abi::{
     ABI_VERSION, ExportInfo, ExportKind, FLOW_SYMBOL, FlowRoot_Ref, MESSAGING_SYMBOL,
-    MessagingRoot_Ref, PluginRoot_Ref,
+    MessagingRoot_Ref, PluginRoot_Ref, STAGES_SYMBOL, StageRoot_Ref,
 };
 use otools_api::ffi::API_VERSION;
 
@@ -48,6 +49,8 @@ pub struct Library {
     pub exports: Vec<ExportInfo>,
     /// Its messaging root module; none in a library built before messaging.
     pub messaging: Option<MessagingRoot_Ref>,
+    /// Its pipeline stages' root module; none in a library built before pipelines.
+    pub stage_root: Option<StageRoot_Ref>,
     /// Its flow-step root module; none in a library built before steps.
     pub flow: Option<FlowRoot_Ref>,
 }
@@ -192,13 +195,15 @@ enum PrivateDir {
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
 
 /// What a loaded library gave: its root module, exports, ABI version,
-/// messaging root module (none in a library built before messaging) and
+/// messaging root module (none in a library built before messaging),
+/// stage root module (none in a library built before pipelines) and
 /// flow-step root module (none in a library built before steps).
 type Loaded = (
     PluginRoot_Ref,
     Vec<ExportInfo>,
     String,
     Option<MessagingRoot_Ref>,
+    Option<StageRoot_Ref>,
     Option<FlowRoot_Ref>,
 );
 
@@ -448,7 +453,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     };
     // Removed at once (a mapping stays valid; a reused content needs none).
     drop(copy);
-    let (root, exports, abi_version, messaging, flow) = loaded?;
+    let (root, exports, abi_version, messaging, stage_root, flow) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -460,6 +465,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         abi_version,
         exports,
         messaging,
+        stage_root,
         flow,
     })
 }
@@ -475,15 +481,17 @@ fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadEr
     let exports = root.exports()().into_vec();
     let messaging = extra_root::<MessagingRoot_Ref>(shadow, MESSAGING_SYMBOL)
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    let stage_root = extra_root::<StageRoot_Ref>(shadow, STAGES_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let flow = extra_root::<FlowRoot_Ref>(shadow, FLOW_SYMBOL)
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
-    Ok((root, exports, abi_version, messaging, flow))
+    Ok((root, exports, abi_version, messaging, stage_root, flow))
 }
 
-/// A root module exported beside the main one under its own `symbol` and
-/// checked by abi_stable on its own (`otools_abi::MessagingRoot`,
-/// `otools_abi::FlowRoot`); `None` when the library does not export it
-/// (built before it existed).
+/// A root module a library exports beside its `PluginRoot` under its own
+/// `symbol` (the messaging one, the stages' one, the flow steps' one),
+/// checked by abi_stable on its own; `None` when the library does not
+/// export it (built before it existed).
 fn extra_root<M: RootModule>(shadow: &Path, symbol: &str) -> Result<Option<M>, LibraryError> {
     // The same mapping as the root module's: the dynamic loader hands back
     // the handle it already has for this path, and it is leaked like that one.
@@ -493,7 +501,7 @@ fn extra_root<M: RootModule>(shadow: &Path, symbol: &str) -> Result<Option<M>, L
         unsafe_code,
         reason = "reading an exported header, as abi_stable's own lib_header_from_path does"
     )]
-    // SAFETY: the symbol, when present, is the `LibHeader` static that
+    // SAFETY: the symbol, when present, is a `LibHeader` static that
     // `export_plugin!` exports (its address, read as abi_stable reads the
     // root module's); `upgrade` checks abi_stable's header version before
     // it is used, and the library is never unloaded (`raw` is leaked).

@@ -7,6 +7,7 @@
 
 pub mod loader;
 pub mod object;
+pub mod stage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use loader::{Library, LoadError};
 pub use object::{PluginObject, construct, construct_step, messages, step_exports};
+pub use stage::construct_stage;
 
 /// Libraries loaded so far, by canonical path.
 #[derive(Default)]

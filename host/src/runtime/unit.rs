@@ -38,15 +38,7 @@ struct DropReport(Arc<InstanceHost>);
 
 impl Drop for DropReport {
     fn drop(&mut self) {
-        let host = &self.0;
-        let message = host
-            .library
-            .root
-            .take_drop_panic()
-            .and_then(|take| take().into_option());
-        if let Some(message) = message {
-            host.report_drop_panic(message.as_str());
-        }
+        self.0.collect_drop_panic();
     }
 }
 
