@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Installs the Python OTools peer of `make bench` into .bench/venv (once).
-# OTools 0.2.2's sdist builds only with Cython, setuptools and wheel present
-# and without build isolation. A failure here is reported, not fatal: the
-# benchmark table then shows the OTools column as n/a.
+# Installs the Python peers of `make bench` into .bench/venv (once each):
+# - OTools 0.2.2: its sdist builds only with Cython, setuptools and wheel
+#   present and without build isolation.
+# - service-framework 0.0.20 (ZeroMQ + msgpack): it declares no
+#   dependencies, so pyzmq, msgpack and numpy are installed beside it.
+# A failure here is reported, not fatal: the benchmark table then shows that
+# peer's column as n/a.
 set -u
 cd "$(dirname "$0")/../.."
 venv=.bench/venv
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import otools" 2>/dev/null; then
-  exit 0
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv" \
+  || { echo "warning: no venv for the Python peers; their columns will read n/a"; exit 0; }
+if ! "$venv/bin/python" -c "import otools" 2>/dev/null; then
+  "$venv/bin/pip" install -q Cython setuptools wheel \
+    && "$venv/bin/pip" install -q --no-build-isolation otools==0.2.2 \
+    || echo "warning: the Python OTools peer could not be installed; its column will read n/a"
 fi
-python3 -m venv "$venv" \
-  && "$venv/bin/pip" install -q Cython setuptools wheel \
-  && "$venv/bin/pip" install -q --no-build-isolation otools==0.2.2 \
-  || echo "warning: the Python OTools peer could not be installed; its column will read n/a"
+if ! "$venv/bin/python" -c "import service_framework, zmq, msgpack, numpy" 2>/dev/null; then
+  "$venv/bin/pip" install -q pyzmq msgpack numpy service-framework==0.0.20 \
+    || echo "warning: the service-framework peer could not be installed; its column will read n/a"
+fi
 exit 0

@@ -12,8 +12,12 @@
 //!   above by that one call), and replacement = `started(n+1)` minus `hung(n)`.
 //! - `watchdog cost`: `main` calls per second of 10 trivial services in one
 //!   context, with and without a `watchdog` on each, measured alternately.
+//! - messaging (round trip, one-way, idle agents) against service-framework
+//!   and a bare channel: see the `messaging` module.
 
 #![allow(clippy::print_stdout, reason = "the table is this program's output")]
+
+mod messaging;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -54,6 +58,16 @@ type Done<'a> = &'a dyn Fn(&[Value]) -> bool;
 /// Runs `otools run manifest --events journal` to its end (or, with
 /// `signal_when`, until it says so, then SIGTERM); returns the journal.
 fn run(manifest: &Path, journal_path: &Path, signal_when: Option<Done<'_>>) -> Vec<Value> {
+    run_logged(manifest, journal_path, signal_when, Stdio::null())
+}
+
+/// [`run`], with the host's standard error (its log lines) sent to `stderr`.
+fn run_logged(
+    manifest: &Path,
+    journal_path: &Path,
+    signal_when: Option<Done<'_>>,
+    stderr: Stdio,
+) -> Vec<Value> {
     let otools = release_dir().join("otools");
     let mut child = Command::new(&otools)
         .args([
@@ -63,7 +77,7 @@ fn run(manifest: &Path, journal_path: &Path, signal_when: Option<Done<'_>>) -> V
             journal_path.to_str().unwrap(),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
@@ -150,11 +164,12 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The Python OTools peer, if `bench/peer/install.sh` could install it.
-fn peer_python() -> Option<PathBuf> {
+/// The Python of the peers' venv, if `bench/peer/install.sh` could
+/// install the peer whose Python package is `module` there.
+fn peer_python(module: &str) -> Option<PathBuf> {
     let py = workspace_root().join(".bench/venv/bin/python");
     let ok = Command::new(&py)
-        .args(["-c", "import otools"])
+        .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -671,6 +686,82 @@ fn versus(dir: &Path, plugins: &Path, smoke: bool, py: Option<&Path>) -> Vec<Ver
     rows
 }
 
+/// The CPU a process uses over `window` seconds, in percent of one core,
+/// from `utime + stime` in `/proc/<pid>/stat` (clock ticks of 10 ms).
+fn cpu_percent(pid: u32, window: f64) -> f64 {
+    let ticks = || -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<f64> = after
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // utime and stime are fields 14 and 15; after the command they are at 11 and 12.
+        f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)
+    };
+    let c0 = ticks();
+    let w0 = Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs_f64(window));
+    (ticks() - c0) / 100.0 / w0.elapsed().as_secs_f64() * 100.0
+}
+
+/// Writes `body` to `dir/name.toml`, starts `otools run` on it with the
+/// journal `dir/name.jsonl` and `--no-watch`, and returns it once `contexts`
+/// contexts have journaled `ready` (polled every millisecond), with the
+/// seconds from its start to then.
+fn spawn_until_ready(
+    dir: &Path,
+    name: &str,
+    body: &str,
+    contexts: usize,
+) -> (std::process::Child, f64) {
+    let manifest = dir.join(format!("{name}.toml"));
+    std::fs::write(&manifest, body).unwrap();
+    let journal_path = dir.join(format!("{name}.jsonl"));
+    let _ = std::fs::remove_file(&journal_path);
+    let t0 = Instant::now();
+    let mut child = Command::new(release_dir().join("otools"))
+        .args([
+            "run",
+            manifest.to_str().unwrap(),
+            "--events",
+            journal_path.to_str().unwrap(),
+            "--no-watch",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run otools");
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let n = journal(&journal_path)
+            .iter()
+            .filter(|e| e["event"] == "ready")
+            .count();
+        if n >= contexts {
+            return (child, t0.elapsed().as_secs_f64());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "otools ended ({status}) before its contexts were ready; see {}",
+                journal_path.display()
+            );
+        }
+        assert!(Instant::now() < deadline, "contexts never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Asks `otools` to stop (SIGTERM) and waits for it; whether it exited by
+/// itself, after the signal.
+fn terminate(mut child: std::process::Child) -> bool {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    child.wait().is_ok_and(|s| s.code().is_some())
+}
+
 /// 1,000 services in 100 contexts (otools only): time to all-ready, then
 /// the CPU used while idle with `period = "100ms"`.
 fn many_services(dir: &Path, plugins: &Path, smoke: bool) -> Vec<Row> {
@@ -686,53 +777,10 @@ fn many_services(dir: &Path, plugins: &Path, smoke: bool) -> Vec<Row> {
             ));
         }
     }
-    let m = dir.join("many.toml");
-    std::fs::write(&m, body).unwrap();
-    let j = dir.join("many.jsonl");
-    let _ = std::fs::remove_file(&j);
-    let t0 = Instant::now();
-    let mut child = Command::new(release_dir().join("otools"))
-        .args([
-            "run",
-            m.to_str().unwrap(),
-            "--events",
-            j.to_str().unwrap(),
-            "--no-watch",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run otools");
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let n = journal(&j).iter().filter(|e| e["event"] == "ready").count();
-        if n >= contexts {
-            break;
-        }
-        assert!(Instant::now() < deadline, "contexts never became ready");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    let ready = t0.elapsed().as_secs_f64();
-    let ticks = |pid: u32| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<f64> = after
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        // utime and stime are fields 14 and 15; after the command they are at 11 and 12.
-        f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)
-    };
+    let (child, ready) = spawn_until_ready(dir, "many", &body, contexts);
     let window = if smoke { 0.5 } else { 3.0 };
-    let c0 = ticks(child.id());
-    let w0 = Instant::now();
-    std::thread::sleep(std::time::Duration::from_secs_f64(window));
-    let cpu = (ticks(child.id()) - c0) / 100.0 / w0.elapsed().as_secs_f64() * 100.0;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    let cpu = cpu_percent(child.id(), window);
+    terminate(child);
     vec![
         Row {
             workload: format!(
@@ -755,7 +803,7 @@ fn main() {
     let plugins = release_dir();
     let dir = scratch();
     let started = Instant::now();
-    let py = peer_python();
+    let py = peer_python("otools");
     let vs = versus(&dir, &plugins, smoke, py.as_deref());
     let mut rows = Vec::new();
     rows.extend(many_services(&dir, &plugins, smoke));
@@ -795,6 +843,13 @@ fn main() {
     if py.is_none() {
         println!("(the Python OTools peer is not installed: bench/peer/install.sh)");
     }
+    println!();
+    messaging::print(&messaging::table(
+        &dir,
+        &plugins,
+        smoke,
+        peer_python("service_framework").as_deref(),
+    ));
     println!();
     let w = rows.iter().map(|r| r.workload.len()).max().unwrap_or(10);
     let f = rows.iter().map(|r| r.figure.len()).max().unwrap_or(10);

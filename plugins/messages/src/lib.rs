@@ -12,6 +12,9 @@
 //! - `Listener` logs what it receives on the topics `px` and `ticks`.
 //! - `Relay` passes a `HOP` on to the next relay and replies with its
 //!   reply: a request across several hops, with its correlation id.
+//! - `Sink` and `Stopwatch` are for `make bench`: `Sink` counts `ONE`s
+//!   silently; `Stopwatch` times requests to it (round trips) or a burst of
+//!   one-way sends, and logs the figures.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -378,6 +381,142 @@ impl Service for Relay {
     }
 }
 
+/// Counts `ONE` messages (any payload) without logging, and replies with
+/// the count; `COUNT` replies with it too. A benchmark's receiver.
+pub struct Sink {
+    count: AtomicU64,
+}
+
+impl Service for Sink {
+    type Config = NoConfig;
+
+    const MESSAGES: &'static [Accept] = &[Accept::any("ONE"), Accept::new("COUNT", Payload::Null)];
+
+    fn new(_: NoConfig) -> Result<Self> {
+        Ok(Sink {
+            count: AtomicU64::new(0),
+        })
+    }
+
+    fn handle_message(&self, _ctx: &Context<'_>, name: &str, _payload: Value) -> Result<Value> {
+        let n = if name == "ONE" {
+            self.count.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.count.load(Ordering::Relaxed)
+        };
+        Ok(Value::from(n as i64))
+    }
+}
+
+/// What a [`Stopwatch`] times.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timed {
+    /// `count` requests `ONE`, one after the other, each timed.
+    RoundTrip,
+    /// `count` one-way sends of `ONE`, then one request `COUNT` (handled
+    /// after them, in order): the whole burst is timed.
+    OneWay,
+}
+
+/// Configuration of [`Stopwatch`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopwatchConfig {
+    /// The [`Sink`] to message.
+    pub to: String,
+    /// What to time.
+    pub timed: Timed,
+    /// How many messages are timed.
+    pub count: u64,
+    /// How many untimed messages go first.
+    #[serde(default)]
+    pub warmup: u64,
+}
+
+/// From its first `main`: times messages to a [`Sink`] with [`Instant`],
+/// logs one INFO line `bench round_trip n=N p50_ns=.. p99_ns=.. max_ns=..`
+/// or `bench one_way n=N secs=.. rate=..` (or `bench failed: ..`), sends
+/// `SHUTDOWN` to the sink and ends its context.
+pub struct Stopwatch {
+    config: StopwatchConfig,
+}
+
+impl Stopwatch {
+    fn round_trip(&self, ctx: &Context<'_>) -> Result<String> {
+        let to = self.config.to.as_str();
+        for i in 0..self.config.warmup {
+            ctx.request(to, "ONE", i as i64, None)?;
+        }
+        let mut ns = Vec::with_capacity(usize::try_from(self.config.count).unwrap_or(0));
+        for i in 0..self.config.count {
+            let t = Instant::now();
+            ctx.request(to, "ONE", i as i64, None)?;
+            ns.push(t.elapsed().as_nanos());
+        }
+        ns.sort_unstable();
+        let at = |q: usize| {
+            ns.get((ns.len().saturating_sub(1)) * q / 100)
+                .copied()
+                .unwrap_or(0)
+        };
+        Ok(format!(
+            "bench round_trip n={} p50_ns={} p99_ns={} max_ns={}",
+            ns.len(),
+            at(50),
+            at(99),
+            at(100)
+        ))
+    }
+
+    fn one_way(&self, ctx: &Context<'_>) -> Result<String> {
+        let to = self.config.to.as_str();
+        for i in 0..self.config.warmup {
+            ctx.send(to, "ONE", i as i64)?;
+        }
+        ctx.request(to, "COUNT", (), None)?;
+        let t = Instant::now();
+        for i in 0..self.config.count {
+            ctx.send(to, "ONE", i as i64)?;
+        }
+        let seen = ctx.request(to, "COUNT", (), None)?;
+        let secs = t.elapsed().as_secs_f64();
+        let want = (self.config.warmup + self.config.count) as i64;
+        if seen.as_i64() != Some(want) {
+            return Ok(format!(
+                "bench failed: the sink counted {seen:?}, not {want}"
+            ));
+        }
+        Ok(format!(
+            "bench one_way n={} secs={secs:.6} rate={:.0}",
+            self.config.count,
+            self.config.count as f64 / secs
+        ))
+    }
+}
+
+impl Service for Stopwatch {
+    type Config = StopwatchConfig;
+
+    fn new(config: StopwatchConfig) -> Result<Self> {
+        Ok(Stopwatch { config })
+    }
+
+    fn main(&self, ctx: &Context<'_>) -> Result<()> {
+        let line = match self.config.timed {
+            Timed::RoundTrip => self.round_trip(ctx),
+            Timed::OneWay => self.one_way(ctx),
+        };
+        match line {
+            Ok(line) => ctx.info(line),
+            Err(e) => ctx.info(format_args!("bench failed: {e}")),
+        }
+        let _ = ctx.send(&self.config.to, otools_api::SHUTDOWN, ());
+        ctx.terminate_context();
+        Ok(())
+    }
+}
+
 otools_api::export_plugin! {
-    services: [Agent, Echo, Script, Ticker, Listener, Relay],
+    services: [Agent, Echo, Script, Ticker, Listener, Relay, Sink, Stopwatch],
 }
