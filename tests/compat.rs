@@ -70,7 +70,7 @@ pub(crate) struct Variant<'a> {
     pub sources_at: Option<&'a str>,
 }
 
-fn unchanged(s: String) -> String {
+pub(crate) fn unchanged(s: String) -> String {
     s
 }
 
@@ -404,7 +404,8 @@ fn libraries_built_against_an_incompatible_abi_are_refused_with_which_side_to_re
 }
 
 /// The commit the messaging work started from: `otools-abi` 0.3.0, before
-/// `msg_send`, `handle_message` and the rest were appended to the ABI.
+/// `msg_send`, `handle_message` and the rest were appended to the ABI (and
+/// before flow steps).
 const BEFORE_MESSAGING: &str = "ae49325959c895ed081e6f3f434fb8ede215c64c";
 
 /// A plugin that logs from `main` and ends its context.
@@ -430,12 +431,13 @@ impl Service for Old {
 otools_api::export_plugin! { services: [Old] }
 "#;
 
-#[test]
-fn plugins_built_before_messaging_load_and_run_beside_message_handlers() {
-    let dir = TestDir::new("compat_premsg");
+/// Builds [`OLD_PLUGIN`] from the sources at [`BEFORE_MESSAGING`]
+/// (`otools-abi` 0.3.0) as `lib<name>.so`, checks that `inspect` finds it
+/// compatible, and returns it with what `inspect` printed.
+pub(crate) fn build_old_plugin(dir: &TestDir, name: &str) -> (PathBuf, String) {
     let old = build_fixture(
-        &dir,
-        "premsg",
+        dir,
+        name,
         &Variant {
             abi_version: "0.3.0",
             api_version: env!("CARGO_PKG_VERSION"),
@@ -454,6 +456,13 @@ fn plugins_built_before_messaging_load_and_run_beside_message_handlers() {
         "{}",
         out.stdout
     );
+    (old, out.stdout)
+}
+
+#[test]
+fn plugins_built_before_messaging_load_and_run_beside_message_handlers() {
+    let dir = TestDir::new("compat_premsg");
+    let (old, _) = build_old_plugin(&dir, "premsg");
     let body = format!(
         "[[context]]\nname = \"Old\"\n[[context.service]]\nname = \"old\"\nplugin = \"{}\"\nexport = \"Old\"\n\
          [[context]]\nname = \"Msg\"\n[[context.service]]\nname = \"agent\"\nplugin = \"messages\"\nexport = \"Agent\"\n\

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["threads"],
     &["signals", "supervision", "messaging"],
     &["instance"],
+    &["flow"],
     &["plan"],
     &["runtime", "pipeline"],
     &["reload", "control"],

@@ -18,6 +18,8 @@ mod control;
 mod dataframes;
 /// Panics and errors in every entry point are contained and reported.
 mod failures;
+/// Durable event flows: routing, expressions, limits, failures, recovery, delays.
+mod flows;
 /// The host's module layers and ARCHITECTURE.md's code map, read from the source.
 mod layout;
 /// setup before main, finalize once in reverse order, deactivation, fatal, signals.

@@ -110,6 +110,48 @@ fn demo_manifest_ends_by_itself_with_both_counters_complete() {
 }
 
 #[test]
+fn flow_manifest_ships_two_orders_refunds_the_third_and_ends_by_itself() {
+    let out = run_shipped("flow.toml");
+    let shipped: Vec<String> = out
+        .messages_of("ship")
+        .into_iter()
+        .filter(|m| m.starts_with("ran "))
+        .collect();
+    let mut shipped = shipped;
+    shipped.sort();
+    assert_eq!(
+        shipped,
+        [
+            "ran orders/ship sequence=1 attempt=1",
+            "ran orders/ship sequence=2 attempt=1"
+        ],
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.messages_of("refund")
+            .contains(&String::from("ran orders/refund sequence=3 attempt=1")),
+        "{}",
+        out.stderr
+    );
+    // Order 3 was never packed and charged both: its AND is reported.
+    assert!(
+        out.messages()
+            .iter()
+            .any(|m| m.contains("expression event `ready` was never raised for sequence 3")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.messages()
+            .iter()
+            .any(|m| m.contains("finished: success")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn pipeline_manifest_ends_by_itself_with_every_doubled_number_summed() {
     let out = run_shipped("pipeline.toml");
     assert_eq!(

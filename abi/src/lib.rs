@@ -30,8 +30,9 @@
 //! callback or plugin entry point goes into a **new root module** instead,
 //! exported under its own symbol and checked on its own
 //! ([`MessagingRoot`] under [`MESSAGING_SYMBOL`], [`StageRoot`] under
-//! [`STAGES_SYMBOL`]): a plugin built before it
-//! lacks the symbol and loads unchanged; that bumps the patch version.
+//! [`STAGES_SYMBOL`], [`FlowRoot`] under [`FLOW_SYMBOL`]): a plugin built
+//! before it lacks the symbol and loads unchanged; that bumps the patch
+//! version.
 //! Anything else (a changed type, a new enum variant, a reordered method)
 //! is a breaking change: bump the minor version of `otools-abi` (we are at
 //! 0.x), and the host refuses plugins of the other minor with a message
@@ -62,9 +63,13 @@ use abi_stable::sabi_types::{RRef, VersionStrings};
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
+mod flow;
 mod pipeline;
 mod value;
 
+pub use flow::{
+    FLOW_SYMBOL, FfiStep, FfiStep_TO, FfiStepBox, FlowRoot, FlowRoot_Ref, StepActivation,
+};
 pub use pipeline::{
     FfiStage, FfiStage_TO, FfiStageBox, STAGES_SYMBOL, StageExportInfo, StageRole, StageRoot,
     StageRoot_Ref, WorkerInfo,

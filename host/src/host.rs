@@ -1,5 +1,12 @@
-//! The top of the process: starts every context and the watchdog, talks to
-//! systemd, and decides the exit code.
+//! The top of the process: starts every context, every flow and the
+//! watchdog, talks to systemd, and decides the exit code.
+//!
+//! Flows ([`crate::flow`]) are opened first (their run stores, and the run
+//! each takes up): a flow that cannot start (an unusable store, a
+//! `recover` with nothing to recover) stops the host before anything runs,
+//! with code 2. The run ends when every context has ended and every flow
+//! has finished; with `[host] exit_when = "flows_finished"`, the contexts
+//! are stopped once every flow has finished. A signal stops the flows too.
 //!
 //! A host's state is its own: [`run`] makes the host's watchdog and thread
 //! starter ([`Watchdog`], [`Spawner`]) and hands them, with the deployment's
@@ -23,6 +30,7 @@ use std::time::Instant;
 use crate::control::{self, Commands};
 use crate::event::Event;
 use crate::exit;
+use crate::flow::engine::{self as flows, Outcome};
 use crate::manifest::ExitWhen;
 use crate::pipeline::{PipelineEvent, RunningPipeline};
 use crate::plan::Deployment;
@@ -35,6 +43,8 @@ use crate::threads::Spawner;
 enum Msg {
     Context(ContextEvent),
     Pipeline(PipelineEvent),
+    /// Flow `index` finished with this outcome.
+    Flow(usize, Outcome),
     LeakCeiling,
     Signal(i32),
     CannotSpawn,
@@ -100,9 +110,22 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         )
     };
 
+    // Every flow's store is opened and its run set up before anything
+    // runs: a `recover` with nothing to recover stops here.
+    let mut opened = Vec::new();
+    for plan in std::mem::take(&mut deployment.flows) {
+        match flows::open(plan, Arc::clone(&deployment.events)) {
+            Ok(o) => opened.push(o),
+            Err(e) => {
+                tracing::error!("{e}; nothing was started");
+                return exit::CONFIG_ERROR;
+            }
+        }
+    }
+    let flow_handles: Vec<_> = opened.iter().map(|o| o.handle.clone()).collect();
     let exit_when = deployment.exit_when;
     let total = deployment.contexts.len();
-    if total == 0 && deployment.pipelines.is_empty() {
+    if total == 0 && deployment.pipelines.is_empty() && opened.is_empty() {
         tracing::warn!("the manifest has no context: nothing to run");
         notify::send("READY=1");
         return exit::OK;
@@ -181,8 +204,12 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     let mut exit_host = false;
     let mut leak_ceiling = false;
     let mut cannot_spawn = false;
+    let mut flows_done: Vec<Option<Outcome>> = vec![None; opened.len()];
     let stop_all = |deadlines: &mut Vec<Option<Instant>>| {
         notify::send("STOPPING=1");
+        for f in &flow_handles {
+            f.stop();
+        }
         for (i, core) in cores.iter().enumerate() {
             core.shared.request_stop();
             if deadlines[i].is_none() {
@@ -218,6 +245,21 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
             stop_all(&mut deadlines);
         }
     }
+    for (i, o) in opened.into_iter().enumerate() {
+        let tx = tx.clone();
+        let started = o.start(
+            Arc::clone(&watchdog),
+            Arc::clone(&threads),
+            move |outcome| {
+                let _ = tx.send(Msg::Flow(i, outcome));
+            },
+        );
+        if started.is_err() {
+            cannot_spawn = true;
+            flows_done[i] = Some(Outcome::Stopped);
+            stop_all(&mut deadlines);
+        }
+    }
     if !cannot_spawn {
         let tx = tx.clone();
         crate::reload::start(
@@ -235,9 +277,13 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     drop(tx);
     let mut once_stopped = false;
 
-    let all_ended = |ended: &[bool]| ended.iter().all(|e| *e) && pipes.iter().all(|p| p.done());
+    let all_ended = |ended: &[bool], flows_done: &[Option<Outcome>]| {
+        ended.iter().all(|e| *e)
+            && pipes.iter().all(|p| p.done())
+            && flows_done.iter().all(Option::is_some)
+    };
     loop {
-        if all_ended(&ended) {
+        if all_ended(&ended, &flows_done) {
             break;
         }
         let next = deadlines
@@ -277,7 +323,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
                             p.abandon();
                         }
                     }
-                    if all_ended(&ended) {
+                    if all_ended(&ended, &flows_done) {
                         break;
                     }
                     continue;
@@ -300,7 +346,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
                 if let ContextEvent::Ended(i) = e {
                     ended[i] = true;
                 }
-                if all_ended(&ended) {
+                if all_ended(&ended, &flows_done) {
                     break;
                 }
                 if exit_when == ExitWhen::MainOnceDone
@@ -314,9 +360,21 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
                     stop_all(&mut deadlines);
                 }
             }
+            Some(Msg::Flow(i, outcome)) => {
+                flows_done[i] = Some(outcome);
+                if flows_done.iter().all(Option::is_some)
+                    && exit_when == ExitWhen::FlowsFinished
+                    && !ended.iter().all(|e| *e)
+                {
+                    tracing::info!(
+                        "every flow finished (exit_when = \"flows_finished\"): stopping every context"
+                    );
+                    stop_all(&mut deadlines);
+                }
+            }
             Some(Msg::Pipeline(PipelineEvent::Stopping(_))) => {}
             Some(Msg::Pipeline(PipelineEvent::Ended(_))) => {
-                if all_ended(&ended) {
+                if all_ended(&ended, &flows_done) {
                     break;
                 }
                 if exit_when == ExitWhen::PipelinesFinished && pipes.iter().all(|p| p.done()) {
@@ -364,7 +422,8 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
     }
     let abandoned_any = abandoned.iter().any(|a| *a)
         || cores.iter().any(|c| c.abandoned.load(Ordering::SeqCst))
-        || pipes.iter().any(|p| p.abandoned.load(Ordering::SeqCst));
+        || pipes.iter().any(|p| p.abandoned.load(Ordering::SeqCst))
+        || flows_done.contains(&Some(Outcome::Abandoned));
     if cannot_spawn || threads.any_failed() {
         tracing::error!(
             "stopped because a thread could not be created (see above); exit code {}",
@@ -389,6 +448,13 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         .filter(|c| c.shared.fatal.load(Ordering::SeqCst) || c.failed.load(Ordering::SeqCst))
         .map(|c| c.shared.name.as_str())
         .chain(pipes.iter().filter(|p| p.has_failed()).map(|p| p.name()))
+        .chain(
+            flow_handles
+                .iter()
+                .zip(&flows_done)
+                .filter(|(h, d)| **d == Some(Outcome::Failure) || h.fatal())
+                .map(|(h, _)| h.name()),
+        )
         .collect();
     if failed.is_empty() {
         if pipes.is_empty() {

@@ -20,14 +20,15 @@
 //! Layers, lowest first (a module uses only modules of lower layers; the
 //! integration test `layout` checks it from this source): `exit`,
 //! `logging`, `dataframe`, `plugin`; `manifest` (pure data); `event`;
-//! `threads`; `signals`, `supervision`, `messaging`; `instance`; `plan`; `runtime`,
-//! `pipeline`; `reload`, `control`; `host`; `cli`.
+//! `threads`; `signals`, `supervision`, `messaging`; `instance`; `flow`; `plan`;
+//! `runtime`, `pipeline`; `reload`, `control`; `host`; `cli`.
 
 pub mod cli;
 pub mod control;
 pub mod dataframe;
 pub mod event;
 pub mod exit;
+pub mod flow;
 pub mod host;
 pub mod instance;
 pub mod logging;

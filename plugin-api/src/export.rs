@@ -29,13 +29,15 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ffi::API_VERSION;
+use crate::flow::{Step, StepContext};
 use crate::message::Accept;
 use crate::pipeline::StageCtor;
 use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
-    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, HostRef, MessageSpec, MessagingRoot,
-    MessagingRoot_Ref, MsgHost_Ref, PluginRoot, PluginRoot_Ref, StageRole, Value,
+    FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, FfiStep, FfiStep_TO, FfiStepBox,
+    FlowRoot, FlowRoot_Ref, HostRef, MessageSpec, MessagingRoot, MessagingRoot_Ref, MsgHost_Ref,
+    PluginRoot, PluginRoot_Ref, StageRole, StepActivation, Value,
 };
 
 thread_local! {
@@ -208,6 +210,23 @@ impl<C: Condition> FfiCondition for ConditionAdapter<C> {
     }
 }
 
+/// A [`Step`] behind the FFI trait; `Option` as in [`ServiceAdapter`].
+struct StepAdapter<S>(Option<S>);
+
+impl<S> Drop for StepAdapter<S> {
+    fn drop(&mut self) {
+        guarded_drop(self.0.take());
+    }
+}
+
+impl<S: Step> FfiStep for StepAdapter<S> {
+    fn run(&self, host: HostRef<'_>, activation: &StepActivation) -> CallResult {
+        on(self.0.as_ref(), |step| {
+            step.run(&StepContext::new(Context::from_host(host), activation))
+        })
+    }
+}
+
 pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     // The message keeps serde_json's ` at line 1 column N`: it refers to the
     // JSON the host generated, and the host turns it into the manifest line,
@@ -238,6 +257,17 @@ pub fn new_condition<C: Condition>(config_json: &str) -> Result<FfiConditionBox>
     ))
 }
 
+/// Builds a step instance from its JSON config. Used by [`export_plugin!`](crate::export_plugin).
+#[doc(hidden)]
+pub fn new_step<S: Step>(config_json: &str) -> Result<FfiStepBox> {
+    let config = parse_config::<S::Config>(config_json)?;
+    let step = S::new(config).map_err(Error::rejecting_config)?;
+    Ok(FfiStep_TO::from_value(StepAdapter(Some(step)), TD_Opaque))
+}
+
+/// A constructor of a step instance from JSON config.
+#[doc(hidden)]
+pub type StepCtor = fn(&str) -> Result<FfiStepBox>;
 /// A constructor of a service instance from JSON config.
 #[doc(hidden)]
 pub type ServiceCtor = fn(&str) -> Result<FfiServiceBox>;
@@ -282,6 +312,8 @@ pub trait PluginExports: 'static {
     const HANDLERS: &'static [MessageHandler];
     /// Exported pipeline stages by name, with their role.
     const STAGES: &'static [(&'static str, StageRole, StageCtor)] = &[];
+    /// Exported flow steps by name.
+    const STEPS: &'static [(&'static str, StepCtor)] = &[];
 }
 
 extern "C" fn exports<P: PluginExports>() -> RVec<ExportInfo> {
@@ -320,6 +352,23 @@ extern "C" fn new_condition_ffi<P: PluginExports>(
     match P::CONDITIONS.iter().find(|(n, _)| *n == name.as_str()) {
         Some((_, ctor)) => guard(|| ctor(config.as_str())),
         None => unknown_export(name.as_str(), "condition"),
+    }
+}
+
+extern "C" fn step_exports<P: PluginExports>() -> RVec<RString> {
+    P::STEPS
+        .iter()
+        .map(|(name, _)| RString::from(*name))
+        .collect()
+}
+
+extern "C" fn new_step_ffi<P: PluginExports>(
+    name: RStr<'_>,
+    config: RStr<'_>,
+) -> CallResult<FfiStepBox> {
+    match P::STEPS.iter().find(|(n, _)| *n == name.as_str()) {
+        Some((_, ctor)) => guard(|| ctor(config.as_str())),
+        None => unknown_export(name.as_str(), "step"),
     }
 }
 
@@ -430,6 +479,33 @@ pub const fn messaging_header<P: PluginExports>() -> LibHeader {
     }
 }
 
+fn flow_module<P: PluginExports>() -> FlowRoot_Ref {
+    FlowRoot {
+        step_exports: step_exports::<P>,
+        new_step: new_step_ffi::<P>,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn flow_module_loader<P: PluginExports>() -> RootModuleResult {
+    __call_root_module_loader(flow_module::<P>)
+}
+
+/// The header of the library's flow-step root module, exported by
+/// `export_plugin!` under `otools_abi::FLOW_SYMBOL`.
+#[doc(hidden)]
+#[allow(
+    unsafe_code,
+    reason = "the third header, through the same abi_stable export API as the first"
+)]
+pub const fn flow_header<P: PluginExports>() -> LibHeader {
+    // SAFETY: as in `lib_header`: `flow_module_loader::<P>` returns a
+    // `FlowRoot_Ref`, for every `P`.
+    unsafe {
+        LibHeader::from_constructor::<FlowRoot_Ref>(flow_module_loader::<P>, CheckTypeLayout::Yes)
+    }
+}
+
 /// The header abi_stable looks for in a library: what `export_plugin!` exports.
 #[doc(hidden)]
 #[allow(
@@ -446,12 +522,13 @@ pub const fn lib_header<P: PluginExports>() -> LibHeader {
     }
 }
 
-/// Exports services, conditions and pipeline stages from a plugin library.
+/// Exports services, conditions, pipeline stages and flow steps from a plugin library.
 ///
 /// Invoke it once, at the root of a `cdylib` crate, listing the types that
 /// implement [`Service`](crate::Service), [`Condition`](crate::Condition),
 /// [`Source`](crate::Source), [`Transform`](crate::Transform) and
-/// [`Sink`](crate::Sink), in that order (each list is optional). Each is
+/// [`Sink`](crate::Sink), then flow steps ([`Step`](crate::Step)), in that
+/// order (each list is optional). Each is
 /// exported under its type name, which manifests use in `export = "..."`.
 ///
 /// ```text
@@ -461,6 +538,7 @@ pub const fn lib_header<P: PluginExports>() -> LibHeader {
 ///     sources: [Numbers],
 ///     transforms: [Double],
 ///     sinks: [Collect],
+///     steps: [Charge],
 /// }
 /// ```
 #[macro_export]
@@ -471,6 +549,7 @@ macro_rules! export_plugin {
         $(sources: [$($source:ident),* $(,)?] $(,)?)?
         $(transforms: [$($transform:ident),* $(,)?] $(,)?)?
         $(sinks: [$($sink:ident),* $(,)?] $(,)?)?
+        $(steps: [$($step:ident),* $(,)?] $(,)?)?
     ) => {
         #[doc(hidden)]
         pub struct __OtoolsPluginExports;
@@ -499,6 +578,9 @@ macro_rules! export_plugin {
                 $($((::core::stringify!($transform), $crate::__private::TRANSFORM, $crate::__private::new_transform::<$transform>),)*)?
                 $($((::core::stringify!($sink), $crate::__private::SINK, $crate::__private::new_sink::<$sink>),)*)?
             ];
+            const STEPS: &'static [(&'static str, $crate::__private::StepCtor)] = &[
+                $($((::core::stringify!($step), $crate::__private::new_step::<$step>),)*)?
+            ];
         }
 
         #[doc(hidden)]
@@ -516,6 +598,11 @@ macro_rules! export_plugin {
         #[unsafe(export_name = "otools_stages_header")]
         pub static __OTOOLS_STAGES_HEADER: $crate::__private::LibHeader =
             $crate::__private::stages_header::<__OtoolsPluginExports>();
+
+        #[doc(hidden)]
+        #[unsafe(export_name = "otools_flow_header")]
+        pub static __OTOOLS_FLOW_HEADER: $crate::__private::LibHeader =
+            $crate::__private::flow_header::<__OtoolsPluginExports>();
     };
 }
 
@@ -537,15 +624,17 @@ mod tests {
         );
     }
 
-    /// `export_plugin!` spells the messaging header's symbol as a literal.
+    /// `export_plugin!` spells the messaging and flow headers' symbols as literals.
     #[test]
-    fn messaging_symbol_matches_the_abi() {
+    fn messaging_and_flow_symbols_match_the_abi() {
         let source = include_str!("export.rs");
-        let spelled = format!("export_name = \"{}\"", otools_abi::MESSAGING_SYMBOL);
-        assert!(
-            source.contains(&spelled),
-            "export_plugin! must use {spelled}"
-        );
+        for symbol in [otools_abi::MESSAGING_SYMBOL, otools_abi::FLOW_SYMBOL] {
+            let spelled = format!("export_name = \"{symbol}\"");
+            assert!(
+                source.contains(&spelled),
+                "export_plugin! must use {spelled}"
+            );
+        }
     }
 
     /// `export_plugin!` spells the stages' symbol as the host looks it up.

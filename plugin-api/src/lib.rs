@@ -120,6 +120,7 @@
 mod context;
 mod error;
 mod export;
+mod flow;
 mod message;
 mod pipeline;
 mod service;
@@ -136,6 +137,7 @@ pub mod ffi {
 
 pub use context::{Context, Dataframe, LockGuard};
 pub use error::{Error, Result};
+pub use flow::{Step, StepContext};
 pub use message::{Accept, DEFAULT_REQUEST_TIMEOUT, Payload, SEND_TIMEOUT, SHUTDOWN};
 pub use otools_abi::{HostError, LogLevel, MessageError, TypeMismatch, Value};
 pub use pipeline::{Output, Sink, Source, Transform, Worker};
@@ -144,8 +146,8 @@ pub use service::{Condition, NoConfig, Service};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{
-        ConditionCtor, MessageHandler, PluginExports, ServiceCtor, handle_with, lib_header,
-        messaging_header, new_condition, new_service,
+        ConditionCtor, MessageHandler, PluginExports, ServiceCtor, StepCtor, flow_header,
+        handle_with, lib_header, messaging_header, new_condition, new_service, new_step,
     };
     pub use crate::pipeline::{
         SINK, SOURCE, StageCtor, TRANSFORM, new_sink, new_source, new_transform, stages_header,

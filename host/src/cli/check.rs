@@ -44,8 +44,9 @@ impl CheckCommand {
                 };
                 let _ = writeln!(
                     std::io::stdout(),
-                    "{}: ok ({contexts} context(s), {services} service(s), {triggers} trigger(s), {conditions} condition(s), {pipelines}{} plugin librar{})",
+                    "{}: ok ({contexts} context(s), {services} service(s), {triggers} trigger(s), {conditions} condition(s), {pipelines}{} flow(s), {} plugin librar{})",
                     m.path.display(),
+                    d.flows.len(),
                     d.libraries,
                     if d.libraries == 1 { "y" } else { "ies" }
                 );

@@ -80,6 +80,16 @@ impl InspectCommand {
                         );
                     }
                 }
+                let steps = crate::plugin::step_exports(&lib);
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "steps:      {}",
+                    if steps.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        steps.join(", ")
+                    }
+                );
                 exit::OK
             }
             Err(e) => {

@@ -35,11 +35,12 @@ Exit codes:
   0    every context ended and was finalized (also after a first SIGINT, SIGTERM
        or SIGHUP, and when one came before anything ran)
   1    runtime failure: a service logged at fatal, or ended in failure (gave up,
-       or failed with restart = \"never\")
+       or failed with restart = \"never\"), or a flow failed (unhandled step failure)
   2    nothing ran: manifest or plugin error (check: problems found), an invalid
-       --log-level, the --events file cannot be opened, or another host already
+       --log-level, the --events file cannot be opened, another host already
        runs this manifest (\"already running (pid N)\") or its control socket
-       cannot be created
+       cannot be created, a flow's run store cannot be used, or --mode
+       recover/continue found nothing to take up
   3    stopped, but something was abandoned: a finalize, or a loop or main call,
        overran shutdown_timeout, or a context overran its shutdown budget
   71   the host could not create a thread it needs (the system's thread limit)

@@ -13,6 +13,7 @@ use super::{LogArgs, ManifestArgs, exit, print_errors};
 use crate::control;
 use crate::event::{Events, Sink, UnitStates};
 use crate::logging::{self, directive};
+use crate::manifest::flow::RunMode;
 use crate::manifest::{self, Diagnostics, Manifest};
 use crate::plan::{self, Options};
 use crate::signals;
@@ -35,6 +36,24 @@ pub struct RunCommand {
     /// reload_ok, reload_rejected, ...) to this file.
     #[arg(long, value_name = "FILE")]
     pub events: Option<std::path::PathBuf>,
+    /// How every flow's run starts: `restart` (a new run), `recover` (the
+    /// latest run again: succeeded steps skipped, failed and interrupted
+    /// ones rerun) or `continue` (its pending work only). Overrides each
+    /// flow's `mode`.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<RunMode>,
+    /// With `--mode recover|continue`: the run to take up (default: the latest).
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+}
+
+fn parse_mode(s: &str) -> Result<RunMode, String> {
+    match s {
+        "restart" => Ok(RunMode::Restart),
+        "recover" => Ok(RunMode::Recover),
+        "continue" => Ok(RunMode::Continue),
+        _ => Err(String::from("expected `restart`, `recover` or `continue`")),
+    }
 }
 
 /// The subscriber filter, and the level every context is forced to (if any).
@@ -60,6 +79,11 @@ fn filters(log: &LogArgs, m: &Manifest) -> Result<(EnvFilter, Option<LogLevel>),
         .contexts
         .iter()
         .filter_map(|c| c.log_level.as_ref().map(|l| l.get_ref().0))
+        .chain(
+            m.flows
+                .iter()
+                .filter_map(|f| f.log_level.as_ref().map(|l| l.get_ref().0)),
+        )
         .fold(host, std::cmp::min);
     Ok((
         EnvFilter::new(format!(
@@ -172,6 +196,12 @@ impl RunCommand {
         );
         if self.no_watch {
             deployment.reload.watch = false;
+        }
+        for f in &mut deployment.flows {
+            if let Some(mode) = self.mode {
+                f.mode = mode;
+            }
+            f.run_id.clone_from(&self.run);
         }
         let control = control::Setup {
             socket,

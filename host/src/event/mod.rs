@@ -243,6 +243,9 @@ pub enum Event {
         /// Their size in bytes.
         loaded_bytes: u64,
     },
+    /// A durable event flow's event (`flow_started`, `step_started`, ...):
+    /// see [`FlowEvent`].
+    Flow(FlowEvent),
     /// `reload_rejected`: a reload was refused; the running version serves on.
     ReloadRejected {
         /// The plugin library file.
@@ -384,6 +387,7 @@ impl Event {
             Self::MessageUnknown { .. } => "message_unknown",
             Self::MessageFailed { .. } => "message_failed",
             Self::Shutdown { .. } => "shutdown",
+            Self::Flow(f) => f.name(),
         }
     }
 
@@ -589,7 +593,250 @@ impl Event {
                 ("items_failed", (*items_failed).into()),
                 ("outcome", outcome.as_str().into()),
             ],
+            Self::Flow(f) => f.fields(),
         }
+    }
+}
+
+/// Which run of which flow a flow event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRun {
+    /// The flow's name.
+    pub flow: String,
+    /// The run id.
+    pub run: String,
+}
+
+/// Which activation of a step: the step, its sequence and attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    /// The step's name.
+    pub step: String,
+    /// The sequence.
+    pub sequence: String,
+    /// The attempt, from 1.
+    pub attempt: u32,
+}
+
+/// An event of a durable event flow (`crate::flow`). Each names its flow
+/// and run; the JSON name of each is in its doc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowEvent {
+    /// `flow_started`: a run starts (or is taken up again) in `mode`.
+    Started {
+        /// The flow and run.
+        run: FlowRun,
+        /// `restart`, `recover` or `continue`.
+        mode: String,
+        /// How many times this run was taken up again (0 for a new run).
+        recovery: u32,
+    },
+    /// `event_raised`: an event was raised for a sequence.
+    Raised {
+        /// The flow and run.
+        run: FlowRun,
+        /// The event.
+        name: String,
+        /// The sequence.
+        sequence: String,
+    },
+    /// `duplicate`: an event already raised for this sequence, or a step
+    /// already activated for it, was raised or activated again: ignored.
+    Duplicate {
+        /// The flow and run.
+        run: FlowRun,
+        /// `event` or `step`.
+        kind: String,
+        /// The event's or step's name.
+        name: String,
+        /// The sequence.
+        sequence: String,
+    },
+    /// `delay_scheduled`: an association's targets wait until `due_ms`.
+    DelayScheduled {
+        /// The flow and run.
+        run: FlowRun,
+        /// The step or event that will be activated or raised.
+        target: String,
+        /// The sequence.
+        sequence: String,
+        /// When (milliseconds since the Unix epoch).
+        due_ms: u64,
+    },
+    /// `step_started`: an activation of a step starts running.
+    StepStarted {
+        /// The flow and run.
+        run: FlowRun,
+        /// Which activation.
+        activation: Activation,
+    },
+    /// `step_finished`: an activation ended with `status` (`success` or `failure`).
+    StepFinished {
+        /// The flow and run.
+        run: FlowRun,
+        /// Which activation.
+        activation: Activation,
+        /// `success` or `failure`.
+        status: String,
+        /// Why it failed (`failed: ...`, `panicked: ...`, `hung: ...`).
+        reason: Option<String>,
+    },
+    /// `step_skipped`: `recover` did not run a step again (it had
+    /// succeeded, or its `recovery` is `skip`).
+    StepSkipped {
+        /// The flow and run.
+        run: FlowRun,
+        /// The activation that stays as it was.
+        activation: Activation,
+        /// Its recorded status.
+        status: String,
+    },
+    /// `and_unsatisfied`: the flow went idle with an expression event
+    /// still false for a sequence where some of its operands were raised.
+    Unsatisfied {
+        /// The flow and run.
+        run: FlowRun,
+        /// The expression event.
+        name: String,
+        /// The sequence.
+        sequence: String,
+        /// The operands never raised for it.
+        missing: Vec<String>,
+    },
+    /// `flow_finished`: the run ended: `success`, `failure` or `stopped`
+    /// (a signal or a stop left work pending).
+    Finished {
+        /// The flow and run.
+        run: FlowRun,
+        /// `success`, `failure` or `stopped`.
+        result: String,
+    },
+}
+
+impl FlowEvent {
+    /// The event's name (the `event` key of its JSON line).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started { .. } => "flow_started",
+            Self::Raised { .. } => "event_raised",
+            Self::Duplicate { .. } => "duplicate",
+            Self::DelayScheduled { .. } => "delay_scheduled",
+            Self::StepStarted { .. } => "step_started",
+            Self::StepFinished { .. } => "step_finished",
+            Self::StepSkipped { .. } => "step_skipped",
+            Self::Unsatisfied { .. } => "and_unsatisfied",
+            Self::Finished { .. } => "flow_finished",
+        }
+    }
+
+    /// Its keys: `flow`, `run`, then its own.
+    pub fn fields(&self) -> Vec<(&'static str, Json)> {
+        let (run, mut own): (&FlowRun, Vec<(&'static str, Json)>) = match self {
+            Self::Started {
+                run,
+                mode,
+                recovery,
+            } => (
+                run,
+                vec![
+                    ("mode", mode.as_str().into()),
+                    ("recovery", (*recovery).into()),
+                ],
+            ),
+            Self::Raised {
+                run,
+                name,
+                sequence,
+            } => (
+                run,
+                vec![
+                    ("name", name.as_str().into()),
+                    ("sequence", sequence.as_str().into()),
+                ],
+            ),
+            Self::Duplicate {
+                run,
+                kind,
+                name,
+                sequence,
+            } => (
+                run,
+                vec![
+                    ("kind", kind.as_str().into()),
+                    ("name", name.as_str().into()),
+                    ("sequence", sequence.as_str().into()),
+                ],
+            ),
+            Self::DelayScheduled {
+                run,
+                target,
+                sequence,
+                due_ms,
+            } => (
+                run,
+                vec![
+                    ("target", target.as_str().into()),
+                    ("sequence", sequence.as_str().into()),
+                    ("due_ms", (*due_ms).into()),
+                ],
+            ),
+            Self::StepStarted { run, activation } => (run, activation.fields()),
+            Self::StepFinished {
+                run,
+                activation,
+                status,
+                reason,
+            } => {
+                let mut f = activation.fields();
+                f.push(("status", status.as_str().into()));
+                if let Some(r) = reason {
+                    f.push(("reason", r.as_str().into()));
+                }
+                (run, f)
+            }
+            Self::StepSkipped {
+                run,
+                activation,
+                status,
+            } => {
+                let mut f = activation.fields();
+                f.push(("status", status.as_str().into()));
+                (run, f)
+            }
+            Self::Unsatisfied {
+                run,
+                name,
+                sequence,
+                missing,
+            } => (
+                run,
+                vec![
+                    ("name", name.as_str().into()),
+                    ("sequence", sequence.as_str().into()),
+                    (
+                        "missing",
+                        Json::Array(missing.iter().map(|m| m.as_str().into()).collect()),
+                    ),
+                ],
+            ),
+            Self::Finished { run, result } => (run, vec![("result", result.as_str().into())]),
+        };
+        let mut f = vec![
+            ("flow", run.flow.as_str().into()),
+            ("run", run.run.as_str().into()),
+        ];
+        f.append(&mut own);
+        f
+    }
+}
+
+impl Activation {
+    fn fields(&self) -> Vec<(&'static str, Json)> {
+        vec![
+            ("step", self.step.as_str().into()),
+            ("sequence", self.sequence.as_str().into()),
+            ("attempt", self.attempt.into()),
+        ]
     }
 }
 

@@ -53,7 +53,8 @@ impl SpanTree {
     }
 
     /// Every `config` table in `value` (a `[[context]]` and its services,
-    /// triggers and stack entries), by the byte offset of the table.
+    /// triggers and stack entries, or a `[[flow]]` and its steps), by the
+    /// byte offset of the table.
     pub(super) fn collect(value: &Spanned<DeValue<'_>>, out: &mut BTreeMap<usize, SpanTree>) {
         let Some(table) = value.get_ref().as_table() else {
             return;
@@ -63,7 +64,7 @@ impl SpanTree {
                 "config" => {
                     out.insert(v.span().start, SpanTree::new(None, v));
                 }
-                "service" | "trigger" | "condition" | "stage" => {
+                "service" | "trigger" | "condition" | "stage" | "step" => {
                     if let Some(items) = v.get_ref().as_array() {
                         for item in items.iter() {
                             SpanTree::collect(item, out);

@@ -40,6 +40,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
         host: HostSection::default(),
         dataframes: Vec::new(),
         contexts: Vec::new(),
+        flows: Vec::new(),
         pipelines: Vec::new(),
     };
     let text = manifest.source.clone();
@@ -99,6 +100,16 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
                     }
                 }
             }
+            "flow" => {
+                for (i, v) in array_items(&manifest, value, "flow", &mut errors).into_iter().enumerate() {
+                    let label = item_label(&v, "flow", i);
+                    super::config::SpanTree::collect(&v, &mut manifest.configs);
+                    match item::<super::flow::FlowDecl>(v) {
+                        Ok(f) => manifest.flows.push(f),
+                        Err((at, msg)) => errors.push(manifest.diagnostic(at, label, msg)),
+                    }
+                }
+            }
             "pipeline" => {
                 for (i, v) in array_items(&manifest, value, "pipeline", &mut errors).into_iter().enumerate() {
                     let label = item_label(&v, "pipeline", i);
@@ -113,7 +124,7 @@ pub fn parse(path: &Path, source: String) -> Result<Manifest, Diagnostics> {
                 at,
                 other,
                 format!(
-                    "unknown key `{other}`, expected one of `version`, `host`, `dataframe`, `context`, `pipeline`"
+                    "unknown key `{other}`, expected one of `version`, `host`, `dataframe`, `context`, `pipeline`, `flow`"
                 ),
             )),
         }

@@ -8,6 +8,7 @@
 //! handing them their config) is the job of [`crate::plan`].
 
 pub mod config;
+pub mod flow;
 pub mod load;
 pub mod policy;
 pub mod validate;
@@ -47,6 +48,8 @@ pub struct Manifest {
     pub contexts: Vec<ContextDecl>,
     /// `[[pipeline]]`, in file order.
     pub pipelines: Vec<pipeline::PipelineDecl>,
+    /// `[[flow]]`, in file order.
+    pub flows: Vec<flow::FlowDecl>,
 }
 
 /// The default of `[host] max_abandoned_threads`.
@@ -94,6 +97,8 @@ pub enum ExitWhen {
     MainOnceDone,
     /// When every pipeline has finished: every context then stops and finalizes.
     PipelinesFinished,
+    /// When every flow has finished: every context then stops and finalizes.
+    FlowsFinished,
 }
 
 impl ExitWhen {
@@ -103,6 +108,7 @@ impl ExitWhen {
             ExitWhen::ContextsEnded => "contexts_ended",
             ExitWhen::MainOnceDone => "main_once_done",
             ExitWhen::PipelinesFinished => "pipelines_finished",
+            ExitWhen::FlowsFinished => "flows_finished",
         }
     }
 }

@@ -132,7 +132,7 @@ pub(super) fn check_dataframes(
 }
 
 /// `exit_when = "main_once_done"` needs a service with `main_once = true`,
-/// and `"pipelines_finished"` a pipeline.
+/// `"pipelines_finished"` a pipeline and `"flows_finished"` a flow.
 fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
     if let Some(e) = &m.host.exit_when
         && *e.get_ref() == ExitWhen::MainOnceDone
@@ -156,6 +156,16 @@ fn check_exit_when(m: &Manifest, errors: &mut Vec<Diagnostic>) {
             e.span().start,
             "host > exit_when",
             "`exit_when = \"pipelines_finished\"` needs at least one `[[pipeline]]`",
+        ));
+    }
+    if let Some(e) = &m.host.exit_when
+        && *e.get_ref() == ExitWhen::FlowsFinished
+        && m.flows.is_empty()
+    {
+        errors.push(m.diagnostic(
+            e.span().start,
+            "host > exit_when",
+            "`exit_when = \"flows_finished\"` needs at least one `[[flow]]`",
         ));
     }
 }
@@ -224,7 +234,7 @@ pub(super) fn check_name(
 
 /// Names for a message: the first few, and how many more (a message per
 /// error that listed them all would make `check` quadratic in their number).
-fn list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+pub(super) fn list<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
     const SHOWN: usize = 10;
     let total = names.len();
     let v: Vec<String> = names

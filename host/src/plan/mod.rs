@@ -5,6 +5,7 @@
 //! manifest line it comes from, so `otools check` reports them all at once.
 
 mod context;
+mod flow;
 mod pipeline;
 
 pub use context::{ContextPlan, StepPlan, UnitPlan};
@@ -65,6 +66,8 @@ pub struct Deployment {
     pub exit_when: ExitWhen,
     /// `[host] max_abandoned_threads` (at least 1), for the host's watchdog.
     pub max_abandoned_threads: usize,
+    /// The flows, in manifest order.
+    pub flows: Vec<crate::flow::FlowPlan>,
     /// The routing layer: every service that accepts messages, by name,
     /// with its mailbox. [`Router::send`] on it is the entry point for a
     /// message from outside the plugins (sender `control`).
@@ -105,6 +108,11 @@ impl Deployment {
             .flat_map(|c| c.units.iter())
             .filter_map(|u| u.policy.watchdog)
             .chain(stages)
+            .chain(
+                self.flows
+                    .iter()
+                    .filter_map(crate::flow::FlowPlan::shortest_watchdog),
+            )
             .min()
     }
 }
@@ -519,6 +527,7 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         router: Arc::new(InProcess::new(Arc::clone(&opts.events))),
         sends_to: Vec::new(),
     };
+    b.errors.extend(crate::manifest::flow::validate(manifest));
     let dataframes: Vec<Arc<Dataframe>> = manifest
         .dataframes
         .iter()
@@ -559,6 +568,11 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
                 .push(manifest.diagnostic(target.span().start, key, f.message));
         }
     }
+    let flows: Vec<crate::flow::FlowPlan> = manifest
+        .flows
+        .iter()
+        .filter_map(|f| b.flow(f, &by_name, &names))
+        .collect();
     if !b.errors.is_empty() {
         let mut errors = b.errors;
         errors.sort_by_key(|d| d.position);
@@ -574,6 +588,7 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         events: Arc::clone(&opts.events),
         exit_when: manifest.exit_when(),
         max_abandoned_threads: manifest.max_abandoned_threads(),
+        flows,
         router: b.router,
     })
 }

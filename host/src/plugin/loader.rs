@@ -21,8 +21,8 @@ use abi_stable::library::{
 };
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
 use otools_abi::{
-    ABI_VERSION, ExportInfo, ExportKind, MESSAGING_SYMBOL, MessagingRoot_Ref, PluginRoot_Ref,
-    STAGES_SYMBOL, StageRoot_Ref,
+    ABI_VERSION, ExportInfo, ExportKind, FLOW_SYMBOL, FlowRoot_Ref, MESSAGING_SYMBOL,
+    MessagingRoot_Ref, PluginRoot_Ref, STAGES_SYMBOL, StageRoot_Ref,
 };
 use otools_api::ffi::API_VERSION;
 
@@ -51,6 +51,8 @@ pub struct Library {
     pub messaging: Option<MessagingRoot_Ref>,
     /// Its pipeline stages' root module; none in a library built before pipelines.
     pub stage_root: Option<StageRoot_Ref>,
+    /// Its flow-step root module; none in a library built before steps.
+    pub flow: Option<FlowRoot_Ref>,
 }
 
 impl fmt::Debug for Library {
@@ -192,15 +194,17 @@ enum PrivateDir {
 /// of the process removes the folder, whichever host loaded into it.
 static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(PrivateDir::Unopened);
 
-/// What a loaded library gave: its root module, exports, ABI version and
-/// messaging root module (none in a library built before messaging) and
-/// stage root module (none in a library built before pipelines).
+/// What a loaded library gave: its root module, exports, ABI version,
+/// messaging root module (none in a library built before messaging),
+/// stage root module (none in a library built before pipelines) and
+/// flow-step root module (none in a library built before steps).
 type Loaded = (
     PluginRoot_Ref,
     Vec<ExportInfo>,
     String,
     Option<MessagingRoot_Ref>,
     Option<StageRoot_Ref>,
+    Option<FlowRoot_Ref>,
 );
 
 /// Every library content this process has loaded, by content hash. Per
@@ -449,7 +453,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     };
     // Removed at once (a mapping stays valid; a reused content needs none).
     drop(copy);
-    let (root, exports, abi_version, messaging, stage_root) = loaded?;
+    let (root, exports, abi_version, messaging, stage_root, flow) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -462,6 +466,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         exports,
         messaging,
         stage_root,
+        flow,
     })
 }
 
@@ -478,13 +483,15 @@ fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadEr
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let stage_root = extra_root::<StageRoot_Ref>(shadow, STAGES_SYMBOL)
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
-    Ok((root, exports, abi_version, messaging, stage_root))
+    let flow = extra_root::<FlowRoot_Ref>(shadow, FLOW_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    Ok((root, exports, abi_version, messaging, stage_root, flow))
 }
 
 /// A root module a library exports beside its `PluginRoot` under its own
-/// `symbol` (the messaging one, the stages' one), checked by abi_stable on
-/// its own; `None` when the library does not export it (built before it
-/// existed).
+/// `symbol` (the messaging one, the stages' one, the flow steps' one),
+/// checked by abi_stable on its own; `None` when the library does not
+/// export it (built before it existed).
 fn extra_root<M: RootModule>(shadow: &Path, symbol: &str) -> Result<Option<M>, LibraryError> {
     // The same mapping as the root module's: the dynamic loader hands back
     // the handle it already has for this path, and it is leaked like that one.

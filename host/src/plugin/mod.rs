@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use loader::{Library, LoadError};
-pub use object::{PluginObject, construct, messages};
+pub use object::{PluginObject, construct, construct_step, messages, step_exports};
 pub use stage::construct_stage;
 
 /// Libraries loaded so far, by canonical path.

@@ -1,8 +1,9 @@
 //! A plugin object: a service or condition built from a library's export
-//! with its config, before any `setup` ([`construct`]).
+//! with its config, before any `setup` ([`construct`]), or a flow step
+//! ([`construct_step`]).
 
-use abi_stable::std_types::{RResult, RStr};
-use otools_abi::{CallError, ExportKind, FfiConditionBox, FfiServiceBox};
+use abi_stable::std_types::{RResult, RStr, RString};
+use otools_abi::{CallError, ExportKind, FfiConditionBox, FfiServiceBox, FfiStepBox};
 
 use super::Library;
 
@@ -43,5 +44,36 @@ pub fn construct(
             RResult::ROk(o) => Ok(PluginObject::Condition(o)),
             RResult::RErr(e) => Err(e),
         },
+    }
+}
+
+/// The flow steps a library exports (none for a library built before
+/// steps existed: it lacks the flow root module).
+pub fn step_exports(lib: &Library) -> Vec<String> {
+    lib.flow
+        .map(|f| {
+            f.step_exports()()
+                .into_iter()
+                .map(RString::into_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Builds a flow step of `export` from `lib` with its JSON config.
+pub fn construct_step(
+    lib: &Library,
+    export: &str,
+    config_json: &str,
+) -> Result<FfiStepBox, CallError> {
+    let Some(flow) = lib.flow else {
+        return Err(CallError {
+            kind: otools_abi::CallErrorKind::UnknownExport,
+            message: "the library was built before flow steps existed".into(),
+        });
+    };
+    match flow.new_step()(RStr::from_str(export), RStr::from_str(config_json)) {
+        RResult::ROk(o) => Ok(o),
+        RResult::RErr(e) => Err(e),
     }
 }
