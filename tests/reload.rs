@@ -493,6 +493,9 @@ fn a_symlink_swapped_to_a_new_target_reloads_and_so_does_a_new_content_of_its_ta
     let events = dir.path.join("events.jsonl");
     let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
     host.wait_for("version 1 set up");
+    // The watcher notes where the link leads when it starts, which may be
+    // after the plugin's setup: swap the link only once it watches.
+    host.wait_for_printed("hot reload: watching");
     let tmp = dir.path.join("current.so.new");
     std::os::unix::fs::symlink(v2_dir.join("libcounting.so"), &tmp).unwrap();
     std::fs::rename(&tmp, &link).unwrap();

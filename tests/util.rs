@@ -268,6 +268,21 @@ impl Running {
         }
     }
 
+    /// Like [`Running::wait_for`], but a line already read by an earlier
+    /// wait counts too: for a line whose order against the others is not
+    /// fixed.
+    pub fn wait_for_printed(&mut self, text: &str) {
+        let printed = self.seen.iter().any(|line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(|m| m.contains(text)))
+                .unwrap_or(false)
+        });
+        if !printed {
+            self.wait_for(text);
+        }
+    }
+
     /// Waits until a log line whose message contains `text` appears.
     pub fn wait_for(&mut self, text: &str) {
         let deadline = Instant::now() + DEADLINE;

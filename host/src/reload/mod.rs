@@ -188,7 +188,10 @@ pub fn start(
             tracing::warn!("hot reload: cannot watch {}: {e}", dir.display());
         }
     }
-    tracing::debug!("watching {} plugin file(s) for changes", files.len());
+    tracing::info!(
+        "hot reload: watching {} plugin file(s) for changes",
+        files.len()
+    );
     let host_threads = Arc::clone(&threads);
     let spawned = std::thread::Builder::new()
         .name("reload".into())
