@@ -108,6 +108,15 @@ config = {{ dataframe = "d", keys = ["count", "by_1", "by_2"] }}
     (m, watched)
 }
 
+/// Sets the manifest's `reload_debounce` (50 ms in [`manifest`]).
+fn with_debounce(m: &Path, debounce: &str) {
+    let text = std::fs::read_to_string(m).unwrap().replace(
+        "reload_debounce = \"50ms\"",
+        &format!("reload_debounce = \"{debounce}\""),
+    );
+    std::fs::write(m, text).unwrap();
+}
+
 fn pos(j: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
     j.iter()
         .position(pred)
@@ -301,10 +310,7 @@ fn touching_or_rewriting_identical_bytes_does_not_reload_and_each_new_content_re
     // the debounce (a loaded machine) leaves a half-written file quiet, which
     // the host rightly tries (and refuses as truncated). A longer debounce
     // keeps this test about identical content, not about slow writers.
-    let text = std::fs::read_to_string(&m)
-        .unwrap()
-        .replace("reload_debounce = \"50ms\"", "reload_debounce = \"500ms\"");
-    std::fs::write(&m, text).unwrap();
+    with_debounce(&m, "500ms");
     let events = dir.path.join("events.jsonl");
     let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
     host.wait_for("version 1 set up");
@@ -444,10 +450,7 @@ fn a_plugin_file_rewritten_in_place_slowly_is_loaded_once_complete_and_only_then
     let dir = TestDir::new("reload_in_place");
     let (m, watched) = manifest(&dir, "");
     // The write takes longer than the debounce, with gaps much shorter than it.
-    let text = std::fs::read_to_string(&m)
-        .unwrap()
-        .replace("reload_debounce = \"50ms\"", "reload_debounce = \"1s\"");
-    std::fs::write(&m, text).unwrap();
+    with_debounce(&m, "1s");
     let events = dir.path.join("events.jsonl");
     let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
     host.wait_for("version 1 set up");
