@@ -34,11 +34,13 @@ use abi_stable::std_types::{RResult, RString};
 use otools_abi::{CallErrorKind, StepActivation};
 use parking_lot::Mutex;
 
+use super::status::{FlowStatus, PoolStatus, StepStatus};
 use super::store::{Status, Store, StoreError, now_ms};
 use super::{EventId, FlowPlan, StepId};
 use crate::event::{Activation, Event, Events, FlowEvent, FlowRun};
 use crate::instance::InstanceHost;
 use crate::manifest::flow::{Recovery, RunMode};
+use crate::messaging::{Failure, FlowInbox, MessageError};
 use crate::supervision::watchdog::{Entry, Watchdog, limit_ms};
 use crate::threads::Spawner;
 
@@ -98,8 +100,20 @@ enum Msg {
         attempt: u32,
         result: Result<(), String>,
     },
+    /// An event raised from outside the flow (a plugin, `otools raise`),
+    /// answered once it is committed.
+    Raise {
+        event: EventId,
+        sequence: String,
+        from: String,
+        reply: mpsc::SyncSender<Result<(), Failure>>,
+    },
     Stop,
 }
+
+/// How long a raise from outside waits for the coordinator's answer (it
+/// never waits for a step, only for a store transaction).
+const RAISE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Something waiting for its due time.
 struct Delay {
@@ -123,11 +137,64 @@ pub struct Opened {
     pub handle: FlowHandle,
 }
 
-/// Asks a running flow to stop: running steps finish, no new one starts.
+/// A running flow as the host sees it: it stops it (running steps finish,
+/// no new one starts), raises its events from outside (a
+/// [`FlowInbox`]), and reads its status.
 #[derive(Clone)]
 pub struct FlowHandle {
     tx: Sender<Msg>,
     shared: Arc<crate::instance::ContextShared>,
+    /// Its plain events (those that may be raised from outside), and all
+    /// its events (plain, then expression events) for their ids.
+    raisable: Arc<Vec<String>>,
+    status: Arc<Mutex<FlowStatus>>,
+}
+
+impl FlowInbox for FlowHandle {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn events(&self) -> &[String] {
+        &self.raisable
+    }
+
+    fn raise(&self, event: &str, sequence: &str, from: &str) -> Result<(), Failure> {
+        let gone = || {
+            Failure::new(
+                MessageError::PeerGone,
+                format!("the run of flow `{}` has finished", self.shared.name),
+            )
+        };
+        // Plain events come first in the flow's event ids.
+        let Some(event) = self.raisable.iter().position(|e| e == event) else {
+            return Err(Failure::new(
+                MessageError::UnknownMessage,
+                format!("flow `{}` has no event `{event}`", self.shared.name),
+            ));
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Raise {
+                event,
+                sequence: sequence.to_owned(),
+                from: from.to_owned(),
+                reply,
+            })
+            .map_err(|_| gone())?;
+        match answer.recv_timeout(RAISE_TIMEOUT) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Disconnected) => Err(gone()),
+            Err(RecvTimeoutError::Timeout) => Err(Failure::new(
+                MessageError::Timeout,
+                format!(
+                    "flow `{}` did not take the event within {}",
+                    self.shared.name,
+                    humantime::format_duration(RAISE_TIMEOUT)
+                ),
+            )),
+        }
+    }
 }
 
 impl FlowHandle {
@@ -145,6 +212,11 @@ impl FlowHandle {
     pub fn stop(&self) {
         self.shared.request_stop();
         let _ = self.tx.send(Msg::Stop);
+    }
+
+    /// The flow's latest status (see [`super::status`]).
+    pub fn status(&self) -> FlowStatus {
+        self.status.lock().clone()
     }
 }
 
@@ -173,6 +245,10 @@ struct Engine {
     interrupted: Vec<(StepId, String, u32)>,
     /// `recover`: the steps it does not run again, journaled at start.
     skipped: Vec<FlowEvent>,
+    /// What `otools status` shows, published after every message handled.
+    status: Arc<Mutex<FlowStatus>>,
+    /// Activations ended in this process, per step: (succeeded, failed).
+    ended: Vec<(u64, u64)>,
 }
 
 fn store_err(flow: &str) -> impl Fn(StoreError) -> OpenError + '_ {
@@ -229,9 +305,40 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         };
         (found.id, found.recovery)
     };
+    let status = Arc::new(Mutex::new(FlowStatus {
+        name: flow.clone(),
+        run: run_id.clone(),
+        mode: mode.into(),
+        state: String::from("running"),
+        result: None,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| StepStatus {
+                name: s.name.clone(),
+                waiting: 0,
+                running: 0,
+                succeeded: 0,
+                failed: 0,
+            })
+            .collect(),
+        pending_delays: 0,
+        pools: plan
+            .pools
+            .iter()
+            .map(|p| PoolStatus {
+                name: p.name.clone(),
+                in_use: 0,
+                limit: p.limit,
+            })
+            .collect(),
+    }));
+    let plain = plan.events.len() - plan.expressions.len();
     let handle = FlowHandle {
         tx: tx.clone(),
         shared: Arc::clone(&plan.shared),
+        raisable: Arc::new(plan.events[..plain].to_vec()),
+        status: Arc::clone(&status),
     };
     let mut engine = Engine {
         run: FlowRun {
@@ -254,6 +361,8 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         failed: false,
         interrupted: Vec::new(),
         skipped: Vec::new(),
+        status,
+        ended: vec![(0, 0); steps],
     };
     let recovery = if engine.plan.mode == RunMode::Restart {
         recovery
@@ -307,6 +416,8 @@ impl Opened {
                 &name,
                 move || {
                     let outcome = engine.coordinate(&rx, &watchdog, &t);
+                    // A raise still queued is answered "finished" at once.
+                    drop(rx);
                     done(outcome);
                 },
             )
@@ -452,7 +563,8 @@ impl Engine {
             {
                 self.store_failed(&e);
             }
-            let idle = self.queue.is_empty() && self.delays.is_empty();
+            self.publish();
+            let idle = self.queue.is_empty() && self.delays.is_empty() && !self.plan.keep_open;
             if self.active == 0 && (self.stopping || idle) {
                 break;
             }
@@ -504,9 +616,54 @@ impl Engine {
                         self.store_failed(&e);
                     }
                 }
+                Some(Msg::Raise {
+                    event,
+                    sequence,
+                    from,
+                    reply,
+                }) => {
+                    tracing::info!(
+                        flow = %self.plan.name,
+                        sequence = %sequence,
+                        "event `{}` raised for sequence {sequence} by {from}",
+                        self.plan.events[event]
+                    );
+                    let r = self
+                        .store
+                        .begin()
+                        .and_then(|()| self.raise(event, &sequence))
+                        .and_then(|()| self.store.commit());
+                    let answer = r.map_err(|e| {
+                        self.store_failed(&e);
+                        Failure::new(
+                            MessageError::PeerFailed,
+                            format!("flow `{}` could not store the event: {e}", self.plan.name),
+                        )
+                    });
+                    let _ = reply.send(answer);
+                }
             }
         }
         self.finish(false)
+    }
+
+    /// Publishes the run's state for `otools status` (names were set at
+    /// open; only the counts change).
+    fn publish(&self) {
+        let mut s = self.status.lock();
+        s.state = String::from(if self.stopping { "stopping" } else { "running" });
+        for (i, step) in s.steps.iter_mut().enumerate() {
+            step.waiting = 0;
+            step.running = self.running[i];
+            (step.succeeded, step.failed) = self.ended[i];
+        }
+        for (step, _, _) in &self.queue {
+            s.steps[*step].waiting += 1;
+        }
+        s.pending_delays = self.delays.len();
+        for (pool, used) in s.pools.iter_mut().zip(&self.pool_used) {
+            pool.in_use = *used;
+        }
     }
 
     /// Raises `event` for `sequence` (see the module docs).
@@ -797,8 +954,10 @@ impl Engine {
         let plan = Arc::clone(&self.plan);
         let s = &plan.steps[step];
         let status = if result.is_ok() {
+            self.ended[step].0 += 1;
             Status::Success
         } else {
+            self.ended[step].1 += 1;
             Status::Failure
         };
         self.store.task(
@@ -930,6 +1089,12 @@ impl Engine {
         } else {
             Outcome::Success
         };
+        self.publish();
+        {
+            let mut s = self.status.lock();
+            s.state = String::from("finished");
+            s.result = Some(outcome.name().into());
+        }
         if let Err(e) = self.store.finish_run(&self.run.run, outcome.name()) {
             tracing::error!(flow = %plan.name, "{e}");
         }

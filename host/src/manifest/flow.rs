@@ -72,6 +72,9 @@ pub struct FlowDecl {
     pub mode: Option<Spanned<RunMode>>,
     /// After an unhandled failure, start no new step (default true).
     pub stop_on_error: Option<bool>,
+    /// True: the run does not end when it goes idle; it waits for events
+    /// raised by plugins or `otools raise` until the host stops (default false).
+    pub keep_open: Option<bool>,
     /// The level of the flow's step logs (default: the host's).
     pub log_level: Option<Spanned<Level>>,
     /// The only dataframes the flow's steps may use.

@@ -145,6 +145,7 @@ impl Builder<'_> {
                 .map_or_else(Default::default, |m| *m.get_ref()),
             run_id: None,
             stop_on_error: f.stop_on_error.unwrap_or(true),
+            keep_open: f.keep_open.unwrap_or(false),
             shutdown_timeout: self.manifest.shutdown_timeout(),
             shared,
             events,
