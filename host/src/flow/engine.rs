@@ -220,10 +220,6 @@ impl FlowHandle {
     }
 }
 
-struct Task {
-    attempt: u32,
-}
-
 struct Engine {
     plan: Arc<FlowPlan>,
     store: Store,
@@ -231,7 +227,8 @@ struct Engine {
     events: Arc<Events>,
     tx: Sender<Msg>,
     raised: HashSet<(EventId, String)>,
-    tasks: HashMap<(StepId, String), Task>,
+    /// Every (step, sequence) activated in this run.
+    tasks: HashSet<(StepId, String)>,
     queue: VecDeque<(StepId, String, u32)>,
     running: Vec<u32>,
     pool_used: Vec<u32>,
@@ -249,6 +246,12 @@ struct Engine {
     status: Arc<Mutex<FlowStatus>>,
     /// Activations ended in this process, per step: (succeeded, failed).
     ended: Vec<(u64, u64)>,
+    /// When each activation failed in this process (for `retries` within
+    /// `restart_window`).
+    failures: HashMap<(StepId, String), Vec<std::time::Instant>>,
+    /// Retries waiting for their `restart_delay`: (due, step, sequence,
+    /// attempt); their tasks are `pending` in the store.
+    backoff: Vec<(u64, StepId, String, u32)>,
 }
 
 fn store_err(flow: &str) -> impl Fn(StoreError) -> OpenError + '_ {
@@ -350,7 +353,7 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         events,
         tx,
         raised: HashSet::new(),
-        tasks: HashMap::new(),
+        tasks: HashSet::new(),
         queue: VecDeque::new(),
         running: vec![0; steps],
         pool_used: vec![0; pools],
@@ -363,6 +366,8 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         skipped: Vec::new(),
         status,
         ended: vec![(0, 0); steps],
+        failures: HashMap::new(),
+        backoff: Vec::new(),
     };
     let recovery = if engine.plan.mode == RunMode::Restart {
         recovery
@@ -469,8 +474,7 @@ impl Engine {
                 tracing::warn!(flow = %self.plan.name, "the store names step `{}`, which the manifest no longer has: ignored", t.step);
                 continue;
             };
-            self.tasks
-                .insert((s, t.sequence.clone()), Task { attempt: t.attempt });
+            self.tasks.insert((s, t.sequence.clone()));
             let step = &self.plan.steps[s];
             let rerun = match t.status {
                 Status::Pending => {
@@ -497,7 +501,6 @@ impl Engine {
                     Status::Pending,
                     None,
                 )?;
-                self.tasks.insert((s, t.sequence.clone()), Task { attempt });
                 self.queue.push_back((s, t.sequence, attempt));
                 work += 1;
             } else if recover {
@@ -564,7 +567,10 @@ impl Engine {
                 self.store_failed(&e);
             }
             self.publish();
-            let idle = self.queue.is_empty() && self.delays.is_empty() && !self.plan.keep_open;
+            let idle = self.queue.is_empty()
+                && self.delays.is_empty()
+                && self.backoff.is_empty()
+                && !self.plan.keep_open;
             if self.active == 0 && (self.stopping || idle) {
                 break;
             }
@@ -587,6 +593,7 @@ impl Engine {
                 self.delays
                     .iter()
                     .map(|d| d.due_ms)
+                    .chain(self.backoff.iter().map(|b| b.0))
                     .min()
                     .map(|due| Duration::from_millis(due.saturating_sub(now_ms()).max(1)))
             };
@@ -657,8 +664,13 @@ impl Engine {
             step.running = self.running[i];
             (step.succeeded, step.failed) = self.ended[i];
         }
-        for (step, _, _) in &self.queue {
-            s.steps[*step].waiting += 1;
+        for step in self
+            .queue
+            .iter()
+            .map(|q| q.0)
+            .chain(self.backoff.iter().map(|b| b.1))
+        {
+            s.steps[step].waiting += 1;
         }
         s.pending_delays = self.delays.len();
         for (pool, used) in s.pools.iter_mut().zip(&self.pool_used) {
@@ -738,7 +750,7 @@ impl Engine {
     /// Activates `step` for `sequence` (attempt 1) unless it already was.
     fn activate(&mut self, step: StepId, sequence: &str) -> Result<(), StoreError> {
         let key = (step, sequence.to_owned());
-        if self.tasks.contains_key(&key) {
+        if self.tasks.contains(&key) {
             self.emit(FlowEvent::Duplicate {
                 run: self.run.clone(),
                 kind: "step".into(),
@@ -755,7 +767,7 @@ impl Engine {
             Status::Pending,
             None,
         )?;
-        self.tasks.insert(key, Task { attempt: 1 });
+        self.tasks.insert(key);
         self.queue.push_back((step, sequence.to_owned(), 1));
         Ok(())
     }
@@ -766,6 +778,12 @@ impl Engine {
             return Ok(());
         }
         let now = now_ms();
+        let (retry, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.backoff)
+            .into_iter()
+            .partition(|b| b.0 <= now);
+        self.backoff = wait;
+        self.queue
+            .extend(retry.into_iter().map(|(_, s, q, a)| (s, q, a)));
         let (due, later): (Vec<Delay>, Vec<Delay>) = std::mem::take(&mut self.delays)
             .into_iter()
             .partition(|d| d.due_ms <= now);
@@ -999,14 +1017,33 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let plan = Arc::clone(&self.plan);
         let s = &plan.steps[step];
-        let first = self
-            .tasks
-            .get(&(step, sequence.to_owned()))
-            .map_or(attempt, |t| t.attempt);
-        // Retries count within this process's run of the step.
-        if attempt < first.saturating_add(s.retries) && !self.stopping {
+        // Retries count the failures of this process's run of the
+        // activation (within `restart_window`, when it has one).
+        let now = std::time::Instant::now();
+        let failed = self
+            .failures
+            .entry((step, sequence.to_owned()))
+            .or_default();
+        failed.push(now);
+        if let Some(window) = s.restart_window {
+            failed.retain(|t| now.duration_since(*t) <= window);
+        }
+        let counted = u32::try_from(failed.len()).unwrap_or(u32::MAX);
+        if counted <= s.retries && !self.stopping {
             let next = attempt + 1;
-            tracing::warn!(flow = %plan.name, step = %s.name, sequence, attempt, "failed ({reason}); retrying as attempt {next}");
+            let delay = retry_delay(s.restart_delay, s.max_restart_delay, counted);
+            tracing::warn!(
+                flow = %plan.name,
+                step = %s.name,
+                sequence,
+                attempt,
+                "failed ({reason}); retrying as attempt {next}{}",
+                if delay.is_zero() {
+                    String::new()
+                } else {
+                    format!(" in {}", humantime::format_duration(delay))
+                }
+            );
             self.store.task(
                 &self.run.run,
                 &s.name,
@@ -1015,7 +1052,12 @@ impl Engine {
                 Status::Pending,
                 None,
             )?;
-            self.queue.push_back((step, sequence.to_owned(), next));
+            if delay.is_zero() {
+                self.queue.push_back((step, sequence.to_owned(), next));
+            } else {
+                let due = now_ms().saturating_add(limit_ms(delay));
+                self.backoff.push((due, step, sequence.to_owned(), next));
+            }
             return Ok(());
         }
         if let Some(e) = s.on_failure {
@@ -1079,7 +1121,7 @@ impl Engine {
                 });
             }
         }
-        let pending = !self.queue.is_empty() || !self.delays.is_empty();
+        let pending = !self.queue.is_empty() || !self.delays.is_empty() || !self.backoff.is_empty();
         let outcome = if abandoned {
             Outcome::Abandoned
         } else if self.failed {
@@ -1116,5 +1158,29 @@ impl Engine {
             Outcome::Failure => tracing::error!(flow = %plan.name, "{line}"),
         }
         outcome
+    }
+}
+
+/// The delay before retry number `n` (from 1): `first`, doubled for each
+/// retry after the first, at most `cap`.
+fn retry_delay(first: Duration, cap: Duration, n: u32) -> Duration {
+    let doubled = first.saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX));
+    doubled.min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_delay_doubles_from_the_first_up_to_its_cap() {
+        let ms = Duration::from_millis;
+        let delays: Vec<_> = (1..=6).map(|n| retry_delay(ms(100), ms(1000), n)).collect();
+        assert_eq!(
+            delays,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        assert_eq!(retry_delay(Duration::ZERO, ms(1000), 3), Duration::ZERO);
+        assert_eq!(retry_delay(ms(1), ms(5000), 40), ms(5000));
     }
 }

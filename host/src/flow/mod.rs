@@ -115,8 +115,14 @@ pub struct FlowStep {
     pub object: Arc<FfiStepBox>,
     /// The longest one run may take.
     pub watchdog: Option<Duration>,
-    /// More attempts after a failure.
+    /// More attempts after a failure (0 under `restart = "never"`).
     pub retries: u32,
+    /// Only failures within this window count against `retries` (`None`: all).
+    pub restart_window: Option<Duration>,
+    /// Delay before the first retry, doubled for each next one.
+    pub restart_delay: Duration,
+    /// Cap of the doubling retry delay.
+    pub max_restart_delay: Duration,
     /// At most this many activations at once.
     pub max_concurrent: Option<u32>,
     /// Pools it holds a unit of while it runs.
@@ -134,6 +140,9 @@ pub struct FlowStep {
     /// False: `recover` fails an interrupted activation instead of rerunning it.
     pub idempotent: bool,
 }
+
+/// The cap of a step's doubling retry delay without `max_restart_delay`.
+pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// A resource pool.
 #[derive(Debug, Clone)]
