@@ -111,6 +111,9 @@ enum Msg {
     Stop,
 }
 
+/// The most messages one transaction takes (a group commit).
+const MAX_BATCH: usize = 1024;
+
 /// How long a raise from outside waits for the coordinator's answer (it
 /// never waits for a step, only for a store transaction).
 const RAISE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -538,6 +541,9 @@ impl Engine {
         watchdog: &Arc<Watchdog>,
         threads: &Spawner,
     ) -> Outcome {
+        // The start events and the recovered failures open the first
+        // transaction; the top of the loop commits it with the first starts.
+        let mut failed_tx = None;
         let first = self.store.begin().and_then(|()| {
             if self.plan.mode == RunMode::Restart {
                 for (e, sequence) in self.plan.start.clone() {
@@ -551,20 +557,22 @@ impl Engine {
                 self.store.task(&self.run.run, &self.plan.steps[s].name, &sequence, attempt, Status::Failure, Some(&reason))?;
                 self.failure(s, &sequence, attempt, reason)?;
             }
-            self.store.commit()
+            Ok(())
         });
+        let mut open = first.is_ok();
         if let Err(e) = first {
-            self.store_failed(&e);
+            failed_tx = Some(e);
         }
+        // Raises from outside, answered once their transaction is committed.
+        let mut replies: Vec<mpsc::SyncSender<Result<(), Failure>>> = Vec::new();
         loop {
             if self.plan.shared.stopping() {
                 self.stopping = true;
             }
-            if let Err(e) = self
-                .fire_due()
-                .and_then(|()| self.schedule(watchdog, threads))
-            {
-                self.store_failed(&e);
+            let committed = self.commit_and_start(open, failed_tx.take(), watchdog, threads);
+            open = false;
+            for reply in replies.drain(..) {
+                let _ = reply.send(committed.clone());
             }
             self.publish();
             let idle = self.queue.is_empty()
@@ -605,53 +613,113 @@ impl Engine {
                     Err(RecvTimeoutError::Disconnected) => None,
                 },
             };
-            match msg {
-                None => break,
-                Some(Msg::Stop) => self.stopping = true,
-                Some(Msg::Done {
-                    step,
-                    sequence,
-                    attempt,
-                    result,
-                }) => {
-                    let r = self
-                        .store
-                        .begin()
-                        .and_then(|()| self.done(step, &sequence, attempt, result))
-                        .and_then(|()| self.store.commit());
-                    if let Err(e) = r {
-                        self.store_failed(&e);
-                    }
+            let Some(msg) = msg else { break };
+            // This message and those already queued behind it make one
+            // transaction (a group commit), committed at the top of the loop
+            // with the starts they allow.
+            let begun = self.store.begin();
+            open = begun.is_ok();
+            let mut result = begun;
+            let mut next = Some(msg);
+            let mut handled = 0;
+            while let Some(m) = next.take() {
+                let r = self.handle(m, &mut replies);
+                if result.is_ok() {
+                    result = r;
                 }
-                Some(Msg::Raise {
-                    event,
-                    sequence,
-                    from,
-                    reply,
-                }) => {
-                    tracing::info!(
-                        flow = %self.plan.name,
-                        sequence = %sequence,
-                        "event `{}` raised for sequence {sequence} by {from}",
-                        self.plan.events[event]
-                    );
-                    let r = self
-                        .store
-                        .begin()
-                        .and_then(|()| self.raise(event, &sequence))
-                        .and_then(|()| self.store.commit());
-                    let answer = r.map_err(|e| {
-                        self.store_failed(&e);
-                        Failure::new(
-                            MessageError::PeerFailed,
-                            format!("flow `{}` could not store the event: {e}", self.plan.name),
-                        )
-                    });
-                    let _ = reply.send(answer);
+                handled += 1;
+                if handled < MAX_BATCH {
+                    next = rx.try_recv().ok();
                 }
+            }
+            if let Err(e) = result {
+                failed_tx = Some(e);
             }
         }
         self.finish(false)
+    }
+
+    /// Ends the open transaction (begins one when `open` is false) after
+    /// firing the due delays and recording the activations that can start,
+    /// then starts them: what the store says was started is committed
+    /// before the plugin is called. A transaction that failed (`failed`)
+    /// is rolled back instead. Returns what a raise from outside in it is
+    /// answered.
+    fn commit_and_start(
+        &mut self,
+        open: bool,
+        failed: Option<StoreError>,
+        watchdog: &Arc<Watchdog>,
+        threads: &Spawner,
+    ) -> Result<(), Failure> {
+        let mut started = Vec::new();
+        let r = match failed {
+            Some(e) => Err(e),
+            None => (if open { Ok(()) } else { self.store.begin() })
+                .and_then(|()| self.fire_due())
+                .and_then(|()| self.pick(&mut started))
+                .and_then(|()| self.store.commit()),
+        };
+        match r {
+            Ok(()) => {
+                for (step, sequence, attempt) in started {
+                    self.emit(FlowEvent::StepStarted {
+                        run: self.run.clone(),
+                        activation: self.activation(step, &sequence, attempt),
+                    });
+                    self.spawn(step, sequence, attempt, watchdog, threads);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.store.rollback();
+                self.store_failed(&e);
+                // What `pick` took does not start: back to the queue.
+                for (step, sequence, attempt) in started.into_iter().rev() {
+                    self.release(step);
+                    self.queue.push_front((step, sequence, attempt));
+                }
+                Err(Failure::new(
+                    MessageError::PeerFailed,
+                    format!("flow `{}` could not store the event: {e}", self.plan.name),
+                ))
+            }
+        }
+    }
+
+    /// One message, inside the open transaction.
+    fn handle(
+        &mut self,
+        msg: Msg,
+        replies: &mut Vec<mpsc::SyncSender<Result<(), Failure>>>,
+    ) -> Result<(), StoreError> {
+        match msg {
+            Msg::Stop => {
+                self.stopping = true;
+                Ok(())
+            }
+            Msg::Done {
+                step,
+                sequence,
+                attempt,
+                result,
+            } => self.done(step, &sequence, attempt, result),
+            Msg::Raise {
+                event,
+                sequence,
+                from,
+                reply,
+            } => {
+                tracing::info!(
+                    flow = %self.plan.name,
+                    sequence = %sequence,
+                    "event `{}` raised for sequence {sequence} by {from}",
+                    self.plan.events[event]
+                );
+                replies.push(reply);
+                self.raise(event, &sequence)
+            }
+        }
     }
 
     /// Publishes the run's state for `otools status` (names were set at
@@ -789,13 +857,11 @@ impl Engine {
             .partition(|d| d.due_ms <= now);
         self.delays = later;
         for d in due {
-            self.store.begin()?;
             self.store.fire_delay(d.id)?;
             match d.target {
                 Target::Step(s) => self.activate(s, &d.sequence)?,
                 Target::Event(e) => self.raise(e, &d.sequence)?,
             }
-            self.store.commit()?;
         }
         Ok(())
     }
@@ -808,12 +874,13 @@ impl Engine {
                 .all(|p| self.pool_used[*p] < self.plan.pools[*p].limit)
     }
 
-    /// Starts every queued activation that has a slot, in queue order.
-    fn schedule(&mut self, watchdog: &Arc<Watchdog>, threads: &Spawner) -> Result<(), StoreError> {
+    /// Takes every queued activation that has a slot, in queue order, and
+    /// records it `active` (in the open transaction); the caller starts them
+    /// once that is committed.
+    fn pick(&mut self, started: &mut Vec<(StepId, String, u32)>) -> Result<(), StoreError> {
         if self.stopping {
             return Ok(());
         }
-        let mut started = Vec::new();
         let mut i = 0;
         while i < self.queue.len() {
             let step = self.queue[i].0;
@@ -830,11 +897,7 @@ impl Engine {
                 i += 1;
             }
         }
-        if started.is_empty() {
-            return Ok(());
-        }
-        self.store.begin()?;
-        for (step, sequence, attempt) in &started {
+        for (step, sequence, attempt) in started.iter() {
             self.store.task(
                 &self.run.run,
                 &self.plan.steps[*step].name,
@@ -844,15 +907,16 @@ impl Engine {
                 None,
             )?;
         }
-        self.store.commit()?;
-        for (step, sequence, attempt) in started {
-            self.emit(FlowEvent::StepStarted {
-                run: self.run.clone(),
-                activation: self.activation(step, &sequence, attempt),
-            });
-            self.spawn(step, sequence, attempt, watchdog, threads);
-        }
         Ok(())
+    }
+
+    /// Gives back the slot and pool units of an activation of `step`.
+    fn release(&mut self, step: StepId) {
+        self.running[step] = self.running[step].saturating_sub(1);
+        for p in &self.plan.steps[step].pools {
+            self.pool_used[*p] = self.pool_used[*p].saturating_sub(1);
+        }
+        self.active = self.active.saturating_sub(1);
     }
 
     /// Runs one activation on a thread of its own, watched when the step
@@ -964,11 +1028,7 @@ impl Engine {
         attempt: u32,
         result: Result<(), String>,
     ) -> Result<(), StoreError> {
-        self.running[step] = self.running[step].saturating_sub(1);
-        for p in &self.plan.steps[step].pools {
-            self.pool_used[*p] = self.pool_used[*p].saturating_sub(1);
-        }
-        self.active = self.active.saturating_sub(1);
+        self.release(step);
         let plan = Arc::clone(&self.plan);
         let s = &plan.steps[step];
         let status = if result.is_ok() {
