@@ -14,9 +14,13 @@
 //!   context, with and without a `watchdog` on each, measured alternately.
 //! - messaging (round trip, one-way, idle agents) against service-framework
 //!   and a bare channel: see the `messaging` module.
+//! - flows (a 1,000-step chain, recovery after a kill, one committed
+//!   transition) against eventor: see the `flow` module (`--flows-only`
+//!   runs just those).
 
 #![allow(clippy::print_stdout, reason = "the table is this program's output")]
 
+mod flow;
 mod messaging;
 
 use std::path::{Path, PathBuf};
@@ -803,6 +807,10 @@ fn main() {
     let plugins = release_dir();
     let dir = scratch();
     let started = Instant::now();
+    let flows = || flow::table(&dir, &plugins, smoke, flow::peer_python().as_deref());
+    if std::env::args().any(|a| a == "--flows-only") {
+        return flow::print(&flows());
+    }
     let py = peer_python("otools");
     let vs = versus(&dir, &plugins, smoke, py.as_deref());
     let mut rows = Vec::new();
@@ -850,6 +858,8 @@ fn main() {
         smoke,
         peer_python("service_framework").as_deref(),
     ));
+    println!();
+    flow::print(&flows());
     println!();
     let w = rows.iter().map(|r| r.workload.len()).max().unwrap_or(10);
     let f = rows.iter().map(|r| r.figure.len()).max().unwrap_or(10);

@@ -5,10 +5,13 @@
 //! raised for which sequence, each step's tasks, the queue of activations
 //! waiting for a slot, the running counts, the pools, the delays) and the
 //! store connection; activation threads only call the plugin and report
-//! back on a channel. Each transition (a start, an end and what it raises
-//! and activates, a fired delay) is one store transaction, committed before
-//! the plugin is called for what it started: after a kill, the store says
-//! exactly which steps succeeded, failed, were running or were waiting.
+//! back on a channel. The coordinator handles the messages waiting on its
+//! channel (steps' ends, raised events) in one store transaction (a group
+//! commit), with what they raise and activate, the delays that came due
+//! and the activations that can now start, committed before any step it
+//! starts is called: after a kill, the store says exactly which steps
+//! succeeded, failed, were running or were waiting. A chain costs one
+//! commit (one fsync) per step.
 //!
 //! Rules, per sequence: raising an event already raised is a journaled
 //! duplicate; activating a step already activated is one too (so a step
