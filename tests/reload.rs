@@ -476,6 +476,55 @@ fn a_plugin_file_rewritten_in_place_slowly_is_loaded_once_complete_and_only_then
 }
 
 #[test]
+fn a_plugin_file_rewritten_in_place_while_the_host_copies_it_never_crashes_the_host() {
+    // The attack that killed the host with SIGBUS: the file goes quiet for
+    // just over the debounce (the host starts to copy it), then is rewritten
+    // in place again. The host checks and hashes its private copy, and
+    // refuses a copy the writer changed, so it never maps a truncated file.
+    let dir = TestDir::new("reload_rewrite_race");
+    let (m, watched) = manifest(&dir, "");
+    with_debounce(&m, "20ms");
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    host.wait_for_printed("hot reload: watching");
+    let versions = [
+        std::fs::read(variant("2")).unwrap(),
+        std::fs::read(variant("1")).unwrap(),
+    ];
+    for round in 0..40_usize {
+        rewrite_in_place_slowly(&watched, &versions[round % 2], 4, Duration::ZERO);
+        // The pauses are the scenario (quiet for about the debounce, then a
+        // new write while the host may be copying), not waits for the host.
+        std::thread::sleep(Duration::from_millis(25 + (round as u64 * 7) % 40));
+    }
+    rewrite_in_place_slowly(&watched, &versions[0], 4, Duration::ZERO);
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "the host survived: {}", out.stderr);
+    let j = journal(&events);
+    let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
+    println!(
+        "{} attempts, {} ok, {} refused: {:?}",
+        count("reload_attempted"),
+        count("reload_ok"),
+        count("reload_rejected"),
+        j.iter()
+            .filter(|e| e["event"] == "reload_rejected")
+            .map(|e| e["reason"].to_string())
+            .collect::<Vec<_>>()
+    );
+    for e in j.iter().filter(|e| e["event"] == "reload_rejected") {
+        let reason = e["reason"].as_str().unwrap_or_default();
+        assert!(
+            !reason.contains("panicked") && !reason.contains("hung"),
+            "a whole version never fails; only an unfinished file is refused: {e}"
+        );
+    }
+}
+
+#[test]
 fn a_symlink_swapped_to_a_new_target_reloads_and_so_does_a_new_content_of_its_target() {
     let dir = TestDir::new("reload_symlink");
     let (m, watched) = manifest(&dir, "");
@@ -535,25 +584,41 @@ fn a_fixed_file_revives_a_service_that_gave_up_with_its_restart_history_cleared(
     std::fs::write(&m, text).unwrap();
     let events = dir.path.join("events.jsonl");
     let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
-    wait_for_events(&events, 1, |e| {
-        e["event"] == "gave_up" && e["service"] == "counter"
-    });
+    let gave_up_once = |e: &Value| e["event"] == "gave_up" && e["service"] == "counter";
+    let j = wait_for_events(&events, 1, gave_up_once);
+    let restarts = |j: &[Value]| crate::util::events_of(j, "restarting", "counter").len();
+    assert_eq!(restarts(&j), 1, "max_restarts = 1: {j:#?}");
+    // A file that still fails: the revived unit gets its whole restart
+    // budget again (one more restart, then it gives up again). With its
+    // history kept it would give up at its first failure.
+    swap_in(&watched, &std::fs::read(variant("setup_panic")).unwrap());
+    let j = wait_for_events(&events, 2, gave_up_once);
+    let revived_at = pos(&j, |e| e["event"] == "revived" && e["service"] == "counter");
+    assert_eq!(
+        crate::util::events_of(&j[revived_at..], "restarting", "counter").len(),
+        1,
+        "after the revival, one restart before giving up again: {j:#?}"
+    );
     swap_in(&watched, &std::fs::read(variant("1")).unwrap());
-    let j = wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    let j = wait_for_events(&events, 2, |e| e["event"] == "reload_ok");
     host.wait_for("version 1 set up");
     host.signal("TERM");
     let out = host.finish();
-    let ok = pos(&j, |e| e["event"] == "reload_ok");
-    let revived = pos(&j, |e| e["event"] == "revived" && e["service"] == "counter");
-    assert!(revived < ok, "{j:#?}");
+    let positions = |pred: &dyn Fn(&Value) -> bool| -> Vec<usize> {
+        (0..j.len()).filter(|i| pred(&j[*i])).collect()
+    };
+    let ok = positions(&|e| e["event"] == "reload_ok")[1];
+    let revivals = positions(&|e| e["event"] == "revived" && e["service"] == "counter");
+    assert_eq!(revivals.len(), 2, "{j:#?}");
+    assert!(revivals[1] < ok, "{j:#?}");
     assert_eq!(j[ok]["revived"], 1, "{j:#?}");
     let j = journal(&events);
-    let gave_up = &crate::util::events_of(&j, "gave_up", "counter")[0];
+    let gave_up = crate::util::events_of(&j, "gave_up", "counter");
     let started = crate::util::events_of(&j, "started", "counter");
     assert_eq!(started.len(), 1, "{j:#?}");
     assert_eq!(
         started[0]["generation"].as_u64(),
-        gave_up["generation"].as_u64().map(|g| g + 1),
+        gave_up[1]["generation"].as_u64().map(|g| g + 1),
         "the revived generation follows the one that gave up: {j:#?}"
     );
     // Revived and serving, it no longer counts as failed: a clean exit.
