@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::control::{arg, host_stop, status_json, wait_status};
+use crate::flows::{association, step};
 use crate::util::{Running, TestDir, journal, run, run_manifest, wait_for_events};
 
 fn steps_of(events: &[Value], step: &str) -> Vec<String> {
@@ -33,32 +34,14 @@ fn a_step_raises_events_of_its_flow_through_its_context_and_a_second_raise_is_a_
     let dir = TestDir::new("flow_step_raises");
     let m = dir.manifest(
         "m.toml",
-        r#"
-[[flow]]
-name = "f"
-store = "f.db"
-events = ["go", "next"]
-start = ["go/1"]
-
-[[flow.step]]
-name = "a"
-plugin = "flowsteps"
-export = "Work"
-config = { raise = ["next", "next", "next/2"] }
-
-[[flow.step]]
-name = "b"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "go"
-steps = ["a"]
-
-[[flow.association]]
-event = "next"
-steps = ["b"]
-"#,
+        &[
+            "\n[[flow]]\nname = \"f\"\nstore = \"f.db\"\nevents = [\"go\", \"next\"]\nstart = [\"go/1\"]\n",
+            &step("a", r#"config = { raise = ["next", "next", "next/2"] }"#),
+            &step("b", ""),
+            &association("go", r#"["a"]"#, ""),
+            &association("next", r#"["b"]"#, ""),
+        ]
+        .concat(),
     );
     let events = dir.path.join("events.jsonl");
     let out = run_manifest(&m, &["--events", &arg(&events)]);
@@ -88,46 +71,17 @@ fn open_host(dir: &TestDir, raiser: Option<&str>) -> PathBuf {
             "\n[[context]]\nname = \"Main\"\n[[context.service]]\nname = \"raiser\"\nplugin = \"flowsteps\"\nexport = \"Raiser\"\nconfig = {config}\n"
         )
     });
-    dir.manifest(
-        "m.toml",
-        &format!(
-            r#"
-[[flow]]
-name = "f"
-store = "f.db"
-keep_open = true
-events = ["go"]
-
-[[flow.pool]]
-name = "desk"
-limit = 2
-
-[[flow.step]]
-name = "work"
-plugin = "flowsteps"
-export = "Work"
-pools = ["desk"]
-
-[[flow.association]]
-event = "go"
-steps = ["work"]
-
-[[flow]]
-name = "once"
-events = ["tick"]
-start = ["tick/1"]
-
-[[flow.step]]
-name = "t"
-plugin = "flowsteps"
-export = "Work"
-
-[[flow.association]]
-event = "tick"
-steps = ["t"]
-{context}"#
-        ),
-    )
+    let body = [
+        "\n[[flow]]\nname = \"f\"\nstore = \"f.db\"\nkeep_open = true\nevents = [\"go\"]\n[[flow.pool]]\nname = \"desk\"\nlimit = 2\n",
+        &step("work", r#"pools = ["desk"]"#),
+        &association("go", r#"["work"]"#, ""),
+        "\n[[flow]]\nname = \"once\"\nevents = [\"tick\"]\nstart = [\"tick/1\"]\n",
+        &step("t", ""),
+        &association("tick", r#"["t"]"#, ""),
+        &context,
+    ]
+    .concat();
+    dir.manifest("m.toml", &body)
 }
 
 #[test]
@@ -137,9 +91,11 @@ fn a_service_raises_flow_events_and_an_unknown_event_is_refused_with_its_kind() 
     let events = dir.path.join("events.jsonl");
     let mut running = Running::start_with(&m, &["--events", &arg(&events)]);
     running.wait_for("refused ghost/1: Some(UnknownTarget): no flow declares an event `ghost`");
-    let ev = wait_for_events(&events, 1, |e| {
+    // The step's end and the third raise (a duplicate) come in either order.
+    wait_for_events(&events, 1, |e| {
         e["event"] == "step_finished" && e["step"] == "work"
     });
+    let ev = wait_for_events(&events, 1, |e| e["event"] == "duplicate");
     assert_eq!(steps_of(&ev, "work"), ["7"]);
     assert_eq!(duplicates(&ev, "go"), ["7"]);
     running.wait_for_printed("event `go` raised for sequence 7 by Main/raiser");
@@ -262,4 +218,43 @@ export = "Lifecycle"
         out.stderr
     );
     host_stop(&m, running);
+}
+
+#[test]
+fn a_raised_event_is_stored_before_raise_returns_and_stays_a_duplicate_after_a_kill_and_recover() {
+    let dir = TestDir::new("flow_raise_durable");
+    let body = [
+        "\n[[flow]]\nname = \"f\"\nstore = \"f.db\"\nkeep_open = true\nevents = [\"go\"]\n",
+        &step("work", "config = { sleep_ms = 600000, until_attempt = 1 }"),
+        &association("go", r#"["work"]"#, ""),
+    ]
+    .concat();
+    let m = dir.manifest("m.toml", &body);
+    let events = dir.path.join("events.jsonl");
+    let running = Running::start_with(&m, &["--events", &arg(&events)]);
+    wait_for_events(&events, 1, |e| e["event"] == "flow_started");
+    let out = run(&["raise", &arg(&m), "go", "--sequence", "5"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    wait_for_events(&events, 1, |e| e["event"] == "step_started");
+    running.signal("KILL");
+    let _ = running.finish();
+    // The recovered run reruns the interrupted step (attempt 2 does not
+    // sleep) and knows `go/5` was raised: raising it again is a duplicate.
+    let again = dir.path.join("again.jsonl");
+    let running = Running::start_with(&m, &["--events", &arg(&again), "--mode", "recover"]);
+    let ev = wait_for_events(&again, 1, |e| {
+        e["event"] == "step_finished" && e["step"] == "work"
+    });
+    let done = ev.iter().find(|e| e["event"] == "step_finished").unwrap();
+    assert_eq!(
+        (done["sequence"].as_str(), done["attempt"].as_u64()),
+        (Some("5"), Some(2))
+    );
+    let out = run(&["raise", &arg(&m), "go", "--sequence", "5"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    wait_for_events(&again, 1, |e| {
+        e["event"] == "duplicate" && e["name"] == "go"
+    });
+    host_stop(&m, running);
+    assert_eq!(steps_of(&journal(&again), "work"), ["5"]);
 }

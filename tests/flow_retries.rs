@@ -3,9 +3,12 @@
 //! `restart_window`, `restart = "never"`, and the service keys a step
 //! refuses at load, each with the file, line and key.
 
+use std::path::PathBuf;
+
 use serde_json::Value;
 
 use crate::control::arg;
+use crate::flows::{association, step};
 use crate::util::{TestDir, journal, run, run_manifest};
 
 /// The attempts of `step`'s `event`s (`step_started`, ...), in order.
@@ -17,38 +20,39 @@ fn attempts(events: &[Value], event: &str, step: &str) -> Vec<u64> {
         .collect()
 }
 
+/// A flow `f` raising `go/1` at start, which activates every step of
+/// `steps` (name, extra keys), each a `flowsteps::Work`.
+fn go_flow(dir: &TestDir, steps: &[(&str, &str)]) -> PathBuf {
+    let mut body =
+        String::from("\n[[flow]]\nname = \"f\"\nevents = [\"go\"]\nstart = [\"go/1\"]\n");
+    for (name, extra) in steps {
+        body.push_str(&step(name, extra));
+    }
+    let names: Vec<String> = steps.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    body.push_str(&association("go", &format!("[{}]", names.join(", ")), ""));
+    dir.manifest("m.toml", &body)
+}
+
 #[test]
 fn a_failed_step_is_retried_after_a_doubling_capped_delay_and_never_means_no_retry() {
     let dir = TestDir::new("flow_retry_delay");
-    let m = dir.manifest(
-        "m.toml",
-        r#"
-[[flow]]
-name = "f"
-events = ["go"]
-start = ["go/1"]
-
-[[flow.step]]
-name = "a"
-plugin = "flowsteps"
-export = "Work"
-config = { fail = ["1"], until_attempt = 2 }
+    let m = go_flow(
+        &dir,
+        &[
+            (
+                "a",
+                r#"config = { fail = ["1"], until_attempt = 2 }
 max_restarts = 2
 restart_delay = "30ms"
-max_restart_delay = "50ms"
-
-[[flow.step]]
-name = "b"
-plugin = "flowsteps"
-export = "Work"
-config = { fail = ["1"] }
+max_restart_delay = "50ms""#,
+            ),
+            (
+                "b",
+                r#"config = { fail = ["1"] }
 restart = "never"
-stop_on_error = false
-
-[[flow.association]]
-event = "go"
-steps = ["a", "b"]
-"#,
+stop_on_error = false"#,
+            ),
+        ],
     );
     let events = dir.path.join("events.jsonl");
     let out = run_manifest(&m, &["--events", &arg(&events)]);
@@ -80,27 +84,15 @@ fn only_failures_within_the_restart_window_count_against_the_retries() {
     // One retry, but each failure comes at least 20 ms after the one
     // before (a retry delay never fires early), so outside the 1 ms window:
     // every failure is the only one that counts.
-    let m = dir.manifest(
-        "m.toml",
-        r#"
-[[flow]]
-name = "f"
-events = ["go"]
-start = ["go/1"]
-
-[[flow.step]]
-name = "a"
-plugin = "flowsteps"
-export = "Work"
-config = { fail = ["1"], until_attempt = 3 }
+    let m = go_flow(
+        &dir,
+        &[(
+            "a",
+            r#"config = { fail = ["1"], until_attempt = 3 }
 retries = 1
 restart_window = "1ms"
-restart_delay = "20ms"
-
-[[flow.association]]
-event = "go"
-steps = ["a"]
-"#,
+restart_delay = "20ms""#,
+        )],
     );
     let events = dir.path.join("events.jsonl");
     let out = run_manifest(&m, &["--events", &arg(&events)]);
@@ -112,35 +104,22 @@ steps = ["a"]
 #[test]
 fn service_keys_that_do_not_apply_to_a_step_are_refused_with_file_line_and_key() {
     let dir = TestDir::new("flow_step_keys");
-    let text = r#"
-[[flow]]
-name = "f"
-events = ["go"]
-
-[[flow.step]]
-name = "s"
-plugin = "flowsteps"
-export = "Work"
-restart = "always"
+    let m = go_flow(
+        &dir,
+        &[
+            (
+                "s",
+                r#"restart = "always"
 retries = 1
 max_restarts = 1
 startup_timeout = "1s"
 shutdown_timeout = "1s"
 backoff_reset_after = "1s"
-on_give_up = "exit_host"
-
-[[flow.step]]
-name = "t"
-plugin = "flowsteps"
-export = "Work"
-restart = "never"
-retries = 2
-
-[[flow.association]]
-event = "go"
-steps = ["s", "t"]
-"#;
-    let m = dir.manifest("m.toml", text);
+on_give_up = "exit_host""#,
+            ),
+            ("t", "restart = \"never\"\nretries = 2"),
+        ],
+    );
     let written = std::fs::read_to_string(&m).unwrap();
     let out = run(&["check", &arg(&m)]);
     assert_eq!(out.code(), 2, "{}", out.stderr);

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use otools_host::flow::store::{Status, Store};
 use serde_json::Value;
 
-use crate::{header, journal, percentile, release_dir, run, workspace_root};
+use crate::{header, journal, last_json, percentile, release_dir, run, workspace_root};
 
 /// One row: eventor's figure, otools', and the goal.
 pub(crate) struct Row {
@@ -218,16 +218,11 @@ pub(crate) fn peer_python() -> Option<std::path::PathBuf> {
 
 /// Runs the peer script; its last JSON line.
 fn peer(py: &Path, args: &[&str]) -> Option<Value> {
-    let out = Command::new(py)
-        .arg(workspace_root().join("bench/peer/eventor_peer.py"))
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+    last_json(
+        Command::new(py)
+            .arg(workspace_root().join("bench/peer/eventor_peer.py"))
+            .args(args),
+    )
 }
 
 /// How many steps the peer's chain has: eventor scans every trigger of

@@ -181,6 +181,15 @@ fn peer_python(module: &str) -> Option<PathBuf> {
     ok.then_some(py)
 }
 
+/// Runs a peer script's command; the last JSON line it printed.
+fn last_json(cmd: &mut Command) -> Option<Value> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+}
+
 /// Runs one peer workload unpinned and pinned to CPU 0 (`taskset`) and
 /// returns the better figure `key` (the larger rate, or the smaller time).
 fn run_peer(
