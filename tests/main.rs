@@ -22,6 +22,8 @@ mod failures;
 mod flow_events;
 /// Step supervision keys: retries with their delays and window, `restart = "never"`, refused service keys.
 mod flow_retries;
+/// `otools flow show`: a run store read between runs, as text and JSON; its refusals.
+mod flow_show;
 /// Durable event flows: routing, expressions, limits, failures, recovery, delays.
 mod flows;
 /// The host's module layers and ARCHITECTURE.md's code map, read from the source.

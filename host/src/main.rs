@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Send(c) => c.execute(),
         Command::Raise(c) => c.execute(),
         Command::Stop(c) => c.execute(),
+        Command::Flow(c) => c.execute(),
     };
     ExitCode::from(code)
 }

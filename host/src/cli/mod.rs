@@ -1,11 +1,13 @@
 //! The command line: `otools run`, `otools check`, `otools inspect`, and
 //! `otools status`, `otools send`, `otools raise` and `otools stop`, which
-//! talk to a running host.
+//! talk to a running host, and `otools flow show`, which reads a flow run
+//! store.
 //!
 //! clap parses the raw arguments into these structs; each subcommand is an
 //! `XCommand` with an `execute()` that returns the process exit code.
 
 mod check;
+mod flow;
 mod inspect;
 mod raise;
 mod run;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use check::CheckCommand;
+pub use flow::{FlowCommand, FlowShow, FlowSubcommand};
 pub use inspect::InspectCommand;
 pub use raise::RaiseCommand;
 pub use run::RunCommand;
@@ -141,6 +144,10 @@ pub enum Command {
     /// with the same code as after a first SIGTERM. This does not count as a
     /// signal: a second SIGTERM after it is still a first one.
     Stop(StopCommand),
+    /// Work with flow run stores: `otools flow show STORE [--run ID]
+    /// [--json]` prints the runs, tasks and pending delays of a store file
+    /// (read-only; no host needed).
+    Flow(FlowCommand),
 }
 
 /// Sends `request` to the host running `manifest` and returns its reply and

@@ -15,6 +15,7 @@
 //!   transition in the store.
 //!
 //! - [`status`] is what `otools status` shows of a running flow.
+//! - [`show`] is what `otools flow show` reads from a store file (read-only).
 //!
 //! Events are raised at start (`start`), by associations and step
 //! outcomes, and from outside the flow: by a plugin (`ctx.raise_event`, a
@@ -29,6 +30,7 @@
 //! `and_unsatisfied` and `flow_finished`.
 
 pub mod engine;
+pub mod show;
 pub mod status;
 pub mod store;
 

@@ -1,0 +1,191 @@
+//! `otools flow show`: a run store read directly (read-only) between runs
+//! of the real binary, as text and JSON, and its refusals.
+
+use serde_json::Value;
+
+use crate::flows::{association, step};
+use crate::util::{TestDir, run, run_manifest};
+
+#[test]
+fn flow_show_reads_the_store_between_a_failed_run_and_its_recovery() {
+    let dir = TestDir::new("flow_show");
+    let m = dir.manifest(
+        "m.toml",
+        &[
+            r#"
+[[flow]]
+name = "chain"
+store = "runs/chain.db"
+events = ["go", "a_done"]
+start = ["go/1"]
+"#
+            .to_owned(),
+            step(
+                "a",
+                r#"config = { fail = ["1"], until_attempt = 1 }
+on_success = "a_done""#,
+            ),
+            step("b", ""),
+            association("go", r#"["a"]"#, ""),
+            association("a_done", r#"["b"]"#, ""),
+        ]
+        .concat(),
+    );
+    let store = dir.path.join("runs/chain.db");
+    let store_arg = store.to_string_lossy().into_owned();
+    let out = run_manifest(&m, &[]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+
+    let shown = run(&["flow", "show", &store_arg]);
+    assert_eq!(shown.code(), 0, "{}", shown.stderr);
+    assert!(shown.stdout.contains("1 run(s)"), "{}", shown.stdout);
+    assert!(
+        shown.stdout.contains("finished") && shown.stdout.contains("failure"),
+        "{}",
+        shown.stdout
+    );
+    assert!(
+        shown
+            .stdout
+            .contains("injected failure in chain/a sequence=1 attempt=1"),
+        "{}",
+        shown.stdout
+    );
+    let json = run(&["flow", "show", &store_arg, "--json"]);
+    assert_eq!(json.code(), 0, "{}", json.stderr);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["runs"][0]["result"], "failure", "{v}");
+    assert_eq!(v["runs"][0]["recovery"], 0, "{v}");
+    let run_id = v["runs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["shown"]["run"], run_id.as_str());
+    let tasks = v["shown"]["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{v}");
+    assert_eq!(
+        (&tasks[0]["step"], &tasks[0]["attempt"], &tasks[0]["status"]),
+        (&"a".into(), &1.into(), &"failure".into())
+    );
+
+    let out = run_manifest(&m, &["--mode", "recover"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let json = run(&["flow", "show", &store_arg, "--run", &run_id, "--json"]);
+    assert_eq!(json.code(), 0, "{}", json.stderr);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        (&v["runs"][0]["result"], &v["runs"][0]["recovery"]),
+        (&"success".into(), &1.into()),
+        "{v}"
+    );
+    let tasks: Vec<(String, u64, String)> = v["shown"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["step"].as_str().unwrap().to_owned(),
+                t["attempt"].as_u64().unwrap(),
+                t["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![
+            ("a".into(), 1, "failure".into()),
+            ("a".into(), 2, "success".into()),
+            ("b".into(), 1, "success".into()),
+        ]
+    );
+    assert_eq!(v["shown"]["pending_delays"], Value::Array(vec![]));
+}
+
+#[test]
+fn flow_show_refuses_a_missing_file_a_file_that_is_not_a_store_and_an_unknown_run() {
+    crate::util::build();
+    let dir = TestDir::new("flow_show_errors");
+    let missing = dir.path.join("nowhere.db");
+    let out = run(&["flow", "show", &missing.to_string_lossy()]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nowhere.db") && out.stderr.contains("the file does not exist"),
+        "{}",
+        out.stderr
+    );
+    dir.write("text.db", "this is not SQLite at all, just some text\n");
+    let out = run(&["flow", "show", &dir.path.join("text.db").to_string_lossy()]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("text.db") && out.stderr.contains("not an otools run store"),
+        "{}",
+        out.stderr
+    );
+    dir.write("empty.db", "");
+    let out = run(&["flow", "show", &dir.path.join("empty.db").to_string_lossy()]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not an otools run store"),
+        "{}",
+        out.stderr
+    );
+
+    let m = dir.manifest(
+        "m.toml",
+        &[
+            "\n[[flow]]\nname = \"f\"\nstore = \"f.db\"\nevents = [\"go\"]\nstart = [\"go\"]\n"
+                .to_owned(),
+            step("s", ""),
+            association("go", r#"["s"]"#, ""),
+        ]
+        .concat(),
+    );
+    assert_eq!(run_manifest(&m, &[]).code(), 0);
+    let store = dir.path.join("f.db");
+    let out = run(&["flow", "show", &store.to_string_lossy(), "--run", "nope"]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("f.db") && out.stderr.contains("it holds no run `nope`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn flow_show_reads_a_store_while_its_host_runs_with_a_pending_delay() {
+    let dir = TestDir::new("flow_show_live");
+    let m = dir.manifest(
+        "m.toml",
+        &[
+            "\n[[flow]]\nname = \"later\"\nstore = \"later.db\"\nevents = [\"go\"]\nstart = [\"go/7\"]\n"
+                .to_owned(),
+            step("reminder", ""),
+            association("go", r#"["reminder"]"#, r#"delay = "1h""#),
+        ]
+        .concat(),
+    );
+    let events = dir.path.join("events.jsonl");
+    let ev = events.to_string_lossy().into_owned();
+    let host = crate::util::Running::start_with(&m, &["--events", ev.as_str()]);
+    crate::util::wait_for_events(&events, 1, |e| e["event"] == "delay_scheduled");
+    let json = run(&[
+        "flow",
+        "show",
+        &dir.path.join("later.db").to_string_lossy(),
+        "--json",
+    ]);
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(json.code(), 0, "{}", json.stderr);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["runs"][0]["state"], "unfinished", "{v}");
+    let delays = v["shown"]["pending_delays"].as_array().unwrap();
+    assert_eq!(delays.len(), 1, "{v}");
+    assert_eq!(
+        (
+            &delays[0]["kind"],
+            &delays[0]["target"],
+            &delays[0]["sequence"]
+        ),
+        (&"step".into(), &"reminder".into(), &"7".into())
+    );
+    assert!(delays[0]["due_ms"].as_u64().unwrap() > 0, "{v}");
+}
