@@ -189,3 +189,80 @@ fn flow_show_reads_a_store_while_its_host_runs_with_a_pending_delay() {
     );
     assert!(delays[0]["due_ms"].as_u64().unwrap() > 0, "{v}");
 }
+
+#[test]
+fn a_bounded_run_with_a_pending_delay_exits_incomplete_and_continue_finishes_it() {
+    let dir = TestDir::new("flow_once");
+    let m = dir.manifest(
+        "m.toml",
+        &[
+            "\n[[flow]]\nname = \"later\"\nstore = \"later.db\"\nevents = [\"go\"]\nstart = [\"go/7\"]\n"
+                .to_owned(),
+            step("first", ""),
+            step("reminder", ""),
+            association("go", r#"["first"]"#, ""),
+            association("go", r#"["reminder"]"#, r#"delay = "2s""#),
+        ]
+        .concat(),
+    );
+    let events = dir.path.join("events.jsonl");
+    let ev = events.to_string_lossy().into_owned();
+    let out = run_manifest(&m, &["--once", "--events", ev.as_str()]);
+    assert_eq!(out.code(), 4, "{}", out.stderr);
+    let j = crate::util::journal(&events);
+    let finished: Vec<_> = j.iter().filter(|e| e["event"] == "flow_finished").collect();
+    assert_eq!(finished[0]["result"], "incomplete", "{j:?}");
+    let incomplete: Vec<_> = j
+        .iter()
+        .filter(|e| e["event"] == "flow_incomplete")
+        .collect();
+    assert_eq!(incomplete.len(), 1, "{j:?}");
+    let outstanding = incomplete[0]["outstanding"][0].as_str().unwrap();
+    assert!(
+        outstanding.starts_with("delay of step `reminder` for sequence 7, due "),
+        "{outstanding}"
+    );
+    assert!(
+        out.stderr.contains("incomplete") && out.stderr.contains("delay of step `reminder`"),
+        "{}",
+        out.stderr
+    );
+    // `first` ran; the store keeps the delay for `continue`.
+    assert!(
+        j.iter()
+            .any(|e| e["event"] == "step_finished" && e["step"] == "first"),
+        "{j:?}"
+    );
+    let store = dir.path.join("later.db").to_string_lossy().into_owned();
+    let shown = run(&["flow", "show", &store, "--json"]);
+    let v: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(v["runs"][0]["result"], "incomplete", "{v}");
+    assert_eq!(v["shown"]["pending_delays"][0]["target"], "reminder", "{v}");
+
+    let _ = std::fs::remove_file(&events);
+    let out = run_manifest(&m, &["--mode", "continue", "--events", ev.as_str()]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let j = crate::util::journal(&events);
+    assert!(
+        j.iter().any(|e| e["event"] == "step_finished"
+            && e["step"] == "reminder"
+            && e["status"] == "success"),
+        "{j:?}"
+    );
+    let shown = run(&["flow", "show", &store]);
+    assert_eq!(shown.code(), 0, "{}", shown.stderr);
+    assert!(
+        shown.stdout.contains("success") && shown.stdout.contains("pending delays: 0"),
+        "{}",
+        shown.stdout
+    );
+}
+
+#[test]
+fn once_without_a_flow_is_refused() {
+    let dir = TestDir::new("flow_once_none");
+    let m = dir.manifest("m.toml", &crate::util::script_context(""));
+    let out = run_manifest(&m, &["--once"]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--once"), "{}", out.stderr);
+}

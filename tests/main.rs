@@ -22,7 +22,7 @@ mod failures;
 mod flow_events;
 /// Step supervision keys: retries with their delays and window, `restart = "never"`, refused service keys.
 mod flow_retries;
-/// `otools flow show`: a run store read between runs, as text and JSON; its refusals.
+/// `otools flow show`: a run store read between runs and beside a running host, as text and JSON; its refusals; the bounded run (`--once`).
 mod flow_show;
 /// Durable event flows: routing, expressions, limits, failures, recovery, delays.
 mod flows;

@@ -9,6 +9,9 @@ pub const OK: u8 = 0;
 pub const RUNTIME_FAILURE: u8 = 1;
 /// Nothing ran: the manifest or a plugin is wrong (or `check` found problems).
 pub const CONFIG_ERROR: u8 = 2;
+/// A bounded run (`otools run --once`) left flow work outstanding (pending
+/// delays or retries): not a failure; `--mode continue` takes it up.
+pub const INCOMPLETE: u8 = 4;
 /// Stopped, but something was abandoned: a `finalize` or a loop call overran `shutdown_timeout`.
 pub const SHUTDOWN_TIMEOUT: u8 = 3;
 /// A service gave up with `on_give_up = "exit_host"` (EX_TEMPFAIL: let systemd restart the host).

@@ -461,7 +461,20 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
                 .map(|(h, _)| h.name()),
         )
         .collect();
-    if failed.is_empty() {
+    let incomplete: Vec<&str> = flow_handles
+        .iter()
+        .zip(&flows_done)
+        .filter(|(_, d)| **d == Some(Outcome::Incomplete))
+        .map(|(h, _)| h.name())
+        .collect();
+    if failed.is_empty() && !incomplete.is_empty() {
+        tracing::warn!(
+            "bounded run (--once) incomplete: work is outstanding in flow(s) {}; exit code {} (`--mode continue` takes it up)",
+            incomplete.join(", "),
+            exit::INCOMPLETE
+        );
+        exit::INCOMPLETE
+    } else if failed.is_empty() {
         if pipes.is_empty() {
             tracing::info!("every context ended");
         } else {

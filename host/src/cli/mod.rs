@@ -48,6 +48,8 @@ Exit codes:
        recover/continue found nothing to take up
   3    stopped, but something was abandoned: a finalize, or a loop or main call,
        overran shutdown_timeout, or a context overran its shutdown budget
+  4    incomplete: a bounded run (--once) ended with flow work outstanding
+       (pending delays or retries); --mode continue takes it up
   71   the host could not create a thread it needs (the system's thread limit)
   75   a service gave up with on_give_up = \"exit_host\" (for systemd to restart the host)
   76   a leak ceiling was reached: hot reloads loaded max_loaded_libraries

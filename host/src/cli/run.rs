@@ -42,6 +42,14 @@ pub struct RunCommand {
     /// flow's `mode`.
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub mode: Option<RunMode>,
+    /// A bounded run of the flows: each flow's run ends once it is idle
+    /// (nothing running, nothing that can start now) instead of waiting
+    /// for pending delays, retries or raised events (`keep_open`). Work
+    /// left outstanding is reported (a WARNING and a `flow_incomplete`
+    /// event) and the exit code is 4; `--mode continue` takes it up.
+    /// Refused for a manifest without flows.
+    #[arg(long)]
+    pub once: bool,
     /// With `--mode recover|continue`: the run to take up (default: the latest).
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
@@ -197,11 +205,18 @@ impl RunCommand {
         if self.no_watch {
             deployment.reload.watch = false;
         }
+        if self.once && deployment.flows.is_empty() {
+            return refuse_one(&format!(
+                "{}: --once bounds the run of flows, and the manifest has no [[flow]]",
+                m.path.display()
+            ));
+        }
         for f in &mut deployment.flows {
             if let Some(mode) = self.mode {
                 f.mode = mode;
             }
             f.run_id.clone_from(&self.run);
+            f.once = self.once;
         }
         let control = control::Setup {
             socket,

@@ -703,8 +703,17 @@ pub enum FlowEvent {
         /// The operands never raised for it.
         missing: Vec<String>,
     },
-    /// `flow_finished`: the run ended: `success`, `failure` or `stopped`
-    /// (a signal or a stop left work pending).
+    /// `flow_incomplete`: a bounded run (`--once`) went idle with work
+    /// outstanding (pending delays or retries), taken up by `continue`.
+    Incomplete {
+        /// The flow and run.
+        run: FlowRun,
+        /// What is outstanding, one line each.
+        outstanding: Vec<String>,
+    },
+    /// `flow_finished`: the run ended: `success`, `failure`, `stopped`
+    /// (a signal or a stop left work pending) or `incomplete` (a bounded
+    /// run left work pending).
     Finished {
         /// The flow and run.
         run: FlowRun,
@@ -725,6 +734,7 @@ impl FlowEvent {
             Self::StepFinished { .. } => "step_finished",
             Self::StepSkipped { .. } => "step_skipped",
             Self::Unsatisfied { .. } => "and_unsatisfied",
+            Self::Incomplete { .. } => "flow_incomplete",
             Self::Finished { .. } => "flow_finished",
         }
     }
@@ -818,6 +828,13 @@ impl FlowEvent {
                         Json::Array(missing.iter().map(|m| m.as_str().into()).collect()),
                     ),
                 ],
+            ),
+            Self::Incomplete { run, outstanding } => (
+                run,
+                vec![(
+                    "outstanding",
+                    Json::Array(outstanding.iter().map(|o| o.as_str().into()).collect()),
+                )],
             ),
             Self::Finished { run, result } => (run, vec![("result", result.as_str().into())]),
         };

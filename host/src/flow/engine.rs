@@ -25,7 +25,9 @@
 //! declared hung by the host's watchdog: its thread is abandoned, its
 //! handle fenced, and the activation is a failure. The run ends when
 //! nothing runs, nothing waits for a slot and no delay is pending (or, once
-//! stopping, when nothing runs); expression events still false for a
+//! stopping, when nothing runs; or, for a bounded run (`FlowPlan::once`),
+//! when nothing runs or can start now: what is left is reported and the
+//! result is `incomplete`); expression events still false for a
 //! sequence where some operand was raised are then reported.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -81,6 +83,9 @@ pub enum Outcome {
     Failure,
     /// Stopped (a signal, a fatal log) with work left pending.
     Stopped,
+    /// A bounded run (`--once`) went idle with delays or retries still
+    /// pending (`--mode continue` takes them up).
+    Incomplete,
     /// Stopped, and steps still running after `shutdown_timeout` were
     /// abandoned (their tasks stay `active`: `recover` reruns them).
     Abandoned,
@@ -92,6 +97,7 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
             Outcome::Stopped | Outcome::Abandoned => "stopped",
+            Outcome::Incomplete => "incomplete",
         }
     }
 }
@@ -578,10 +584,10 @@ impl Engine {
                 let _ = reply.send(committed.clone());
             }
             self.publish();
+            // A bounded run does not wait for what is not due yet.
             let idle = self.queue.is_empty()
-                && self.delays.is_empty()
-                && self.backoff.is_empty()
-                && !self.plan.keep_open;
+                && (self.plan.once
+                    || (self.delays.is_empty() && self.backoff.is_empty() && !self.plan.keep_open));
             if self.active == 0 && (self.stopping || idle) {
                 break;
             }
@@ -1147,6 +1153,52 @@ impl Engine {
         Ok(())
     }
 
+    /// A bounded run ends with work outstanding: names it in a WARNING and
+    /// a `flow_incomplete` journal event.
+    fn incomplete(&self) {
+        let plan = &self.plan;
+        let outstanding: Vec<String> = self
+            .delays
+            .iter()
+            .map(|d| {
+                let target = match d.target {
+                    Target::Step(s) => format!("step `{}`", plan.steps[s].name),
+                    Target::Event(e) => format!("event `{}`", plan.events[e]),
+                };
+                format!(
+                    "delay of {target} for sequence {}, due {}",
+                    d.sequence,
+                    super::show::rfc3339(d.due_ms)
+                )
+            })
+            .chain(self.backoff.iter().map(|(due, s, sequence, attempt)| {
+                format!(
+                    "retry of step `{}` for sequence {sequence} (attempt {attempt}), due {}",
+                    plan.steps[*s].name,
+                    super::show::rfc3339(*due)
+                )
+            }))
+            .chain(self.queue.iter().map(|(s, sequence, attempt)| {
+                format!(
+                    "activation of step `{}` for sequence {sequence} (attempt {attempt})",
+                    plan.steps[*s].name
+                )
+            }))
+            .collect();
+        tracing::warn!(
+            flow = %plan.name,
+            "bounded run (--once) of flow {} run {} is incomplete: {} outstanding: {}",
+            plan.name,
+            self.run.run,
+            outstanding.len(),
+            outstanding.join("; ")
+        );
+        self.emit(FlowEvent::Incomplete {
+            run: self.run.clone(),
+            outstanding,
+        });
+    }
+
     /// Reports expression events left unsatisfied, records the result.
     fn finish(&mut self, abandoned: bool) -> Outcome {
         let plan = Arc::clone(&self.plan);
@@ -1189,6 +1241,9 @@ impl Engine {
             Outcome::Abandoned
         } else if self.failed {
             Outcome::Failure
+        } else if pending && self.plan.once && !self.stopping {
+            self.incomplete();
+            Outcome::Incomplete
         } else if pending {
             Outcome::Stopped
         } else {
@@ -1215,6 +1270,9 @@ impl Engine {
         );
         match outcome {
             Outcome::Success => tracing::info!(flow = %plan.name, "{line}"),
+            Outcome::Incomplete => {
+                tracing::warn!(flow = %plan.name, "{line} (`otools run --mode continue` takes up what is outstanding)")
+            }
             Outcome::Stopped | Outcome::Abandoned => {
                 tracing::warn!(flow = %plan.name, "{line} (work left pending: `otools run --mode continue` takes it up)")
             }

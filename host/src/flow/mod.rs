@@ -169,6 +169,11 @@ pub struct FlowPlan {
     pub stop_on_error: bool,
     /// The run does not end when idle: it waits for raised events until stopped.
     pub keep_open: bool,
+    /// A bounded run (`otools run --once`): the run ends once idle (nothing
+    /// running, nothing that can start now), without waiting for pending
+    /// delays, retries or (`keep_open`) raised events; what is left makes it
+    /// `incomplete`.
+    pub once: bool,
     /// Once asked to stop, how long running steps may take before they
     /// are abandoned (`[host] shutdown_timeout`).
     pub shutdown_timeout: Duration,

@@ -163,6 +163,7 @@ impl Builder<'_> {
             run_id: None,
             stop_on_error: f.stop_on_error.unwrap_or(true),
             keep_open: f.keep_open.unwrap_or(false),
+            once: false,
             shutdown_timeout: self.manifest.shutdown_timeout(),
             shared,
             events,
