@@ -945,7 +945,7 @@ mod tests {
             let shared = Arc::new(ContextShared {
                 name: name.into(),
                 level: AtomicU8::new(0),
-                stop: AtomicBool::new(false),
+                stop: Arc::new(AtomicBool::new(false)),
                 fatal: AtomicBool::new(false),
                 wake: Wake::default(),
                 dataframes: Vec::new(),

@@ -33,12 +33,12 @@ fn spec(context: &str, service: &str, capacity: usize, subscribe: &[&str]) -> En
     }
 }
 
-fn msg(name: &str, payload: impl Into<Value>) -> Outgoing {
+fn msg(name: &str, payload: impl Into<Value>) -> Outgoing<'_> {
     Outgoing {
         from: "test".into(),
-        name: name.into(),
+        name,
         payload: payload.into(),
-        correlation: "1".into(),
+        correlation: super::CorrelationId::Root(1),
         cancel: None,
     }
 }
@@ -53,7 +53,7 @@ fn drain(mb: &Mailbox) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     while mb.depth() > 0 {
         match mb.next(token, &|| false) {
-            Next::Message(e) => out.push((e.name, e.payload)),
+            Next::Message(e) => out.push((e.name.to_string(), e.payload)),
             Next::Leave => break,
         }
     }

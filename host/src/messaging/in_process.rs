@@ -4,7 +4,7 @@
 //! goes straight into the target's mailbox on the sender's thread (no
 //! serialization: the payload `Value` is moved).
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -13,8 +13,11 @@ use otools_abi::{MessageError, Value};
 use parking_lot::RwLock;
 
 use super::mailbox::{Envelope, Mailbox, reply_pair};
-use super::{EndpointSpec, Failure, Outgoing, Router};
+use super::{CorrelationId, EndpointSpec, Failure, Outgoing, Router, ShortStr};
 use crate::event::{self, Event, Events};
+
+/// Keyed by manifest names, looked up on every send: a fast hash.
+type HashMap<K, V> = StdHashMap<K, V, rustc_hash::FxBuildHasher>;
 
 #[derive(Default)]
 struct Table {
@@ -85,25 +88,32 @@ impl InProcess {
         }
     }
 
-    /// Checks `msg` for `mb`; an unknown name is also a WARN line and a
-    /// `message_unknown` event about the target, which goes on.
-    fn check(&self, mb: &Mailbox, msg: &Outgoing) -> Result<(), Failure> {
-        let r = mb.check(&msg.name, &msg.payload);
+    /// Checks `msg` for `mb`, and returns the name to queue it under; an
+    /// unknown name is also a WARN line and a `message_unknown` event about
+    /// the target, which goes on.
+    fn check(&self, mb: &Mailbox, msg: &Outgoing<'_>) -> Result<ShortStr, Failure> {
+        let r = mb.check(msg.name, &msg.payload);
         if let Err(f) = &r
             && f.kind == MessageError::UnknownMessage
         {
-            report_unknown(&self.events, mb, &msg.name, &msg.from, &msg.correlation);
+            report_unknown(&self.events, mb, msg.name, &msg.from, &msg.correlation);
         }
         r
     }
 }
 
 /// Logs and journals a message of a name `mb` does not accept.
-pub fn report_unknown(events: &Events, mb: &Mailbox, name: &str, from: &str, correlation: &str) {
+pub fn report_unknown(
+    events: &Events,
+    mb: &Mailbox,
+    name: &str,
+    from: &str,
+    correlation: &CorrelationId,
+) {
     tracing::warn!(
         context = %mb.context,
         service = %mb.service,
-        correlation,
+        correlation = %correlation,
         "unknown message `{name}` from {from}: refused (accepts: {})",
         mb.accepted().join(", ")
     );
@@ -111,14 +121,14 @@ pub fn report_unknown(events: &Events, mb: &Mailbox, name: &str, from: &str, cor
         unit: event::Unit::new(&mb.context, &mb.service, mb.generation()),
         name: name.to_owned(),
         from: from.to_owned(),
-        correlation: correlation.to_owned(),
+        correlation: correlation.to_string(),
     });
 }
 
-fn envelope(msg: Outgoing) -> Envelope {
+fn envelope(msg: Outgoing<'_>, name: ShortStr) -> Envelope {
     Envelope {
         from: msg.from,
-        name: msg.name,
+        name,
         payload: msg.payload,
         correlation: msg.correlation,
         reply: None,
@@ -130,24 +140,24 @@ impl Router for InProcess {
         self.mailbox(target).map(|m| m.address.clone())
     }
 
-    fn send(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<(), Failure> {
+    fn send(&self, to: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<(), Failure> {
         let mb = self.mailbox(to)?;
-        self.check(&mb, &msg)?;
-        mb.push(envelope(msg), deadline).map_err(|refused| {
+        let name = self.check(&mb, &msg)?;
+        mb.push(envelope(msg, name), deadline).map_err(|refused| {
             let (f, env) = *refused;
             drop(env);
             f
         })
     }
 
-    fn request(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<Value, Failure> {
+    fn request(&self, to: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<Value, Failure> {
         let mb = self.mailbox(to)?;
-        self.check(&mb, &msg)?;
+        let name = self.check(&mb, &msg)?;
         let (reply, pending) = reply_pair();
         if let Some(cancel) = &msg.cancel {
             cancel.watch(&pending);
         }
-        let mut env = envelope(msg);
+        let mut env = envelope(msg, name);
         env.reply = Some(reply);
         if let Err(refused) = mb.push(env, deadline) {
             let (f, mut env) = *refused;
@@ -160,7 +170,7 @@ impl Router for InProcess {
         pending.wait(deadline, &mb.address)
     }
 
-    fn publish(&self, topic: &str, msg: Outgoing, deadline: Instant) -> Result<usize, Failure> {
+    fn publish(&self, topic: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<usize, Failure> {
         let subscribers: Vec<Arc<Mailbox>> = {
             let t = self.table.read();
             t.topics
@@ -170,15 +180,16 @@ impl Router for InProcess {
         };
         // Every live subscriber must take it before anyone gets it.
         let live: Vec<Arc<Mailbox>> = subscribers.into_iter().filter(|m| m.is_alive()).collect();
-        for mb in &live {
-            self.check(mb, &msg)?;
-        }
+        let names = live
+            .iter()
+            .map(|mb| self.check(mb, &msg))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut delivered = 0;
         let mut full = None;
-        for mb in &live {
+        for (mb, name) in live.iter().zip(names) {
             let env = Envelope {
                 from: msg.from.clone(),
-                name: msg.name.clone(),
+                name,
                 payload: msg.payload.clone(),
                 correlation: msg.correlation.clone(),
                 reply: None,
@@ -198,7 +209,7 @@ impl Router for InProcess {
         }
     }
 
-    fn new_correlation(&self) -> String {
-        self.next_root.fetch_add(1, Ordering::Relaxed).to_string()
+    fn new_correlation(&self) -> CorrelationId {
+        CorrelationId::Root(self.next_root.fetch_add(1, Ordering::Relaxed))
     }
 }

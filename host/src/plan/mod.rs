@@ -319,7 +319,7 @@ impl<'m> Builder<'m> {
         Arc::new(ContextShared {
             name: name.get_ref().clone(),
             level: AtomicU8::new(level as u8),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             fatal: AtomicBool::new(false),
             wake: Wake::default(),
             dataframes,
