@@ -712,7 +712,7 @@ extern "C" fn host_send(
 ) -> RResult<(), MessageFailure> {
     with_caller(&caller, |h| {
         h.route("send", name.as_str(), payload, |r, msg| {
-            r.send(to.as_str(), msg, message_deadline(timeout_ns))
+            r.send(to.as_str(), msg, Duration::from_nanos(timeout_ns))
         })
     })
 }

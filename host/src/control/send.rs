@@ -59,7 +59,7 @@ pub(super) fn send(router: &Arc<dyn Router>, args: &SendArgs<'_>) -> Result<Json
             .map_err(shown)
     } else {
         router
-            .send(args.to, msg, deadline_after(timeout))
+            .send(args.to, msg, timeout)
             .map(|()| Json::Null)
             .map_err(shown)
     }

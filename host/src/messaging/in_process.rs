@@ -2,24 +2,28 @@
 //! registry: every service that accepts messages is registered while the
 //! deployment is planned, with its mailbox and its topics, and a message
 //! goes straight into the target's mailbox on the sender's thread (no
-//! serialization: the payload `Value` is moved).
+//! serialization: the payload `Value` is moved). The table is read on
+//! every send and written only while registering: readers load it from an
+//! `ArcSwap` (no shared counter written per send, so senders on several
+//! threads do not contend), and registering replaces it with a copy.
 
 use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use otools_abi::{MessageError, Value};
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 
-use super::mailbox::{Envelope, Mailbox, reply_pair};
+use super::mailbox::{Envelope, Mailbox, Wait, reply_pair};
 use super::{CorrelationId, EndpointSpec, Failure, Outgoing, Router, ShortStr};
 use crate::event::{self, Event, Events};
 
 /// Keyed by manifest names, looked up on every send: a fast hash.
 type HashMap<K, V> = StdHashMap<K, V, rustc_hash::FxBuildHasher>;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Table {
     mailboxes: Vec<Arc<Mailbox>>,
     /// `Context/service` and bare service names, to mailbox indexes.
@@ -30,7 +34,9 @@ struct Table {
 
 /// The in-process backend; see the module docs.
 pub struct InProcess {
-    table: RwLock<Table>,
+    table: ArcSwap<Table>,
+    /// Held while registering: one copy of the table at a time.
+    registering: Mutex<()>,
     next_root: AtomicU64,
     events: Arc<Events>,
 }
@@ -39,7 +45,8 @@ impl InProcess {
     /// An empty router whose unknown-message events go to `events`.
     pub fn new(events: Arc<Events>) -> InProcess {
         InProcess {
-            table: RwLock::new(Table::default()),
+            table: ArcSwap::default(),
+            registering: Mutex::new(()),
             next_root: AtomicU64::new(1),
             events,
         }
@@ -48,7 +55,8 @@ impl InProcess {
     /// Registers a service's mailbox and its subscriptions; returns the mailbox.
     pub fn register(&self, spec: &EndpointSpec) -> Arc<Mailbox> {
         let mailbox = Arc::new(Mailbox::new(spec));
-        let mut t = self.table.write();
+        let _one_at_a_time = self.registering.lock();
+        let mut t = Table::clone(&self.table.load());
         let i = t.mailboxes.len();
         t.mailboxes.push(Arc::clone(&mailbox));
         t.by_name
@@ -59,18 +67,25 @@ impl InProcess {
         for topic in &spec.subscribe {
             t.topics.entry(topic.clone()).or_default().push(i);
         }
+        self.table.store(Arc::new(t));
         mailbox
     }
 
     /// Every registered mailbox, in registration (manifest) order.
     pub fn mailboxes(&self) -> Vec<Arc<Mailbox>> {
-        self.table.read().mailboxes.clone()
+        self.table.load().mailboxes.clone()
     }
 
-    fn mailbox(&self, target: &str) -> Result<Arc<Mailbox>, Failure> {
-        let t = self.table.read();
+    /// Runs `f` with the mailbox of `target` (borrowed from the table:
+    /// no reference count is touched).
+    fn with_mailbox<R>(
+        &self,
+        target: &str,
+        f: impl FnOnce(&Arc<Mailbox>) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        let t = self.table.load();
         match t.by_name.get(target).map(Vec::as_slice) {
-            Some([i]) => Ok(Arc::clone(&t.mailboxes[*i])),
+            Some([i]) => f(&t.mailboxes[*i]),
             Some(many) if !many.is_empty() => Err(Failure::new(
                 MessageError::UnknownTarget,
                 format!(
@@ -137,21 +152,23 @@ fn envelope(msg: Outgoing<'_>, name: ShortStr) -> Envelope {
 
 impl Router for InProcess {
     fn resolve(&self, target: &str) -> Result<String, Failure> {
-        self.mailbox(target).map(|m| m.address.clone())
+        self.with_mailbox(target, |m| Ok(m.address.clone()))
     }
 
-    fn send(&self, to: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<(), Failure> {
-        let mb = self.mailbox(to)?;
-        let name = self.check(&mb, &msg)?;
-        mb.push(envelope(msg, name), deadline).map_err(|refused| {
-            let (f, env) = *refused;
-            drop(env);
-            f
+    fn send(&self, to: &str, msg: Outgoing<'_>, wait: Duration) -> Result<(), Failure> {
+        self.with_mailbox(to, |mb| {
+            let name = self.check(mb, &msg)?;
+            mb.push(envelope(msg, name), Wait::For(wait))
+                .map_err(|refused| {
+                    let (f, env) = *refused;
+                    drop(env);
+                    f
+                })
         })
     }
 
     fn request(&self, to: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<Value, Failure> {
-        let mb = self.mailbox(to)?;
+        let mb = self.with_mailbox(to, |mb| Ok(Arc::clone(mb)))?;
         let name = self.check(&mb, &msg)?;
         let (reply, pending) = reply_pair();
         if let Some(cancel) = &msg.cancel {
@@ -159,7 +176,7 @@ impl Router for InProcess {
         }
         let mut env = envelope(msg, name);
         env.reply = Some(reply);
-        if let Err(refused) = mb.push(env, deadline) {
+        if let Err(refused) = mb.push(env, Wait::Until(deadline)) {
             let (f, mut env) = *refused;
             // Not queued: nobody will answer, and the refusal is the answer.
             if let Some(r) = env.reply.take() {
@@ -172,7 +189,7 @@ impl Router for InProcess {
 
     fn publish(&self, topic: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<usize, Failure> {
         let subscribers: Vec<Arc<Mailbox>> = {
-            let t = self.table.read();
+            let t = self.table.load();
             t.topics
                 .get(topic)
                 .map(|v| v.iter().map(|i| Arc::clone(&t.mailboxes[*i])).collect())
@@ -194,7 +211,7 @@ impl Router for InProcess {
                 correlation: msg.correlation.clone(),
                 reply: None,
             };
-            match mb.push(env, deadline) {
+            match mb.push(env, Wait::Until(deadline)) {
                 Ok(()) => delivered += 1,
                 Err(refused) => {
                     let (f, env) = *refused;

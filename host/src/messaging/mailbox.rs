@@ -207,6 +207,25 @@ impl Pending {
     }
 }
 
+/// How long [`Mailbox::push`] may wait for room.
+#[derive(Debug, Clone, Copy)]
+pub enum Wait {
+    /// Until this instant.
+    Until(Instant),
+    /// This long from when the mailbox is found full: a mailbox with room
+    /// costs no clock reading.
+    For(Duration),
+}
+
+impl Wait {
+    fn deadline(self) -> Instant {
+        match self {
+            Wait::Until(at) => at,
+            Wait::For(d) => super::deadline_after(d),
+        }
+    }
+}
+
 /// What [`Mailbox::next`] hands the mailbox thread.
 #[derive(Debug)]
 pub enum Next {
@@ -428,11 +447,12 @@ impl Mailbox {
             .saturating_sub(taken)
     }
 
-    /// Queues `env`, waiting until `deadline` for room. A refused envelope
+    /// Queues `env`, waiting as `wait` says for room. A refused envelope
     /// is handed back, for the caller to drop outside the lock.
-    pub fn push(&self, env: Envelope, deadline: Instant) -> Result<(), Box<(Failure, Envelope)>> {
+    pub fn push(&self, env: Envelope, wait: Wait) -> Result<(), Box<(Failure, Envelope)>> {
         let mut back = self.sender.back.lock();
         let mut spun = false;
+        let mut deadline = None;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 drop(back);
@@ -473,6 +493,7 @@ impl Mailbox {
             }
             // Full. A busy mailbox thread makes room within microseconds:
             // spin a little (without the lock) before blocking, as it does.
+            let deadline = *deadline.get_or_insert_with(|| wait.deadline());
             if !spun {
                 spun = true;
                 parking_lot::MutexGuard::unlocked(&mut back, || {
@@ -691,7 +712,7 @@ mod tests {
     }
 
     fn push(mb: &Mailbox, n: i64, wait: Duration) -> Result<(), MessageError> {
-        mb.push(env(n), deadline_after(wait)).map_err(|r| r.0.kind)
+        mb.push(env(n), Wait::For(wait)).map_err(|r| r.0.kind)
     }
 
     fn take(mb: &Mailbox, token: u64) -> i64 {
@@ -776,7 +797,7 @@ mod tests {
             let (reply, p) = reply_pair();
             let mut e = env(n);
             e.reply = Some(reply);
-            mb.push(e, deadline_after(Duration::from_secs(5))).unwrap();
+            mb.push(e, Wait::For(Duration::from_secs(5))).unwrap();
             pending.push(p);
         }
         // Two in the thread's half, then two more in the senders' half.
@@ -785,7 +806,7 @@ mod tests {
             let (reply, p) = reply_pair();
             let mut e = env(n);
             e.reply = Some(reply);
-            mb.push(e, deadline_after(Duration::from_secs(5))).unwrap();
+            mb.push(e, Wait::For(Duration::from_secs(5))).unwrap();
             pending.push(p);
         }
         mb.close();

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 pub use correlation::CorrelationId;
 pub use in_process::{InProcess, report_unknown};
-pub use mailbox::{Cancel, Envelope, Mailbox, Next, Pending, ReplyTo, reply_pair};
+pub use mailbox::{Cancel, Envelope, Mailbox, Next, Pending, ReplyTo, Wait, reply_pair};
 pub use otools_abi::MessageError;
 use otools_abi::Value;
 pub use short_str::ShortStr;
@@ -114,8 +114,8 @@ pub trait Router: Send + Sync {
     /// The canonical address (`Context/service`) of `target`.
     fn resolve(&self, target: &str) -> Result<String, Failure>;
 
-    /// Queues a one-way message for `to`, waiting until `deadline` for room.
-    fn send(&self, to: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<(), Failure>;
+    /// Queues a one-way message for `to`, waiting up to `wait` for room.
+    fn send(&self, to: &str, msg: Outgoing<'_>, wait: Duration) -> Result<(), Failure>;
 
     /// Queues a request for `to` and waits until `deadline` for its reply.
     fn request(&self, to: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<Value, Failure>;

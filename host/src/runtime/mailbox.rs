@@ -115,10 +115,11 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
         };
         // The instance is loaded for each message and held only while it is
         // handled (no `Weak` either): stopping it waits for the last holder,
-        // and `finalize` needs it unshared.
-        let Some(live) = unit
-            .live
-            .load_full()
+        // and `finalize` needs it unshared. A guard, not a clone: swapping
+        // the instance out turns the guard into a counted reference.
+        let guard = unit.live.load();
+        let Some(live) = guard
+            .as_ref()
             .filter(|l| Arc::ptr_eq(&l.host, host) && !l.host.retired())
         else {
             mb.put_back(env);
@@ -132,7 +133,8 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
             reply,
         } = env;
         let _scope = correlation::enter(id.clone());
-        if &*name == SHUTDOWN {
+        let name = name.as_str();
+        if name == SHUTDOWN {
             if mb.accepts(SHUTDOWN) {
                 // The plugin's own clean-up first, like pyros' `shutdown()`.
                 *in_flight.lock() = reply;
@@ -148,7 +150,7 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
                     return;
                 };
                 let reply = in_flight.lock().take();
-                answer(reply, r, &live.host, &name);
+                answer(reply, r, &live.host, name);
             } else if let Some(reply) = reply {
                 drop(payload);
                 reply.answer(Ok(Value::Null));
@@ -158,14 +160,14 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
                 from: from.to_string(),
                 correlation: id.to_string(),
             });
-            drop(live);
+            drop(guard);
             mb.close();
             core.instance_ended(u, generation, Exit::Shutdown);
             break;
         }
-        if !mb.accepts(&name) {
+        if !mb.accepts(name) {
             // Accepted by the generation it was sent to, not by this one.
-            messaging::report_unknown(&core.shared.events, mb, &name, &from, &id);
+            messaging::report_unknown(&core.shared.events, mb, name, &from, &id);
             if let Some(reply) = reply {
                 reply.answer(Err(Failure::new(
                     MessageError::UnknownMessage,
@@ -186,7 +188,7 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
             Entry::Message,
             unit.policy.watchdog,
             0,
-            || live.handle_message(&name, payload),
+            || live.handle_message(name, payload),
         ) else {
             // Abandoned: the hang handler answered and ended the instance.
             return;
@@ -197,14 +199,14 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
         } else {
             None
         };
-        if let Some(reason) = answer(reply, r, &live.host, &name) {
+        if let Some(reason) = answer(reply, r, &live.host, name) {
             core.emit(Event::MessageFailed {
                 unit: core.unit_id(u, generation),
                 name: name.to_string(),
                 correlation: id.to_string(),
                 reason: reason.clone(),
             });
-            drop(live);
+            drop(guard);
             core.instance_ended(
                 u,
                 generation,
