@@ -495,7 +495,7 @@ impl<'m> Builder<'m> {
         let s = e.get_ref();
         let name = stack_name(trigger, s);
         let policy = s.policy(c, host_shutdown);
-        self.unit(
+        let u = self.unit(
             kind,
             name,
             &s.plugin,
@@ -505,7 +505,27 @@ impl<'m> Builder<'m> {
             false,
             key,
             e.span().start,
-        )
+        )?;
+        // A stack entry runs on the driver thread when its trigger fires:
+        // it has no mailbox, and nothing could reach its handler.
+        let accepts = crate::plugin::messages(&u.library, &u.export);
+        if !accepts.is_empty() {
+            self.errors.push(self.manifest.diagnostic(
+                s.export.span().start,
+                format!("{key} > export"),
+                format!(
+                    "`{}` accepts messages ({}), but a service in a trigger's stack has no mailbox, so no message could reach it; declare it as a `[[context.service]]` to send it messages",
+                    shown(&u.export),
+                    accepts
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+            return None;
+        }
+        Some(u)
     }
 }
 
