@@ -547,6 +547,97 @@ fn a_plugin_file_rewritten_in_place_while_the_host_copies_it_never_crashes_the_h
 }
 
 #[test]
+fn a_reload_that_overlaps_restarts_never_gives_two_instances_the_same_generation() {
+    // Found by the soak: a restart that began while a reload set up the
+    // new version took the same generation number as the prepared
+    // instance, and the swap then replaced that restarted generation with
+    // the prepared one under the same number. Here every generation hangs
+    // in `setup` for 150 ms and in its first `main` (a 50 ms watchdog
+    // replaces it), so restarts keep overlapping the reload's setups.
+    let dir = TestDir::new("reload_overlaps_restarts");
+    let watched = dir.path.join("libfaulty.so");
+    let faulty = std::fs::read(crate::util::plugin("faulty")).unwrap();
+    std::fs::write(&watched, &faulty).unwrap();
+    let m = dir.manifest(
+        "m.toml",
+        &format!(
+            r#"reload_debounce = "20ms"
+reload_limit = 1000
+reload_window = "500ms"
+[[context]]
+name = "C"
+period = "2ms"
+[[context.service]]
+name = "chaos"
+plugin = "{}"
+export = "Faulty"
+config = {{ hang_in = ["setup", "main"], hang_ms = 150 }}
+watchdog = "50ms"
+startup_timeout = "2s"
+shutdown_timeout = "1s"
+max_restarts = 100000
+restart_delay = "1ms"
+max_restart_delay = "1ms"
+[[context.service]]
+name = "keep"
+plugin = "hello"
+export = "Greeter"
+"#,
+            watched.display()
+        ),
+    );
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for_printed("hot reload: watching");
+    // Versions differ by a tag after the ELF data. A version is tried
+    // until it lands (refusals while the unit restarts are retried); then
+    // the next one comes, until a dozen attempts were made.
+    let write_version = |version: u32| {
+        let mut bytes = faulty.clone();
+        bytes.extend_from_slice(b"\0otools-test\0");
+        bytes.extend_from_slice(&version.to_le_bytes());
+        swap_in(&watched, &bytes);
+    };
+    let mut version = 0;
+    write_version(version);
+    let deadline = std::time::Instant::now() + crate::util::DEADLINE;
+    loop {
+        let j = journal(&events);
+        let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
+        if count("reload_attempted") >= 12 {
+            break;
+        }
+        if count("reload_ok") > version as usize {
+            version += 1;
+            write_version(version);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} reload attempts",
+            count("reload_attempted")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    host.signal("TERM");
+    let out = host.finish();
+    let j = journal(&events);
+    let started: Vec<u64> = generations_started(&j, "chaos");
+    let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
+    println!(
+        "{} attempts, {} ok, {} refused, generations started {started:?}",
+        count("reload_attempted"),
+        count("reload_ok"),
+        count("reload_rejected")
+    );
+    assert!(
+        started.windows(2).all(|w| w[0] < w[1]),
+        "each instance has a generation of its own, in order: {started:?}"
+    );
+    // 3 when the stop met a `main` hung in its 150 ms: abandoned.
+    assert!(matches!(out.code(), 0 | 3), "{}", out.stderr);
+}
+
+#[test]
 fn a_symlink_swapped_to_a_new_target_reloads_and_so_does_a_new_content_of_its_target() {
     let dir = TestDir::new("reload_symlink");
     let (m, watched) = manifest(&dir, "");
