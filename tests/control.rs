@@ -51,7 +51,7 @@ fn arg(p: &Path) -> String {
 }
 
 /// `otools status --json MANIFEST`, parsed; `None` while no host answers.
-fn status_json(manifest: &Path) -> Option<Value> {
+pub fn status_json(manifest: &Path) -> Option<Value> {
     let out = run(&["status", "--json", &arg(manifest)]);
     (out.code() == 0).then(|| {
         serde_json::from_str(&out.stdout)
@@ -61,7 +61,7 @@ fn status_json(manifest: &Path) -> Option<Value> {
 
 /// Polls `otools status --json` until `want` holds (the deadline only
 /// fails a hung test); returns that status.
-fn wait_status(manifest: &Path, want: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_status(manifest: &Path, want: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + DEADLINE;
     let mut last = None;
     loop {

@@ -193,7 +193,8 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         let router = Arc::clone(&deployment.router) as Arc<dyn crate::messaging::Router>;
         let commands = Commands::new(c.manifest, cores.clone(), c.states, router, move || {
             let _ = tx.send(Msg::Stop);
-        });
+        })
+        .with_pipelines(pipes.clone());
         control::serve(c.socket, commands, &threads).ok()
     });
 

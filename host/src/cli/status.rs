@@ -1,6 +1,7 @@
-//! `otools status [--json] MANIFEST`: the state of every context and unit of
-//! the host running that manifest (with its mailbox, if it has one), asked
-//! through its control socket.
+//! `otools status [--json] MANIFEST`: the state of every context and unit
+//! of the host running that manifest (with its mailbox, if it has one),
+//! and of every pipeline (`control::pipelines`), asked through its control
+//! socket.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CLIENT_EXIT_CODES, ask, exit};
-use crate::control::{Request, Status};
+use crate::control::{Request, Status, pipelines};
 
 /// Show the state of a running host.
 #[derive(Debug, Args)]
@@ -119,5 +120,6 @@ fn text(status: &Status) -> String {
             out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
         }
     }
+    out.push_str(&pipelines::text(&status.pipelines));
     out
 }

@@ -309,6 +309,9 @@ pub enum Event {
         items_out: u64,
         /// Items that failed in any stage.
         items_failed: u64,
+        /// Each stage's figures, source first (what holds for a transform
+        /// that makes zero or several items of one: see [`StageStats`]).
+        stages: Vec<StageStats>,
         /// `completed` (every source exhausted), `stopped` (a stop request
         /// or `stop_pipeline`) or `failed` (a stage could not go on).
         outcome: String,
@@ -346,10 +349,30 @@ pub struct StageStats {
     pub queue_size: u64,
     /// Items it took in (a source: produced).
     pub items_in: u64,
-    /// Items it sent on (a sink: consumed).
+    /// Items it took in and handled without failing (a source: produced).
+    /// `items_in == items_done + items_failed` once the stage has finished
+    /// (while it runs, the difference is the items in its workers' hands).
+    pub items_done: u64,
+    /// Items it sent on (a sink: consumed, so equal to `items_done`). A
+    /// transform sends on as many as it made: zero, one or several per
+    /// item done. Once the pipeline has drained, the next stage's
+    /// `items_in` equals this.
     pub items_out: u64,
     /// Items that failed in it.
     pub items_failed: u64,
+}
+
+impl StageStats {
+    /// The figures of a finished stage, as `pipeline_finished` lists them.
+    fn figures(&self) -> Json {
+        serde_json::json!({
+            "stage": self.stage,
+            "items_in": self.items_in,
+            "items_done": self.items_done,
+            "items_out": self.items_out,
+            "items_failed": self.items_failed,
+        })
+    }
 }
 
 impl Event {
@@ -577,6 +600,7 @@ impl Event {
                 ("queue_high_water", s.queue_high_water.into()),
                 ("queue_size", s.queue_size.into()),
                 ("items_in", s.items_in.into()),
+                ("items_done", s.items_done.into()),
                 ("items_out", s.items_out.into()),
                 ("items_failed", s.items_failed.into()),
             ],
@@ -585,12 +609,17 @@ impl Event {
                 items_in,
                 items_out,
                 items_failed,
+                stages,
                 outcome,
             } => vec![
                 ("pipeline", pipeline.as_str().into()),
                 ("items_in", (*items_in).into()),
                 ("items_out", (*items_out).into()),
                 ("items_failed", (*items_failed).into()),
+                (
+                    "stages",
+                    Json::Array(stages.iter().map(StageStats::figures).collect()),
+                ),
                 ("outcome", outcome.as_str().into()),
             ],
             Self::Flow(f) => f.fields(),

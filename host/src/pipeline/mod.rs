@@ -99,6 +99,7 @@ struct Stage {
     /// Workers that have not given up.
     live: AtomicUsize,
     items_in: AtomicU64,
+    items_done: AtomicU64,
     items_out: AtomicU64,
     items_failed: AtomicU64,
 }
@@ -136,8 +137,18 @@ pub struct RunningPipeline {
     pub abandoned: AtomicBool,
 }
 
+/// One stage as `otools status` shows it.
+pub struct StageSnapshot {
+    /// Source, transform or sink.
+    pub role: StageRole,
+    /// Its figures now.
+    pub stats: StageStats,
+    /// The newest generation of each worker (1 for its first instance).
+    pub generations: Vec<u64>,
+}
+
 /// A worker's name in logs and events: `<stage>.<worker>`.
-fn worker_name(stage: &str, w: usize) -> String {
+pub fn worker_name(stage: &str, w: usize) -> String {
     format!("{stage}.{w}")
 }
 
@@ -189,6 +200,7 @@ impl RunningPipeline {
                     running: AtomicUsize::new(threads),
                     live: AtomicUsize::new(threads),
                     items_in: AtomicU64::new(0),
+                    items_done: AtomicU64::new(0),
                     items_out: AtomicU64::new(0),
                     items_failed: AtomicU64::new(0),
                 }
@@ -338,8 +350,39 @@ impl RunningPipeline {
             queue_high_water: st.input.as_ref().map_or(0, Queue::high_water),
             queue_size: st.input.as_ref().map_or(0, |q| q.size as u64),
             items_in: st.items_in.load(Ordering::SeqCst),
+            items_done: st.items_done.load(Ordering::SeqCst),
             items_out: st.items_out.load(Ordering::SeqCst),
             items_failed: st.items_failed.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Every stage's figures now, source first.
+    pub fn snapshot(&self) -> Vec<StageSnapshot> {
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(s, st)| StageSnapshot {
+                role: st.role,
+                stats: self.stats(s),
+                generations: st
+                    .slots
+                    .iter()
+                    .map(|w| w.control.lock().generation.max(1))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// `running`, `stopping` (draining), `finished` or `abandoned`.
+    pub fn state(&self) -> &'static str {
+        if self.abandoned.load(Ordering::SeqCst) {
+            "abandoned"
+        } else if self.finished.load(Ordering::SeqCst) {
+            "finished"
+        } else if self.shared.stopping() {
+            "stopping"
+        } else {
+            "running"
         }
     }
 
@@ -435,8 +478,9 @@ impl RunningPipeline {
 
     fn all_finished(&self) {
         self.finished.store(true, Ordering::SeqCst);
-        for s in 0..self.stages.len() {
-            self.emit(Event::StageStats(self.stats(s)));
+        let stages: Vec<StageStats> = (0..self.stages.len()).map(|s| self.stats(s)).collect();
+        for s in &stages {
+            self.emit(Event::StageStats(s.clone()));
         }
         let items_in = self.stages[0].items_out.load(Ordering::SeqCst);
         let items_out = self
@@ -465,6 +509,7 @@ impl RunningPipeline {
             items_in,
             items_out,
             items_failed,
+            stages,
             outcome: outcome.into(),
         });
         self.shared.wake.notify();

@@ -311,6 +311,7 @@ impl RunningPipeline {
                     return Ran::Abandoned;
                 }
                 stage.items_in.fetch_add(1, Ordering::SeqCst);
+                stage.items_done.fetch_add(1, Ordering::SeqCst);
                 stage.items_out.fetch_add(1, Ordering::SeqCst);
             }
             if !more {
@@ -344,6 +345,9 @@ impl RunningPipeline {
             }) else {
                 return Ran::Abandoned;
             };
+            if matches!(r, RResult::ROk(())) {
+                stage.items_done.fetch_add(1, Ordering::SeqCst);
+            }
             match (r, next) {
                 (RResult::ROk(()), Some(q)) => {
                     for o in out.drain(..) {
