@@ -265,6 +265,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         let tx = tx.clone();
         crate::reload::start(
             cores.clone(),
+            pipes.clone(),
             deployment.loaded.clone(),
             deployment.reload.clone(),
             Arc::clone(&deployment.events),

@@ -1,5 +1,5 @@
 //! The pipelines part of `status`: each pipeline's state, and for each of
-//! its stages the workers (state, generation, restarts), the input queue
+//! its stages the workers (state, generation, restarts, reloads), the input queue
 //! (depth, high-water mark, capacity) and the item counts, with the text
 //! table `otools status` prints for them.
 
@@ -60,6 +60,8 @@ pub struct WorkerStatus {
     pub generation: u64,
     /// Restarts decided for it since the host started.
     pub restarts: u64,
+    /// New instances a hot reload set up for it and did not roll back.
+    pub reloads: u64,
     /// The reason of its latest failure, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
@@ -88,6 +90,7 @@ pub fn status(
                                 state: known.map_or("pending", |s| s.phase.name()).into(),
                                 generation,
                                 restarts: known.map_or(0, |s| s.restarts),
+                                reloads: known.map_or(0, |s| s.reloads),
                                 last_failure: known.and_then(|s| s.last_failure.clone()),
                                 name,
                             }
@@ -149,11 +152,12 @@ pub fn text(pipes: &[PipelineStatus]) -> String {
                 });
                 let _ = writeln!(
                     out,
-                    "    worker {} {} generation {} restarts {}{failure}",
+                    "    worker {} {} generation {} restarts {} reloads {}{failure}",
                     w.name.escape_debug(),
                     w.state,
                     w.generation,
-                    w.restarts
+                    w.restarts,
+                    w.reloads
                 );
             }
         }

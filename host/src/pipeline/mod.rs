@@ -28,7 +28,10 @@
 
 mod dead_letter;
 mod queue;
+mod reload;
 mod worker;
+
+pub use reload::StageReload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -70,6 +73,11 @@ struct WorkerSlot {
     /// The instance built by the plan, taken by the first thread.
     initial: Mutex<Option<FfiStageBox>>,
     stash: Arc<Mutex<Option<Vec<u8>>>>,
+    /// A hot reload's new instance, set up and waiting for the worker to
+    /// switch to it at its next item (see `reload.rs`).
+    next: Mutex<reload::Next>,
+    /// `next` holds an instance (checked between items without a lock).
+    has_next: AtomicBool,
 }
 
 struct SlotControl {
@@ -87,7 +95,8 @@ struct SlotControl {
 struct Stage {
     name: String,
     role: StageRole,
-    library: Arc<Library>,
+    /// Its library: the newest version a hot reload moved it to.
+    library: Mutex<Arc<Library>>,
     export: String,
     config_json: String,
     policy: Policy,
@@ -186,13 +195,15 @@ impl RunningPipeline {
                         current_item: AtomicU64::new(0),
                         initial: Mutex::new(Some(o)),
                         stash: Arc::new(Mutex::new(None)),
+                        next: Mutex::new(reload::Next::default()),
+                        has_next: AtomicBool::new(false),
                     })
                     .collect();
                 Stage {
                     input: (s.role != StageRole::Source).then(|| Queue::new(s.queue_size)),
                     name: s.name,
                     role: s.role,
-                    library: s.library,
+                    library: Mutex::new(s.library),
                     export: s.export,
                     config_json: s.config_json,
                     policy: s.policy,
