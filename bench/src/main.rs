@@ -2,6 +2,7 @@
 //! plugins (built by `make bench` first) and prints one table of figures.
 //! `--smoke` runs every workload for a moment with tiny counts and no
 //! figure checks (`make bench-smoke`, run by CI so the harness cannot rot).
+//! `--pipelines` runs only the pipeline rows.
 //!
 //! Workloads:
 //! - `watchdog detection`: a service hangs in `main` on its second call in
@@ -14,10 +15,13 @@
 //!   context, with and without a `watchdog` on each, measured alternately.
 //! - messaging (round trip, one-way, idle agents) against service-framework
 //!   and a bare channel: see the `messaging` module.
+//! - pipelines (throughput, blocked producer) against os-m3-engine: see the
+//!   `pipeline` module.
 
 #![allow(clippy::print_stdout, reason = "the table is this program's output")]
 
 mod messaging;
+mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -802,6 +806,10 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let plugins = release_dir();
     let dir = scratch();
+    if std::env::args().any(|a| a == "--pipelines") {
+        let py = peer_python("os_m3_engine");
+        return pipeline::print(&dir, &plugins, smoke, py.as_deref());
+    }
     let started = Instant::now();
     let py = peer_python("otools");
     let vs = versus(&dir, &plugins, smoke, py.as_deref());
@@ -850,6 +858,13 @@ fn main() {
         smoke,
         peer_python("service_framework").as_deref(),
     ));
+    println!();
+    pipeline::print(
+        &dir,
+        &plugins,
+        smoke,
+        peer_python("os_m3_engine").as_deref(),
+    );
     println!();
     let w = rows.iter().map(|r| r.workload.len()).max().unwrap_or(10);
     let f = rows.iter().map(|r| r.figure.len()).max().unwrap_or(10);
