@@ -476,6 +476,77 @@ fn a_plugin_file_rewritten_in_place_slowly_is_loaded_once_complete_and_only_then
 }
 
 #[test]
+fn a_plugin_file_rewritten_in_place_while_the_host_copies_it_never_crashes_the_host_nor_refuses_a_whole_version()
+ {
+    // The attack that killed the host with SIGBUS: the file goes quiet for
+    // just over the debounce (the host starts to copy it), then is rewritten
+    // in place again. The host checks and hashes its private copy, loads
+    // only the content it judged quiet, and refuses a file written since
+    // only until it is quiet again: it never maps a truncated file, and
+    // never refuses a whole version for good because a write began.
+    let dir = TestDir::new("reload_rewrite_race");
+    let (m, watched) = manifest(&dir, "");
+    with_debounce(&m, "20ms");
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for("version 1 set up");
+    host.wait_for_printed("hot reload: watching");
+    let versions = [
+        std::fs::read(variant("2")).unwrap(),
+        std::fs::read(variant("1")).unwrap(),
+    ];
+    // The hashes of the two whole versions, from two clean reloads.
+    let ok_hashes = |j: &[Value]| -> Vec<String> {
+        j.iter()
+            .filter(|e| e["event"] == "reload_ok")
+            .map(|e| e["hash"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    swap_in(&watched, &versions[0]);
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    swap_in(&watched, &versions[1]);
+    let whole = ok_hashes(&wait_for_events(&events, 2, |e| e["event"] == "reload_ok"));
+    assert_ne!(whole[0], whole[1], "{whole:?}");
+    for round in 0..40_usize {
+        rewrite_in_place_slowly(&watched, &versions[round % 2], 1, Duration::ZERO);
+        // The pauses are the scenario (quiet for about the debounce, then a
+        // new write while the host may be copying), not waits for the host.
+        std::thread::sleep(Duration::from_millis(25 + (round as u64 * 7) % 40));
+    }
+    rewrite_in_place_slowly(&watched, &versions[0], 1, Duration::ZERO);
+    // Version 2, whole, is what the host serves in the end.
+    let deadline = std::time::Instant::now() + crate::util::DEADLINE;
+    while ok_hashes(&journal(&events)).last() != Some(&whole[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 2 ({}) was never loaded again: {:#?}",
+            whole[0],
+            journal(&events)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "the host survived: {}", out.stderr);
+    let j = journal(&events);
+    let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
+    println!(
+        "{} attempts, {} ok, {} refused",
+        count("reload_attempted"),
+        count("reload_ok"),
+        count("reload_rejected"),
+    );
+    for e in j.iter().filter(|e| e["event"] == "reload_rejected") {
+        let reason = e["reason"].as_str().unwrap_or_default();
+        let hash = e["hash"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("changed while it was being read") || !whole.iter().any(|h| h == hash),
+            "a whole version was refused: {e}"
+        );
+    }
+}
+
+#[test]
 fn a_symlink_swapped_to_a_new_target_reloads_and_so_does_a_new_content_of_its_target() {
     let dir = TestDir::new("reload_symlink");
     let (m, watched) = manifest(&dir, "");
@@ -535,25 +606,41 @@ fn a_fixed_file_revives_a_service_that_gave_up_with_its_restart_history_cleared(
     std::fs::write(&m, text).unwrap();
     let events = dir.path.join("events.jsonl");
     let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
-    wait_for_events(&events, 1, |e| {
-        e["event"] == "gave_up" && e["service"] == "counter"
-    });
+    let gave_up_once = |e: &Value| e["event"] == "gave_up" && e["service"] == "counter";
+    let j = wait_for_events(&events, 1, gave_up_once);
+    let restarts = |j: &[Value]| crate::util::events_of(j, "restarting", "counter").len();
+    assert_eq!(restarts(&j), 1, "max_restarts = 1: {j:#?}");
+    // A file that still fails: the revived unit gets its whole restart
+    // budget again (one more restart, then it gives up again). With its
+    // history kept it would give up at its first failure.
+    swap_in(&watched, &std::fs::read(variant("setup_panic")).unwrap());
+    let j = wait_for_events(&events, 2, gave_up_once);
+    let revived_at = pos(&j, |e| e["event"] == "revived" && e["service"] == "counter");
+    assert_eq!(
+        crate::util::events_of(&j[revived_at..], "restarting", "counter").len(),
+        1,
+        "after the revival, one restart before giving up again: {j:#?}"
+    );
     swap_in(&watched, &std::fs::read(variant("1")).unwrap());
-    let j = wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    let j = wait_for_events(&events, 2, |e| e["event"] == "reload_ok");
     host.wait_for("version 1 set up");
     host.signal("TERM");
     let out = host.finish();
-    let ok = pos(&j, |e| e["event"] == "reload_ok");
-    let revived = pos(&j, |e| e["event"] == "revived" && e["service"] == "counter");
-    assert!(revived < ok, "{j:#?}");
+    let positions = |pred: &dyn Fn(&Value) -> bool| -> Vec<usize> {
+        (0..j.len()).filter(|i| pred(&j[*i])).collect()
+    };
+    let ok = positions(&|e| e["event"] == "reload_ok")[1];
+    let revivals = positions(&|e| e["event"] == "revived" && e["service"] == "counter");
+    assert_eq!(revivals.len(), 2, "{j:#?}");
+    assert!(revivals[1] < ok, "{j:#?}");
     assert_eq!(j[ok]["revived"], 1, "{j:#?}");
     let j = journal(&events);
-    let gave_up = &crate::util::events_of(&j, "gave_up", "counter")[0];
+    let gave_up = crate::util::events_of(&j, "gave_up", "counter");
     let started = crate::util::events_of(&j, "started", "counter");
     assert_eq!(started.len(), 1, "{j:#?}");
     assert_eq!(
         started[0]["generation"].as_u64(),
-        gave_up["generation"].as_u64().map(|g| g + 1),
+        gave_up[1]["generation"].as_u64().map(|g| g + 1),
         "the revived generation follows the one that gave up: {j:#?}"
     );
     // Revived and serving, it no longer counts as failed: a clean exit.

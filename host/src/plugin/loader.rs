@@ -390,6 +390,18 @@ fn rlib_instead(path: &Path) -> Option<PathBuf> {
 
 /// Loads and checks the library at `path`, from a private copy.
 pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
+    load_expecting(path, verbose, None)
+}
+
+/// [`load`], refusing the file as [`LoadError::Changing`] unless its
+/// [`Fingerprint`] is still `expected` when the copy starts: the hot
+/// reload judged (and hashed) the file in that state, and a content
+/// written since must not be checked, then refused, in its name.
+pub fn load_expecting(
+    path: &Path,
+    verbose: bool,
+    expected: Option<&Fingerprint>,
+) -> Result<Library, LoadError> {
     if !path.is_file() {
         if let Some(rlib) = rlib_instead(path) {
             return Err(LoadError::NotACdylib {
@@ -406,6 +418,11 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         detail: format!("cannot copy it to the host's private folder ({what}): {e}"),
     };
     let before = Fingerprint::of(path).map_err(|e| copy_err("stat", e))?;
+    if expected.is_some_and(|e| *e != before) {
+        return Err(LoadError::Changing {
+            path: path.to_path_buf(),
+        });
+    }
     let dir = private_dir().map_err(|e| copy_err("folder", e))?;
     let stem = path
         .file_stem()

@@ -170,7 +170,7 @@ impl Watcher {
             file: path.display().to_string(),
             hash: hex(hash),
         });
-        match self.reload(path) {
+        match self.reload(path, &quiet) {
             Ok((lib, swapped, revived)) => {
                 if let Some(state) = self.files.get_mut(path) {
                     state.current = lib.hash;
@@ -257,8 +257,15 @@ impl Watcher {
 
     /// One reload of `path`, on a thread of its own so the watchdog can
     /// abandon a hung `setup`, `export_state` or `import_state`.
-    fn reload(&mut self, path: &Path) -> Result<(Arc<Library>, usize, usize), Refusal> {
-        let lib = match loader::load(path, self.settings.verbose) {
+    fn reload(
+        &mut self,
+        path: &Path,
+        quiet: &loader::Fingerprint,
+    ) -> Result<(Arc<Library>, usize, usize), Refusal> {
+        // The file as it was judged quiet and hashed, or a refusal to try
+        // again once it is quiet: a write that began since must not get
+        // that content refused for good.
+        let lib = match loader::load_expecting(path, self.settings.verbose, Some(quiet)) {
             Ok(lib) => Arc::new(lib),
             Err(e @ loader::LoadError::Changing { .. }) => {
                 return Err(Refusal {
