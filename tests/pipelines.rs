@@ -15,7 +15,7 @@ use crate::util::{self, Running, TestDir, events_of, journal, run, run_manifest}
 /// A three-stage pipeline: `source` (Numbers with `source_config`),
 /// `double` (Double with `double_keys` and `double_config`), `collect`
 /// (Collect into `out.txt` in `dir` with `sink_keys`).
-fn three_stages(
+pub fn three_stages(
     dir: &TestDir,
     pipeline_keys: &str,
     source: &str,
@@ -57,7 +57,7 @@ config = {{ file = "{}" }}
 }
 
 /// The integers the sink wrote, one per line, in order.
-fn collected(dir: &TestDir) -> Vec<i64> {
+pub fn collected(dir: &TestDir) -> Vec<i64> {
     std::fs::read_to_string(dir.path.join("out.txt"))
         .unwrap_or_default()
         .lines()
@@ -85,6 +85,29 @@ fn last_stats<'a>(events: &'a [Value], stage: &str) -> &'a Value {
         .rev()
         .find(|e| e["event"] == "stage_stats" && e["stage"] == stage)
         .expect("stage_stats")
+}
+
+/// Starts `otools run` on `body` (as `m.toml` in `dir`) with the journal
+/// `events.jsonl`; the manifest, the journal's path and the host.
+fn start_in(dir: &TestDir, body: &str) -> (std::path::PathBuf, std::path::PathBuf, Running) {
+    let m = dir.manifest("m.toml", body);
+    let events = dir.path.join("events.jsonl");
+    let running = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    (m, events, running)
+}
+
+/// [`start_in`] on [`three_stages`] without pipeline keys.
+fn start_three(
+    dir: &TestDir,
+    source: &str,
+    double: &str,
+    double_config: &str,
+    sink: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, Running) {
+    start_in(
+        dir,
+        &three_stages(dir, "", source, double, double_config, sink),
+    )
 }
 
 fn run_in(dir: &TestDir, body: &str) -> (util::Output, Vec<Value>) {
@@ -185,19 +208,13 @@ config = {{ file = "{}", delay_ms = 2 }}
 #[test]
 fn sigterm_in_the_middle_of_an_endless_source_drains_with_items_in_equal_to_items_out() {
     let dir = TestDir::new("pipe-sigterm");
-    let m = dir.manifest(
-        "m.toml",
-        &three_stages(
-            &dir,
-            "",
-            "config = { every_ms = 1 }",
-            "threads = 2\nqueue_size = 16",
-            "delay_ms = 1",
-            "queue_size = 16",
-        ),
+    let (_, events, running) = start_three(
+        &dir,
+        "config = { every_ms = 1 }",
+        "threads = 2\nqueue_size = 16",
+        "delay_ms = 1",
+        "queue_size = 16",
     );
-    let events = dir.path.join("events.jsonl");
-    let running = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
     let deadline = std::time::Instant::now() + util::DEADLINE;
     while collected(&dir).len() < 50 {
         assert!(
@@ -698,19 +715,13 @@ fn assert_stage_accounting(f: &Value) {
 #[test]
 fn status_shows_each_stage_with_its_workers_queue_within_queue_size_and_item_counts() {
     let dir = TestDir::new("pipe-status");
-    let m = dir.manifest(
-        "m.toml",
-        &three_stages(
-            &dir,
-            "",
-            "",
-            "threads = 2\nqueue_size = 8\nrestart_delay = \"10ms\"",
-            "panic_on = [6], delay_ms = 2",
-            "queue_size = 4",
-        ),
+    let (m, events, running) = start_three(
+        &dir,
+        "",
+        "threads = 2\nqueue_size = 8\nrestart_delay = \"10ms\"",
+        "panic_on = [6], delay_ms = 2",
+        "queue_size = 4",
     );
-    let events = dir.path.join("events.jsonl");
-    let running = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
     // The transform is slower than the endless source: its queue fills up.
     let status = crate::control::wait_status(&m, |s| {
         s["pipelines"][0]["stages"][2]["items_done"].as_u64() >= Some(20)

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::pipelines::{collected, three_stages};
 use crate::util::{Running, TestDir, journal, target_dir, wait_for_events};
 
 const VARIANTS: &[&str] = &[
@@ -941,19 +942,10 @@ fn a_version_loaded_before_is_reused_not_mapped_again_when_the_file_goes_back_to
     );
 }
 
-/// The items the `Collect` sink wrote to `path`, one per line.
-fn collected(path: &Path) -> Vec<i64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect()
-}
-
-/// Polls `path` until the sink wrote an item that `want` accepts `count` times.
-fn wait_collected(path: &Path, count: usize, want: impl Fn(i64) -> bool) {
+/// Polls until the sink of `dir` wrote `count` items that `want` accepts.
+fn wait_collected(dir: &TestDir, count: usize, want: impl Fn(i64) -> bool) {
     let deadline = std::time::Instant::now() + crate::util::DEADLINE;
-    while collected(path).into_iter().filter(|n| want(*n)).count() < count {
+    while collected(dir).into_iter().filter(|n| want(*n)).count() < count {
         assert!(std::time::Instant::now() < deadline, "too few items");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -965,54 +957,39 @@ fn a_stage_library_replaced_on_disk_moves_its_workers_to_the_new_version_without
     let dir = TestDir::new("reload_stage");
     let watched = dir.path.join("libtagging.so");
     std::fs::copy(variant("1"), &watched).unwrap();
-    let out_file = dir.path.join("out.txt");
+    // Numbers -> Tag (2 workers, from the watched file) -> Collect.
+    let pipeline = three_stages(
+        &dir,
+        "",
+        "config = { every_ms = 1 }",
+        "threads = 2\nstartup_timeout = \"300ms\"",
+        "",
+        "",
+    )
+    .replace(
+        "plugin = \"stages\"\nexport = \"Double\"",
+        &format!("plugin = \"{}\"\nexport = \"Tag\"", watched.display()),
+    );
     let m = dir.manifest(
         "m.toml",
-        &format!(
-            r#"reload_debounce = "50ms"
-reload_limit = 100
-[[pipeline]]
-name = "tagged"
-[[pipeline.stage]]
-name = "count"
-plugin = "stages"
-export = "Numbers"
-role = "source"
-config = {{ every_ms = 1 }}
-[[pipeline.stage]]
-name = "tag"
-plugin = "{}"
-export = "Tag"
-role = "transform"
-threads = 2
-startup_timeout = "300ms"
-[[pipeline.stage]]
-name = "collect"
-plugin = "stages"
-export = "Collect"
-role = "sink"
-config = {{ file = "{}" }}
-"#,
-            watched.display(),
-            out_file.display()
-        ),
+        &format!("reload_debounce = \"50ms\"\nreload_limit = 100\n{pipeline}"),
     );
     let events = dir.path.join("events.jsonl");
     let host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
-    wait_collected(&out_file, 20, |n| n % 10 == 1);
+    wait_collected(&dir, 20, |n| n % 10 == 1);
     // Bad versions are refused, naming the file, stage and why; version 1 goes on.
     for (bad, why) in [
         (
             "noexport",
-            "the new version has no transform `Tag` (stage `tag` of pipeline `tagged`)",
+            "the new version has no transform `Tag` (stage `double` of pipeline `numbers`)",
         ),
         (
             "setup_error",
-            "stage `tag` of pipeline `tagged`, worker 0: setup failed: version setup_error refuses to set up",
+            "stage `double` of pipeline `numbers`, worker 0: setup failed: version setup_error refuses to set up",
         ),
         (
             "setup_hang",
-            "stage `tag` of pipeline `tagged`: setup hung (no return within",
+            "stage `double` of pipeline `numbers`: setup hung (no return within",
         ),
     ] {
         swap_in(&watched, &std::fs::read(variant(bad)).unwrap());
@@ -1028,16 +1005,16 @@ config = {{ file = "{}" }}
                 .unwrap()
                 .ends_with("libtagging.so")
         );
-        let before = collected(&out_file).len();
-        wait_collected(&out_file, before + 20, |n| n % 10 == 1);
+        let before = collected(&dir).len();
+        wait_collected(&dir, before + 20, |n| n % 10 == 1);
     }
     swap_in(&watched, &std::fs::read(variant("2")).unwrap());
     wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
-    wait_collected(&out_file, 20, |n| n % 10 == 2);
+    wait_collected(&dir, 20, |n| n % 10 == 2);
     host.signal("TERM");
     let out = host.finish();
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let items = collected(&out_file);
+    let items = collected(&dir);
     // Every item reached the sink once, handled by version 1 or 2.
     assert!(
         items.iter().all(|n| n % 10 == 1 || n % 10 == 2),
@@ -1052,7 +1029,7 @@ config = {{ file = "{}" }}
     assert_eq!(finished["items_in"], finished["items_out"], "{finished}");
     assert_eq!(finished["items_failed"], 0, "{finished}");
     // Each worker set up version 2 before finalizing version 1, then served it.
-    for w in ["tag.0", "tag.1"] {
+    for w in ["double.0", "double.1"] {
         let at = |event: &str| {
             pos(&j, |e| {
                 e["event"] == event

@@ -24,29 +24,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{header, mono, release_dir, run, workspace_root};
+use crate::{header, mono, release_dir, run};
 
 /// The peer's figure `key` from `m3_peer.py args`, run unpinned and pinned
 /// to CPU 0 (its threads share one GIL), the better of the two (`higher`:
 /// the larger); `None` if neither gave one.
 fn peer(py: &Path, args: &[&str], key: &str, higher: bool) -> Option<f64> {
-    let script = workspace_root().join("bench/peer/m3_peer.py");
-    let figure = |pinned: bool| {
-        let mut cmd = Command::new(if pinned { Path::new("taskset") } else { py });
-        if pinned {
-            cmd.args(["-c", "0"]).arg(py);
-        }
-        let out = cmd
-            .arg(&script)
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            .and_then(|v| v[key].as_f64())
+    let figure = |pinned| {
+        crate::messaging::peer_script("m3_peer.py", py, args, pinned).and_then(|v| v[key].as_f64())
     };
     let both = [figure(false), figure(true)];
     let best = both.into_iter().flatten();
@@ -57,20 +42,26 @@ fn peer(py: &Path, args: &[&str], key: &str, higher: bool) -> Option<f64> {
     }
 }
 
+/// Writes the manifest `dir/<name>.toml`: the bench header, then `body`.
+fn manifest(dir: &Path, plugins: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    let m = dir.join(format!("{name}.toml"));
+    std::fs::write(&m, format!("{}{body}", header(plugins))).expect("write the manifest");
+    m
+}
+
 /// Items per second through source -> transform (4 workers) -> sink.
 fn throughput(dir: &Path, plugins: &Path, n: u64) -> f64 {
-    let m = dir.join("pipe-throughput.toml");
-    std::fs::write(
-        &m,
-        format!(
-            "{}[[pipeline]]\nname = \"p\"\nstats_interval = \"10m\"\n\
+    let m = manifest(
+        dir,
+        plugins,
+        "pipe-throughput",
+        &format!(
+            "[[pipeline]]\nname = \"p\"\nstats_interval = \"10m\"\n\
              [[pipeline.stage]]\nname = \"source\"\nplugin = \"stages\"\nexport = \"Numbers\"\nrole = \"source\"\nconfig = {{ to = {n} }}\n\
              [[pipeline.stage]]\nname = \"transform\"\nplugin = \"stages\"\nexport = \"Double\"\nrole = \"transform\"\nthreads = 4\n\
-             [[pipeline.stage]]\nname = \"sink\"\nplugin = \"stages\"\nexport = \"Sum\"\nrole = \"sink\"\n",
-            header(plugins)
+             [[pipeline.stage]]\nname = \"sink\"\nplugin = \"stages\"\nexport = \"Sum\"\nrole = \"sink\"\n"
         ),
-    )
-    .unwrap();
+    );
     let events = run(&m, &dir.join("pipe-throughput.jsonl"), None);
     let find = |what: &dyn Fn(&Value) -> bool| {
         events
@@ -89,18 +80,15 @@ fn throughput(dir: &Path, plugins: &Path, n: u64) -> f64 {
 /// CPU seconds the otools process burns over `window` seconds while its
 /// source is blocked on a full queue.
 fn blocked_cpu(dir: &Path, plugins: &Path, window: f64) -> f64 {
-    let m = dir.join("pipe-blocked.toml");
-    std::fs::write(
-        &m,
-        format!(
-            "{}[[pipeline]]\nname = \"p\"\nstats_interval = \"10m\"\n\
-             [[pipeline.stage]]\nname = \"source\"\nplugin = \"stages\"\nexport = \"Numbers\"\nrole = \"source\"\n\
-             [[pipeline.stage]]\nname = \"sink\"\nplugin = \"stages\"\nexport = \"Sum\"\nrole = \"sink\"\nqueue_size = 100\n\
-             config = {{ hang_on = [1], hang_ms = 600000 }}\n",
-            header(plugins)
-        ),
-    )
-    .unwrap();
+    let m = manifest(
+        dir,
+        plugins,
+        "pipe-blocked",
+        "[[pipeline]]\nname = \"p\"\nstats_interval = \"10m\"\n\
+         [[pipeline.stage]]\nname = \"source\"\nplugin = \"stages\"\nexport = \"Numbers\"\nrole = \"source\"\n\
+         [[pipeline.stage]]\nname = \"sink\"\nplugin = \"stages\"\nexport = \"Sum\"\nrole = \"sink\"\nqueue_size = 100\n\
+         config = { hang_on = [1], hang_ms = 600000 }\n",
+    );
     let otools = release_dir().join("otools");
     let mut child = Command::new(&otools)
         .args(["run", m.to_str().unwrap(), "--no-watch"])

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::UnitState;
+use crate::event::{Figures, UnitState};
 use crate::pipeline::{RunningPipeline, worker_name};
 
 /// One pipeline in a [`super::Status`].
@@ -30,20 +30,9 @@ pub struct StageStatus {
     pub name: String,
     /// `source`, `transform` or `sink`.
     pub role: String,
-    /// Items in its input queue now (0 for a source).
-    pub queue_depth: u64,
-    /// The most items its input queue held (never above `queue_size`).
-    pub queue_high_water: u64,
-    /// The capacity of its input queue (0 for a source).
-    pub queue_size: u64,
-    /// Items it took in (a source: produced).
-    pub items_in: u64,
-    /// Items it took in and handled without failing.
-    pub items_done: u64,
-    /// Items it sent on (a sink: consumed).
-    pub items_out: u64,
-    /// Items that failed in it.
-    pub items_failed: u64,
+    /// Its queue and item counts, as `stage_stats` has them (the same keys).
+    #[serde(flatten)]
+    pub figures: Figures,
     /// Its workers, by index.
     pub workers: Vec<WorkerStatus>,
 }
@@ -96,17 +85,10 @@ pub fn status(
                             }
                         })
                         .collect();
-                    let s = st.stats;
                     StageStatus {
-                        name: s.stage,
+                        name: st.stats.stage,
                         role: st.role.name().into(),
-                        queue_depth: s.queue_depth,
-                        queue_high_water: s.queue_high_water,
-                        queue_size: s.queue_size,
-                        items_in: s.items_in,
-                        items_done: s.items_done,
-                        items_out: s.items_out,
-                        items_failed: s.items_failed,
+                        figures: st.stats.figures,
                         workers,
                     }
                 })
@@ -138,13 +120,13 @@ pub fn text(pipes: &[PipelineStatus]) -> String {
                 "  {:<16} {:<9} {:>7} {:>10} {:>6} {:>10} {:>10} {:>10} {:>7}",
                 s.name.escape_debug().to_string(),
                 s.role,
-                s.queue_depth,
-                s.queue_high_water,
-                s.queue_size,
-                s.items_in,
-                s.items_done,
-                s.items_out,
-                s.items_failed
+                s.figures.queue_depth,
+                s.figures.queue_high_water,
+                s.figures.queue_size,
+                s.figures.items_in,
+                s.figures.items_done,
+                s.figures.items_out,
+                s.figures.items_failed
             );
             for w in &s.workers {
                 let failure = w.last_failure.as_deref().map_or_else(String::new, |f| {

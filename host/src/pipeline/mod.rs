@@ -42,7 +42,7 @@ use parking_lot::{Condvar, Mutex};
 
 use self::dead_letter::DeadLetter;
 use self::queue::{Abort, Msg, Queue};
-use crate::event::{self, Event, ItemRef, StageStats};
+use crate::event::{self, Event, Figures, ItemRef, StageStats};
 use crate::instance::{ContextShared, InstanceHost};
 use crate::manifest::pipeline::OnItemError;
 use crate::plan::PipelinePlan;
@@ -352,18 +352,20 @@ impl RunningPipeline {
             pipeline: self.name().to_owned(),
             stage: st.name.clone(),
             workers,
-            // A finished stage's queue holds only the end marker.
-            queue_depth: st
-                .input
-                .as_ref()
-                .filter(|_| workers > 0)
-                .map_or(0, Queue::depth),
-            queue_high_water: st.input.as_ref().map_or(0, Queue::high_water),
-            queue_size: st.input.as_ref().map_or(0, |q| q.size as u64),
-            items_in: st.items_in.load(Ordering::SeqCst),
-            items_done: st.items_done.load(Ordering::SeqCst),
-            items_out: st.items_out.load(Ordering::SeqCst),
-            items_failed: st.items_failed.load(Ordering::SeqCst),
+            figures: Figures {
+                // A finished stage's queue holds only the end marker.
+                queue_depth: st
+                    .input
+                    .as_ref()
+                    .filter(|_| workers > 0)
+                    .map_or(0, Queue::depth),
+                queue_high_water: st.input.as_ref().map_or(0, Queue::high_water),
+                queue_size: st.input.as_ref().map_or(0, |q| q.size as u64),
+                items_in: st.items_in.load(Ordering::SeqCst),
+                items_done: st.items_done.load(Ordering::SeqCst),
+                items_out: st.items_out.load(Ordering::SeqCst),
+                items_failed: st.items_failed.load(Ordering::SeqCst),
+            },
         }
     }
 
