@@ -2,7 +2,8 @@
 //! a service. [`RunningPipeline::prepare_reload`] builds one instance of
 //! the new version per worker of the stage and sets each up (on a
 //! `reload-stage` thread, so a hung `setup` is given up on after the
-//! stage's `startup_timeout` per worker) while the old instances keep
+//! stage's `startup_timeout` per worker: the instances it set up are then
+//! fenced and dropped, not finalized) while the old instances keep
 //! processing. Any failure (construction, `setup` error, panic or hang)
 //! discards every new instance and leaves the stage on the old version.
 //! [`StageReload::commit`] hands each worker its new instance; the worker
@@ -15,7 +16,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 use abi_stable::std_types::RResult;
@@ -33,6 +34,15 @@ pub(super) struct Prepared {
     pub(super) object: FfiStageBox,
     pub(super) host: Arc<InstanceHost>,
     pub(super) generation: u64,
+}
+
+/// What a `reload-stage` thread has set up so far: every new instance's
+/// handle (fenced if the watcher gives up on the thread), and the workers
+/// whose new version was journaled `reload_setup_ok`.
+#[derive(Default)]
+struct SetUp {
+    hosts: Vec<Arc<InstanceHost>>,
+    announced: Vec<crate::event::Unit>,
 }
 
 /// What a worker slot holds for a reload.
@@ -102,20 +112,24 @@ impl RunningPipeline {
         );
         let workers = u32::try_from(stage.slots.len()).unwrap_or(u32::MAX);
         let budget = stage.policy.startup_timeout.saturating_mul(workers.max(1));
-        let given_up = Arc::new(AtomicBool::new(false));
-        let hosts: Arc<Mutex<Vec<Arc<InstanceHost>>>> = Arc::default();
+        // Set once the watcher stops waiting; the thread then drops what it
+        // set up (fenced, not called again) instead of handing it over.
+        let given_up = Arc::new(Mutex::new(false));
+        let set_up: Arc<Mutex<SetUp>> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let job = {
             let (me, lib, who) = (Arc::clone(self), Arc::clone(lib), who.clone());
-            let (given_up, hosts) = (Arc::clone(&given_up), Arc::clone(&hosts));
+            let (given_up, set_up) = (Arc::clone(&given_up), Arc::clone(&set_up));
             move || {
-                let r = me.set_up_all(s, &lib, &who, &hosts);
-                if given_up.load(Ordering::SeqCst) {
-                    if let Ok(prepared) = r {
-                        me.discard_all(s, prepared, &lib.path.display().to_string());
-                    }
-                } else {
+                let r = me.set_up_all(s, &lib, &who, &set_up);
+                let given_up = given_up.lock();
+                if !*given_up {
                     let _ = tx.send(r);
+                } else if let Ok(prepared) = r {
+                    for (_, p) in prepared {
+                        p.host.fence();
+                        super::worker::drop_object(p.object, &p.host);
+                    }
                 }
             }
         };
@@ -125,7 +139,12 @@ impl RunningPipeline {
         {
             return Err(format!("{who}: cannot start the reload: {e}"));
         }
-        match rx.recv_timeout(budget) {
+        let outcome = rx.recv_timeout(budget).or_else(|_| {
+            *given_up.lock() = true;
+            // It may have answered just before.
+            rx.try_recv()
+        });
+        match outcome {
             Ok(Ok(prepared)) => Ok(StageReload {
                 pipe: Arc::clone(self),
                 s,
@@ -135,9 +154,16 @@ impl RunningPipeline {
             }),
             Ok(Err(why)) => Err(why),
             Err(_) => {
-                given_up.store(true, Ordering::SeqCst);
-                for host in hosts.lock().iter() {
+                let mut set_up = set_up.lock();
+                for host in &set_up.hosts {
                     host.fence();
+                }
+                // Their new instances will not serve.
+                for unit in set_up.announced.drain(..) {
+                    self.emit(Event::ReloadRolledBack {
+                        unit,
+                        file: file.to_owned(),
+                    });
                 }
                 Err(format!(
                     "{who}: setup hung (no return within {})",
@@ -154,7 +180,7 @@ impl RunningPipeline {
         s: usize,
         lib: &Arc<Library>,
         who: &str,
-        hosts: &Mutex<Vec<Arc<InstanceHost>>>,
+        set_up: &Mutex<SetUp>,
     ) -> Result<Vec<(usize, Prepared)>, String> {
         let stage = &self.stages[s];
         let file = lib.path.display().to_string();
@@ -172,7 +198,7 @@ impl RunningPipeline {
                 generation,
                 Arc::clone(&slot.stash),
             ));
-            hosts.lock().push(Arc::clone(&host));
+            set_up.lock().hosts.push(Arc::clone(&host));
             let info = WorkerInfo {
                 index: u32::try_from(w).unwrap_or(u32::MAX),
                 count: u32::try_from(stage.slots.len()).unwrap_or(u32::MAX),
@@ -181,8 +207,10 @@ impl RunningPipeline {
                 Err(e) => Err(format!("construction failed: {}", e.message)),
                 Ok(mut object) => match host.with_handle(|h| object.setup(h, info)) {
                     RResult::ROk(()) => {
+                        let unit = self.unit_id(s, w, generation);
+                        set_up.lock().announced.push(unit.clone());
                         self.emit(Event::ReloadSetupOk {
-                            unit: self.unit_id(s, w, generation),
+                            unit,
                             file: file.clone(),
                         });
                         prepared.push((
