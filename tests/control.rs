@@ -46,7 +46,7 @@ service = [ {{ name = "c", plugin = "probe", export = "Lifecycle" }} ]
     )
 }
 
-fn arg(p: &Path) -> String {
+pub fn arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
@@ -551,7 +551,7 @@ fn a_service_blocked_in_a_request_is_released_when_its_context_stops() {
 }
 
 /// `otools stop`, then the host's exit code 0.
-fn host_stop(manifest: &Path, running: Running) {
+pub fn host_stop(manifest: &Path, running: Running) {
     let out = run(&["stop", &arg(manifest)]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let out = running.finish();

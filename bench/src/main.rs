@@ -2,7 +2,7 @@
 //! plugins (built by `make bench` first) and prints one table of figures.
 //! `--smoke` runs every workload for a moment with tiny counts and no
 //! figure checks (`make bench-smoke`, run by CI so the harness cannot rot).
-//! `--pipelines` runs only the pipeline rows.
+//! `--pipelines-only` runs only the pipeline rows.
 //!
 //! Workloads:
 //! - `watchdog detection`: a service hangs in `main` on its second call in
@@ -17,9 +17,13 @@
 //!   and a bare channel: see the `messaging` module.
 //! - pipelines (throughput, blocked producer) against os-m3-engine: see the
 //!   `pipeline` module.
+//! - flows (a 1,000-step chain, recovery after a kill, one committed
+//!   transition) against eventor: see the `flow` module (`--flows-only`
+//!   runs just those).
 
 #![allow(clippy::print_stdout, reason = "the table is this program's output")]
 
+mod flow;
 mod messaging;
 mod pipeline;
 
@@ -179,6 +183,15 @@ fn peer_python(module: &str) -> Option<PathBuf> {
         .status()
         .is_ok_and(|s| s.success());
     ok.then_some(py)
+}
+
+/// Runs a peer script's command; the last JSON line it printed.
+fn last_json(cmd: &mut Command) -> Option<Value> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
 }
 
 /// Runs one peer workload unpinned and pinned to CPU 0 (`taskset`) and
@@ -806,11 +819,15 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let plugins = release_dir();
     let dir = scratch();
-    if std::env::args().any(|a| a == "--pipelines") {
+    if std::env::args().any(|a| a == "--pipelines-only") {
         let py = peer_python("os_m3_engine");
         return pipeline::print(&dir, &plugins, smoke, py.as_deref());
     }
     let started = Instant::now();
+    let flows = || flow::table(&dir, &plugins, smoke, flow::peer_python().as_deref());
+    if std::env::args().any(|a| a == "--flows-only") {
+        return flow::print(&flows());
+    }
     let py = peer_python("otools");
     let vs = versus(&dir, &plugins, smoke, py.as_deref());
     let mut rows = Vec::new();
@@ -865,6 +882,7 @@ fn main() {
         smoke,
         peer_python("os_m3_engine").as_deref(),
     );
+    flow::print(&flows());
     println!();
     let w = rows.iter().map(|r| r.workload.len()).max().unwrap_or(10);
     let f = rows.iter().map(|r| r.figure.len()).max().unwrap_or(10);

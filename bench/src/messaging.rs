@@ -24,12 +24,14 @@
 //! and no figure is judged.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{header, percentile, run_logged, spawn_until_ready, terminate, workspace_root};
+use crate::{
+    header, last_json, percentile, run_logged, spawn_until_ready, terminate, workspace_root,
+};
 
 /// One row: service-framework, otools and the machine's limit.
 pub(crate) struct Row {
@@ -78,16 +80,7 @@ pub(crate) fn peer_script(script: &str, py: &Path, args: &[&str], pinned: bool) 
     } else {
         Command::new(py)
     };
-    let out = cmd
-        .arg(&script)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+    last_json(cmd.arg(&script).args(args))
 }
 
 /// The `key=value` fields of `Stopwatch`'s `bench ...` log line.

@@ -1,7 +1,8 @@
 //! `otools status [--json] MANIFEST`: the state of every context and unit
-//! of the host running that manifest (with its mailbox, if it has one),
-//! and of every pipeline (`control::pipelines`), asked through its control
-//! socket.
+//! of the host running that manifest (with its mailbox, if it has one), of
+//! every pipeline (`control::pipelines`), and of every flow
+//! (`FlowStatus::text` in `flow/status.rs` gives its line and rows), asked
+//! through its control socket.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -96,30 +97,40 @@ fn text(status: &Status) -> String {
                 row
             })
             .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: &[&str]| {
-            let mut l = String::from(" ");
-            for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-                if i + 1 == cells.len() {
-                    l.push(' ');
-                    l.push_str(cell);
-                } else {
-                    let _ = write!(l, " {cell:<w$}");
-                }
-            }
-            l.push('\n');
-            l
-        };
-        out.push_str(&line(&header));
-        for row in &rows {
-            out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
-        }
+        table(&mut out, &header, &rows);
+    }
+    for f in &status.flows {
+        let (line, header, rows) = f.text();
+        let _ = writeln!(out, "{line}");
+        table(&mut out, &header, &rows);
     }
     out.push_str(&pipelines::text(&status.pipelines));
     out
+}
+
+/// `rows` under `header`, in columns; the last column is not padded.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut l = String::from(" ");
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push(' ');
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, " {cell:<w$}");
+            }
+        }
+        l.push('\n');
+        l
+    };
+    out.push_str(&line(header));
+    for row in rows {
+        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
 }

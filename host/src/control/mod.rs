@@ -1,5 +1,5 @@
-//! The control socket: how `otools status`, `otools send` and `otools stop`
-//! reach a running host.
+//! The control socket: how `otools status`, `otools send`, `otools raise`
+//! and `otools stop` reach a running host.
 //!
 //! `otools run` binds a Unix socket whose path is derived from the
 //! manifest ([`socket::socket_path`]) before it loads any plugin, so a
@@ -36,7 +36,9 @@ pub use send::{DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_WAIT, MAX_REQUEST_TIMEOUT};
 pub use socket::{BindError, Bound, ClientError, SocketFile, request, socket_path, wait_closed};
 
 use crate::event::UnitStates;
-use crate::messaging::Router;
+use crate::flow::engine::FlowHandle;
+use crate::flow::status::FlowStatus;
+use crate::messaging::{FlowDirectory, Router};
 use crate::pipeline::RunningPipeline;
 use crate::runtime::RunningContext;
 use crate::threads::Spawner;
@@ -79,6 +81,17 @@ pub enum Request {
         /// (default 1000), or for the reply (default 5000); at most 60000.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
+    },
+    /// A flow event, from `control`: raised (and committed to the flow's
+    /// run store) for `sequence`; the result names the flow.
+    Raise {
+        /// A plain event of the flow.
+        event: String,
+        /// The flow (none: the only flow that declares `event`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<String>,
+        /// The sequence.
+        sequence: String,
     },
 }
 
@@ -146,6 +159,9 @@ pub struct Status {
     /// Every pipeline, in manifest order (absent when there is none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipelines: Vec<pipelines::PipelineStatus>,
+    /// Every flow, in manifest order (absent in a host without flows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<FlowStatus>,
 }
 
 /// One context in a [`Status`].
@@ -227,6 +243,8 @@ pub struct Commands {
     router: Arc<dyn Router>,
     stop: Box<dyn Fn() + Send>,
     pipes: Vec<Arc<RunningPipeline>>,
+    flow_directory: Arc<FlowDirectory>,
+    flows: Vec<FlowHandle>,
 }
 
 impl Commands {
@@ -247,6 +265,8 @@ impl Commands {
             router,
             stop: Box::new(stop),
             pipes: Vec::new(),
+            flow_directory: Arc::default(),
+            flows: Vec::new(),
         }
     }
 
@@ -254,6 +274,14 @@ impl Commands {
     #[must_use]
     pub fn with_pipelines(mut self, pipes: Vec<Arc<RunningPipeline>>) -> Commands {
         self.pipes = pipes;
+        self
+    }
+
+    /// The host's flows: `raise` goes through `directory`, `status` shows `flows`.
+    #[must_use]
+    pub fn with_flows(mut self, directory: Arc<FlowDirectory>, flows: Vec<FlowHandle>) -> Commands {
+        self.flow_directory = directory;
+        self.flows = flows;
         self
     }
 
@@ -311,6 +339,25 @@ impl Commands {
                     Ok(result) => Reply::ok(result),
                     Err(why) => Reply::error(format!("cannot send `{name}` to `{to}`: {why}")),
                 };
+                (reply, After::Close)
+            }
+            Request::Raise {
+                event,
+                flow,
+                sequence,
+            } => {
+                let reply =
+                    match self
+                        .flow_directory
+                        .raise(flow.as_deref(), &event, &sequence, "control")
+                    {
+                        Ok(flow) => Reply::ok(serde_json::json!({ "flow": flow })),
+                        Err(f) => Reply::error(format!(
+                            "cannot raise `{event}` for sequence {sequence}: {}: {}",
+                            f.kind.describe(),
+                            f.message
+                        )),
+                    };
                 (reply, After::Close)
             }
         }
@@ -404,6 +451,7 @@ impl Commands {
             state: if stopping { "stopping" } else { "running" }.into(),
             contexts,
             pipelines: pipelines::status(&self.pipes, &states),
+            flows: self.flows.iter().map(FlowHandle::status).collect(),
         }
     }
 }
@@ -540,6 +588,31 @@ mod tests {
         assert!(
             !stopped.load(Ordering::SeqCst),
             "not before the reply is sent"
+        );
+    }
+
+    #[test]
+    fn raise_without_flows_is_refused_and_its_line_names_the_event_and_sequence() {
+        let (c, _) = commands();
+        let line = serde_json::to_string(&Envelope {
+            version: PROTOCOL_VERSION,
+            request: Request::Raise {
+                event: "go".into(),
+                flow: None,
+                sequence: "7".into(),
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"version":1,"command":"raise","event":"go","sequence":"7"}"#
+        );
+        let (reply, after) = c.dispatch(&line);
+        assert!(!reply.ok);
+        assert_eq!(after, After::Close);
+        assert_eq!(
+            reply.error.as_deref(),
+            Some("cannot raise `go` for sequence 7: unknown target: this host runs no flow")
         );
     }
 

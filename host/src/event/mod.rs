@@ -1001,6 +1001,7 @@ mod tests {
                 events: Arc::clone(&events),
                 router: Arc::new(crate::messaging::InProcess::new(Arc::default())),
                 cancel: crate::messaging::Cancel::default(),
+                flows: Arc::default(),
             });
             let plan = ContextPlan {
                 shared: Arc::clone(&shared),
