@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::pipelines::{collected, three_stages};
 use crate::util::{Running, TestDir, journal, target_dir, wait_for_events};
 
 const VARIANTS: &[&str] = &[
@@ -1030,4 +1031,110 @@ fn a_version_loaded_before_is_reused_not_mapped_again_when_the_file_goes_back_to
         last["loaded_versions"], 3,
         "two versions of it and probe: {last}"
     );
+}
+
+/// Polls until the sink of `dir` wrote `count` items that `want` accepts.
+fn wait_collected(dir: &TestDir, count: usize, want: impl Fn(i64) -> bool) {
+    let deadline = std::time::Instant::now() + crate::util::DEADLINE;
+    while collected(dir).into_iter().filter(|n| want(*n)).count() < count {
+        assert!(std::time::Instant::now() < deadline, "too few items");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stage_library_replaced_on_disk_moves_its_workers_to_the_new_version_without_losing_or_repeating_an_item()
+ {
+    let dir = TestDir::new("reload_stage");
+    let watched = dir.path.join("libtagging.so");
+    std::fs::copy(variant("1"), &watched).unwrap();
+    // Numbers -> Tag (2 workers, from the watched file) -> Collect.
+    let pipeline = three_stages(
+        &dir,
+        "",
+        "config = { every_ms = 1 }",
+        "threads = 2\nstartup_timeout = \"300ms\"",
+        "",
+        "",
+    )
+    .replace(
+        "plugin = \"stages\"\nexport = \"Double\"",
+        &format!("plugin = \"{}\"\nexport = \"Tag\"", watched.display()),
+    );
+    let m = dir.manifest(
+        "m.toml",
+        &format!("reload_debounce = \"50ms\"\nreload_limit = 100\n{pipeline}"),
+    );
+    let events = dir.path.join("events.jsonl");
+    let host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    wait_collected(&dir, 20, |n| n % 10 == 1);
+    // Bad versions are refused, naming the file, stage and why; version 1 goes on.
+    for (bad, why) in [
+        (
+            "noexport",
+            "the new version has no transform `Tag` (stage `double` of pipeline `numbers`)",
+        ),
+        (
+            "setup_error",
+            "stage `double` of pipeline `numbers`, worker 0: setup failed: version setup_error refuses to set up",
+        ),
+        (
+            "setup_hang",
+            "stage `double` of pipeline `numbers`: setup hung (no return within",
+        ),
+    ] {
+        swap_in(&watched, &std::fs::read(variant(bad)).unwrap());
+        let j = wait_for_events(&events, 1, |e| {
+            e["event"] == "reload_rejected" && e["reason"].as_str().is_some_and(|r| r.contains(why))
+        });
+        let rejected = pos(&j, |e| {
+            e["event"] == "reload_rejected" && e["reason"].as_str().is_some_and(|r| r.contains(why))
+        });
+        assert!(
+            j[rejected]["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("libtagging.so")
+        );
+        let before = collected(&dir).len();
+        wait_collected(&dir, before + 20, |n| n % 10 == 1);
+    }
+    swap_in(&watched, &std::fs::read(variant("2")).unwrap());
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    wait_collected(&dir, 20, |n| n % 10 == 2);
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let items = collected(&dir);
+    // Every item reached the sink once, handled by version 1 or 2.
+    assert!(
+        items.iter().all(|n| n % 10 == 1 || n % 10 == 2),
+        "{items:?}"
+    );
+    let mut numbers: Vec<i64> = items.iter().map(|n| n / 10).collect();
+    numbers.sort_unstable();
+    let expected: Vec<i64> = (1..=i64::try_from(numbers.len()).unwrap()).collect();
+    assert_eq!(numbers, expected, "each item once, none lost");
+    let j = journal(&events);
+    let finished = &j[pos(&j, |e| e["event"] == "pipeline_finished")];
+    assert_eq!(finished["items_in"], finished["items_out"], "{finished}");
+    assert_eq!(finished["items_failed"], 0, "{finished}");
+    // Each worker set up version 2 before finalizing version 1, then served it.
+    for w in ["double.0", "double.1"] {
+        let at = |event: &str| {
+            pos(&j, |e| {
+                e["event"] == event
+                    && e["service"] == w
+                    && e["generation"] == if event == "finalized" { 1 } else { 2 }
+                    && (event != "reload_setup_ok"
+                        || e["file"]
+                            .as_str()
+                            .is_some_and(|f| f.ends_with("libtagging.so")))
+            })
+        };
+        assert!(
+            at("reload_setup_ok") < at("finalized") && at("finalized") < at("started"),
+            "{w}"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! plugins (built by `make bench` first) and prints one table of figures.
 //! `--smoke` runs every workload for a moment with tiny counts and no
 //! figure checks (`make bench-smoke`, run by CI so the harness cannot rot).
+//! `--pipelines-only` runs only the pipeline rows.
 //!
 //! Workloads:
 //! - `watchdog detection`: a service hangs in `main` on its second call in
@@ -14,6 +15,8 @@
 //!   context, with and without a `watchdog` on each, measured alternately.
 //! - messaging (round trip, one-way, idle agents) against service-framework
 //!   and a bare channel: see the `messaging` module.
+//! - pipelines (throughput, blocked producer) against os-m3-engine: see the
+//!   `pipeline` module.
 //! - flows (a 1,000-step chain, recovery after a kill, one committed
 //!   transition) against eventor: see the `flow` module (`--flows-only`
 //!   runs just those).
@@ -22,6 +25,7 @@
 
 mod flow;
 mod messaging;
+mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -815,6 +819,10 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let plugins = release_dir();
     let dir = scratch();
+    if std::env::args().any(|a| a == "--pipelines-only") {
+        let py = peer_python("os_m3_engine");
+        return pipeline::print(&dir, &plugins, smoke, py.as_deref());
+    }
     let started = Instant::now();
     let flows = || flow::table(&dir, &plugins, smoke, flow::peer_python().as_deref());
     if std::env::args().any(|a| a == "--flows-only") {
@@ -868,6 +876,12 @@ fn main() {
         peer_python("service_framework").as_deref(),
     ));
     println!();
+    pipeline::print(
+        &dir,
+        &plugins,
+        smoke,
+        peer_python("os_m3_engine").as_deref(),
+    );
     flow::print(&flows());
     println!();
     let w = rows.iter().map(|r| r.workload.len()).max().unwrap_or(10);

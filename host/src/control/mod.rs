@@ -17,6 +17,7 @@
 //! kept open until the process exits, so the client can wait for the host
 //! to be gone.
 
+pub mod pipelines;
 mod send;
 pub mod socket;
 
@@ -38,6 +39,7 @@ use crate::event::UnitStates;
 use crate::flow::engine::FlowHandle;
 use crate::flow::status::FlowStatus;
 use crate::messaging::{FlowDirectory, Router};
+use crate::pipeline::RunningPipeline;
 use crate::runtime::RunningContext;
 use crate::threads::Spawner;
 
@@ -149,11 +151,14 @@ pub struct Status {
     pub pid: u32,
     /// The manifest it runs (canonical path).
     pub manifest: String,
-    /// `running`, or `stopping` once every context is stopping or has
-    /// ended (after a signal, `otools stop` or `exit_when`).
+    /// `running`, or `stopping` once every context and pipeline is
+    /// stopping or has ended (after a signal, `otools stop` or `exit_when`).
     pub state: String,
     /// Every context, in manifest order.
     pub contexts: Vec<ContextStatus>,
+    /// Every pipeline, in manifest order (absent when there is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipelines: Vec<pipelines::PipelineStatus>,
     /// Every flow, in manifest order (absent in a host without flows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flows: Vec<FlowStatus>,
@@ -237,6 +242,7 @@ pub struct Commands {
     states: Arc<UnitStates>,
     router: Arc<dyn Router>,
     stop: Box<dyn Fn() + Send>,
+    pipes: Vec<Arc<RunningPipeline>>,
     flow_directory: Arc<FlowDirectory>,
     flows: Vec<FlowHandle>,
 }
@@ -258,9 +264,17 @@ impl Commands {
             states,
             router,
             stop: Box::new(stop),
+            pipes: Vec::new(),
             flow_directory: Arc::default(),
             flows: Vec::new(),
         }
+    }
+
+    /// The same, also showing `pipes` in `status`.
+    #[must_use]
+    pub fn with_pipelines(mut self, pipes: Vec<Arc<RunningPipeline>>) -> Commands {
+        self.pipes = pipes;
+        self
     }
 
     /// The host's flows: `raise` goes through `directory`, `status` shows `flows`.
@@ -366,13 +380,13 @@ impl Commands {
     /// The state of every context and unit.
     pub fn status(&self) -> Status {
         let states = self.states.snapshot();
-        // A host of pipelines only (no context) counts as running: the
-        // control socket does not look at pipelines yet.
-        let stopping = !self.cores.is_empty()
+        // Stopping once every context and pipeline is stopping or done.
+        let stopping = !(self.cores.is_empty() && self.pipes.is_empty())
             && self
                 .cores
                 .iter()
-                .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst));
+                .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst))
+            && self.pipes.iter().all(|p| p.state() != "running");
         let contexts = self
             .cores
             .iter()
@@ -436,6 +450,7 @@ impl Commands {
             manifest: self.manifest.display().to_string(),
             state: if stopping { "stopping" } else { "running" }.into(),
             contexts,
+            pipelines: pipelines::status(&self.pipes, &states),
             flows: self.flows.iter().map(FlowHandle::status).collect(),
         }
     }

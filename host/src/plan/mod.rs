@@ -562,13 +562,14 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         .iter()
         .map(|c| b.context(c, &by_name, &names))
         .collect();
-    // Hot reload follows the libraries of contexts only (see ARCHITECTURE.md).
-    let loaded = b.registry.libraries();
     let pipelines: Vec<PipelinePlan> = manifest
         .pipelines
         .iter()
         .filter_map(|p| b.pipeline(p, &by_name, &names))
         .collect();
+    // Hot reload follows the libraries of contexts and pipeline stages
+    // (not those of flows; see ARCHITECTURE.md).
+    let loaded = b.registry.libraries();
     // Static targets are caught here, by `check` as by `run`.
     for (target, key) in std::mem::take(&mut b.sends_to) {
         if let Err(f) = b.router.resolve(target.get_ref()) {
