@@ -19,7 +19,7 @@ demo: build
 test: build
 	$(CARGO) test --workspace
 
-## bench: release build, the Python peers (bench/peer/install.sh), then every workload; prints the tables (see BENCHMARKS.md)
+## bench: release build, the Python peers (bench/peer/install.sh: OTools, service-framework, eventor), then every workload; prints the tables (see BENCHMARKS.md)
 bench:
 	$(CARGO) build --release --workspace
 	bench/peer/install.sh

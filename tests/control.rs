@@ -46,12 +46,12 @@ service = [ {{ name = "c", plugin = "probe", export = "Lifecycle" }} ]
     )
 }
 
-fn arg(p: &Path) -> String {
+pub fn arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
 /// `otools status --json MANIFEST`, parsed; `None` while no host answers.
-fn status_json(manifest: &Path) -> Option<Value> {
+pub fn status_json(manifest: &Path) -> Option<Value> {
     let out = run(&["status", "--json", &arg(manifest)]);
     (out.code() == 0).then(|| {
         serde_json::from_str(&out.stdout)
@@ -61,7 +61,7 @@ fn status_json(manifest: &Path) -> Option<Value> {
 
 /// Polls `otools status --json` until `want` holds (the deadline only
 /// fails a hung test); returns that status.
-fn wait_status(manifest: &Path, want: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_status(manifest: &Path, want: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + DEADLINE;
     let mut last = None;
     loop {
@@ -586,7 +586,7 @@ fn a_service_blocked_in_a_request_is_released_when_its_context_stops() {
 }
 
 /// `otools stop`, then the host's exit code 0.
-fn host_stop(manifest: &Path, running: Running) {
+pub fn host_stop(manifest: &Path, running: Running) {
     let out = run(&["stop", &arg(manifest)]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let out = running.finish();

@@ -18,7 +18,7 @@ fn flow(dir: &TestDir, body: &str) -> PathBuf {
 
 /// A `[[flow.step]]` of `flowsteps::Work` named `name`; `extra` adds keys
 /// (TOML lines).
-fn step(name: &str, extra: &str) -> String {
+pub fn step(name: &str, extra: &str) -> String {
     format!(
         "\n[[flow.step]]\nname = \"{name}\"\nplugin = \"flowsteps\"\nexport = \"Work\"\n{extra}\n"
     )
@@ -26,7 +26,7 @@ fn step(name: &str, extra: &str) -> String {
 
 /// A `[[flow.association]]` from `event` to `steps` (a TOML array); `extra`
 /// adds keys.
-fn association(event: &str, steps: &str, extra: &str) -> String {
+pub fn association(event: &str, steps: &str, extra: &str) -> String {
     format!("\n[[flow.association]]\nevent = \"{event}\"\nsteps = {steps}\n{extra}\n")
 }
 

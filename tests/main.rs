@@ -18,6 +18,10 @@ mod control;
 mod dataframes;
 /// Panics and errors in every entry point are contained and reported.
 mod failures;
+/// Flow events raised by steps, services and `otools raise`; flows in `otools status`.
+mod flow_events;
+/// Step supervision keys: retries with their delays and window, `restart = "never"`, refused service keys.
+mod flow_retries;
 /// Durable event flows: routing, expressions, limits, failures, recovery, delays.
 mod flows;
 /// The host's module layers and ARCHITECTURE.md's code map, read from the source.

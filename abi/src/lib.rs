@@ -30,7 +30,8 @@
 //! callback or plugin entry point goes into a **new root module** instead,
 //! exported under its own symbol and checked on its own
 //! ([`MessagingRoot`] under [`MESSAGING_SYMBOL`], [`StageRoot`] under
-//! [`STAGES_SYMBOL`], [`FlowRoot`] under [`FLOW_SYMBOL`]): a plugin built
+//! [`STAGES_SYMBOL`], [`FlowRoot`] under [`FLOW_SYMBOL`], [`FlowEventsRoot`]
+//! under [`FLOW_EVENTS_SYMBOL`]): a plugin built
 //! before it lacks the symbol and loads unchanged; that bumps the patch
 //! version.
 //! Anything else (a changed type, a new enum variant, a reordered method)
@@ -68,7 +69,8 @@ mod pipeline;
 mod value;
 
 pub use flow::{
-    FLOW_SYMBOL, FfiStep, FfiStep_TO, FfiStepBox, FlowRoot, FlowRoot_Ref, StepActivation,
+    FLOW_EVENTS_SYMBOL, FLOW_SYMBOL, FfiStep, FfiStep_TO, FfiStepBox, FlowEventsRoot,
+    FlowEventsRoot_Ref, FlowHost, FlowHost_Ref, FlowRoot, FlowRoot_Ref, StepActivation,
 };
 pub use pipeline::{
     FfiStage, FfiStage_TO, FfiStageBox, STAGES_SYMBOL, StageExportInfo, StageRole, StageRoot,

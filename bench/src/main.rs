@@ -3,7 +3,9 @@
 //! `--smoke` runs every workload for a moment with tiny counts and no
 //! figure checks (`make bench-smoke`, run by CI so the harness cannot rot).
 //! `--only TABLE` runs one table: `otools` (against the Python OTools),
-//! `messaging` (against service-framework) or `host` (the other rows).
+//! `messaging` (against service-framework), `pipelines`, `flows` or
+//! `host` (the other rows); `--pipelines-only` and `--flows-only` are
+//! `--only pipelines` and `--only flows`.
 //!
 //! Workloads:
 //! - `watchdog detection`: a service hangs in `main` on its second call in
@@ -16,10 +18,17 @@
 //!   context, with and without a `watchdog` on each, measured alternately.
 //! - messaging (round trip, one-way, idle agents) against service-framework
 //!   and a bare channel: see the `messaging` module.
+//! - pipelines (throughput, blocked producer) against os-m3-engine: see the
+//!   `pipeline` module.
+//! - flows (a 1,000-step chain, recovery after a kill, one committed
+//!   transition) against eventor: see the `flow` module (`--flows-only`
+//!   runs just those).
 
 #![allow(clippy::print_stdout, reason = "the table is this program's output")]
 
+mod flow;
 mod messaging;
+mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -177,6 +186,15 @@ fn peer_python(module: &str) -> Option<PathBuf> {
         .status()
         .is_ok_and(|s| s.success());
     ok.then_some(py)
+}
+
+/// Runs a peer script's command; the last JSON line it printed.
+fn last_json(cmd: &mut Command) -> Option<Value> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
 }
 
 /// Runs one peer workload unpinned and pinned to CPU 0 (`taskset`) and
@@ -801,7 +819,7 @@ fn many_services(dir: &Path, plugins: &Path, smoke: bool) -> Vec<Row> {
 }
 
 /// The tables `--only` can pick.
-const TABLES: [&str; 3] = ["otools", "messaging", "host"];
+const TABLES: [&str; 5] = ["otools", "messaging", "pipelines", "flows", "host"];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -809,7 +827,13 @@ fn main() {
     let only = args
         .iter()
         .position(|a| a == "--only")
-        .map(|i| args.get(i + 1).map_or("", String::as_str));
+        .map(|i| args.get(i + 1).map_or("", String::as_str))
+        .or_else(|| {
+            args.iter()
+                .any(|a| a == "--pipelines-only")
+                .then_some("pipelines")
+        })
+        .or_else(|| args.iter().any(|a| a == "--flows-only").then_some("flows"));
     if let Some(t) = only
         && !TABLES.contains(&t)
     {
@@ -829,6 +853,23 @@ fn main() {
             &plugins,
             smoke,
             peer_python("service_framework").as_deref(),
+        ));
+        println!();
+    }
+    if wanted("pipelines") {
+        pipeline::print(
+            &dir,
+            &plugins,
+            smoke,
+            peer_python("os_m3_engine").as_deref(),
+        );
+    }
+    if wanted("flows") {
+        flow::print(&flow::table(
+            &dir,
+            &plugins,
+            smoke,
+            flow::peer_python().as_deref(),
         ));
         println!();
     }

@@ -24,12 +24,14 @@
 //! and no figure is judged.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{header, percentile, run_logged, spawn_until_ready, terminate, workspace_root};
+use crate::{
+    header, last_json, percentile, run_logged, spawn_until_ready, terminate, workspace_root,
+};
 
 /// One row: service-framework, otools and the machine's limit.
 pub(crate) struct Row {
@@ -64,7 +66,13 @@ impl Unit {
 
 /// Runs the Python peer script with `args`; its last JSON line.
 fn peer(py: &Path, args: &[&str], pinned: bool) -> Option<Value> {
-    let script = workspace_root().join("bench/peer/sf_peer.py");
+    peer_script("sf_peer.py", py, args, pinned)
+}
+
+/// Runs `bench/peer/<script>` with `py` and `args` (pinned to CPU 0 with
+/// `taskset`, or not); its last JSON line.
+pub(crate) fn peer_script(script: &str, py: &Path, args: &[&str], pinned: bool) -> Option<Value> {
+    let script = workspace_root().join("bench/peer").join(script);
     let mut cmd = if pinned {
         let mut c = Command::new("taskset");
         c.args(["-c", "0"]).arg(py);
@@ -72,16 +80,7 @@ fn peer(py: &Path, args: &[&str], pinned: bool) -> Option<Value> {
     } else {
         Command::new(py)
     };
-    let out = cmd
-        .arg(&script)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+    last_json(cmd.arg(&script).args(args))
 }
 
 /// The `key=value` fields of `Stopwatch`'s `bench ...` log line.

@@ -53,6 +53,7 @@ fn host_to_plugin(c: &mut Criterion) {
         events: Arc::default(),
         router: Arc::new(otools_host::messaging::InProcess::new(Arc::default())),
         cancel: otools_host::messaging::Cancel::default(),
+        flows: Arc::default(),
     });
     let host = InstanceHost::new(shared, "nop".into(), lib, "Nop".into(), 1, Arc::default());
     c.bench_function("host -> plugin main() call (Nop)", |b| {

@@ -123,6 +123,10 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         }
     }
     let flow_handles: Vec<_> = opened.iter().map(|o| o.handle.clone()).collect();
+    // Plugins and `otools raise` find them from now on.
+    for f in &flow_handles {
+        deployment.flow_directory.register(Arc::new(f.clone()));
+    }
     let exit_when = deployment.exit_when;
     let total = deployment.contexts.len();
     if total == 0 && deployment.pipelines.is_empty() && opened.is_empty() {
@@ -193,7 +197,9 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         let router = Arc::clone(&deployment.router) as Arc<dyn crate::messaging::Router>;
         let commands = Commands::new(c.manifest, cores.clone(), c.states, router, move || {
             let _ = tx.send(Msg::Stop);
-        });
+        })
+        .with_pipelines(pipes.clone())
+        .with_flows(Arc::clone(&deployment.flow_directory), flow_handles.clone());
         control::serve(c.socket, commands, &threads).ok()
     });
 
@@ -264,6 +270,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         let tx = tx.clone();
         crate::reload::start(
             cores.clone(),
+            pipes.clone(),
             deployment.loaded.clone(),
             deployment.reload.clone(),
             Arc::clone(&deployment.events),

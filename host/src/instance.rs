@@ -19,8 +19,8 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_CanDowncast;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use otools_abi::{
-    CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, HostRef, LockMode, MessageError,
-    MessageFailure, MsgHost, MsgHost_Ref, NO_TIMEOUT,
+    CallError, CallErrorKind, CasOutcome, FfiHost, FfiHost_TO, FlowHost, FlowHost_Ref, HostRef,
+    LockMode, MessageError, MessageFailure, MsgHost, MsgHost_Ref, NO_TIMEOUT,
 };
 use otools_abi::{HostError, LogLevel, Value};
 use parking_lot::{Condvar, Mutex};
@@ -112,6 +112,9 @@ pub struct ContextShared {
     pub router: Arc<dyn Router>,
     /// Releases its services' requests in flight when it stops.
     pub cancel: Cancel,
+    /// The host's running flows, which its services (or steps) may raise
+    /// events in.
+    pub flows: Arc<crate::messaging::FlowDirectory>,
 }
 
 impl ContextShared {
@@ -176,6 +179,9 @@ impl InstanceHost {
         if let Some(messaging) = &library.messaging {
             // Idempotent: the library keeps the first table it is given.
             (messaging.set_host())(msg_host_table());
+        }
+        if let Some(flow_events) = &library.flow_events {
+            (flow_events.set_host())(flow_host_table());
         }
         InstanceHost {
             owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
@@ -773,4 +779,34 @@ pub fn msg_host_table() -> MsgHost_Ref {
         }
         .leak_into_prefix()
     })
+}
+
+extern "C" fn host_raise(
+    caller: HostRef<'_>,
+    flow: RStr<'_>,
+    event: RStr<'_>,
+    sequence: RStr<'_>,
+) -> RResult<(), MessageFailure> {
+    with_caller(&caller, |h| {
+        if h.fenced_check("raise") {
+            return RResult::RErr(fenced_failure());
+        }
+        shield("raise", RResult::RErr(internal_failure()), || {
+            let from = format!("{}/{}", h.context.name, h.name);
+            let flow = Some(flow.as_str()).filter(|f| !f.is_empty());
+            h.context
+                .flows
+                .raise(flow, event.as_str(), sequence.as_str(), &from)
+                .map(drop)
+                .map_err(ffi_failure)
+                .into()
+        })
+    })
+}
+
+/// The host's flow-event callbacks, handed to every library that has a
+/// flow-event root (a constant table of functions, built once).
+pub fn flow_host_table() -> FlowHost_Ref {
+    static TABLE: OnceLock<FlowHost_Ref> = OnceLock::new();
+    *TABLE.get_or_init(|| FlowHost { raise: host_raise }.leak_into_prefix())
 }

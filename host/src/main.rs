@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Inspect(c) => c.execute(),
         Command::Status(c) => c.execute(),
         Command::Send(c) => c.execute(),
+        Command::Raise(c) => c.execute(),
         Command::Stop(c) => c.execute(),
     };
     ExitCode::from(code)

@@ -12,7 +12,7 @@ use std::time::Duration;
 use abi_stable::std_types::{RResult, RStr};
 
 use crate::error::{Error, Result};
-use crate::export::msg_host;
+use crate::export::{flow_host, msg_host};
 use crate::message::{DEFAULT_REQUEST_TIMEOUT, SEND_TIMEOUT};
 use otools_abi::Value;
 use otools_abi::{HostError, HostRef, LockMode, NO_TIMEOUT};
@@ -189,6 +189,38 @@ impl<'a> Context<'a> {
         msg_host()
             .and_then(|h| (h.correlation_id())().into_option())
             .map(abi_stable::std_types::RString::into_string)
+    }
+
+    /// Raises the flow event `event` for `sequence` in the running flow
+    /// `flow` (`None`: the only flow that declares `event`), as if an
+    /// association had raised it: it is stored and journaled like any raised
+    /// event, and raising it again for the same run and sequence is a
+    /// journaled duplicate that activates nothing. It returns once the
+    /// flow's run store has committed it. A step raises in its own flow with
+    /// [`crate::StepContext::raise`].
+    ///
+    /// A failure is an error whose [`Error::message_error`] says which:
+    /// `UnknownTarget` (no such flow, or no flow or several declare the
+    /// event), `UnknownMessage` (the flow has no such plain event: an
+    /// expression event is raised by its expression only), `PeerGone` (the
+    /// flow's run has finished) or `Unsupported` (a host built before
+    /// plugins could raise flow events).
+    pub fn raise_event(&self, flow: Option<&str>, event: &str, sequence: &str) -> Result<()> {
+        let host = flow_host().ok_or_else(|| {
+            Error::message_failure(otools_abi::MessageFailure::new(
+                otools_abi::MessageError::Unsupported,
+                "this host cannot raise flow events from plugins (it was built before otools-abi 0.3.3)",
+            ))
+        })?;
+        match (host.raise())(
+            self.host.sabi_reborrow(),
+            RStr::from_str(flow.unwrap_or_default()),
+            RStr::from_str(event),
+            RStr::from_str(sequence),
+        ) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(f) => Err(Error::message_failure(f)),
+        }
     }
 
     /// A handle on the dataframe `name`, which this context must list.

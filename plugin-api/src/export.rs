@@ -36,8 +36,9 @@ use crate::service::{Condition, Service};
 use otools_abi::{
     CallError, CallErrorKind, CallResult, ExportInfo, ExportKind, FfiCondition, FfiCondition_TO,
     FfiConditionBox, FfiService, FfiService_TO, FfiServiceBox, FfiStep, FfiStep_TO, FfiStepBox,
-    FlowRoot, FlowRoot_Ref, HostRef, MessageSpec, MessagingRoot, MessagingRoot_Ref, MsgHost_Ref,
-    PluginRoot, PluginRoot_Ref, StageRole, StepActivation, Value,
+    FlowEventsRoot, FlowEventsRoot_Ref, FlowHost_Ref, FlowRoot, FlowRoot_Ref, HostRef, MessageSpec,
+    MessagingRoot, MessagingRoot_Ref, MsgHost_Ref, PluginRoot, PluginRoot_Ref, StageRole,
+    StepActivation, Value,
 };
 
 thread_local! {
@@ -506,6 +507,48 @@ pub const fn flow_header<P: PluginExports>() -> LibHeader {
     }
 }
 
+/// The host's flow-event callbacks, handed over when the library is loaded
+/// (none under a host built before plugins could raise flow events).
+static FLOW_HOST: std::sync::OnceLock<FlowHost_Ref> = std::sync::OnceLock::new();
+
+/// The host's flow-event callbacks, if the host has any.
+pub(crate) fn flow_host() -> Option<FlowHost_Ref> {
+    FLOW_HOST.get().copied()
+}
+
+extern "C" fn set_flow_host(host: FlowHost_Ref) {
+    let _ = FLOW_HOST.set(host);
+}
+
+fn flow_events_module() -> FlowEventsRoot_Ref {
+    FlowEventsRoot {
+        set_host: set_flow_host,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn flow_events_module_loader() -> RootModuleResult {
+    __call_root_module_loader(flow_events_module)
+}
+
+/// The header of the library's flow-event root module, exported by
+/// `export_plugin!` under `otools_abi::FLOW_EVENTS_SYMBOL`.
+#[doc(hidden)]
+#[allow(
+    unsafe_code,
+    reason = "the fourth header, through the same abi_stable export API as the first"
+)]
+pub const fn flow_events_header() -> LibHeader {
+    // SAFETY: as in `lib_header`: `flow_events_module_loader` returns a
+    // `FlowEventsRoot_Ref`.
+    unsafe {
+        LibHeader::from_constructor::<FlowEventsRoot_Ref>(
+            flow_events_module_loader,
+            CheckTypeLayout::Yes,
+        )
+    }
+}
+
 /// The header abi_stable looks for in a library: what `export_plugin!` exports.
 #[doc(hidden)]
 #[allow(
@@ -603,6 +646,11 @@ macro_rules! export_plugin {
         #[unsafe(export_name = "otools_flow_header")]
         pub static __OTOOLS_FLOW_HEADER: $crate::__private::LibHeader =
             $crate::__private::flow_header::<__OtoolsPluginExports>();
+        // How the host hands over `raise` (`otools_abi::FLOW_EVENTS_SYMBOL`).
+        #[doc(hidden)]
+        #[unsafe(export_name = "otools_flow_events_header")]
+        pub static __OTOOLS_FLOW_EVENTS_HEADER: $crate::__private::LibHeader =
+            $crate::__private::flow_events_header();
     };
 }
 
@@ -628,7 +676,11 @@ mod tests {
     #[test]
     fn messaging_and_flow_symbols_match_the_abi() {
         let source = include_str!("export.rs");
-        for symbol in [otools_abi::MESSAGING_SYMBOL, otools_abi::FLOW_SYMBOL] {
+        for symbol in [
+            otools_abi::MESSAGING_SYMBOL,
+            otools_abi::FLOW_SYMBOL,
+            otools_abi::FLOW_EVENTS_SYMBOL,
+        ] {
             let spelled = format!("export_name = \"{symbol}\"");
             assert!(
                 source.contains(&spelled),

@@ -9,7 +9,8 @@
 //! activation is (flow, step, sequence, attempt, run id) comes with the
 //! call, in its [`StepContext`]: never keep it in process-wide state.
 //! Returning an error (or panicking) fails the activation; the host routes
-//! the failure as the manifest says (`on_failure`, `stop_on_error`).
+//! the failure as the manifest says (`on_failure`, `stop_on_error`). A step
+//! may raise events of its flow while it runs ([`StepContext::raise`]).
 
 use std::ops::Deref;
 
@@ -72,6 +73,14 @@ impl<'a> StepContext<'a> {
     /// The id of the run (the same across recoveries of that run).
     pub fn run_id(&self) -> &str {
         self.activation.run.as_str()
+    }
+
+    /// Raises `event` of this step's flow for `sequence` (often
+    /// [`StepContext::sequence`]): see [`Context::raise_event`]. It is
+    /// committed to the run store before this returns; raising it again
+    /// for the same sequence, here or anywhere, is a journaled duplicate.
+    pub fn raise(&self, event: &str, sequence: &str) -> Result<()> {
+        self.ctx.raise_event(Some(self.flow()), event, sequence)
     }
 }
 

@@ -146,8 +146,9 @@ pub use service::{Condition, NoConfig, Service};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{
-        ConditionCtor, MessageHandler, PluginExports, ServiceCtor, StepCtor, flow_header,
-        handle_with, lib_header, messaging_header, new_condition, new_service, new_step,
+        ConditionCtor, MessageHandler, PluginExports, ServiceCtor, StepCtor, flow_events_header,
+        flow_header, handle_with, lib_header, messaging_header, new_condition, new_service,
+        new_step,
     };
     pub use crate::pipeline::{
         SINK, SOURCE, StageCtor, TRANSFORM, new_sink, new_source, new_transform, stages_header,

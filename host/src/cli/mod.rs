@@ -1,12 +1,13 @@
 //! The command line: `otools run`, `otools check`, `otools inspect`, and
-//! `otools status`, `otools send` and `otools stop`, which talk to a
-//! running host.
+//! `otools status`, `otools send`, `otools raise` and `otools stop`, which
+//! talk to a running host.
 //!
 //! clap parses the raw arguments into these structs; each subcommand is an
 //! `XCommand` with an `execute()` that returns the process exit code.
 
 mod check;
 mod inspect;
+mod raise;
 mod run;
 mod send;
 mod status;
@@ -20,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use check::CheckCommand;
 pub use inspect::InspectCommand;
+pub use raise::RaiseCommand;
 pub use run::RunCommand;
 pub use send::SendCommand;
 pub use status::StatusCommand;
@@ -53,10 +55,12 @@ Exit codes:
 /// The exit codes of `status`, `send` and `stop`, in their `--help`.
 const CLIENT_EXIT_CODES: &str = "\
 Exit codes:
-  0    done (send: the message was queued, or the reply came)
+  0    done (send: the message was queued, or the reply came; raise: the event
+       was stored)
   1    no host runs this manifest, the host did not answer, or it refused the
        request (send: unknown target or message name, a payload that is not
-       JSON or not of the declared type, a full mailbox, no reply in time, ...)";
+       JSON or not of the declared type, a full mailbox, no reply in time, ...;
+       raise: unknown event or flow, no flow in this host, a finished run)";
 
 /// How long `status` and `stop` wait for the host's reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,7 +92,7 @@ pub enum Command {
     /// same graceful stop as SIGTERM (no reload: hot reload follows the
     /// plugin files). A second signal exits at once with code 130.
     ///
-    /// While it runs, the host answers `otools status`, `otools send` and `otools stop` on a
+    /// While it runs, the host answers `otools status`, `otools send`, `otools raise` and `otools stop` on a
     /// control socket derived from the manifest's path
     /// (`$XDG_RUNTIME_DIR/otools/<hash>.sock`, else
     /// `/tmp/otools-<uid>/<hash>.sock`; mode 0600, removed at exit). A second `run` of the same manifest is
@@ -119,6 +123,17 @@ pub enum Command {
     /// `--request` it returns once the message is queued; with it, it waits
     /// for the handler's reply and prints it as JSON.
     Send(SendCommand),
+    /// Raise a flow event in the host running a manifest (through its
+    /// control socket), as the sender `control`.
+    ///
+    /// The event must be a plain event of one of its flows (`--flow` when
+    /// several declare it); it is raised for `--sequence` (default `0`) and
+    /// committed to the flow's run store before the command returns.
+    /// Raising it again for the same sequence is a journaled duplicate. An
+    /// unknown event or flow, a host without flows, or a flow whose run has
+    /// finished is refused (exit code 1). A `keep_open` flow waits for such
+    /// events when idle.
+    Raise(RaiseCommand),
     /// Stop the host running a manifest, gracefully, as SIGTERM does
     /// (through its control socket), and wait until it has exited.
     ///

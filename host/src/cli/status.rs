@@ -1,5 +1,7 @@
-//! `otools status [--json] MANIFEST`: the state of every context and unit of
-//! the host running that manifest (with its mailbox, if it has one), asked
+//! `otools status [--json] MANIFEST`: the state of every context and unit
+//! of the host running that manifest (with its mailbox, if it has one), of
+//! every pipeline (`control::pipelines`), and of every flow
+//! (`FlowStatus::text` in `flow/status.rs` gives its line and rows), asked
 //! through its control socket.
 
 use std::fmt::Write as _;
@@ -9,7 +11,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CLIENT_EXIT_CODES, ask, exit};
-use crate::control::{Request, Status};
+use crate::control::{Request, Status, pipelines};
 
 /// Show the state of a running host.
 #[derive(Debug, Args)]
@@ -95,29 +97,40 @@ fn text(status: &Status) -> String {
                 row
             })
             .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: &[&str]| {
-            let mut l = String::from(" ");
-            for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-                if i + 1 == cells.len() {
-                    l.push(' ');
-                    l.push_str(cell);
-                } else {
-                    let _ = write!(l, " {cell:<w$}");
-                }
-            }
-            l.push('\n');
-            l
-        };
-        out.push_str(&line(&header));
-        for row in &rows {
-            out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
+        table(&mut out, &header, &rows);
+    }
+    for f in &status.flows {
+        let (line, header, rows) = f.text();
+        let _ = writeln!(out, "{line}");
+        table(&mut out, &header, &rows);
+    }
+    out.push_str(&pipelines::text(&status.pipelines));
+    out
+}
+
+/// `rows` under `header`, in columns; the last column is not padded.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
         }
     }
-    out
+    let line = |cells: &[&str]| {
+        let mut l = String::from(" ");
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push(' ');
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, " {cell:<w$}");
+            }
+        }
+        l.push('\n');
+        l
+    };
+    out.push_str(&line(header));
+    for row in rows {
+        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
 }

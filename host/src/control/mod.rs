@@ -1,5 +1,5 @@
-//! The control socket: how `otools status`, `otools send` and `otools stop`
-//! reach a running host.
+//! The control socket: how `otools status`, `otools send`, `otools raise`
+//! and `otools stop` reach a running host.
 //!
 //! `otools run` binds a Unix socket whose path is derived from the
 //! manifest ([`socket::socket_path`]) before it loads any plugin, so a
@@ -21,6 +21,7 @@
 //! kept open until the process exits, so the client can wait for the host
 //! to be gone.
 
+pub mod pipelines;
 mod send;
 pub mod socket;
 
@@ -39,7 +40,10 @@ pub use send::{DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_WAIT, MAX_REQUEST_TIMEOUT};
 pub use socket::{BindError, Bound, ClientError, SocketFile, request, socket_path, wait_closed};
 
 use crate::event::UnitStates;
-use crate::messaging::Router;
+use crate::flow::engine::FlowHandle;
+use crate::flow::status::FlowStatus;
+use crate::messaging::{FlowDirectory, Router};
+use crate::pipeline::RunningPipeline;
 use crate::runtime::RunningContext;
 use crate::threads::Spawner;
 
@@ -84,6 +88,17 @@ pub enum Request {
         /// (default 1000), or for the reply (default 5000); at most 60000.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
+    },
+    /// A flow event, from `control`: raised (and committed to the flow's
+    /// run store) for `sequence`; the result names the flow.
+    Raise {
+        /// A plain event of the flow.
+        event: String,
+        /// The flow (none: the only flow that declares `event`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<String>,
+        /// The sequence.
+        sequence: String,
     },
 }
 
@@ -143,11 +158,17 @@ pub struct Status {
     pub pid: u32,
     /// The manifest it runs (canonical path).
     pub manifest: String,
-    /// `running`, or `stopping` once every context is stopping or has
-    /// ended (after a signal, `otools stop` or `exit_when`).
+    /// `running`, or `stopping` once every context and pipeline is
+    /// stopping or has ended (after a signal, `otools stop` or `exit_when`).
     pub state: String,
     /// Every context, in manifest order.
     pub contexts: Vec<ContextStatus>,
+    /// Every pipeline, in manifest order (absent when there is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipelines: Vec<pipelines::PipelineStatus>,
+    /// Every flow, in manifest order (absent in a host without flows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<FlowStatus>,
 }
 
 /// One context in a [`Status`].
@@ -228,6 +249,9 @@ pub struct Commands {
     states: Arc<UnitStates>,
     router: Arc<dyn Router>,
     stop: Box<dyn Fn() + Send + Sync>,
+    pipes: Vec<Arc<RunningPipeline>>,
+    flow_directory: Arc<FlowDirectory>,
+    flows: Vec<FlowHandle>,
 }
 
 impl Commands {
@@ -247,7 +271,25 @@ impl Commands {
             states,
             router,
             stop: Box::new(stop),
+            pipes: Vec::new(),
+            flow_directory: Arc::default(),
+            flows: Vec::new(),
         }
+    }
+
+    /// The same, also showing `pipes` in `status`.
+    #[must_use]
+    pub fn with_pipelines(mut self, pipes: Vec<Arc<RunningPipeline>>) -> Commands {
+        self.pipes = pipes;
+        self
+    }
+
+    /// The host's flows: `raise` goes through `directory`, `status` shows `flows`.
+    #[must_use]
+    pub fn with_flows(mut self, directory: Arc<FlowDirectory>, flows: Vec<FlowHandle>) -> Commands {
+        self.flow_directory = directory;
+        self.flows = flows;
+        self
     }
 
     /// Carries out one request line; the reply, and what follows once it
@@ -306,6 +348,25 @@ impl Commands {
                 };
                 (reply, After::Close)
             }
+            Request::Raise {
+                event,
+                flow,
+                sequence,
+            } => {
+                let reply =
+                    match self
+                        .flow_directory
+                        .raise(flow.as_deref(), &event, &sequence, "control")
+                    {
+                        Ok(flow) => Reply::ok(serde_json::json!({ "flow": flow })),
+                        Err(f) => Reply::error(format!(
+                            "cannot raise `{event}` for sequence {sequence}: {}: {}",
+                            f.kind.describe(),
+                            f.message
+                        )),
+                    };
+                (reply, After::Close)
+            }
         }
     }
 
@@ -326,13 +387,13 @@ impl Commands {
     /// The state of every context and unit.
     pub fn status(&self) -> Status {
         let states = self.states.snapshot();
-        // A host of pipelines only (no context) counts as running: the
-        // control socket does not look at pipelines yet.
-        let stopping = !self.cores.is_empty()
+        // Stopping once every context and pipeline is stopping or done.
+        let stopping = !(self.cores.is_empty() && self.pipes.is_empty())
             && self
                 .cores
                 .iter()
-                .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst));
+                .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst))
+            && self.pipes.iter().all(|p| p.state() != "running");
         let contexts = self
             .cores
             .iter()
@@ -396,6 +457,8 @@ impl Commands {
             manifest: self.manifest.display().to_string(),
             state: if stopping { "stopping" } else { "running" }.into(),
             contexts,
+            pipelines: pipelines::status(&self.pipes, &states),
+            flows: self.flows.iter().map(FlowHandle::status).collect(),
         }
     }
 }
@@ -593,6 +656,31 @@ mod tests {
         assert!(
             !stopped.load(Ordering::SeqCst),
             "not before the reply is sent"
+        );
+    }
+
+    #[test]
+    fn raise_without_flows_is_refused_and_its_line_names_the_event_and_sequence() {
+        let (c, _) = commands();
+        let line = serde_json::to_string(&Envelope {
+            version: PROTOCOL_VERSION,
+            request: Request::Raise {
+                event: "go".into(),
+                flow: None,
+                sequence: "7".into(),
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"version":1,"command":"raise","event":"go","sequence":"7"}"#
+        );
+        let (reply, after) = c.dispatch(&line);
+        assert!(!reply.ok);
+        assert_eq!(after, After::Close);
+        assert_eq!(
+            reply.error.as_deref(),
+            Some("cannot raise `go` for sequence 7: unknown target: this host runs no flow")
         );
     }
 

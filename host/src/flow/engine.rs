@@ -5,10 +5,13 @@
 //! raised for which sequence, each step's tasks, the queue of activations
 //! waiting for a slot, the running counts, the pools, the delays) and the
 //! store connection; activation threads only call the plugin and report
-//! back on a channel. Each transition (a start, an end and what it raises
-//! and activates, a fired delay) is one store transaction, committed before
-//! the plugin is called for what it started: after a kill, the store says
-//! exactly which steps succeeded, failed, were running or were waiting.
+//! back on a channel. The coordinator handles the messages waiting on its
+//! channel (steps' ends, raised events) in one store transaction (a group
+//! commit), with what they raise and activate, the delays that came due
+//! and the activations that can now start, committed before any step it
+//! starts is called: after a kill, the store says exactly which steps
+//! succeeded, failed, were running or were waiting. A chain costs one
+//! commit (one fsync) per step.
 //!
 //! Rules, per sequence: raising an event already raised is a journaled
 //! duplicate; activating a step already activated is one too (so a step
@@ -34,11 +37,13 @@ use abi_stable::std_types::{RResult, RString};
 use otools_abi::{CallErrorKind, StepActivation};
 use parking_lot::Mutex;
 
+use super::status::{FlowStatus, PoolStatus, StepStatus};
 use super::store::{Status, Store, StoreError, now_ms};
 use super::{EventId, FlowPlan, StepId};
 use crate::event::{Activation, Event, Events, FlowEvent, FlowRun};
 use crate::instance::InstanceHost;
 use crate::manifest::flow::{Recovery, RunMode};
+use crate::messaging::{Failure, FlowInbox, MessageError};
 use crate::supervision::watchdog::{Entry, Watchdog, limit_ms};
 use crate::threads::Spawner;
 
@@ -98,8 +103,23 @@ enum Msg {
         attempt: u32,
         result: Result<(), String>,
     },
+    /// An event raised from outside the flow (a plugin, `otools raise`),
+    /// answered once it is committed.
+    Raise {
+        event: EventId,
+        sequence: String,
+        from: String,
+        reply: mpsc::SyncSender<Result<(), Failure>>,
+    },
     Stop,
 }
+
+/// The most messages one transaction takes (a group commit).
+const MAX_BATCH: usize = 1024;
+
+/// How long a raise from outside waits for the coordinator's answer (it
+/// never waits for a step, only for a store transaction).
+const RAISE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Something waiting for its due time.
 struct Delay {
@@ -123,11 +143,64 @@ pub struct Opened {
     pub handle: FlowHandle,
 }
 
-/// Asks a running flow to stop: running steps finish, no new one starts.
+/// A running flow as the host sees it: it stops it (running steps finish,
+/// no new one starts), raises its events from outside (a
+/// [`FlowInbox`]), and reads its status.
 #[derive(Clone)]
 pub struct FlowHandle {
     tx: Sender<Msg>,
     shared: Arc<crate::instance::ContextShared>,
+    /// Its plain events (those that may be raised from outside), and all
+    /// its events (plain, then expression events) for their ids.
+    raisable: Arc<Vec<String>>,
+    status: Arc<Mutex<FlowStatus>>,
+}
+
+impl FlowInbox for FlowHandle {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn events(&self) -> &[String] {
+        &self.raisable
+    }
+
+    fn raise(&self, event: &str, sequence: &str, from: &str) -> Result<(), Failure> {
+        let gone = || {
+            Failure::new(
+                MessageError::PeerGone,
+                format!("the run of flow `{}` has finished", self.shared.name),
+            )
+        };
+        // Plain events come first in the flow's event ids.
+        let Some(event) = self.raisable.iter().position(|e| e == event) else {
+            return Err(Failure::new(
+                MessageError::UnknownMessage,
+                format!("flow `{}` has no event `{event}`", self.shared.name),
+            ));
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Raise {
+                event,
+                sequence: sequence.to_owned(),
+                from: from.to_owned(),
+                reply,
+            })
+            .map_err(|_| gone())?;
+        match answer.recv_timeout(RAISE_TIMEOUT) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Disconnected) => Err(gone()),
+            Err(RecvTimeoutError::Timeout) => Err(Failure::new(
+                MessageError::Timeout,
+                format!(
+                    "flow `{}` did not take the event within {}",
+                    self.shared.name,
+                    humantime::format_duration(RAISE_TIMEOUT)
+                ),
+            )),
+        }
+    }
 }
 
 impl FlowHandle {
@@ -146,10 +219,11 @@ impl FlowHandle {
         self.shared.request_stop();
         let _ = self.tx.send(Msg::Stop);
     }
-}
 
-struct Task {
-    attempt: u32,
+    /// The flow's latest status (see [`super::status`]).
+    pub fn status(&self) -> FlowStatus {
+        self.status.lock().clone()
+    }
 }
 
 struct Engine {
@@ -159,7 +233,8 @@ struct Engine {
     events: Arc<Events>,
     tx: Sender<Msg>,
     raised: HashSet<(EventId, String)>,
-    tasks: HashMap<(StepId, String), Task>,
+    /// Every (step, sequence) activated in this run.
+    tasks: HashSet<(StepId, String)>,
     queue: VecDeque<(StepId, String, u32)>,
     running: Vec<u32>,
     pool_used: Vec<u32>,
@@ -173,6 +248,16 @@ struct Engine {
     interrupted: Vec<(StepId, String, u32)>,
     /// `recover`: the steps it does not run again, journaled at start.
     skipped: Vec<FlowEvent>,
+    /// What `otools status` shows, published after every message handled.
+    status: Arc<Mutex<FlowStatus>>,
+    /// Activations ended in this process, per step: (succeeded, failed).
+    ended: Vec<(u64, u64)>,
+    /// When each activation failed in this process (for `retries` within
+    /// `restart_window`).
+    failures: HashMap<(StepId, String), Vec<std::time::Instant>>,
+    /// Retries waiting for their `restart_delay`: (due, step, sequence,
+    /// attempt); their tasks are `pending` in the store.
+    backoff: Vec<(u64, StepId, String, u32)>,
 }
 
 fn store_err(flow: &str) -> impl Fn(StoreError) -> OpenError + '_ {
@@ -229,9 +314,40 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         };
         (found.id, found.recovery)
     };
+    let status = Arc::new(Mutex::new(FlowStatus {
+        name: flow.clone(),
+        run: run_id.clone(),
+        mode: mode.into(),
+        state: String::from("running"),
+        result: None,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| StepStatus {
+                name: s.name.clone(),
+                waiting: 0,
+                running: 0,
+                succeeded: 0,
+                failed: 0,
+            })
+            .collect(),
+        pending_delays: 0,
+        pools: plan
+            .pools
+            .iter()
+            .map(|p| PoolStatus {
+                name: p.name.clone(),
+                in_use: 0,
+                limit: p.limit,
+            })
+            .collect(),
+    }));
+    let plain = plan.events.len() - plan.expressions.len();
     let handle = FlowHandle {
         tx: tx.clone(),
         shared: Arc::clone(&plan.shared),
+        raisable: Arc::new(plan.events[..plain].to_vec()),
+        status: Arc::clone(&status),
     };
     let mut engine = Engine {
         run: FlowRun {
@@ -243,7 +359,7 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         events,
         tx,
         raised: HashSet::new(),
-        tasks: HashMap::new(),
+        tasks: HashSet::new(),
         queue: VecDeque::new(),
         running: vec![0; steps],
         pool_used: vec![0; pools],
@@ -254,6 +370,10 @@ pub fn open(plan: FlowPlan, events: Arc<Events>) -> Result<Opened, OpenError> {
         failed: false,
         interrupted: Vec::new(),
         skipped: Vec::new(),
+        status,
+        ended: vec![(0, 0); steps],
+        failures: HashMap::new(),
+        backoff: Vec::new(),
     };
     let recovery = if engine.plan.mode == RunMode::Restart {
         recovery
@@ -307,6 +427,8 @@ impl Opened {
                 &name,
                 move || {
                     let outcome = engine.coordinate(&rx, &watchdog, &t);
+                    // A raise still queued is answered "finished" at once.
+                    drop(rx);
                     done(outcome);
                 },
             )
@@ -358,8 +480,7 @@ impl Engine {
                 tracing::warn!(flow = %self.plan.name, "the store names step `{}`, which the manifest no longer has: ignored", t.step);
                 continue;
             };
-            self.tasks
-                .insert((s, t.sequence.clone()), Task { attempt: t.attempt });
+            self.tasks.insert((s, t.sequence.clone()));
             let step = &self.plan.steps[s];
             let rerun = match t.status {
                 Status::Pending => {
@@ -386,7 +507,6 @@ impl Engine {
                     Status::Pending,
                     None,
                 )?;
-                self.tasks.insert((s, t.sequence.clone()), Task { attempt });
                 self.queue.push_back((s, t.sequence, attempt));
                 work += 1;
             } else if recover {
@@ -424,6 +544,9 @@ impl Engine {
         watchdog: &Arc<Watchdog>,
         threads: &Spawner,
     ) -> Outcome {
+        // The start events and the recovered failures open the first
+        // transaction; the top of the loop commits it with the first starts.
+        let mut failed_tx = None;
         let first = self.store.begin().and_then(|()| {
             if self.plan.mode == RunMode::Restart {
                 for (e, sequence) in self.plan.start.clone() {
@@ -437,22 +560,28 @@ impl Engine {
                 self.store.task(&self.run.run, &self.plan.steps[s].name, &sequence, attempt, Status::Failure, Some(&reason))?;
                 self.failure(s, &sequence, attempt, reason)?;
             }
-            self.store.commit()
+            Ok(())
         });
+        let mut open = first.is_ok();
         if let Err(e) = first {
-            self.store_failed(&e);
+            failed_tx = Some(e);
         }
+        // Raises from outside, answered once their transaction is committed.
+        let mut replies: Vec<mpsc::SyncSender<Result<(), Failure>>> = Vec::new();
         loop {
             if self.plan.shared.stopping() {
                 self.stopping = true;
             }
-            if let Err(e) = self
-                .fire_due()
-                .and_then(|()| self.schedule(watchdog, threads))
-            {
-                self.store_failed(&e);
+            let committed = self.commit_and_start(open, failed_tx.take(), watchdog, threads);
+            open = false;
+            for reply in replies.drain(..) {
+                let _ = reply.send(committed.clone());
             }
-            let idle = self.queue.is_empty() && self.delays.is_empty();
+            self.publish();
+            let idle = self.queue.is_empty()
+                && self.delays.is_empty()
+                && self.backoff.is_empty()
+                && !self.plan.keep_open;
             if self.active == 0 && (self.stopping || idle) {
                 break;
             }
@@ -475,6 +604,7 @@ impl Engine {
                 self.delays
                     .iter()
                     .map(|d| d.due_ms)
+                    .chain(self.backoff.iter().map(|b| b.0))
                     .min()
                     .map(|due| Duration::from_millis(due.saturating_sub(now_ms()).max(1)))
             };
@@ -486,27 +616,137 @@ impl Engine {
                     Err(RecvTimeoutError::Disconnected) => None,
                 },
             };
-            match msg {
-                None => break,
-                Some(Msg::Stop) => self.stopping = true,
-                Some(Msg::Done {
-                    step,
-                    sequence,
-                    attempt,
-                    result,
-                }) => {
-                    let r = self
-                        .store
-                        .begin()
-                        .and_then(|()| self.done(step, &sequence, attempt, result))
-                        .and_then(|()| self.store.commit());
-                    if let Err(e) = r {
-                        self.store_failed(&e);
-                    }
+            let Some(msg) = msg else { break };
+            // This message and those already queued behind it make one
+            // transaction (a group commit), committed at the top of the loop
+            // with the starts they allow.
+            let begun = self.store.begin();
+            open = begun.is_ok();
+            let mut result = begun;
+            let mut next = Some(msg);
+            let mut handled = 0;
+            while let Some(m) = next.take() {
+                let r = self.handle(m, &mut replies);
+                if result.is_ok() {
+                    result = r;
                 }
+                handled += 1;
+                if handled < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if let Err(e) = result {
+                failed_tx = Some(e);
             }
         }
         self.finish(false)
+    }
+
+    /// Ends the open transaction (begins one when `open` is false) after
+    /// firing the due delays and recording the activations that can start,
+    /// then starts them: what the store says was started is committed
+    /// before the plugin is called. A transaction that failed (`failed`)
+    /// is rolled back instead. Returns what a raise from outside in it is
+    /// answered.
+    fn commit_and_start(
+        &mut self,
+        open: bool,
+        failed: Option<StoreError>,
+        watchdog: &Arc<Watchdog>,
+        threads: &Spawner,
+    ) -> Result<(), Failure> {
+        let mut started = Vec::new();
+        let r = match failed {
+            Some(e) => Err(e),
+            None => (if open { Ok(()) } else { self.store.begin() })
+                .and_then(|()| self.fire_due())
+                .and_then(|()| self.pick(&mut started))
+                .and_then(|()| self.store.commit()),
+        };
+        match r {
+            Ok(()) => {
+                for (step, sequence, attempt) in started {
+                    self.emit(FlowEvent::StepStarted {
+                        run: self.run.clone(),
+                        activation: self.activation(step, &sequence, attempt),
+                    });
+                    self.spawn(step, sequence, attempt, watchdog, threads);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.store.rollback();
+                self.store_failed(&e);
+                // What `pick` took does not start: back to the queue.
+                for (step, sequence, attempt) in started.into_iter().rev() {
+                    self.release(step);
+                    self.queue.push_front((step, sequence, attempt));
+                }
+                Err(Failure::new(
+                    MessageError::PeerFailed,
+                    format!("flow `{}` could not store the event: {e}", self.plan.name),
+                ))
+            }
+        }
+    }
+
+    /// One message, inside the open transaction.
+    fn handle(
+        &mut self,
+        msg: Msg,
+        replies: &mut Vec<mpsc::SyncSender<Result<(), Failure>>>,
+    ) -> Result<(), StoreError> {
+        match msg {
+            Msg::Stop => {
+                self.stopping = true;
+                Ok(())
+            }
+            Msg::Done {
+                step,
+                sequence,
+                attempt,
+                result,
+            } => self.done(step, &sequence, attempt, result),
+            Msg::Raise {
+                event,
+                sequence,
+                from,
+                reply,
+            } => {
+                tracing::info!(
+                    flow = %self.plan.name,
+                    sequence = %sequence,
+                    "event `{}` raised for sequence {sequence} by {from}",
+                    self.plan.events[event]
+                );
+                replies.push(reply);
+                self.raise(event, &sequence)
+            }
+        }
+    }
+
+    /// Publishes the run's state for `otools status` (names were set at
+    /// open; only the counts change).
+    fn publish(&self) {
+        let mut s = self.status.lock();
+        s.state = String::from(if self.stopping { "stopping" } else { "running" });
+        for (i, step) in s.steps.iter_mut().enumerate() {
+            step.waiting = 0;
+            step.running = self.running[i];
+            (step.succeeded, step.failed) = self.ended[i];
+        }
+        for step in self
+            .queue
+            .iter()
+            .map(|q| q.0)
+            .chain(self.backoff.iter().map(|b| b.1))
+        {
+            s.steps[step].waiting += 1;
+        }
+        s.pending_delays = self.delays.len();
+        for (pool, used) in s.pools.iter_mut().zip(&self.pool_used) {
+            pool.in_use = *used;
+        }
     }
 
     /// Raises `event` for `sequence` (see the module docs).
@@ -581,7 +821,7 @@ impl Engine {
     /// Activates `step` for `sequence` (attempt 1) unless it already was.
     fn activate(&mut self, step: StepId, sequence: &str) -> Result<(), StoreError> {
         let key = (step, sequence.to_owned());
-        if self.tasks.contains_key(&key) {
+        if self.tasks.contains(&key) {
             self.emit(FlowEvent::Duplicate {
                 run: self.run.clone(),
                 kind: "step".into(),
@@ -598,7 +838,7 @@ impl Engine {
             Status::Pending,
             None,
         )?;
-        self.tasks.insert(key, Task { attempt: 1 });
+        self.tasks.insert(key);
         self.queue.push_back((step, sequence.to_owned(), 1));
         Ok(())
     }
@@ -609,18 +849,22 @@ impl Engine {
             return Ok(());
         }
         let now = now_ms();
+        let (retry, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.backoff)
+            .into_iter()
+            .partition(|b| b.0 <= now);
+        self.backoff = wait;
+        self.queue
+            .extend(retry.into_iter().map(|(_, s, q, a)| (s, q, a)));
         let (due, later): (Vec<Delay>, Vec<Delay>) = std::mem::take(&mut self.delays)
             .into_iter()
             .partition(|d| d.due_ms <= now);
         self.delays = later;
         for d in due {
-            self.store.begin()?;
             self.store.fire_delay(d.id)?;
             match d.target {
                 Target::Step(s) => self.activate(s, &d.sequence)?,
                 Target::Event(e) => self.raise(e, &d.sequence)?,
             }
-            self.store.commit()?;
         }
         Ok(())
     }
@@ -633,12 +877,13 @@ impl Engine {
                 .all(|p| self.pool_used[*p] < self.plan.pools[*p].limit)
     }
 
-    /// Starts every queued activation that has a slot, in queue order.
-    fn schedule(&mut self, watchdog: &Arc<Watchdog>, threads: &Spawner) -> Result<(), StoreError> {
+    /// Takes every queued activation that has a slot, in queue order, and
+    /// records it `active` (in the open transaction); the caller starts them
+    /// once that is committed.
+    fn pick(&mut self, started: &mut Vec<(StepId, String, u32)>) -> Result<(), StoreError> {
         if self.stopping {
             return Ok(());
         }
-        let mut started = Vec::new();
         let mut i = 0;
         while i < self.queue.len() {
             let step = self.queue[i].0;
@@ -655,11 +900,7 @@ impl Engine {
                 i += 1;
             }
         }
-        if started.is_empty() {
-            return Ok(());
-        }
-        self.store.begin()?;
-        for (step, sequence, attempt) in &started {
+        for (step, sequence, attempt) in started.iter() {
             self.store.task(
                 &self.run.run,
                 &self.plan.steps[*step].name,
@@ -669,15 +910,16 @@ impl Engine {
                 None,
             )?;
         }
-        self.store.commit()?;
-        for (step, sequence, attempt) in started {
-            self.emit(FlowEvent::StepStarted {
-                run: self.run.clone(),
-                activation: self.activation(step, &sequence, attempt),
-            });
-            self.spawn(step, sequence, attempt, watchdog, threads);
-        }
         Ok(())
+    }
+
+    /// Gives back the slot and pool units of an activation of `step`.
+    fn release(&mut self, step: StepId) {
+        self.running[step] = self.running[step].saturating_sub(1);
+        for p in &self.plan.steps[step].pools {
+            self.pool_used[*p] = self.pool_used[*p].saturating_sub(1);
+        }
+        self.active = self.active.saturating_sub(1);
     }
 
     /// Runs one activation on a thread of its own, watched when the step
@@ -789,16 +1031,14 @@ impl Engine {
         attempt: u32,
         result: Result<(), String>,
     ) -> Result<(), StoreError> {
-        self.running[step] = self.running[step].saturating_sub(1);
-        for p in &self.plan.steps[step].pools {
-            self.pool_used[*p] = self.pool_used[*p].saturating_sub(1);
-        }
-        self.active = self.active.saturating_sub(1);
+        self.release(step);
         let plan = Arc::clone(&self.plan);
         let s = &plan.steps[step];
         let status = if result.is_ok() {
+            self.ended[step].0 += 1;
             Status::Success
         } else {
+            self.ended[step].1 += 1;
             Status::Failure
         };
         self.store.task(
@@ -840,14 +1080,33 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let plan = Arc::clone(&self.plan);
         let s = &plan.steps[step];
-        let first = self
-            .tasks
-            .get(&(step, sequence.to_owned()))
-            .map_or(attempt, |t| t.attempt);
-        // Retries count within this process's run of the step.
-        if attempt < first.saturating_add(s.retries) && !self.stopping {
+        // Retries count the failures of this process's run of the
+        // activation (within `restart_window`, when it has one).
+        let now = std::time::Instant::now();
+        let failed = self
+            .failures
+            .entry((step, sequence.to_owned()))
+            .or_default();
+        failed.push(now);
+        if let Some(window) = s.restart_window {
+            failed.retain(|t| now.duration_since(*t) <= window);
+        }
+        let counted = u32::try_from(failed.len()).unwrap_or(u32::MAX);
+        if counted <= s.retries && !self.stopping {
             let next = attempt + 1;
-            tracing::warn!(flow = %plan.name, step = %s.name, sequence, attempt, "failed ({reason}); retrying as attempt {next}");
+            let delay = retry_delay(s.restart_delay, s.max_restart_delay, counted);
+            tracing::warn!(
+                flow = %plan.name,
+                step = %s.name,
+                sequence,
+                attempt,
+                "failed ({reason}); retrying as attempt {next}{}",
+                if delay.is_zero() {
+                    String::new()
+                } else {
+                    format!(" in {}", humantime::format_duration(delay))
+                }
+            );
             self.store.task(
                 &self.run.run,
                 &s.name,
@@ -856,7 +1115,12 @@ impl Engine {
                 Status::Pending,
                 None,
             )?;
-            self.queue.push_back((step, sequence.to_owned(), next));
+            if delay.is_zero() {
+                self.queue.push_back((step, sequence.to_owned(), next));
+            } else {
+                let due = now_ms().saturating_add(limit_ms(delay));
+                self.backoff.push((due, step, sequence.to_owned(), next));
+            }
             return Ok(());
         }
         if let Some(e) = s.on_failure {
@@ -920,7 +1184,7 @@ impl Engine {
                 });
             }
         }
-        let pending = !self.queue.is_empty() || !self.delays.is_empty();
+        let pending = !self.queue.is_empty() || !self.delays.is_empty() || !self.backoff.is_empty();
         let outcome = if abandoned {
             Outcome::Abandoned
         } else if self.failed {
@@ -930,6 +1194,12 @@ impl Engine {
         } else {
             Outcome::Success
         };
+        self.publish();
+        {
+            let mut s = self.status.lock();
+            s.state = String::from("finished");
+            s.result = Some(outcome.name().into());
+        }
         if let Err(e) = self.store.finish_run(&self.run.run, outcome.name()) {
             tracing::error!(flow = %plan.name, "{e}");
         }
@@ -951,5 +1221,29 @@ impl Engine {
             Outcome::Failure => tracing::error!(flow = %plan.name, "{line}"),
         }
         outcome
+    }
+}
+
+/// The delay before retry number `n` (from 1): `first`, doubled for each
+/// retry after the first, at most `cap`.
+fn retry_delay(first: Duration, cap: Duration, n: u32) -> Duration {
+    let doubled = first.saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX));
+    doubled.min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_delay_doubles_from_the_first_up_to_its_cap() {
+        let ms = Duration::from_millis;
+        let delays: Vec<_> = (1..=6).map(|n| retry_delay(ms(100), ms(1000), n)).collect();
+        assert_eq!(
+            delays,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        assert_eq!(retry_delay(Duration::ZERO, ms(1000), 3), Duration::ZERO);
+        assert_eq!(retry_delay(ms(1), ms(5000), 40), ms(5000));
     }
 }

@@ -14,12 +14,22 @@
 //!   thread of its own under the host's watchdog, and records every
 //!   transition in the store.
 //!
+//! - [`status`] is what `otools status` shows of a running flow.
+//!
+//! Events are raised at start (`start`), by associations and step
+//! outcomes, and from outside the flow: by a plugin (`ctx.raise_event`, a
+//! step's `ctx.raise`) or `otools raise`, through the host's
+//! [`crate::messaging::FlowDirectory`], where each flow's
+//! [`engine::FlowHandle`] is registered. Such a raise is answered once the
+//! store has committed it; a `keep_open` flow waits for them when idle.
+//!
 //! A flow's steps log under the flow's name (as a context would) and the
 //! step's name; the journal records `flow_started`, `event_raised`,
 //! `step_started`, `step_finished`, `duplicate`, `delay_scheduled`,
 //! `and_unsatisfied` and `flow_finished`.
 
 pub mod engine;
+pub mod status;
 pub mod store;
 
 use std::path::PathBuf;
@@ -105,8 +115,14 @@ pub struct FlowStep {
     pub object: Arc<FfiStepBox>,
     /// The longest one run may take.
     pub watchdog: Option<Duration>,
-    /// More attempts after a failure.
+    /// More attempts after a failure (0 under `restart = "never"`).
     pub retries: u32,
+    /// Only failures within this window count against `retries` (`None`: all).
+    pub restart_window: Option<Duration>,
+    /// Delay before the first retry, doubled for each next one.
+    pub restart_delay: Duration,
+    /// Cap of the doubling retry delay.
+    pub max_restart_delay: Duration,
     /// At most this many activations at once.
     pub max_concurrent: Option<u32>,
     /// Pools it holds a unit of while it runs.
@@ -124,6 +140,9 @@ pub struct FlowStep {
     /// False: `recover` fails an interrupted activation instead of rerunning it.
     pub idempotent: bool,
 }
+
+/// The cap of a step's doubling retry delay without `max_restart_delay`.
+pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// A resource pool.
 #[derive(Debug, Clone)]
@@ -146,6 +165,8 @@ pub struct FlowPlan {
     pub run_id: Option<String>,
     /// After an unhandled failure, start no new step.
     pub stop_on_error: bool,
+    /// The run does not end when idle: it waits for raised events until stopped.
+    pub keep_open: bool,
     /// Once asked to stop, how long running steps may take before they
     /// are abandoned (`[host] shutdown_timeout`).
     pub shutdown_timeout: Duration,

@@ -240,6 +240,12 @@ impl Store {
         self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))
     }
 
+    /// Abandons the open transaction, if any (after a failed write; the
+    /// run is being stopped, so a failure here changes nothing).
+    pub fn rollback(&self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
     /// Records a new run of `flow` under an id no other run can have: the
     /// flow, the time, the process id and random bits, inserted under a
     /// primary key (drawn again on the impossible clash).

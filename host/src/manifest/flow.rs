@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::policy::Restart;
 use super::validate::{check_name, first_of, list};
 use super::{Diagnostic, HumanDuration, Level, Manifest, name_error, shown};
 
@@ -72,6 +73,9 @@ pub struct FlowDecl {
     pub mode: Option<Spanned<RunMode>>,
     /// After an unhandled failure, start no new step (default true).
     pub stop_on_error: Option<bool>,
+    /// True: the run does not end when it goes idle; it waits for events
+    /// raised by plugins or `otools raise` until the host stops (default false).
+    pub keep_open: Option<bool>,
     /// The level of the flow's step logs (default: the host's).
     pub log_level: Option<Spanned<Level>>,
     /// The only dataframes the flow's steps may use.
@@ -113,6 +117,28 @@ pub struct StepDecl {
     pub watchdog: Option<Spanned<HumanDuration>>,
     /// How many more attempts a failed activation gets (default 0).
     pub retries: Option<u32>,
+    /// `on-failure` (the default: a failed activation gets its retries) or
+    /// `never` (no retry); `always` is refused (a step that succeeded never
+    /// runs again).
+    pub restart: Option<Spanned<Restart>>,
+    /// The service key for `retries` (the same thing; give one of the two).
+    pub max_restarts: Option<Spanned<u32>>,
+    /// Only an activation's failures within this window count against its
+    /// retries (default: every failure counts).
+    pub restart_window: Option<Spanned<HumanDuration>>,
+    /// Delay before the first retry, doubled for each next one (default 0:
+    /// at once).
+    pub restart_delay: Option<Spanned<HumanDuration>>,
+    /// Cap of the doubling retry delay (default 30s).
+    pub max_restart_delay: Option<Spanned<HumanDuration>>,
+    /// A service key that does not apply to a step: refused, saying why.
+    pub startup_timeout: Option<Spanned<toml::Value>>,
+    /// A service key that does not apply to a step: refused, saying why.
+    pub shutdown_timeout: Option<Spanned<toml::Value>>,
+    /// A service key that does not apply to a step: refused, saying why.
+    pub backoff_reset_after: Option<Spanned<toml::Value>>,
+    /// A service key that does not apply to a step: refused, saying why.
+    pub on_give_up: Option<Spanned<toml::Value>>,
     /// At most this many activations of the step run at once (default: no limit).
     pub max_concurrent: Option<Spanned<u32>>,
     /// Pools the step holds one unit of while it runs.
@@ -457,6 +483,7 @@ impl FlowCheck<'_> {
                     String::from("`watchdog` must be longer than 0s"),
                 );
             }
+            self.supervision(s, &skey);
         }
         for (i, a) in f.associations.iter().enumerate() {
             let akey = format!("{key} > association #{}", i + 1);
@@ -476,6 +503,66 @@ impl FlowCheck<'_> {
             }
         }
         self.expressions(&events);
+    }
+
+    /// The supervision keys of a step: those that apply (retries and their
+    /// delays, `restart = "never"`) must agree; the service keys that do
+    /// not apply to a step are refused, each saying why.
+    fn supervision(&mut self, s: &StepDecl, skey: &str) {
+        let retries = s.retries.or(s.max_restarts.as_ref().map(|m| *m.get_ref()));
+        if let (Some(_), Some(m)) = (s.retries, &s.max_restarts) {
+            self.error(
+                m.span().start,
+                format!("{skey} > max_restarts"),
+                String::from(
+                    "give `retries` or `max_restarts`, not both (for a step they are the same)",
+                ),
+            );
+        }
+        if let Some(r) = &s.restart {
+            let message = match r.get_ref() {
+                Restart::Always => Some(String::from(
+                    "`restart = \"always\"` does not apply to a step: an activation that succeeded never runs again; use `on-failure` (the default: failures get `retries`) or `never`",
+                )),
+                Restart::Never if retries.is_some_and(|n| n > 0) => Some(String::from(
+                    "`restart = \"never\"` contradicts `retries`/`max_restarts` above 0: give one of them",
+                )),
+                _ => None,
+            };
+            if let Some(message) = message {
+                self.error(r.span().start, format!("{skey} > restart"), message);
+            }
+        }
+        for (k, v, why) in [
+            (
+                "startup_timeout",
+                &s.startup_timeout,
+                "a step has no `setup`: it is built once from its config, at load",
+            ),
+            (
+                "shutdown_timeout",
+                &s.shutdown_timeout,
+                "a step has no `finalize`; once the host stops, running steps get `[host] shutdown_timeout`",
+            ),
+            (
+                "backoff_reset_after",
+                &s.backoff_reset_after,
+                "a step's retry delay doubles per activation and starts over with the next one",
+            ),
+            (
+                "on_give_up",
+                &s.on_give_up,
+                "a failure after the last retry is routed by `on_failure`, else it fails the flow (`stop_on_error`)",
+            ),
+        ] {
+            if let Some(v) = v {
+                self.error(
+                    v.span().start,
+                    format!("{skey} > {k}"),
+                    format!("`{k}` does not apply to a step: {why}"),
+                );
+            }
+        }
     }
 
     /// Each expression parses, names known events, and no expression

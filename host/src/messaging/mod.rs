@@ -27,10 +27,15 @@
 //! - a publication reaches every live subscriber of its topic, in
 //!   publication order per subscriber, and nobody else.
 //!
+//! [`FlowDirectory`] (`flows.rs`) carries flow events raised from outside a
+//! flow (by a plugin or `otools raise`) to the running flow, the way the
+//! router carries messages to a mailbox.
+//!
 //! [`correlation`] holds the correlation id of the message being handled
 //! on the current thread, from which a handler's own sends get child ids.
 
 pub mod correlation;
+mod flows;
 mod in_process;
 mod mailbox;
 mod short_str;
@@ -41,6 +46,7 @@ mod conformance;
 use std::time::{Duration, Instant};
 
 pub use correlation::CorrelationId;
+pub use flows::{FlowDirectory, FlowInbox};
 pub use in_process::{InProcess, report_unknown};
 pub use mailbox::{Cancel, Envelope, Mailbox, Next, Pending, ReplyTo, Wait, reply_pair};
 pub use otools_abi::MessageError;

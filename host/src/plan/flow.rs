@@ -4,14 +4,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::Builder;
 use crate::dataframe::Dataframe;
-use crate::flow::{Association, Expr, FlowPlan, FlowStep, Pool};
+use crate::flow::{Association, DEFAULT_MAX_RETRY_DELAY, Expr, FlowPlan, FlowStep, Pool};
 use crate::manifest::config::ConfigJson;
 use crate::manifest::flow::{self as decl, FlowDecl, StepDecl};
+use crate::manifest::policy::Restart;
 use crate::manifest::shown;
 use crate::plugin::{construct_step, step_exports};
 
@@ -82,7 +84,22 @@ impl Builder<'_> {
                     export: s.export.get_ref().clone(),
                     object: Arc::new(object.1),
                     watchdog: s.watchdog.as_ref().map(|w| w.get_ref().0),
-                    retries: s.retries.unwrap_or(0),
+                    retries: match s.restart.as_ref().map(|r| *r.get_ref()) {
+                        Some(Restart::Never) => 0,
+                        _ => s
+                            .retries
+                            .or(s.max_restarts.as_ref().map(|m| *m.get_ref()))
+                            .unwrap_or(0),
+                    },
+                    restart_window: s.restart_window.as_ref().map(|w| w.get_ref().0),
+                    restart_delay: s
+                        .restart_delay
+                        .as_ref()
+                        .map_or(Duration::ZERO, |d| d.get_ref().0),
+                    max_restart_delay: s
+                        .max_restart_delay
+                        .as_ref()
+                        .map_or(DEFAULT_MAX_RETRY_DELAY, |d| d.get_ref().0),
                     max_concurrent: s.max_concurrent.as_ref().map(|m| *m.get_ref()),
                     pools: s
                         .pools
@@ -145,6 +162,7 @@ impl Builder<'_> {
                 .map_or_else(Default::default, |m| *m.get_ref()),
             run_id: None,
             stop_on_error: f.stop_on_error.unwrap_or(true),
+            keep_open: f.keep_open.unwrap_or(false),
             shutdown_timeout: self.manifest.shutdown_timeout(),
             shared,
             events,

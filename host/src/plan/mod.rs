@@ -31,7 +31,9 @@ use crate::manifest::{
     ContextDecl, Diagnostic, Diagnostics, EntryDecl, ExitWhen, Level, Manifest, Mode, ServiceDecl,
     StackEntry, name_error, shown,
 };
-use crate::messaging::{DEFAULT_MAILBOX_SIZE, EndpointSpec, InProcess, Mailbox, Router};
+use crate::messaging::{
+    DEFAULT_MAILBOX_SIZE, EndpointSpec, FlowDirectory, InProcess, Mailbox, Router,
+};
 use crate::plugin::construct;
 use crate::plugin::{LoadError, Registry};
 
@@ -72,6 +74,9 @@ pub struct Deployment {
     /// with its mailbox. [`Router::send`] on it is the entry point for a
     /// message from outside the plugins (sender `control`).
     pub router: Arc<InProcess>,
+    /// The running flows that services, steps and `otools raise` raise
+    /// events in (filled in by the host once it has opened the flows).
+    pub flow_directory: Arc<FlowDirectory>,
 }
 
 impl Deployment {
@@ -136,6 +141,7 @@ struct Builder<'m> {
     registry: Registry,
     errors: Vec<Diagnostic>,
     router: Arc<InProcess>,
+    flow_directory: Arc<FlowDirectory>,
     /// Every `sends_to` target and its manifest key, checked once all are registered.
     sends_to: Vec<(&'m Spanned<String>, String)>,
 }
@@ -327,6 +333,7 @@ impl<'m> Builder<'m> {
             events: Arc::clone(&self.opts.events),
             router: Arc::clone(&self.router) as Arc<dyn Router>,
             cancel: crate::messaging::Cancel::default(),
+            flows: Arc::clone(&self.flow_directory),
         })
     }
 
@@ -545,6 +552,7 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         registry: Registry::new(opts.verbose),
         errors: validate(manifest),
         router: Arc::new(InProcess::new(Arc::clone(&opts.events))),
+        flow_directory: Arc::default(),
         sends_to: Vec::new(),
     };
     b.errors.extend(crate::manifest::flow::validate(manifest));
@@ -574,13 +582,14 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         .iter()
         .map(|c| b.context(c, &by_name, &names))
         .collect();
-    // Hot reload follows the libraries of contexts only (see ARCHITECTURE.md).
-    let loaded = b.registry.libraries();
     let pipelines: Vec<PipelinePlan> = manifest
         .pipelines
         .iter()
         .filter_map(|p| b.pipeline(p, &by_name, &names))
         .collect();
+    // Hot reload follows the libraries of contexts and pipeline stages
+    // (not those of flows; see ARCHITECTURE.md).
+    let loaded = b.registry.libraries();
     // Static targets are caught here, by `check` as by `run`.
     for (target, key) in std::mem::take(&mut b.sends_to) {
         if let Err(f) = b.router.resolve(target.get_ref()) {
@@ -610,5 +619,6 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         max_abandoned_threads: manifest.max_abandoned_threads(),
         flows,
         router: b.router,
+        flow_directory: b.flow_directory,
     })
 }

@@ -21,8 +21,9 @@ use abi_stable::library::{
 };
 use abi_stable::sabi_types::{VersionNumber, VersionStrings};
 use otools_abi::{
-    ABI_VERSION, ExportInfo, ExportKind, FLOW_SYMBOL, FlowRoot_Ref, MESSAGING_SYMBOL,
-    MessagingRoot_Ref, PluginRoot_Ref, STAGES_SYMBOL, StageRoot_Ref,
+    ABI_VERSION, ExportInfo, ExportKind, FLOW_EVENTS_SYMBOL, FLOW_SYMBOL, FlowEventsRoot_Ref,
+    FlowRoot_Ref, MESSAGING_SYMBOL, MessagingRoot_Ref, PluginRoot_Ref, STAGES_SYMBOL,
+    StageRoot_Ref,
 };
 use otools_api::ffi::API_VERSION;
 
@@ -53,6 +54,9 @@ pub struct Library {
     pub stage_root: Option<StageRoot_Ref>,
     /// Its flow-step root module; none in a library built before steps.
     pub flow: Option<FlowRoot_Ref>,
+    /// Its flow-event root module (how it gets the host's `raise`); none in
+    /// a library built before plugins could raise flow events.
+    pub flow_events: Option<FlowEventsRoot_Ref>,
 }
 
 impl fmt::Debug for Library {
@@ -197,7 +201,8 @@ static PRIVATE_DIR: parking_lot::Mutex<PrivateDir> = parking_lot::Mutex::new(Pri
 /// What a loaded library gave: its root module, exports, ABI version,
 /// messaging root module (none in a library built before messaging),
 /// stage root module (none in a library built before pipelines) and
-/// flow-step root module (none in a library built before steps).
+/// flow-step root module (none in a library built before steps) and
+/// flow-event root module (none in a library built before `raise`).
 type Loaded = (
     PluginRoot_Ref,
     Vec<ExportInfo>,
@@ -205,6 +210,7 @@ type Loaded = (
     Option<MessagingRoot_Ref>,
     Option<StageRoot_Ref>,
     Option<FlowRoot_Ref>,
+    Option<FlowEventsRoot_Ref>,
 );
 
 /// Every library content this process has loaded, by content hash. Per
@@ -390,6 +396,18 @@ fn rlib_instead(path: &Path) -> Option<PathBuf> {
 
 /// Loads and checks the library at `path`, from a private copy.
 pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
+    load_expecting(path, verbose, None)
+}
+
+/// [`load`], refusing the file as [`LoadError::Changing`] unless its
+/// [`Fingerprint`] is still `expected` when the copy starts: the hot
+/// reload judged (and hashed) the file in that state, and a content
+/// written since must not be checked, then refused, in its name.
+pub fn load_expecting(
+    path: &Path,
+    verbose: bool,
+    expected: Option<&Fingerprint>,
+) -> Result<Library, LoadError> {
     if !path.is_file() {
         if let Some(rlib) = rlib_instead(path) {
             return Err(LoadError::NotACdylib {
@@ -406,6 +424,11 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         detail: format!("cannot copy it to the host's private folder ({what}): {e}"),
     };
     let before = Fingerprint::of(path).map_err(|e| copy_err("stat", e))?;
+    if expected.is_some_and(|e| *e != before) {
+        return Err(LoadError::Changing {
+            path: path.to_path_buf(),
+        });
+    }
     let dir = private_dir().map_err(|e| copy_err("folder", e))?;
     let stem = path
         .file_stem()
@@ -453,7 +476,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
     };
     // Removed at once (a mapping stays valid; a reused content needs none).
     drop(copy);
-    let (root, exports, abi_version, messaging, stage_root, flow) = loaded?;
+    let (root, exports, abi_version, messaging, stage_root, flow, flow_events) = loaded?;
     Ok(Library {
         path: path.to_path_buf(),
         hash,
@@ -467,6 +490,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<Library, LoadError> {
         messaging,
         stage_root,
         flow,
+        flow_events,
     })
 }
 
@@ -485,11 +509,22 @@ fn load_from(path: &Path, shadow: &Path, verbose: bool) -> Result<Loaded, LoadEr
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
     let flow = extra_root::<FlowRoot_Ref>(shadow, FLOW_SYMBOL)
         .map_err(|e| convert(path, e, plugin_abi, verbose))?;
-    Ok((root, exports, abi_version, messaging, stage_root, flow))
+    let flow_events = extra_root::<FlowEventsRoot_Ref>(shadow, FLOW_EVENTS_SYMBOL)
+        .map_err(|e| convert(path, e, plugin_abi, verbose))?;
+    Ok((
+        root,
+        exports,
+        abi_version,
+        messaging,
+        stage_root,
+        flow,
+        flow_events,
+    ))
 }
 
 /// A root module a library exports beside its `PluginRoot` under its own
-/// `symbol` (the messaging one, the stages' one, the flow steps' one),
+/// `symbol` (the messaging one, the stages' one, the flow steps' one, the
+/// flow events' one),
 /// checked by abi_stable on its own; `None` when the library does not
 /// export it (built before it existed).
 fn extra_root<M: RootModule>(shadow: &Path, symbol: &str) -> Result<Option<M>, LibraryError> {

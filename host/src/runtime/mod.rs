@@ -168,6 +168,7 @@ impl RunningContext {
                         running_since: now,
                         host: Some(host),
                         loop_thread: None,
+                        allocated: 0,
                     }),
                     stash,
                     mailbox: u.mailbox,

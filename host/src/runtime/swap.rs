@@ -124,7 +124,7 @@ impl RunningContext {
         slot: &Slot,
         on_host: &dyn Fn(&Arc<InstanceHost>),
     ) -> Result<Result<Prepared, String>, Abandoned> {
-        let generation = self.units[u].control.lock().generation + 1;
+        let generation = self.units[u].control.lock().next_generation();
         Ok(
             match self.build_and_setup(u, Arc::clone(lib), generation, slot, 0, on_host)? {
                 Ok(live) => Ok(Prepared {
