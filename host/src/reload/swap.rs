@@ -244,9 +244,9 @@ impl Swap {
                     return self.rollback(prepared, slot, reason);
                 }
             };
-            if p.generation() > prepared[i].1.generation() {
-                // Restarted while the new version was set up: the prepared
-                // instance would take over from a newer generation.
+            if p.generation() >= prepared[i].1.generation() {
+                // Restarted while the new version was set up: the restart
+                // took the generation the prepared instance would serve as.
                 self.paused.lock().push((Arc::clone(core), p));
                 return self.rollback(prepared, slot, interrupted(&self.label(core, *u)));
             }

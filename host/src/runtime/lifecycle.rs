@@ -264,7 +264,7 @@ impl RunningContext {
         let unit = &self.units[u];
         let generation = {
             let mut c = unit.control.lock();
-            c.generation = c.next_generation();
+            c.generation += 1;
             c.host = None;
             c.generation
         };

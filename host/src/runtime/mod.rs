@@ -168,7 +168,6 @@ impl RunningContext {
                         running_since: now,
                         host: Some(host),
                         loop_thread: None,
-                        allocated: 0,
                     }),
                     stash,
                     mailbox: u.mailbox,

@@ -206,27 +206,13 @@ impl Exit {
 }
 
 pub(super) struct Control {
-    /// The current generation: the one serving, or being set up to serve.
     pub(super) generation: u64,
-    /// The highest generation number handed out, by a start or by a hot
-    /// reload's prepared instance ([`Control::next_generation`]): two
-    /// instances of a unit never share a number, even when a restart and a
-    /// reload's setup overlap.
-    pub(super) allocated: u64,
     pub(super) tracker: Tracker,
     pub(super) running_since: Instant,
     /// The current generation's host, also while its `setup` runs.
     pub(super) host: Option<Arc<InstanceHost>>,
     /// The loop thread of a generation (the generation, its handle).
     pub(super) loop_thread: Option<(u64, JoinHandle<()>)>,
-}
-
-impl Control {
-    /// A generation number no instance of this unit has had.
-    pub(super) fn next_generation(&mut self) -> u64 {
-        self.allocated = self.allocated.max(self.generation) + 1;
-        self.allocated
-    }
 }
 
 /// One service or condition: the slot its generations succeed each other in.
