@@ -504,10 +504,7 @@ fn send_to_a_mailbox_that_stays_full_fails_with_mailbox_full_and_status_shows_it
     assert_eq!(unit(&s, "echo")["mailbox"]["handled"], 0);
     let row = text_row(&m, "echo");
     assert_eq!(row[6..], ["1", "1", "0", "-"]);
-    // The hung handler keeps echo from finalizing in time: code 3.
-    let out = run(&["stop", &arg(&m)]);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    assert_eq!(running.finish().code(), 3);
+    stop_with_echo_hung(&m, running);
 }
 
 #[test]
@@ -537,10 +534,7 @@ fn status_answers_while_a_request_to_a_hanging_handler_is_in_flight() {
         "status answered while the request was in flight"
     );
     assert_eq!(text_row(&m, "agent")[2], "serving");
-    // The hung handler keeps echo from finalizing in time: code 3.
-    let out = run(&["stop", &arg(&m)]);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    assert_eq!(running.finish().code(), 3);
+    stop_with_echo_hung(&m, running);
     let _ = request.kill();
     let _ = request.wait();
 }
@@ -583,6 +577,14 @@ fn a_service_blocked_in_a_request_is_released_when_its_context_stops() {
         abandoned.iter().all(|a| !a.contains("script")),
         "{abandoned:#?}"
     );
+}
+
+/// `otools stop` while echo's handler hangs: the hung handler keeps echo
+/// from finalizing in time, so the host exits with code 3.
+fn stop_with_echo_hung(manifest: &Path, running: Running) {
+    let out = run(&["stop", &arg(manifest)]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(running.finish().code(), 3);
 }
 
 /// `otools stop`, then the host's exit code 0.

@@ -715,6 +715,16 @@ mod tests {
         mb.push(env(n), Wait::For(wait)).map_err(|r| r.0.kind)
     }
 
+    /// A mailbox of `capacity` holding `1..=n`, and the token of its thread.
+    fn filled(capacity: usize, n: i64) -> (Mailbox, u64) {
+        let mb = mailbox(capacity);
+        let token = mb.attach(1);
+        for i in 1..=n {
+            push(&mb, i, Duration::from_secs(5)).unwrap();
+        }
+        (mb, token)
+    }
+
     fn take(mb: &Mailbox, token: u64) -> i64 {
         match mb.next(token, &|| false) {
             Next::Message(e) => e.payload.as_i64().unwrap_or(-1),
@@ -724,11 +734,7 @@ mod tests {
 
     #[test]
     fn a_batch_taken_out_counts_against_the_bound_until_each_message_is_handed_out() {
-        let mb = mailbox(3);
-        let token = mb.attach(1);
-        for n in 1..=3 {
-            push(&mb, n, Duration::from_secs(5)).unwrap();
-        }
+        let (mb, token) = filled(3, 3);
         // The thread takes the three at once, and hands out one.
         assert_eq!(take(&mb, token), 1);
         assert_eq!(mb.depth(), 2);
@@ -768,11 +774,7 @@ mod tests {
 
     #[test]
     fn the_next_generation_takes_a_put_back_message_first_then_the_rest_of_its_batch() {
-        let mb = mailbox(10);
-        let old = mb.attach(1);
-        for n in 1..=5 {
-            push(&mb, n, Duration::from_secs(5)).unwrap();
-        }
+        let (mb, old) = filled(10, 5);
         let first = match mb.next(old, &|| false) {
             Next::Message(e) => e,
             Next::Leave => panic!("a message is queued"),
@@ -792,23 +794,18 @@ mod tests {
     fn closing_answers_the_requests_of_both_halves() {
         let mb = mailbox(10);
         let token = mb.attach(1);
-        let mut pending = Vec::new();
-        for n in 1..=4 {
+        let ask = |n| {
             let (reply, p) = reply_pair();
             let mut e = env(n);
             e.reply = Some(reply);
             mb.push(e, Wait::For(Duration::from_secs(5))).unwrap();
-            pending.push(p);
-        }
-        // Two in the thread's half, then two more in the senders' half.
+            p
+        };
+        let mut pending: Vec<Pending> = (1..=4).map(ask).collect();
+        // The first is handed out (and dropped unanswered), the next three
+        // stay in the thread's half; two more go to the senders' half.
         assert_eq!(take(&mb, token), 1);
-        for n in 5..=6 {
-            let (reply, p) = reply_pair();
-            let mut e = env(n);
-            e.reply = Some(reply);
-            mb.push(e, Wait::For(Duration::from_secs(5))).unwrap();
-            pending.push(p);
-        }
+        pending.extend((5..=6).map(ask));
         mb.close();
         assert_eq!(mb.depth(), 0);
         let kinds: Vec<MessageError> = pending
