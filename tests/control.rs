@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{DEADLINE, Output, Running, TestDir, run, script_context};
+use crate::util::{DEADLINE, Output, Running, TestDir, run, script_context, spawn};
 
 /// A context whose services run until they are stopped: `a`, `b` and `c`
 /// log their setup and finalize, `flaky` fails once the file `fail` appears
@@ -504,10 +504,39 @@ fn send_to_a_mailbox_that_stays_full_fails_with_mailbox_full_and_status_shows_it
     assert_eq!(unit(&s, "echo")["mailbox"]["handled"], 0);
     let row = text_row(&m, "echo");
     assert_eq!(row[6..], ["1", "1", "0", "-"]);
-    // The hung handler keeps echo from finalizing in time: code 3.
-    let out = run(&["stop", &arg(&m)]);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    assert_eq!(running.finish().code(), 3);
+    stop_with_echo_hung(&m, running);
+}
+
+#[test]
+fn status_answers_while_a_request_to_a_hanging_handler_is_in_flight() {
+    let dir = TestDir::new("control_concurrent");
+    let m = agents(&dir, 10, "");
+    let running = Running::start(&m);
+    wait_status(&m, all_serving);
+    // A request whose handler sleeps 30 s: its connection stays busy.
+    let mut request = spawn(&[
+        "send",
+        &arg(&m),
+        "echo",
+        "HANG",
+        "--payload",
+        "30000",
+        "--request",
+        "--timeout",
+        "40s",
+    ]);
+    // Once the HANG is queued (the request is being served), status still
+    // answers, and the request is still waiting for its reply.
+    let s = wait_status(&m, |s| unit(s, "echo")["mailbox"]["high_water"] == 1);
+    assert_eq!(unit(&s, "echo")["mailbox"]["handled"], 0);
+    assert!(
+        request.try_wait().expect("the sender").is_none(),
+        "status answered while the request was in flight"
+    );
+    assert_eq!(text_row(&m, "agent")[2], "serving");
+    stop_with_echo_hung(&m, running);
+    let _ = request.kill();
+    let _ = request.wait();
 }
 
 #[test]
@@ -548,6 +577,14 @@ fn a_service_blocked_in_a_request_is_released_when_its_context_stops() {
         abandoned.iter().all(|a| !a.contains("script")),
         "{abandoned:#?}"
     );
+}
+
+/// `otools stop` while echo's handler hangs: the hung handler keeps echo
+/// from finalizing in time, so the host exits with code 3.
+fn stop_with_echo_hung(manifest: &Path, running: Running) {
+    let out = run(&["stop", &arg(manifest)]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(running.finish().code(), 3);
 }
 
 /// `otools stop`, then the host's exit code 0.

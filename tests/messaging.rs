@@ -364,6 +364,35 @@ export = "Listener"
 }
 
 #[test]
+fn a_service_that_accepts_messages_is_refused_in_a_triggers_stack_by_check() {
+    let dir = TestDir::new("msg_stack");
+    let body = r#"
+[[context]]
+name = "A"
+[[context.trigger]]
+name = "t"
+condition = [ { plugin = "probe", export = "Constant", config = { value = true } } ]
+service = [
+  { name = "quiet", plugin = "probe", export = "Lifecycle" },
+  { name = "agent", plugin = "messages", export = "Agent" },
+]
+"#;
+    let m = dir.manifest("m.toml", body);
+    let out = run(&["check", m.to_str().unwrap()]);
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    let err = &out.stderr;
+    assert!(
+        err.contains(":12:")
+            && err.contains(
+                "`Agent` accepts messages (PING, DUMP), but a service in a trigger's stack has no mailbox"
+            )
+            && err.contains("declare it as a `[[context.service]]`"),
+        "{err}"
+    );
+    assert!(err.contains("1 error(s)"), "only the agent: {err}");
+}
+
+#[test]
 fn a_request_queued_for_a_target_that_fails_for_good_is_answered_peer_gone_at_once() {
     let dir = TestDir::new("msg_gone_queued");
     // The PANIC and the request wait behind HANG; the PANIC ends echo for

@@ -15,7 +15,7 @@ use crate::util::{self, Running, TestDir, events_of, journal, run, run_manifest}
 /// A three-stage pipeline: `source` (Numbers with `source_config`),
 /// `double` (Double with `double_keys` and `double_config`), `collect`
 /// (Collect into `out.txt` in `dir` with `sink_keys`).
-fn three_stages(
+pub fn three_stages(
     dir: &TestDir,
     pipeline_keys: &str,
     source: &str,
@@ -57,7 +57,7 @@ config = {{ file = "{}" }}
 }
 
 /// The integers the sink wrote, one per line, in order.
-fn collected(dir: &TestDir) -> Vec<i64> {
+pub fn collected(dir: &TestDir) -> Vec<i64> {
     std::fs::read_to_string(dir.path.join("out.txt"))
         .unwrap_or_default()
         .lines()
@@ -85,6 +85,29 @@ fn last_stats<'a>(events: &'a [Value], stage: &str) -> &'a Value {
         .rev()
         .find(|e| e["event"] == "stage_stats" && e["stage"] == stage)
         .expect("stage_stats")
+}
+
+/// Starts `otools run` on `body` (as `m.toml` in `dir`) with the journal
+/// `events.jsonl`; the manifest, the journal's path and the host.
+fn start_in(dir: &TestDir, body: &str) -> (std::path::PathBuf, std::path::PathBuf, Running) {
+    let m = dir.manifest("m.toml", body);
+    let events = dir.path.join("events.jsonl");
+    let running = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    (m, events, running)
+}
+
+/// [`start_in`] on [`three_stages`] without pipeline keys.
+fn start_three(
+    dir: &TestDir,
+    source: &str,
+    double: &str,
+    double_config: &str,
+    sink: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, Running) {
+    start_in(
+        dir,
+        &three_stages(dir, "", source, double, double_config, sink),
+    )
 }
 
 fn run_in(dir: &TestDir, body: &str) -> (util::Output, Vec<Value>) {
@@ -185,19 +208,13 @@ config = {{ file = "{}", delay_ms = 2 }}
 #[test]
 fn sigterm_in_the_middle_of_an_endless_source_drains_with_items_in_equal_to_items_out() {
     let dir = TestDir::new("pipe-sigterm");
-    let m = dir.manifest(
-        "m.toml",
-        &three_stages(
-            &dir,
-            "",
-            "config = { every_ms = 1 }",
-            "threads = 2\nqueue_size = 16",
-            "delay_ms = 1",
-            "queue_size = 16",
-        ),
+    let (_, events, running) = start_three(
+        &dir,
+        "config = { every_ms = 1 }",
+        "threads = 2\nqueue_size = 16",
+        "delay_ms = 1",
+        "queue_size = 16",
     );
-    let events = dir.path.join("events.jsonl");
-    let running = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
     let deadline = std::time::Instant::now() + util::DEADLINE;
     while collected(&dir).len() < 50 {
         assert!(
@@ -668,4 +685,136 @@ fn otools_stop_drains_a_pipeline_only_host_which_status_shows_running_until_then
     let f = finished(&events);
     assert_eq!(f["outcome"], "stopped", "{f}");
     assert_eq!(f["items_in"], f["items_out"], "{f}");
+}
+
+/// The stage `name` of the first pipeline in a status.
+fn stage<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["pipelines"][0]["stages"]
+        .as_array()
+        .and_then(|stages| stages.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no stage {name} in {status:#?}"))
+}
+
+/// Per stage, `items_in == items_done + items_failed`, and each stage took
+/// in what the previous one sent on (`stages` of `pipeline_finished`).
+fn assert_stage_accounting(f: &Value) {
+    let stages = f["stages"].as_array().expect("stages");
+    let n = |s: &Value, k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k} in {s}"));
+    for s in stages {
+        assert_eq!(
+            n(s, "items_in"),
+            n(s, "items_done") + n(s, "items_failed"),
+            "{s}"
+        );
+    }
+    for pair in stages.windows(2) {
+        assert_eq!(n(&pair[0], "items_out"), n(&pair[1], "items_in"), "{f}");
+    }
+}
+
+#[test]
+fn status_shows_each_stage_with_its_workers_queue_within_queue_size_and_item_counts() {
+    let dir = TestDir::new("pipe-status");
+    let (m, events, running) = start_three(
+        &dir,
+        "",
+        "threads = 2\nqueue_size = 8\nrestart_delay = \"10ms\"",
+        "panic_on = [6], delay_ms = 2",
+        "queue_size = 4",
+    );
+    // The transform is slower than the endless source: its queue fills up.
+    let status = crate::control::wait_status(&m, |s| {
+        s["pipelines"][0]["stages"][2]["items_done"].as_u64() >= Some(20)
+            && s["pipelines"][0]["stages"][1]["queue_high_water"] == 8
+            && s["pipelines"][0]["stages"][1]["items_failed"] == 1
+            && s["pipelines"][0]["stages"][1]["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().all(|w| w["state"] == "serving"))
+    });
+    let p = &status["pipelines"][0];
+    assert_eq!(
+        (&p["name"], &p["state"]),
+        (&"numbers".into(), &"running".into())
+    );
+    for s in p["stages"].as_array().unwrap() {
+        assert!(
+            s["queue_high_water"].as_u64() <= s["queue_size"].as_u64(),
+            "{s}"
+        );
+        assert!(s["queue_depth"].as_u64() <= s["queue_size"].as_u64(), "{s}");
+    }
+    let count = stage(&status, "count");
+    assert_eq!(
+        (&count["role"], &count["queue_size"]),
+        (&"source".into(), &0.into())
+    );
+    let collect = stage(&status, "collect");
+    assert_eq!(
+        (&collect["role"], &collect["queue_size"]),
+        (&"sink".into(), &4.into())
+    );
+    // Item 6 panicked in one `double` worker, which was replaced in place.
+    let double = stage(&status, "double");
+    assert_eq!(double["items_failed"], 1, "{double}");
+    let workers = double["workers"].as_array().unwrap();
+    let names: Vec<&Value> = workers.iter().map(|w| &w["name"]).collect();
+    assert_eq!(names, ["double.0", "double.1"]);
+    let restarted: Vec<&Value> = workers.iter().filter(|w| w["restarts"] == 1).collect();
+    assert_eq!(restarted.len(), 1, "{workers:?}");
+    assert_eq!(restarted[0]["generation"], 2);
+    assert!(
+        restarted[0]["last_failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("injected panic on item 6")),
+        "{workers:?}"
+    );
+    let text = run(&["status", m.to_str().unwrap()]);
+    assert_eq!(text.code(), 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains("pipeline numbers: running\n"),
+        "{}",
+        text.stdout
+    );
+    let row = text
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("collect"))
+        .unwrap_or_else(|| panic!("no collect row:\n{}", text.stdout));
+    assert_eq!(row.split_whitespace().nth(1), Some("sink"), "{row}");
+    assert!(text.stdout.contains("worker double.1 "), "{}", text.stdout);
+    running.signal("TERM");
+    let out = running.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_stage_accounting(finished(&journal(&events)));
+}
+
+#[test]
+fn a_transform_making_several_items_of_one_accounts_per_stage() {
+    let dir = TestDir::new("pipe-fanout");
+    let (out, events) = run_in(
+        &dir,
+        &three_stages(
+            &dir,
+            "",
+            "config = { to = 100 }",
+            "threads = 2",
+            "copies = 3, fail_on = [5]",
+            "",
+        ),
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(collected(&dir).len(), 99 * 3);
+    let f = finished(&events);
+    assert_eq!(figures(f), (100, 297, 1), "{f}");
+    assert_stage_accounting(f);
+    let double = &f["stages"][1];
+    assert_eq!(
+        (
+            &double["items_in"],
+            &double["items_done"],
+            &double["items_out"]
+        ),
+        (&100.into(), &99.into(), &297.into()),
+        "{f}"
+    );
 }

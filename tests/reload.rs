@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::pipelines::{collected, three_stages};
 use crate::util::{Running, TestDir, journal, target_dir, wait_for_events};
 
 const VARIANTS: &[&str] = &[
@@ -547,6 +548,97 @@ fn a_plugin_file_rewritten_in_place_while_the_host_copies_it_never_crashes_the_h
 }
 
 #[test]
+fn a_reload_that_overlaps_restarts_keeps_the_serving_generations_going_up() {
+    // Found by the soak: a restart that began while a reload set up the
+    // new version took the same generation number as the prepared
+    // instance, and the swap then replaced that restarted generation with
+    // the prepared one under the same number. Here every generation hangs
+    // in `setup` for 150 ms and in its first `main` (a 50 ms watchdog
+    // replaces it), so restarts keep overlapping the reload's setups.
+    let dir = TestDir::new("reload_overlaps_restarts");
+    let watched = dir.path.join("libfaulty.so");
+    let faulty = std::fs::read(crate::util::plugin("faulty")).unwrap();
+    std::fs::write(&watched, &faulty).unwrap();
+    let m = dir.manifest(
+        "m.toml",
+        &format!(
+            r#"reload_debounce = "20ms"
+reload_limit = 1000
+reload_window = "500ms"
+[[context]]
+name = "C"
+period = "2ms"
+[[context.service]]
+name = "chaos"
+plugin = "{}"
+export = "Faulty"
+config = {{ hang_in = ["setup", "main"], hang_ms = 150 }}
+watchdog = "50ms"
+startup_timeout = "2s"
+shutdown_timeout = "1s"
+max_restarts = 100000
+restart_delay = "1ms"
+max_restart_delay = "1ms"
+[[context.service]]
+name = "keep"
+plugin = "hello"
+export = "Greeter"
+"#,
+            watched.display()
+        ),
+    );
+    let events = dir.path.join("events.jsonl");
+    let mut host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    host.wait_for_printed("hot reload: watching");
+    // Versions differ by a tag after the ELF data. A version is tried
+    // until it lands (refusals while the unit restarts are retried); then
+    // the next one comes, until a dozen attempts were made.
+    let write_version = |version: u32| {
+        let mut bytes = faulty.clone();
+        bytes.extend_from_slice(b"\0otools-test\0");
+        bytes.extend_from_slice(&version.to_le_bytes());
+        swap_in(&watched, &bytes);
+    };
+    let mut version = 0;
+    write_version(version);
+    let deadline = std::time::Instant::now() + crate::util::DEADLINE;
+    loop {
+        let j = journal(&events);
+        let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
+        if count("reload_attempted") >= 12 {
+            break;
+        }
+        if count("reload_ok") > version as usize {
+            version += 1;
+            write_version(version);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} reload attempts",
+            count("reload_attempted")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    host.signal("TERM");
+    let out = host.finish();
+    let j = journal(&events);
+    let started: Vec<u64> = generations_started(&j, "chaos");
+    let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
+    println!(
+        "{} attempts, {} ok, {} refused, generations started {started:?}",
+        count("reload_attempted"),
+        count("reload_ok"),
+        count("reload_rejected")
+    );
+    assert!(
+        started.windows(2).all(|w| w[0] < w[1]),
+        "each serving instance has a generation above the one before: {started:?}"
+    );
+    // 3 when the stop met a `main` hung in its 150 ms: abandoned.
+    assert!(matches!(out.code(), 0 | 3), "{}", out.stderr);
+}
+
+#[test]
 fn a_symlink_swapped_to_a_new_target_reloads_and_so_does_a_new_content_of_its_target() {
     let dir = TestDir::new("reload_symlink");
     let (m, watched) = manifest(&dir, "");
@@ -939,4 +1031,110 @@ fn a_version_loaded_before_is_reused_not_mapped_again_when_the_file_goes_back_to
         last["loaded_versions"], 3,
         "two versions of it and probe: {last}"
     );
+}
+
+/// Polls until the sink of `dir` wrote `count` items that `want` accepts.
+fn wait_collected(dir: &TestDir, count: usize, want: impl Fn(i64) -> bool) {
+    let deadline = std::time::Instant::now() + crate::util::DEADLINE;
+    while collected(dir).into_iter().filter(|n| want(*n)).count() < count {
+        assert!(std::time::Instant::now() < deadline, "too few items");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stage_library_replaced_on_disk_moves_its_workers_to_the_new_version_without_losing_or_repeating_an_item()
+ {
+    let dir = TestDir::new("reload_stage");
+    let watched = dir.path.join("libtagging.so");
+    std::fs::copy(variant("1"), &watched).unwrap();
+    // Numbers -> Tag (2 workers, from the watched file) -> Collect.
+    let pipeline = three_stages(
+        &dir,
+        "",
+        "config = { every_ms = 1 }",
+        "threads = 2\nstartup_timeout = \"300ms\"",
+        "",
+        "",
+    )
+    .replace(
+        "plugin = \"stages\"\nexport = \"Double\"",
+        &format!("plugin = \"{}\"\nexport = \"Tag\"", watched.display()),
+    );
+    let m = dir.manifest(
+        "m.toml",
+        &format!("reload_debounce = \"50ms\"\nreload_limit = 100\n{pipeline}"),
+    );
+    let events = dir.path.join("events.jsonl");
+    let host = Running::start_with(&m, &["--events", events.to_str().unwrap()]);
+    wait_collected(&dir, 20, |n| n % 10 == 1);
+    // Bad versions are refused, naming the file, stage and why; version 1 goes on.
+    for (bad, why) in [
+        (
+            "noexport",
+            "the new version has no transform `Tag` (stage `double` of pipeline `numbers`)",
+        ),
+        (
+            "setup_error",
+            "stage `double` of pipeline `numbers`, worker 0: setup failed: version setup_error refuses to set up",
+        ),
+        (
+            "setup_hang",
+            "stage `double` of pipeline `numbers`: setup hung (no return within",
+        ),
+    ] {
+        swap_in(&watched, &std::fs::read(variant(bad)).unwrap());
+        let j = wait_for_events(&events, 1, |e| {
+            e["event"] == "reload_rejected" && e["reason"].as_str().is_some_and(|r| r.contains(why))
+        });
+        let rejected = pos(&j, |e| {
+            e["event"] == "reload_rejected" && e["reason"].as_str().is_some_and(|r| r.contains(why))
+        });
+        assert!(
+            j[rejected]["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("libtagging.so")
+        );
+        let before = collected(&dir).len();
+        wait_collected(&dir, before + 20, |n| n % 10 == 1);
+    }
+    swap_in(&watched, &std::fs::read(variant("2")).unwrap());
+    wait_for_events(&events, 1, |e| e["event"] == "reload_ok");
+    wait_collected(&dir, 20, |n| n % 10 == 2);
+    host.signal("TERM");
+    let out = host.finish();
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let items = collected(&dir);
+    // Every item reached the sink once, handled by version 1 or 2.
+    assert!(
+        items.iter().all(|n| n % 10 == 1 || n % 10 == 2),
+        "{items:?}"
+    );
+    let mut numbers: Vec<i64> = items.iter().map(|n| n / 10).collect();
+    numbers.sort_unstable();
+    let expected: Vec<i64> = (1..=i64::try_from(numbers.len()).unwrap()).collect();
+    assert_eq!(numbers, expected, "each item once, none lost");
+    let j = journal(&events);
+    let finished = &j[pos(&j, |e| e["event"] == "pipeline_finished")];
+    assert_eq!(finished["items_in"], finished["items_out"], "{finished}");
+    assert_eq!(finished["items_failed"], 0, "{finished}");
+    // Each worker set up version 2 before finalizing version 1, then served it.
+    for w in ["double.0", "double.1"] {
+        let at = |event: &str| {
+            pos(&j, |e| {
+                e["event"] == event
+                    && e["service"] == w
+                    && e["generation"] == if event == "finalized" { 1 } else { 2 }
+                    && (event != "reload_setup_ok"
+                        || e["file"]
+                            .as_str()
+                            .is_some_and(|f| f.ends_with("libtagging.so")))
+            })
+        };
+        assert!(
+            at("reload_setup_ok") < at("finalized") && at("finalized") < at("started"),
+            "{w}"
+        );
+    }
 }

@@ -4,6 +4,8 @@
 #   present and without build isolation.
 # - service-framework 0.0.20 (ZeroMQ + msgpack): it declares no
 #   dependencies, so pyzmq, msgpack and numpy are installed beside it.
+# - os-m3-engine 0.1.2 (threads + queue.Queue); its Python 3.9+ shim
+#   (Thread.isAlive) is in bench/peer/m3_peer.py.
 # - eventor 5.1.9 (SQLAlchemy run store): its helper packages' sdists
 #   (acrilib, acris, acrilog, sshpipe) import a `setup_utils` module that only
 #   eventor's sdist ships, so eventor is downloaded first, its setup_utils.py
@@ -24,6 +26,10 @@ fi
 if ! "$venv/bin/python" -c "import service_framework, zmq, msgpack, numpy" 2>/dev/null; then
   "$venv/bin/pip" install -q pyzmq msgpack numpy service-framework==0.0.20 \
     || echo "warning: the service-framework peer could not be installed; its column will read n/a"
+fi
+if ! "$venv/bin/python" -c "import os_m3_engine" 2>/dev/null; then
+  "$venv/bin/pip" install -q os-m3-engine==0.1.2 \
+    || echo "warning: the os-m3-engine peer could not be installed; its column will read n/a"
 fi
 if ! "$venv/bin/python" -c "import eventor" 2>/dev/null; then
   dl="$PWD/.bench/dl" su="$PWD/.bench/su"

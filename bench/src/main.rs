@@ -2,6 +2,10 @@
 //! plugins (built by `make bench` first) and prints one table of figures.
 //! `--smoke` runs every workload for a moment with tiny counts and no
 //! figure checks (`make bench-smoke`, run by CI so the harness cannot rot).
+//! `--only TABLE` runs one table: `otools` (against the Python OTools),
+//! `messaging` (against service-framework), `pipelines`, `flows` or
+//! `host` (the other rows); `--pipelines-only` and `--flows-only` are
+//! `--only pipelines` and `--only flows`.
 //!
 //! Workloads:
 //! - `watchdog detection`: a service hangs in `main` on its second call in
@@ -14,6 +18,8 @@
 //!   context, with and without a `watchdog` on each, measured alternately.
 //! - messaging (round trip, one-way, idle agents) against service-framework
 //!   and a bare channel: see the `messaging` module.
+//! - pipelines (throughput, blocked producer) against os-m3-engine: see the
+//!   `pipeline` module.
 //! - flows (a 1,000-step chain, recovery after a kill, one committed
 //!   transition) against eventor: see the `flow` module (`--flows-only`
 //!   runs just those).
@@ -22,6 +28,7 @@
 
 mod flow;
 mod messaging;
+mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -811,29 +818,98 @@ fn many_services(dir: &Path, plugins: &Path, smoke: bool) -> Vec<Row> {
     ]
 }
 
+/// The tables `--only` can pick.
+const TABLES: [&str; 5] = ["otools", "messaging", "pipelines", "flows", "host"];
+
 fn main() {
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).map_or("", String::as_str))
+        .or_else(|| {
+            args.iter()
+                .any(|a| a == "--pipelines-only")
+                .then_some("pipelines")
+        })
+        .or_else(|| args.iter().any(|a| a == "--flows-only").then_some("flows"));
+    if let Some(t) = only
+        && !TABLES.contains(&t)
+    {
+        eprintln!("--only takes one of: {}", TABLES.join(", "));
+        std::process::exit(2);
+    }
+    let wanted = |t: &str| only.is_none_or(|o| o == t);
     let plugins = release_dir();
     let dir = scratch();
     let started = Instant::now();
-    let flows = || flow::table(&dir, &plugins, smoke, flow::peer_python().as_deref());
-    if std::env::args().any(|a| a == "--flows-only") {
-        return flow::print(&flows());
+    if wanted("otools") {
+        otools_table(&dir, &plugins, smoke);
     }
-    let py = peer_python("otools");
-    let vs = versus(&dir, &plugins, smoke, py.as_deref());
+    if wanted("messaging") {
+        messaging::print(&messaging::table(
+            &dir,
+            &plugins,
+            smoke,
+            peer_python("service_framework").as_deref(),
+        ));
+        println!();
+    }
+    if wanted("pipelines") {
+        pipeline::print(
+            &dir,
+            &plugins,
+            smoke,
+            peer_python("os_m3_engine").as_deref(),
+        );
+    }
+    if wanted("flows") {
+        flow::print(&flow::table(
+            &dir,
+            &plugins,
+            smoke,
+            flow::peer_python().as_deref(),
+        ));
+        println!();
+    }
+    if wanted("host") {
+        host_table(&dir, &plugins, smoke);
+    }
+    println!(
+        "({} mode, {:.1} s; machine: {} cores)",
+        if smoke { "smoke" } else { "full" },
+        started.elapsed().as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+}
+
+/// The rows of the host's own workloads (services, watchdog, reload).
+fn host_table(dir: &Path, plugins: &Path, smoke: bool) {
     let mut rows = Vec::new();
-    rows.extend(many_services(&dir, &plugins, smoke));
+    rows.extend(many_services(dir, plugins, smoke));
     if smoke {
-        rows.extend(watchdog_detection(&dir, &plugins, 3));
-        rows.extend(watchdog_cost(&dir, &plugins, 1000, 1));
-        rows.extend(reload_swaps(&dir, &plugins, 2, true));
+        rows.extend(watchdog_detection(dir, plugins, 3));
+        rows.extend(watchdog_cost(dir, plugins, 1000, 1));
+        rows.extend(reload_swaps(dir, plugins, 2, true));
     } else {
-        rows.extend(watchdog_detection(&dir, &plugins, 1000));
-        rows.extend(watchdog_cost(&dir, &plugins, 2_000_000, 5));
-        rows.extend(reload_swaps(&dir, &plugins, 200, true));
-        rows.extend(reload_swaps(&dir, &plugins, 30, false));
+        rows.extend(watchdog_detection(dir, plugins, 1000));
+        rows.extend(watchdog_cost(dir, plugins, 2_000_000, 5));
+        rows.extend(reload_swaps(dir, plugins, 200, true));
+        rows.extend(reload_swaps(dir, plugins, 30, false));
     }
+    let w = rows.iter().map(|r| r.workload.len()).max().unwrap_or(10);
+    let f = rows.iter().map(|r| r.figure.len()).max().unwrap_or(10);
+    println!("{:w$}  {:f$}  note", "workload", "figure");
+    for r in &rows {
+        println!("{:w$}  {:f$}  {}", r.workload, r.figure, r.note);
+    }
+}
+
+/// The table against the Python OTools.
+fn otools_table(dir: &Path, plugins: &Path, smoke: bool) {
+    let py = peer_python("otools");
+    let vs = versus(dir, plugins, smoke, py.as_deref());
     let fmt = |v: f64, unit: &str| match unit {
         "s" => format!("{v:.3} s"),
         "MiB" => format!("{v:.1} MiB"),
@@ -861,25 +937,4 @@ fn main() {
         println!("(the Python OTools peer is not installed: bench/peer/install.sh)");
     }
     println!();
-    messaging::print(&messaging::table(
-        &dir,
-        &plugins,
-        smoke,
-        peer_python("service_framework").as_deref(),
-    ));
-    println!();
-    flow::print(&flows());
-    println!();
-    let w = rows.iter().map(|r| r.workload.len()).max().unwrap_or(10);
-    let f = rows.iter().map(|r| r.figure.len()).max().unwrap_or(10);
-    println!("{:w$}  {:f$}  note", "workload", "figure");
-    for r in &rows {
-        println!("{:w$}  {:f$}  {}", r.workload, r.figure, r.note);
-    }
-    println!(
-        "({} mode, {:.1} s; machine: {} cores)",
-        if smoke { "smoke" } else { "full" },
-        started.elapsed().as_secs_f64(),
-        std::thread::available_parallelism().map_or(0, usize::from)
-    );
 }

@@ -66,7 +66,13 @@ impl Unit {
 
 /// Runs the Python peer script with `args`; its last JSON line.
 fn peer(py: &Path, args: &[&str], pinned: bool) -> Option<Value> {
-    let script = workspace_root().join("bench/peer/sf_peer.py");
+    peer_script("sf_peer.py", py, args, pinned)
+}
+
+/// Runs `bench/peer/<script>` with `py` and `args` (pinned to CPU 0 with
+/// `taskset`, or not); its last JSON line.
+pub(crate) fn peer_script(script: &str, py: &Path, args: &[&str], pinned: bool) -> Option<Value> {
+    let script = workspace_root().join("bench/peer").join(script);
     let mut cmd = if pinned {
         let mut c = Command::new("taskset");
         c.args(["-c", "0"]).arg(py);

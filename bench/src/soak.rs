@@ -1219,6 +1219,14 @@ fn main() {
         unexpected == 0,
         format!("count={unexpected} target=0"),
     );
+    // Two instances of one unit with the same generation, or a generation
+    // started after a newer one: the fencing and the journal rely on
+    // generations that only go up.
+    goal(
+        "generation_regressions",
+        tally.generation_regressions == 0,
+        format!("count={} target=0", tally.generation_regressions),
+    );
     println!(
         "soak summary result={} goals_missed={missed} hosts={run} secs={} seed={seed} signal_exits={total_signal_exits} \
          lost_increments={lost} threads_over_start_peak={threads_over_start_peak} cap={} stuck={stuck} unexpected_exits={unexpected}",

@@ -45,7 +45,7 @@ fn host_to_plugin(c: &mut Criterion) {
     let shared = Arc::new(ContextShared {
         name: "bench".into(),
         level: AtomicU8::new(5),
-        stop: AtomicBool::new(false),
+        stop: Arc::new(AtomicBool::new(false)),
         fatal: AtomicBool::new(false),
         wake: Wake::default(),
         dataframes: Vec::new(),

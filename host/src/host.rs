@@ -198,6 +198,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         let commands = Commands::new(c.manifest, cores.clone(), c.states, router, move || {
             let _ = tx.send(Msg::Stop);
         })
+        .with_pipelines(pipes.clone())
         .with_flows(Arc::clone(&deployment.flow_directory), flow_handles.clone());
         control::serve(c.socket, commands, &threads).ok()
     });
@@ -269,6 +270,7 @@ pub fn run(mut deployment: Deployment, control: Option<control::Setup>) -> u8 {
         let tx = tx.clone();
         crate::reload::start(
             cores.clone(),
+            pipes.clone(),
             deployment.loaded.clone(),
             deployment.reload.clone(),
             Arc::clone(&deployment.events),

@@ -28,7 +28,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::dataframe::{Caller, Dataframe, Deadline, OwnerId};
 use crate::event::{self, Event, Events};
 use crate::logging;
-use crate::messaging::{self, Cancel, Failure, Outgoing, Router, correlation};
+use crate::messaging::{self, Cancel, Failure, Outgoing, Router, ShortStr, correlation};
 use crate::plugin::Library;
 
 /// The next lease owner id. Process-wide on purpose: it only hands out ids
@@ -96,8 +96,8 @@ pub struct ContextShared {
     pub name: String,
     /// Messages below this level are dropped (a `LogLevel` as u8).
     pub level: AtomicU8,
-    /// Set to end the context.
-    pub stop: AtomicBool,
+    /// Set to end the context (shared with its mailboxes' liveness).
+    pub stop: Arc<AtomicBool>,
     /// Set when a service logged at `fatal`.
     pub fatal: AtomicBool,
     /// Wakes the context thread.
@@ -148,6 +148,8 @@ pub struct InstanceHost {
     pub context: Arc<ContextShared>,
     /// The service, trigger or condition name used in logs.
     pub name: String,
+    /// `Context/name`: who its messages are from.
+    address: ShortStr,
     /// The library it came from.
     pub library: Arc<Library>,
     /// Its export name.
@@ -183,6 +185,7 @@ impl InstanceHost {
         }
         InstanceHost {
             owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            address: ShortStr::new(&format!("{}/{name}", context.name)),
             context,
             name,
             library,
@@ -373,14 +376,14 @@ fn internal_failure() -> MessageFailure {
 impl InstanceHost {
     /// A message from this instance: its correlation id is the next child
     /// of the message being handled on this thread, or a new root id.
-    fn outgoing(&self, name: &str, payload: Value) -> Outgoing {
+    fn outgoing<'a>(&self, name: &'a str, payload: Value) -> Outgoing<'a> {
         Outgoing {
-            from: format!("{}/{}", self.context.name, self.name),
-            name: name.to_owned(),
+            from: self.address.clone(),
+            name,
             payload,
             correlation: correlation::next_child()
                 .unwrap_or_else(|| self.context.router.new_correlation()),
-            cancel: Some(self.context.cancel.clone()),
+            cancel: None,
         }
     }
 }
@@ -675,7 +678,7 @@ impl InstanceHost {
         call: &str,
         name: &str,
         payload: Value,
-        go: impl FnOnce(&dyn Router, Outgoing) -> Result<T, Failure>,
+        go: impl FnOnce(&dyn Router, Outgoing<'_>) -> Result<T, Failure>,
     ) -> RResult<T, MessageFailure> {
         if self.fenced_check(call) {
             return RResult::RErr(fenced_failure());
@@ -715,7 +718,7 @@ extern "C" fn host_send(
 ) -> RResult<(), MessageFailure> {
     with_caller(&caller, |h| {
         h.route("send", name.as_str(), payload, |r, msg| {
-            r.send(to.as_str(), msg, message_deadline(timeout_ns))
+            r.send(to.as_str(), msg, Duration::from_nanos(timeout_ns))
         })
     })
 }
@@ -732,7 +735,10 @@ extern "C" fn host_request(
     timeout_ns: u64,
 ) -> RResult<Value, MessageFailure> {
     with_caller(&caller, |h| {
-        h.route("request", name.as_str(), payload, |r, msg| {
+        h.route("request", name.as_str(), payload, |r, mut msg| {
+            // Released when the context stops (one-way sends never wait
+            // for an answer).
+            msg.cancel = Some(h.context.cancel.clone());
             r.request(to.as_str(), msg, message_deadline(timeout_ns))
         })
     })

@@ -1,7 +1,8 @@
-//! `otools status [--json] MANIFEST`: the state of every context and unit of
-//! the host running that manifest (with its mailbox, if it has one), and of
-//! every flow (`FlowStatus::text` in `flow/status.rs` gives its line and
-//! rows), asked through its control socket.
+//! `otools status [--json] MANIFEST`: the state of every context and unit
+//! of the host running that manifest (with its mailbox, if it has one), of
+//! every pipeline (`control::pipelines`), and of every flow
+//! (`FlowStatus::text` in `flow/status.rs` gives its line and rows), asked
+//! through its control socket.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CLIENT_EXIT_CODES, ask, exit};
-use crate::control::{Request, Status};
+use crate::control::{Request, Status, pipelines};
 
 /// Show the state of a running host.
 #[derive(Debug, Args)]
@@ -103,6 +104,7 @@ fn text(status: &Status) -> String {
         let _ = writeln!(out, "{line}");
         table(&mut out, &header, &rows);
     }
+    out.push_str(&pipelines::text(&status.pipelines));
     out
 }
 

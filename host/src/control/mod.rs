@@ -5,8 +5,12 @@
 //! manifest ([`socket::socket_path`]) before it loads any plugin, so a
 //! second host for the same manifest refuses to start ("already running
 //! (pid N)"), and a socket left by a host that was killed is detected
-//! (nobody answers) and replaced. Once the contexts run, [`serve`] answers
-//! on a `control` thread of its own, blocked in `accept` between requests.
+//! (nobody answers) and replaced. Once the contexts run, [`serve`] accepts
+//! connections on a `control` thread of its own (blocked in `accept`
+//! between them) and answers each on a thread of its own, at most
+//! [`MAX_CONNECTIONS`] at a time: a `send --request` to a slow handler
+//! does not hold up `status` or `stop`. A connection beyond that gets an
+//! error reply at once.
 //!
 //! The protocol is one JSON line each way, versioned by
 //! [`PROTOCOL_VERSION`]: a [`Envelope`] (`{"version":1,"command":"status"}`),
@@ -17,6 +21,7 @@
 //! kept open until the process exits, so the client can wait for the host
 //! to be gone.
 
+pub mod pipelines;
 mod send;
 pub mod socket;
 
@@ -24,7 +29,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use otools_abi::ExportKind;
@@ -38,6 +43,7 @@ use crate::event::UnitStates;
 use crate::flow::engine::FlowHandle;
 use crate::flow::status::FlowStatus;
 use crate::messaging::{FlowDirectory, Router};
+use crate::pipeline::RunningPipeline;
 use crate::runtime::RunningContext;
 use crate::threads::Spawner;
 
@@ -50,6 +56,9 @@ const MAX_REQUEST: u64 = 64 * 1024;
 
 /// How long the host waits for a client's request line, and for its reply to be taken.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many connections are served at once, each on its own thread.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// One command to a running host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,11 +158,14 @@ pub struct Status {
     pub pid: u32,
     /// The manifest it runs (canonical path).
     pub manifest: String,
-    /// `running`, or `stopping` once every context is stopping or has
-    /// ended (after a signal, `otools stop` or `exit_when`).
+    /// `running`, or `stopping` once every context and pipeline is
+    /// stopping or has ended (after a signal, `otools stop` or `exit_when`).
     pub state: String,
     /// Every context, in manifest order.
     pub contexts: Vec<ContextStatus>,
+    /// Every pipeline, in manifest order (absent when there is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipelines: Vec<pipelines::PipelineStatus>,
     /// Every flow, in manifest order (absent in a host without flows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flows: Vec<FlowStatus>,
@@ -236,7 +248,8 @@ pub struct Commands {
     cores: Vec<Arc<RunningContext>>,
     states: Arc<UnitStates>,
     router: Arc<dyn Router>,
-    stop: Box<dyn Fn() + Send>,
+    stop: Box<dyn Fn() + Send + Sync>,
+    pipes: Vec<Arc<RunningPipeline>>,
     flow_directory: Arc<FlowDirectory>,
     flows: Vec<FlowHandle>,
 }
@@ -250,7 +263,7 @@ impl Commands {
         cores: Vec<Arc<RunningContext>>,
         states: Arc<UnitStates>,
         router: Arc<dyn Router>,
-        stop: impl Fn() + Send + 'static,
+        stop: impl Fn() + Send + Sync + 'static,
     ) -> Commands {
         Commands {
             manifest,
@@ -258,9 +271,17 @@ impl Commands {
             states,
             router,
             stop: Box::new(stop),
+            pipes: Vec::new(),
             flow_directory: Arc::default(),
             flows: Vec::new(),
         }
+    }
+
+    /// The same, also showing `pipes` in `status`.
+    #[must_use]
+    pub fn with_pipelines(mut self, pipes: Vec<Arc<RunningPipeline>>) -> Commands {
+        self.pipes = pipes;
+        self
     }
 
     /// The host's flows: `raise` goes through `directory`, `status` shows `flows`.
@@ -366,13 +387,13 @@ impl Commands {
     /// The state of every context and unit.
     pub fn status(&self) -> Status {
         let states = self.states.snapshot();
-        // A host of pipelines only (no context) counts as running: the
-        // control socket does not look at pipelines yet.
-        let stopping = !self.cores.is_empty()
+        // Stopping once every context and pipeline is stopping or done.
+        let stopping = !(self.cores.is_empty() && self.pipes.is_empty())
             && self
                 .cores
                 .iter()
-                .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst));
+                .all(|c| c.shared.stopping() || c.ended.load(Ordering::SeqCst))
+            && self.pipes.iter().all(|p| p.state() != "running");
         let contexts = self
             .cores
             .iter()
@@ -436,6 +457,7 @@ impl Commands {
             manifest: self.manifest.display().to_string(),
             state: if stopping { "stopping" } else { "running" }.into(),
             contexts,
+            pipelines: pipelines::status(&self.pipes, &states),
             flows: self.flows.iter().map(FlowHandle::status).collect(),
         }
     }
@@ -464,39 +486,103 @@ fn unreadable(line: &str, e: &serde_json::Error) -> String {
 /// it is dropped: the caller keeps it until the host is done. A thread that
 /// cannot be created was already reported (the host stops); the socket is
 /// then removed.
-pub fn serve(socket: Bound, commands: Commands, threads: &Spawner) -> std::io::Result<SocketFile> {
+pub fn serve(
+    socket: Bound,
+    commands: Commands,
+    threads: &Arc<Spawner>,
+) -> std::io::Result<SocketFile> {
     let (listener, file) = socket.into_parts();
     tracing::info!("control socket: {}", file.path().display());
+    let server = Server {
+        commands: Arc::new(commands),
+        threads: Arc::clone(threads),
+        serving: Arc::new(AtomicUsize::new(0)),
+        held: Arc::default(),
+    };
     threads.spawn("the control socket server", "control", move || {
-        accept_loop(&listener, &commands);
+        server.accept_loop(&listener);
     })?;
     Ok(file)
 }
 
-/// The body of the `control` thread: one connection at a time.
-fn accept_loop(listener: &UnixListener, commands: &Commands) {
-    // Connections of `stop` requests, kept open until the process exits.
-    let mut held = Vec::new();
-    let mut warned = false;
-    for stream in listener.incoming() {
-        match stream {
-            Ok(s) => {
-                warned = false;
-                if let Some(keep) = answer(s, commands) {
-                    held.push(keep);
+/// What the `control` thread shares with the connection threads.
+struct Server {
+    commands: Arc<Commands>,
+    threads: Arc<Spawner>,
+    /// Connections being served now.
+    serving: Arc<AtomicUsize>,
+    /// Connections of `stop` requests, kept open until the process exits.
+    held: Arc<parking_lot::Mutex<Vec<UnixStream>>>,
+}
+
+/// Counts a connection being served while it lives.
+struct Serving(Arc<AtomicUsize>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Server {
+    /// Answers `stream` on a `control-conn` thread, or, when
+    /// [`MAX_CONNECTIONS`] are being served, with an error reply at once.
+    fn serve_one(&self, stream: UnixStream) {
+        if self.serving.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.serving.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+            write_reply(
+                &stream,
+                &Reply::error(format!(
+                    "busy: {MAX_CONNECTIONS} connections are being served; try again"
+                )),
+            );
+            return;
+        }
+        let serving = Serving(Arc::clone(&self.serving));
+        let commands = Arc::clone(&self.commands);
+        let held = Arc::clone(&self.held);
+        // A thread that cannot be created is reported by the spawner (the
+        // host stops); the connection is then closed unanswered.
+        let _ = self
+            .threads
+            .spawn("a control socket connection", "control-conn", move || {
+                let _serving = serving;
+                if let Some(keep) = answer(stream, &commands) {
+                    held.lock().push(keep);
                 }
-            }
-            Err(e) => {
-                // Out of file descriptors, say: wait a little instead of
-                // spinning on the same error.
-                if !warned {
-                    tracing::warn!("control socket: cannot accept a connection: {e}");
-                    warned = true;
+            });
+    }
+
+    /// The body of the `control` thread.
+    fn accept_loop(&self, listener: &UnixListener) {
+        let mut warned = false;
+        for stream in listener.incoming() {
+            match stream {
+                Ok(s) => {
+                    warned = false;
+                    self.serve_one(s);
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little instead of
+                    // spinning on the same error.
+                    if !warned {
+                        tracing::warn!("control socket: cannot accept a connection: {e}");
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
     }
+}
+
+/// Writes `reply` as one line (a client that is gone is ignored).
+fn write_reply(stream: &UnixStream, reply: &Reply) {
+    let mut text = serde_json::to_string(reply).unwrap_or_default();
+    text.push('\n');
+    let mut writer = stream;
+    let _ = writer.write_all(text.as_bytes());
 }
 
 /// Reads one request line from `stream` and writes the reply; returns the
@@ -520,10 +606,7 @@ fn answer(stream: UnixStream, commands: &Commands) -> Option<UnixStream> {
             After::Close,
         ),
     };
-    let mut text = serde_json::to_string(&reply).unwrap_or_default();
-    text.push('\n');
-    let mut writer = &stream;
-    let _ = writer.write_all(text.as_bytes());
+    write_reply(&stream, &reply);
     // A stop is carried out even if its client is gone.
     commands.after(after, stream)
 }

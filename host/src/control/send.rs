@@ -13,7 +13,7 @@ use std::time::Duration;
 use otools_abi::Value;
 use serde_json::Value as Json;
 
-use crate::messaging::{Failure, Outgoing, Router, deadline_after};
+use crate::messaging::{Failure, Outgoing, Router, ShortStr, deadline_after};
 
 /// How long a one-way send waits for room in a full mailbox, by default
 /// (as a service's `ctx.send`).
@@ -45,8 +45,8 @@ pub(super) struct SendArgs<'a> {
 pub(super) fn send(router: &Arc<dyn Router>, args: &SendArgs<'_>) -> Result<Json, String> {
     let timeout = args.timeout.min(MAX_REQUEST_TIMEOUT);
     let msg = Outgoing {
-        from: String::from("control"),
-        name: args.name.to_owned(),
+        from: ShortStr::new("control"),
+        name: args.name,
         payload: to_value(args.payload),
         correlation: router.new_correlation(),
         cancel: None,
@@ -59,7 +59,7 @@ pub(super) fn send(router: &Arc<dyn Router>, args: &SendArgs<'_>) -> Result<Json
             .map_err(shown)
     } else {
         router
-            .send(args.to, msg, deadline_after(timeout))
+            .send(args.to, msg, timeout)
             .map(|()| Json::Null)
             .map_err(shown)
     }

@@ -309,6 +309,9 @@ pub enum Event {
         items_out: u64,
         /// Items that failed in any stage.
         items_failed: u64,
+        /// Each stage's figures, source first (what holds for a transform
+        /// that makes zero or several items of one: see [`StageStats`]).
+        stages: Vec<StageStats>,
         /// `completed` (every source exhausted), `stopped` (a stop request
         /// or `stop_pipeline`) or `failed` (a stage could not go on).
         outcome: String,
@@ -329,7 +332,7 @@ pub struct ItemRef {
     pub item: u64,
 }
 
-/// One stage's figures.
+/// One stage's figures, journaled as `stage_stats`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageStats {
     /// The pipeline.
@@ -338,6 +341,25 @@ pub struct StageStats {
     pub stage: String,
     /// Its workers that are running now.
     pub workers: u64,
+    /// Its queue and item counts.
+    pub figures: Figures,
+}
+
+/// The keys of [`Figures`], in the order `stage_stats` lists them.
+const FIGURE_KEYS: [&str; 7] = [
+    "queue_depth",
+    "queue_high_water",
+    "queue_size",
+    "items_in",
+    "items_done",
+    "items_out",
+    "items_failed",
+];
+
+/// A stage's queue and item counts (in `stage_stats`, and in `otools
+/// status`, whose JSON has the same keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Figures {
     /// Items in its input queue now (0 for a source).
     pub queue_depth: u64,
     /// The most items its input queue held (never above `queue_size`).
@@ -346,10 +368,31 @@ pub struct StageStats {
     pub queue_size: u64,
     /// Items it took in (a source: produced).
     pub items_in: u64,
-    /// Items it sent on (a sink: consumed).
+    /// Items it took in and handled without failing (a source: produced).
+    /// `items_in == items_done + items_failed` once the stage has finished
+    /// (while it runs, the difference is the items in its workers' hands).
+    pub items_done: u64,
+    /// Items it sent on (a sink: consumed, so equal to `items_done`). A
+    /// transform sends on as many as it made: zero, one or several per
+    /// item done. Once the pipeline has drained, the next stage's
+    /// `items_in` equals this.
     pub items_out: u64,
     /// Items that failed in it.
     pub items_failed: u64,
+}
+
+impl StageStats {
+    /// The figures of a finished stage, as `pipeline_finished` lists them.
+    fn figures(&self) -> Json {
+        let f = &self.figures;
+        serde_json::json!({
+            "stage": self.stage,
+            "items_in": f.items_in,
+            "items_done": f.items_done,
+            "items_out": f.items_out,
+            "items_failed": f.items_failed,
+        })
+    }
 }
 
 impl Event {
@@ -569,28 +612,33 @@ impl Event {
                 ("item", item.item.into()),
                 ("reason", reason.as_str().into()),
             ],
-            Self::StageStats(s) => vec![
-                ("pipeline", s.pipeline.as_str().into()),
-                ("stage", s.stage.as_str().into()),
-                ("workers", s.workers.into()),
-                ("queue_depth", s.queue_depth.into()),
-                ("queue_high_water", s.queue_high_water.into()),
-                ("queue_size", s.queue_size.into()),
-                ("items_in", s.items_in.into()),
-                ("items_out", s.items_out.into()),
-                ("items_failed", s.items_failed.into()),
-            ],
+            Self::StageStats(s) => {
+                let mut fields = vec![
+                    ("pipeline", s.pipeline.as_str().into()),
+                    ("stage", s.stage.as_str().into()),
+                    ("workers", s.workers.into()),
+                ];
+                if let Json::Object(figures) = serde_json::to_value(s.figures).unwrap_or_default() {
+                    fields.extend(FIGURE_KEYS.iter().map(|k| (*k, figures[*k].clone())));
+                }
+                fields
+            }
             Self::PipelineFinished {
                 pipeline,
                 items_in,
                 items_out,
                 items_failed,
+                stages,
                 outcome,
             } => vec![
                 ("pipeline", pipeline.as_str().into()),
                 ("items_in", (*items_in).into()),
                 ("items_out", (*items_out).into()),
                 ("items_failed", (*items_failed).into()),
+                (
+                    "stages",
+                    Json::Array(stages.iter().map(StageStats::figures).collect()),
+                ),
                 ("outcome", outcome.as_str().into()),
             ],
             Self::Flow(f) => f.fields(),
@@ -962,7 +1010,7 @@ mod tests {
             let shared = Arc::new(ContextShared {
                 name: name.into(),
                 level: AtomicU8::new(0),
-                stop: AtomicBool::new(false),
+                stop: Arc::new(AtomicBool::new(false)),
                 fatal: AtomicBool::new(false),
                 wake: Wake::default(),
                 dataframes: Vec::new(),

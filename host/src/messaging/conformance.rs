@@ -33,15 +33,18 @@ fn spec(context: &str, service: &str, capacity: usize, subscribe: &[&str]) -> En
     }
 }
 
-fn msg(name: &str, payload: impl Into<Value>) -> Outgoing {
+fn msg(name: &str, payload: impl Into<Value>) -> Outgoing<'_> {
     Outgoing {
         from: "test".into(),
-        name: name.into(),
+        name,
         payload: payload.into(),
-        correlation: "1".into(),
+        correlation: super::CorrelationId::Root(1),
         cancel: None,
     }
 }
+
+/// How long a send waits for room in these tests.
+const SOON: Duration = Duration::from_secs(5);
 
 fn soon() -> Instant {
     deadline_after(Duration::from_secs(5))
@@ -53,7 +56,7 @@ fn drain(mb: &Mailbox) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     while mb.depth() > 0 {
         match mb.next(token, &|| false) {
-            Next::Message(e) => out.push((e.name, e.payload)),
+            Next::Message(e) => out.push((e.name.to_string(), e.payload)),
             Next::Leave => break,
         }
     }
@@ -107,7 +110,7 @@ fn targets_resolve_by_address_or_unique_name(make: &Factory) {
     );
     assert_eq!(kind(r.resolve("C/z")), MessageError::UnknownTarget);
     assert_eq!(
-        kind(r.send("nobody", msg("PING", ()), soon())),
+        kind(r.send("nobody", msg("PING", ()), SOON)),
         MessageError::UnknownTarget
     );
 }
@@ -115,11 +118,11 @@ fn targets_resolve_by_address_or_unique_name(make: &Factory) {
 fn bad_messages_are_refused_at_the_sender_and_never_queued(make: &Factory) {
     let (r, m) = make(&[spec("A", "x", 10, &[])]);
     assert_eq!(
-        kind(r.send("x", msg("BOGUS", ()), soon())),
+        kind(r.send("x", msg("BOGUS", ()), SOON)),
         MessageError::UnknownMessage
     );
     assert_eq!(
-        kind(r.send("x", msg("ADD", "two"), soon())),
+        kind(r.send("x", msg("ADD", "two"), SOON)),
         MessageError::InvalidPayload
     );
     assert_eq!(
@@ -127,14 +130,14 @@ fn bad_messages_are_refused_at_the_sender_and_never_queued(make: &Factory) {
         MessageError::InvalidPayload
     );
     assert_eq!(m[0].depth(), 0);
-    r.send("x", msg("ADD", 2), soon()).unwrap();
+    r.send("x", msg("ADD", 2), SOON).unwrap();
     assert_eq!(m[0].depth(), 1);
 }
 
 fn messages_are_delivered_in_order_even_before_a_handler_attaches(make: &Factory) {
     let (r, m) = make(&[spec("A", "x", 100, &[])]);
     for i in 0..20 {
-        r.send("A/x", msg("ADD", i), soon()).unwrap();
+        r.send("A/x", msg("ADD", i), SOON).unwrap();
     }
     let got: Vec<Value> = drain(&m[0]).into_iter().map(|(_, v)| v).collect();
     assert_eq!(got, (0..20).map(Value::Int).collect::<Vec<_>>());
@@ -142,11 +145,10 @@ fn messages_are_delivered_in_order_even_before_a_handler_attaches(make: &Factory
 
 fn a_full_mailbox_refuses_after_the_deadline(make: &Factory) {
     let (r, m) = make(&[spec("A", "x", 2, &[])]);
-    r.send("x", msg("PING", 1), soon()).unwrap();
-    r.send("x", msg("PING", 2), soon()).unwrap();
-    let short = deadline_after(Duration::from_millis(20));
+    r.send("x", msg("PING", 1), SOON).unwrap();
+    r.send("x", msg("PING", 2), SOON).unwrap();
     assert_eq!(
-        kind(r.send("x", msg("PING", 3), short)),
+        kind(r.send("x", msg("PING", 3), Duration::from_millis(20))),
         MessageError::MailboxFull
     );
     let short = deadline_after(Duration::from_millis(20));
@@ -213,7 +215,7 @@ fn a_gone_peer_is_reported_and_its_queued_requests_answered(make: &Factory) {
     let (r, m) = make(&[spec("A", "x", 10, &["px"]), spec("A", "y", 10, &[])]);
     m[1].set_liveness(|| false);
     assert_eq!(
-        kind(r.send("y", msg("PING", ()), soon())),
+        kind(r.send("y", msg("PING", ()), SOON)),
         MessageError::PeerGone
     );
     let r2 = Arc::clone(&r);
@@ -224,7 +226,7 @@ fn a_gone_peer_is_reported_and_its_queued_requests_answered(make: &Factory) {
     m[0].close();
     assert_eq!(kind(asker.join().unwrap()), MessageError::PeerGone);
     assert_eq!(
-        kind(r.send("x", msg("PING", ()), soon())),
+        kind(r.send("x", msg("PING", ()), SOON)),
         MessageError::PeerGone
     );
     // A gone subscriber is skipped, not an error.
@@ -239,7 +241,7 @@ fn a_new_generation_takes_over_the_mailbox(make: &Factory) {
     let waiting = std::thread::spawn(move || matches!(mb2.next(old, &|| false), Next::Leave));
     let new = mb.attach(2);
     assert!(waiting.join().unwrap(), "the old thread leaves");
-    r.send("x", msg("PING", 7), soon()).unwrap();
+    r.send("x", msg("PING", 7), SOON).unwrap();
     match mb.next(new, &|| false) {
         Next::Message(e) => assert_eq!(e.payload, Value::Int(7)),
         Next::Leave => panic!("the new generation gets the message"),
@@ -283,7 +285,7 @@ fn a_cancelled_request_and_one_queued_for_a_drained_mailbox_end_at_once(make: &F
     m[0].drain("gave up");
     assert_eq!(kind(asker.join().unwrap()), MessageError::PeerGone);
     assert_eq!(m[0].depth(), 0);
-    r.send("x", msg("PING", ()), soon()).unwrap();
+    r.send("x", msg("PING", ()), SOON).unwrap();
 }
 
 fn in_process(specs: &[EndpointSpec]) -> (Arc<dyn Router>, Vec<Arc<Mailbox>>) {

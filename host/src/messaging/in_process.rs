@@ -2,21 +2,28 @@
 //! registry: every service that accepts messages is registered while the
 //! deployment is planned, with its mailbox and its topics, and a message
 //! goes straight into the target's mailbox on the sender's thread (no
-//! serialization: the payload `Value` is moved).
+//! serialization: the payload `Value` is moved). The table is read on
+//! every send and written only while registering: readers load it from an
+//! `ArcSwap` (no shared counter written per send, so senders on several
+//! threads do not contend), and registering replaces it with a copy.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use otools_abi::{MessageError, Value};
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 
-use super::mailbox::{Envelope, Mailbox, reply_pair};
-use super::{EndpointSpec, Failure, Outgoing, Router};
+use super::mailbox::{Envelope, Mailbox, Wait, reply_pair};
+use super::{CorrelationId, EndpointSpec, Failure, Outgoing, Router, ShortStr};
 use crate::event::{self, Event, Events};
 
-#[derive(Default)]
+/// Keyed by manifest names, looked up on every send: a fast hash.
+type HashMap<K, V> = StdHashMap<K, V, rustc_hash::FxBuildHasher>;
+
+#[derive(Default, Clone)]
 struct Table {
     mailboxes: Vec<Arc<Mailbox>>,
     /// `Context/service` and bare service names, to mailbox indexes.
@@ -27,7 +34,9 @@ struct Table {
 
 /// The in-process backend; see the module docs.
 pub struct InProcess {
-    table: RwLock<Table>,
+    table: ArcSwap<Table>,
+    /// Held while registering: one copy of the table at a time.
+    registering: Mutex<()>,
     next_root: AtomicU64,
     events: Arc<Events>,
 }
@@ -36,7 +45,8 @@ impl InProcess {
     /// An empty router whose unknown-message events go to `events`.
     pub fn new(events: Arc<Events>) -> InProcess {
         InProcess {
-            table: RwLock::new(Table::default()),
+            table: ArcSwap::default(),
+            registering: Mutex::new(()),
             next_root: AtomicU64::new(1),
             events,
         }
@@ -45,7 +55,8 @@ impl InProcess {
     /// Registers a service's mailbox and its subscriptions; returns the mailbox.
     pub fn register(&self, spec: &EndpointSpec) -> Arc<Mailbox> {
         let mailbox = Arc::new(Mailbox::new(spec));
-        let mut t = self.table.write();
+        let _one_at_a_time = self.registering.lock();
+        let mut t = Table::clone(&self.table.load());
         let i = t.mailboxes.len();
         t.mailboxes.push(Arc::clone(&mailbox));
         t.by_name
@@ -56,18 +67,25 @@ impl InProcess {
         for topic in &spec.subscribe {
             t.topics.entry(topic.clone()).or_default().push(i);
         }
+        self.table.store(Arc::new(t));
         mailbox
     }
 
     /// Every registered mailbox, in registration (manifest) order.
     pub fn mailboxes(&self) -> Vec<Arc<Mailbox>> {
-        self.table.read().mailboxes.clone()
+        self.table.load().mailboxes.clone()
     }
 
-    fn mailbox(&self, target: &str) -> Result<Arc<Mailbox>, Failure> {
-        let t = self.table.read();
+    /// Runs `f` with the mailbox of `target` (borrowed from the table:
+    /// no reference count is touched).
+    fn with_mailbox<R>(
+        &self,
+        target: &str,
+        f: impl FnOnce(&Arc<Mailbox>) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        let t = self.table.load();
         match t.by_name.get(target).map(Vec::as_slice) {
-            Some([i]) => Ok(Arc::clone(&t.mailboxes[*i])),
+            Some([i]) => f(&t.mailboxes[*i]),
             Some(many) if !many.is_empty() => Err(Failure::new(
                 MessageError::UnknownTarget,
                 format!(
@@ -85,25 +103,32 @@ impl InProcess {
         }
     }
 
-    /// Checks `msg` for `mb`; an unknown name is also a WARN line and a
-    /// `message_unknown` event about the target, which goes on.
-    fn check(&self, mb: &Mailbox, msg: &Outgoing) -> Result<(), Failure> {
-        let r = mb.check(&msg.name, &msg.payload);
+    /// Checks `msg` for `mb`, and returns the name to queue it under; an
+    /// unknown name is also a WARN line and a `message_unknown` event about
+    /// the target, which goes on.
+    fn check(&self, mb: &Mailbox, msg: &Outgoing<'_>) -> Result<ShortStr, Failure> {
+        let r = mb.check(msg.name, &msg.payload);
         if let Err(f) = &r
             && f.kind == MessageError::UnknownMessage
         {
-            report_unknown(&self.events, mb, &msg.name, &msg.from, &msg.correlation);
+            report_unknown(&self.events, mb, msg.name, &msg.from, &msg.correlation);
         }
         r
     }
 }
 
 /// Logs and journals a message of a name `mb` does not accept.
-pub fn report_unknown(events: &Events, mb: &Mailbox, name: &str, from: &str, correlation: &str) {
+pub fn report_unknown(
+    events: &Events,
+    mb: &Mailbox,
+    name: &str,
+    from: &str,
+    correlation: &CorrelationId,
+) {
     tracing::warn!(
         context = %mb.context,
         service = %mb.service,
-        correlation,
+        correlation = %correlation,
         "unknown message `{name}` from {from}: refused (accepts: {})",
         mb.accepted().join(", ")
     );
@@ -111,14 +136,14 @@ pub fn report_unknown(events: &Events, mb: &Mailbox, name: &str, from: &str, cor
         unit: event::Unit::new(&mb.context, &mb.service, mb.generation()),
         name: name.to_owned(),
         from: from.to_owned(),
-        correlation: correlation.to_owned(),
+        correlation: correlation.to_string(),
     });
 }
 
-fn envelope(msg: Outgoing) -> Envelope {
+fn envelope(msg: Outgoing<'_>, name: ShortStr) -> Envelope {
     Envelope {
         from: msg.from,
-        name: msg.name,
+        name,
         payload: msg.payload,
         correlation: msg.correlation,
         reply: None,
@@ -127,29 +152,31 @@ fn envelope(msg: Outgoing) -> Envelope {
 
 impl Router for InProcess {
     fn resolve(&self, target: &str) -> Result<String, Failure> {
-        self.mailbox(target).map(|m| m.address.clone())
+        self.with_mailbox(target, |m| Ok(m.address.clone()))
     }
 
-    fn send(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<(), Failure> {
-        let mb = self.mailbox(to)?;
-        self.check(&mb, &msg)?;
-        mb.push(envelope(msg), deadline).map_err(|refused| {
-            let (f, env) = *refused;
-            drop(env);
-            f
+    fn send(&self, to: &str, msg: Outgoing<'_>, wait: Duration) -> Result<(), Failure> {
+        self.with_mailbox(to, |mb| {
+            let name = self.check(mb, &msg)?;
+            mb.push(envelope(msg, name), Wait::For(wait))
+                .map_err(|refused| {
+                    let (f, env) = *refused;
+                    drop(env);
+                    f
+                })
         })
     }
 
-    fn request(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<Value, Failure> {
-        let mb = self.mailbox(to)?;
-        self.check(&mb, &msg)?;
+    fn request(&self, to: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<Value, Failure> {
+        let mb = self.with_mailbox(to, |mb| Ok(Arc::clone(mb)))?;
+        let name = self.check(&mb, &msg)?;
         let (reply, pending) = reply_pair();
         if let Some(cancel) = &msg.cancel {
             cancel.watch(&pending);
         }
-        let mut env = envelope(msg);
+        let mut env = envelope(msg, name);
         env.reply = Some(reply);
-        if let Err(refused) = mb.push(env, deadline) {
+        if let Err(refused) = mb.push(env, Wait::Until(deadline)) {
             let (f, mut env) = *refused;
             // Not queued: nobody will answer, and the refusal is the answer.
             if let Some(r) = env.reply.take() {
@@ -160,9 +187,9 @@ impl Router for InProcess {
         pending.wait(deadline, &mb.address)
     }
 
-    fn publish(&self, topic: &str, msg: Outgoing, deadline: Instant) -> Result<usize, Failure> {
+    fn publish(&self, topic: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<usize, Failure> {
         let subscribers: Vec<Arc<Mailbox>> = {
-            let t = self.table.read();
+            let t = self.table.load();
             t.topics
                 .get(topic)
                 .map(|v| v.iter().map(|i| Arc::clone(&t.mailboxes[*i])).collect())
@@ -170,20 +197,21 @@ impl Router for InProcess {
         };
         // Every live subscriber must take it before anyone gets it.
         let live: Vec<Arc<Mailbox>> = subscribers.into_iter().filter(|m| m.is_alive()).collect();
-        for mb in &live {
-            self.check(mb, &msg)?;
-        }
+        let names = live
+            .iter()
+            .map(|mb| self.check(mb, &msg))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut delivered = 0;
         let mut full = None;
-        for mb in &live {
+        for (mb, name) in live.iter().zip(names) {
             let env = Envelope {
                 from: msg.from.clone(),
-                name: msg.name.clone(),
+                name,
                 payload: msg.payload.clone(),
                 correlation: msg.correlation.clone(),
                 reply: None,
             };
-            match mb.push(env, deadline) {
+            match mb.push(env, Wait::Until(deadline)) {
                 Ok(()) => delivered += 1,
                 Err(refused) => {
                     let (f, env) = *refused;
@@ -198,7 +226,7 @@ impl Router for InProcess {
         }
     }
 
-    fn new_correlation(&self) -> String {
-        self.next_root.fetch_add(1, Ordering::Relaxed).to_string()
+    fn new_correlation(&self) -> CorrelationId {
+        CorrelationId::Root(self.next_root.fetch_add(1, Ordering::Relaxed))
     }
 }

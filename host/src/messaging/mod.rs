@@ -38,17 +38,20 @@ pub mod correlation;
 mod flows;
 mod in_process;
 mod mailbox;
+mod short_str;
 
 #[cfg(test)]
 mod conformance;
 
 use std::time::{Duration, Instant};
 
+pub use correlation::CorrelationId;
 pub use flows::{FlowDirectory, FlowInbox};
 pub use in_process::{InProcess, report_unknown};
-pub use mailbox::{Cancel, Envelope, Mailbox, Next, Pending, ReplyTo, reply_pair};
+pub use mailbox::{Cancel, Envelope, Mailbox, Next, Pending, ReplyTo, Wait, reply_pair};
 pub use otools_abi::MessageError;
 use otools_abi::Value;
+pub use short_str::ShortStr;
 
 /// The reserved message that stops a service as a normal exit (finalized,
 /// never restarted).
@@ -78,17 +81,19 @@ impl Failure {
     }
 }
 
-/// A message on its way: who sends it, its name, payload and correlation id.
+/// A message on its way: who sends it, its name, payload and correlation
+/// id. The name is borrowed from the sender: a backend that queues the
+/// message keeps its own copy (the in-process one shares the target's).
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub struct Outgoing<'a> {
     /// The sender (`Context/service`, or `control` from outside).
-    pub from: String,
+    pub from: ShortStr,
     /// The message name.
-    pub name: String,
+    pub name: &'a str,
     /// The payload.
     pub payload: Value,
     /// The correlation id it carries.
-    pub correlation: String,
+    pub correlation: CorrelationId,
     /// For a request: what releases it early (the sender's context stops).
     pub cancel: Option<Cancel>,
 }
@@ -115,18 +120,18 @@ pub trait Router: Send + Sync {
     /// The canonical address (`Context/service`) of `target`.
     fn resolve(&self, target: &str) -> Result<String, Failure>;
 
-    /// Queues a one-way message for `to`, waiting until `deadline` for room.
-    fn send(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<(), Failure>;
+    /// Queues a one-way message for `to`, waiting up to `wait` for room.
+    fn send(&self, to: &str, msg: Outgoing<'_>, wait: Duration) -> Result<(), Failure>;
 
     /// Queues a request for `to` and waits until `deadline` for its reply.
-    fn request(&self, to: &str, msg: Outgoing, deadline: Instant) -> Result<Value, Failure>;
+    fn request(&self, to: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<Value, Failure>;
 
     /// Queues `msg` (named after `topic`) for every live subscriber of
     /// `topic`; returns how many got it.
-    fn publish(&self, topic: &str, msg: Outgoing, deadline: Instant) -> Result<usize, Failure>;
+    fn publish(&self, topic: &str, msg: Outgoing<'_>, deadline: Instant) -> Result<usize, Failure>;
 
     /// A new root correlation id, unique in this router.
-    fn new_correlation(&self) -> String;
+    fn new_correlation(&self) -> CorrelationId;
 }
 
 /// `now + d`, or a far future when that does not fit in an `Instant`.

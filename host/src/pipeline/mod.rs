@@ -28,7 +28,10 @@
 
 mod dead_letter;
 mod queue;
+mod reload;
 mod worker;
+
+pub use reload::StageReload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,7 +42,7 @@ use parking_lot::{Condvar, Mutex};
 
 use self::dead_letter::DeadLetter;
 use self::queue::{Abort, Msg, Queue};
-use crate::event::{self, Event, ItemRef, StageStats};
+use crate::event::{self, Event, Figures, ItemRef, StageStats};
 use crate::instance::{ContextShared, InstanceHost};
 use crate::manifest::pipeline::OnItemError;
 use crate::plan::PipelinePlan;
@@ -70,6 +73,11 @@ struct WorkerSlot {
     /// The instance built by the plan, taken by the first thread.
     initial: Mutex<Option<FfiStageBox>>,
     stash: Arc<Mutex<Option<Vec<u8>>>>,
+    /// A hot reload's new instance, set up and waiting for the worker to
+    /// switch to it at its next item (see `reload.rs`).
+    next: Mutex<reload::Next>,
+    /// `next` holds an instance (checked between items without a lock).
+    has_next: AtomicBool,
 }
 
 struct SlotControl {
@@ -87,7 +95,8 @@ struct SlotControl {
 struct Stage {
     name: String,
     role: StageRole,
-    library: Arc<Library>,
+    /// Its library: the newest version a hot reload moved it to.
+    library: Mutex<Arc<Library>>,
     export: String,
     config_json: String,
     policy: Policy,
@@ -99,6 +108,7 @@ struct Stage {
     /// Workers that have not given up.
     live: AtomicUsize,
     items_in: AtomicU64,
+    items_done: AtomicU64,
     items_out: AtomicU64,
     items_failed: AtomicU64,
 }
@@ -136,8 +146,18 @@ pub struct RunningPipeline {
     pub abandoned: AtomicBool,
 }
 
+/// One stage as `otools status` shows it.
+pub struct StageSnapshot {
+    /// Source, transform or sink.
+    pub role: StageRole,
+    /// Its figures now.
+    pub stats: StageStats,
+    /// The newest generation of each worker (1 for its first instance).
+    pub generations: Vec<u64>,
+}
+
 /// A worker's name in logs and events: `<stage>.<worker>`.
-fn worker_name(stage: &str, w: usize) -> String {
+pub fn worker_name(stage: &str, w: usize) -> String {
     format!("{stage}.{w}")
 }
 
@@ -175,13 +195,15 @@ impl RunningPipeline {
                         current_item: AtomicU64::new(0),
                         initial: Mutex::new(Some(o)),
                         stash: Arc::new(Mutex::new(None)),
+                        next: Mutex::new(reload::Next::default()),
+                        has_next: AtomicBool::new(false),
                     })
                     .collect();
                 Stage {
                     input: (s.role != StageRole::Source).then(|| Queue::new(s.queue_size)),
                     name: s.name,
                     role: s.role,
-                    library: s.library,
+                    library: Mutex::new(s.library),
                     export: s.export,
                     config_json: s.config_json,
                     policy: s.policy,
@@ -189,6 +211,7 @@ impl RunningPipeline {
                     running: AtomicUsize::new(threads),
                     live: AtomicUsize::new(threads),
                     items_in: AtomicU64::new(0),
+                    items_done: AtomicU64::new(0),
                     items_out: AtomicU64::new(0),
                     items_failed: AtomicU64::new(0),
                 }
@@ -329,17 +352,50 @@ impl RunningPipeline {
             pipeline: self.name().to_owned(),
             stage: st.name.clone(),
             workers,
-            // A finished stage's queue holds only the end marker.
-            queue_depth: st
-                .input
-                .as_ref()
-                .filter(|_| workers > 0)
-                .map_or(0, Queue::depth),
-            queue_high_water: st.input.as_ref().map_or(0, Queue::high_water),
-            queue_size: st.input.as_ref().map_or(0, |q| q.size as u64),
-            items_in: st.items_in.load(Ordering::SeqCst),
-            items_out: st.items_out.load(Ordering::SeqCst),
-            items_failed: st.items_failed.load(Ordering::SeqCst),
+            figures: Figures {
+                // A finished stage's queue holds only the end marker.
+                queue_depth: st
+                    .input
+                    .as_ref()
+                    .filter(|_| workers > 0)
+                    .map_or(0, Queue::depth),
+                queue_high_water: st.input.as_ref().map_or(0, Queue::high_water),
+                queue_size: st.input.as_ref().map_or(0, |q| q.size as u64),
+                items_in: st.items_in.load(Ordering::SeqCst),
+                items_done: st.items_done.load(Ordering::SeqCst),
+                items_out: st.items_out.load(Ordering::SeqCst),
+                items_failed: st.items_failed.load(Ordering::SeqCst),
+            },
+        }
+    }
+
+    /// Every stage's figures now, source first.
+    pub fn snapshot(&self) -> Vec<StageSnapshot> {
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(s, st)| StageSnapshot {
+                role: st.role,
+                stats: self.stats(s),
+                generations: st
+                    .slots
+                    .iter()
+                    .map(|w| w.control.lock().generation.max(1))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// `running`, `stopping` (draining), `finished` or `abandoned`.
+    pub fn state(&self) -> &'static str {
+        if self.abandoned.load(Ordering::SeqCst) {
+            "abandoned"
+        } else if self.finished.load(Ordering::SeqCst) {
+            "finished"
+        } else if self.shared.stopping() {
+            "stopping"
+        } else {
+            "running"
         }
     }
 
@@ -435,8 +491,9 @@ impl RunningPipeline {
 
     fn all_finished(&self) {
         self.finished.store(true, Ordering::SeqCst);
-        for s in 0..self.stages.len() {
-            self.emit(Event::StageStats(self.stats(s)));
+        let stages: Vec<StageStats> = (0..self.stages.len()).map(|s| self.stats(s)).collect();
+        for s in &stages {
+            self.emit(Event::StageStats(s.clone()));
         }
         let items_in = self.stages[0].items_out.load(Ordering::SeqCst);
         let items_out = self
@@ -465,6 +522,7 @@ impl RunningPipeline {
             items_in,
             items_out,
             items_failed,
+            stages,
             outcome: outcome.into(),
         });
         self.shared.wake.notify();

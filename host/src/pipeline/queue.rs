@@ -10,10 +10,26 @@
 //! for the stage's other workers and leaves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded, select};
 use otools_abi::Value;
 use parking_lot::Mutex;
+
+/// How long a send or receive retries before it parks the thread.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Yields the core once; true once [`SPIN`] has passed since the first call
+/// (`since` starts `None`).
+fn spun(since: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    let start = *since.get_or_insert(now);
+    if now.duration_since(start) >= SPIN {
+        return true;
+    }
+    std::thread::yield_now();
+    false
+}
 
 /// What travels in a queue.
 pub(super) enum Msg {
@@ -80,7 +96,7 @@ impl Queue {
 
     /// Sends `msg`, waiting while the queue is full.
     pub(super) fn send(&self, msg: Msg, abort: &Abort) -> Result<(), Aborted> {
-        let sent = match self.tx.try_send(msg) {
+        let sent = match self.try_send_for_a_while(msg) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(msg)) => select! {
                 send(self.tx, msg) -> r => r.map_err(|_| Aborted),
@@ -96,6 +112,31 @@ impl Queue {
         sent
     }
 
+    /// `try_send`, retried (yielding the core) for up to [`SPIN`] while the
+    /// queue is full, so that a consumer a moment behind frees a slot
+    /// before this thread parks: parking and waking cost tens of
+    /// microseconds here, an item a fraction of one.
+    fn try_send_for_a_while(&self, mut msg: Msg) -> Result<(), TrySendError<Msg>> {
+        let mut since = None;
+        loop {
+            match self.tx.try_send(msg) {
+                Err(TrySendError::Full(m)) if !spun(&mut since) => msg = m,
+                r => return r,
+            }
+        }
+    }
+
+    /// `try_recv`, retried like [`Queue::try_send_for_a_while`].
+    fn try_recv_for_a_while(&self) -> Result<Msg, TryRecvError> {
+        let mut since = None;
+        loop {
+            match self.rx.try_recv() {
+                Err(TryRecvError::Empty) if !spun(&mut since) => {}
+                r => return r,
+            }
+        }
+    }
+
     /// Puts the end marker back for the stage's other workers (it was just
     /// taken, so there is room).
     pub(super) fn pass_end_on(&self) {
@@ -104,7 +145,7 @@ impl Queue {
 
     /// The next message, waiting while the queue is empty.
     pub(super) fn recv(&self, abort: &Abort) -> Result<Msg, Aborted> {
-        match self.rx.try_recv() {
+        match self.try_recv_for_a_while() {
             Ok(m) => Ok(m),
             Err(TryRecvError::Empty) => select! {
                 recv(self.rx) -> m => m.map_err(|_| Aborted),

@@ -57,15 +57,17 @@ enum After {
     Discard,
 }
 
-/// How an item call ended.
+/// How an instance's run over its items ended.
 enum Ran {
     Done,
     Failed,
     Abandoned,
+    /// A hot reload handed the worker a new instance: switch to it.
+    Switch,
 }
 
 /// The text of a failed call, as the journal's `reason` has it.
-fn reason(e: &CallError) -> String {
+pub(super) fn reason(e: &CallError) -> String {
     match e.kind {
         CallErrorKind::Panicked => format!("panicked: {}", e.message),
         _ => format!("failed: {}", e.message),
@@ -108,7 +110,7 @@ impl Calls<'_> {
 }
 
 /// Drops a worker's plugin object and reports a panic in its destructor.
-fn drop_object(object: FfiStageBox, host: &InstanceHost) {
+pub(super) fn drop_object(object: FfiStageBox, host: &InstanceHost) {
     drop(object);
     host.collect_drop_panic();
 }
@@ -142,23 +144,29 @@ impl RunningPipeline {
         });
         loop {
             let object = match resume {
-                Resume::Finished => return self.worker_finished(s),
+                Resume::Finished => return self.worker_done(s, w),
                 Resume::First => self.stages[s].slots[w].initial.lock().take(),
                 Resume::Failed { generation } => match self.after_failure(s, w, generation) {
                     After::Restart => None,
-                    After::Finish => return self.worker_finished(s),
+                    After::Finish => return self.worker_done(s, w),
                     After::Discard => {
                         self.discard(s, w);
-                        return self.worker_finished(s);
+                        return self.worker_done(s, w);
                     }
                 },
             };
             match self.serve(s, w, object, &watch) {
-                Served::Done => return self.worker_finished(s),
+                Served::Done => return self.worker_done(s, w),
                 Served::Failed(generation) => resume = Resume::Failed { generation },
                 Served::Abandoned => return,
             }
         }
+    }
+
+    /// Worker `w` of stage `s` finished for good.
+    fn worker_done(&self, s: usize, w: usize) {
+        self.drop_next(s, w, true);
+        self.worker_finished(s);
     }
 
     /// Records that worker `w` tried its first setup (once).
@@ -173,7 +181,7 @@ impl RunningPipeline {
     }
 
     /// Logs and journals a failed call of generation `generation`.
-    fn report(
+    pub(super) fn report(
         &self,
         s: usize,
         w: usize,
@@ -194,6 +202,9 @@ impl RunningPipeline {
     fn serve(&self, s: usize, w: usize, object: Option<FfiStageBox>, watch: &Slot) -> Served {
         let stage = &self.stages[s];
         let slot = &stage.slots[w];
+        // A restart builds its own instance (from the newest version).
+        self.drop_next(s, w, false);
+        let library = Arc::clone(&stage.library.lock());
         let (host, generation) = {
             let mut c = slot.control.lock();
             c.generation += 1;
@@ -202,7 +213,7 @@ impl RunningPipeline {
             let host = Arc::new(InstanceHost::new(
                 Arc::clone(&self.shared),
                 worker_name(&stage.name, w),
-                Arc::clone(&stage.library),
+                Arc::clone(&library),
                 stage.export.clone(),
                 c.generation,
                 Arc::clone(&slot.stash),
@@ -212,7 +223,7 @@ impl RunningPipeline {
         };
         let built = match object {
             Some(o) => Ok(o),
-            None => construct_stage(&stage.library, &stage.export, &stage.config_json),
+            None => construct_stage(&library, &stage.export, &stage.config_json),
         };
         let mut object = match built {
             Ok(o) => o,
@@ -252,30 +263,67 @@ impl RunningPipeline {
         self.emit(Event::Started {
             unit: self.unit_id(s, w, generation),
         });
-        let ran = match stage.role {
-            StageRole::Source => self.produce_all(&calls, &mut object),
-            _ => self.consume_all(&calls, &mut object),
-        };
-        if matches!(ran, Ran::Abandoned) {
-            return Served::Abandoned;
+        let (mut object, mut host, mut generation) = (object, host, generation);
+        loop {
+            let calls = Calls {
+                s,
+                w,
+                generation,
+                host: &host,
+                watch,
+            };
+            let ran = match stage.role {
+                StageRole::Source => self.produce_all(&calls, &mut object),
+                _ => self.consume_all(&calls, &mut object),
+            };
+            if matches!(ran, Ran::Abandoned) {
+                return Served::Abandoned;
+            }
+            slot.control.lock().ran_out = matches!(ran, Ran::Done);
+            if !self.finalize(&calls, object) {
+                return Served::Abandoned;
+            }
+            match ran {
+                Ran::Failed => return Served::Failed(generation),
+                Ran::Switch => {}
+                _ => return Served::Done,
+            }
+            // A hot reload's instance, already set up, takes the next item.
+            let Some(next) = self.take_next(s, w) else {
+                return Served::Failed(generation);
+            };
+            {
+                let mut c = slot.control.lock();
+                c.generation = next.generation;
+                c.running_since = Instant::now();
+                c.host = Some(Arc::clone(&next.host));
+            }
+            (object, host, generation) = (next.object, next.host, next.generation);
+            self.emit(Event::Started {
+                unit: self.unit_id(s, w, generation),
+            });
         }
-        slot.control.lock().ran_out = matches!(ran, Ran::Done);
-        let limit = Some(stage.policy.shutdown_timeout);
+    }
+
+    /// Finalizes an instance under `shutdown_timeout`; false when the
+    /// watchdog abandoned the call (the thread must then leave).
+    fn finalize(&self, calls: &Calls<'_>, mut object: FfiStageBox) -> bool {
+        let Calls {
+            s, w, generation, ..
+        } = *calls;
+        let limit = Some(self.stages[s].policy.shutdown_timeout);
         let Some(finalized) = calls.call(Entry::Finalize, limit, |h| object.finalize(h)) else {
-            return Served::Abandoned;
+            return false;
         };
         match finalized {
             RResult::ROk(()) => self.emit(Event::Finalized {
                 unit: self.unit_id(s, w, generation),
             }),
-            RResult::RErr(e) => self.report(s, w, generation, &host, "finalize", &e),
+            RResult::RErr(e) => self.report(s, w, generation, calls.host, "finalize", &e),
         }
-        host.fence();
-        drop_object(object, &host);
-        match ran {
-            Ran::Failed => Served::Failed(generation),
-            _ => Served::Done,
-        }
+        calls.host.fence();
+        drop_object(object, calls.host);
+        true
     }
 
     /// A source's items, until it is exhausted, fails or the pipeline stops.
@@ -289,9 +337,13 @@ impl RunningPipeline {
             return Ran::Done;
         };
         let mut out = RVec::new();
+        let switch = &stage.slots[w].has_next;
         loop {
             if self.shared.stopping() {
                 return Ran::Done;
+            }
+            if switch.load(Ordering::Relaxed) {
+                return Ran::Switch;
             }
             let Some(r) = calls.call(Entry::Main, stage.policy.watchdog, |h| {
                 object.produce(h, &mut out)
@@ -311,6 +363,7 @@ impl RunningPipeline {
                     return Ran::Abandoned;
                 }
                 stage.items_in.fetch_add(1, Ordering::SeqCst);
+                stage.items_done.fetch_add(1, Ordering::SeqCst);
                 stage.items_out.fetch_add(1, Ordering::SeqCst);
             }
             if !more {
@@ -330,7 +383,11 @@ impl RunningPipeline {
         };
         let next = self.stages.get(s + 1).and_then(|n| n.input.as_ref());
         let mut out = RVec::new();
+        let switch = &stage.slots[w].has_next;
         loop {
+            if switch.load(Ordering::Relaxed) {
+                return Ran::Switch;
+            }
             let (n, item) = match self.next_item(input) {
                 Ok(Some(next)) => next,
                 Ok(None) => return Ran::Done,
@@ -344,6 +401,9 @@ impl RunningPipeline {
             }) else {
                 return Ran::Abandoned;
             };
+            if matches!(r, RResult::ROk(())) {
+                stage.items_done.fetch_add(1, Ordering::SeqCst);
+            }
             match (r, next) {
                 (RResult::ROk(()), Some(q)) => {
                     for o in out.drain(..) {

@@ -325,7 +325,7 @@ impl<'m> Builder<'m> {
         Arc::new(ContextShared {
             name: name.get_ref().clone(),
             level: AtomicU8::new(level as u8),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             fatal: AtomicBool::new(false),
             wake: Wake::default(),
             dataframes,
@@ -502,7 +502,7 @@ impl<'m> Builder<'m> {
         let s = e.get_ref();
         let name = stack_name(trigger, s);
         let policy = s.policy(c, host_shutdown);
-        self.unit(
+        let u = self.unit(
             kind,
             name,
             &s.plugin,
@@ -512,7 +512,27 @@ impl<'m> Builder<'m> {
             false,
             key,
             e.span().start,
-        )
+        )?;
+        // A stack entry runs on the driver thread when its trigger fires:
+        // it has no mailbox, and nothing could reach its handler.
+        let accepts = crate::plugin::messages(&u.library, &u.export);
+        if !accepts.is_empty() {
+            self.errors.push(self.manifest.diagnostic(
+                s.export.span().start,
+                format!("{key} > export"),
+                format!(
+                    "`{}` accepts messages ({}), but a service in a trigger's stack has no mailbox, so no message could reach it; declare it as a `[[context.service]]` to send it messages",
+                    shown(&u.export),
+                    accepts
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+            return None;
+        }
+        Some(u)
     }
 }
 
@@ -562,13 +582,14 @@ pub fn build(manifest: &Manifest, opts: &Options) -> Result<Deployment, Diagnost
         .iter()
         .map(|c| b.context(c, &by_name, &names))
         .collect();
-    // Hot reload follows the libraries of contexts only (see ARCHITECTURE.md).
-    let loaded = b.registry.libraries();
     let pipelines: Vec<PipelinePlan> = manifest
         .pipelines
         .iter()
         .filter_map(|p| b.pipeline(p, &by_name, &names))
         .collect();
+    // Hot reload follows the libraries of contexts and pipeline stages
+    // (not those of flows; see ARCHITECTURE.md).
+    let loaded = b.registry.libraries();
     // Static targets are caught here, by `check` as by `run`.
     for (target, key) in std::mem::take(&mut b.sends_to) {
         if let Err(f) = b.router.resolve(target.get_ref()) {

@@ -37,6 +37,7 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 
 use crate::event::Events;
 use crate::manifest::ReloadSettings;
+use crate::pipeline::RunningPipeline;
 use crate::plugin::{Library, loader};
 use crate::runtime::RunningContext;
 use crate::supervision::watchdog::Watchdog;
@@ -115,12 +116,18 @@ struct Accounting {
     warned: bool,
 }
 
-/// Starts the watcher thread for the plugin files used by `cores`, which
+/// Starts the watcher thread for the plugin files used by `cores` and
+/// `pipes` (the stages' libraries, see `crate::pipeline`), which
 /// records on `events`, has its jobs' calls watched by `watchdog` and
 /// starts its threads through `threads` (all three its host's).
 /// `on_ceiling` is called (once) if the ceiling of loaded versions is reached.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the host's shared parts, each handed over once"
+)]
 pub fn start(
     cores: Vec<Arc<RunningContext>>,
+    pipes: Vec<Arc<RunningPipeline>>,
     libraries: Vec<Arc<Library>>,
     settings: ReloadSettings,
     events: Arc<Events>,
@@ -198,6 +205,7 @@ pub fn start(
         .spawn(move || {
             let mut w = Watcher {
                 cores,
+                pipes,
                 files,
                 settings,
                 accounting,

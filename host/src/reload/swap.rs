@@ -236,7 +236,7 @@ impl Swap {
         }
         // 2. Pause the old instances and take their state.
         let mut states = Vec::new();
-        for (core, u) in targets {
+        for (i, (core, u)) in targets.iter().enumerate() {
             let p = match core.pause(*u) {
                 Ok(p) => p,
                 Err(reason) => {
@@ -244,6 +244,12 @@ impl Swap {
                     return self.rollback(prepared, slot, reason);
                 }
             };
+            if p.generation() >= prepared[i].1.generation() {
+                // Restarted while the new version was set up: the restart
+                // took the generation the prepared instance would serve as.
+                self.paused.lock().push((Arc::clone(core), p));
+                return self.rollback(prepared, slot, interrupted(&self.label(core, *u)));
+            }
             *self.current.lock() = format!("{} (old version)", self.label(core, *u));
             // Known before the call: if it hangs, the hang handler ends
             // this instance under its restart policy.

@@ -12,6 +12,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::event::{self, Event, Events};
 use crate::manifest::ReloadSettings;
+use crate::pipeline::{RunningPipeline, StageReload};
 use crate::plugin::{Library, loader};
 use crate::runtime::RunningContext;
 use crate::supervision::watchdog::Watchdog;
@@ -21,6 +22,8 @@ use super::{Accounting, Ceiling, FileState, Refusal, Retry, Swap, canonical, cou
 
 pub(super) struct Watcher {
     pub(super) cores: Vec<Arc<RunningContext>>,
+    /// The running pipelines, whose stages' libraries are swapped too.
+    pub(super) pipes: Vec<Arc<RunningPipeline>>,
     pub(super) files: HashMap<PathBuf, FileState>,
     pub(super) settings: ReloadSettings,
     pub(super) accounting: Accounting,
@@ -312,6 +315,7 @@ impl Watcher {
             })
             .collect();
         let file = path.display().to_string();
+        let stages = self.prepare_stages(path, &lib, &file)?;
         let revive = |swapped: usize| {
             let revived = failed
                 .iter()
@@ -319,8 +323,13 @@ impl Watcher {
                 .count();
             (Arc::clone(&lib), swapped, revived)
         };
+        // Stages switch only once every service and condition did.
+        let commit = |stages: Vec<StageReload>, swapped: usize| {
+            let handed: usize = stages.into_iter().map(StageReload::commit).sum();
+            revive(swapped + handed)
+        };
         if targets.is_empty() {
-            return Ok(revive(0));
+            return Ok(commit(stages, 0));
         }
         let (tx, rx) = mpsc::channel::<Result<usize, Refusal>>();
         let swap = Swap::new(
@@ -331,13 +340,51 @@ impl Watcher {
             Arc::clone(&self.watchdog),
             Arc::clone(&self.threads),
         );
-        if let Err(e) = swap.spawn(targets) {
-            return Err(format!("cannot start the reload: {e}").into());
+        let outcome = match swap.spawn(targets) {
+            Err(e) => Err(format!("cannot start the reload: {e}").into()),
+            Ok(()) => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => Err(String::from("the reload stopped without a result").into()),
+            },
+        };
+        match outcome {
+            Ok(n) => Ok(commit(stages, n)),
+            Err(refusal) => {
+                stages.into_iter().for_each(StageReload::roll_back);
+                Err(refusal)
+            }
         }
-        match rx.recv() {
-            Ok(Ok(n)) => Ok(revive(n)),
-            Ok(Err(refusal)) => Err(refusal),
-            Err(_) => Err(String::from("the reload stopped without a result").into()),
+    }
+
+    /// New instances of `lib` for every worker of every pipeline stage
+    /// that uses `path`, set up while the old ones keep working; refused
+    /// (nothing kept) when the new version lacks a stage or one fails.
+    fn prepare_stages(
+        &self,
+        path: &Path,
+        lib: &Arc<Library>,
+        file: &str,
+    ) -> Result<Vec<StageReload>, Refusal> {
+        let targets: Vec<(&Arc<RunningPipeline>, usize)> = self
+            .pipes
+            .iter()
+            .flat_map(|p| p.stages_of_file(path).into_iter().map(move |s| (p, s)))
+            .collect();
+        for (p, s) in &targets {
+            if let Some(why) = p.refuses_library(*s, lib) {
+                return Err(format!("{file}: {why}").into());
+            }
         }
+        let mut prepared = Vec::new();
+        for (p, s) in targets {
+            match p.prepare_reload(s, lib, file) {
+                Ok(r) => prepared.push(r),
+                Err(why) => {
+                    prepared.into_iter().for_each(StageReload::roll_back);
+                    return Err(why.into());
+                }
+            }
+        }
+        Ok(prepared)
     }
 }

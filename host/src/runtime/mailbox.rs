@@ -15,13 +15,14 @@
 //! as a normal exit (`Exit::Shutdown`) and closes its mailbox.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use abi_stable::std_types::RResult;
 use otools_abi::{CallErrorKind, MessageError, Value};
 use parking_lot::Mutex;
 
 use super::driver::{Classified, classify};
-use super::unit::Exit;
+use super::unit::{Exit, State};
 use super::{Instance, RunningContext};
 
 use crate::event::Event;
@@ -32,14 +33,18 @@ use crate::threads;
 
 impl RunningContext {
     /// Tells each mailbox whether its unit can still handle messages: not
-    /// ended or failed for good, and its context not stopping.
-    pub(super) fn watch_mailboxes(self: &Arc<Self>) {
-        for (u, unit) in self.units.iter().enumerate() {
+    /// ended or failed for good, and its context not stopping. Every send
+    /// asks, so it reads two flags, the ones the context and the unit
+    /// keep (shared, not a reference to the context: the router, which
+    /// holds the mailboxes, outlives it).
+    pub(super) fn watch_mailboxes(&self) {
+        for unit in &self.units {
             if let Some(mb) = &unit.mailbox {
-                let weak = Arc::downgrade(self);
+                let stop = Arc::clone(&self.shared.stop);
+                let state = Arc::clone(&unit.state);
                 mb.set_liveness(move || {
-                    weak.upgrade()
-                        .is_some_and(|c| !c.shared.stopping() && !c.units[u].state().terminal())
+                    !stop.load(Ordering::Relaxed)
+                        && !State::from_u8(state.load(Ordering::Acquire)).terminal()
                 });
             }
         }
@@ -110,10 +115,11 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
         };
         // The instance is loaded for each message and held only while it is
         // handled (no `Weak` either): stopping it waits for the last holder,
-        // and `finalize` needs it unshared.
-        let Some(live) = unit
-            .live
-            .load_full()
+        // and `finalize` needs it unshared. A guard, not a clone: swapping
+        // the instance out turns the guard into a counted reference.
+        let guard = unit.live.load();
+        let Some(live) = guard
+            .as_ref()
             .filter(|l| Arc::ptr_eq(&l.host, host) && !l.host.retired())
         else {
             mb.put_back(env);
@@ -126,9 +132,10 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
             correlation: id,
             reply,
         } = env;
-        let _scope = correlation::enter(&id);
+        let _scope = correlation::enter(id.clone());
+        let name = name.as_str();
         if name == SHUTDOWN {
-            if mb.payload_type(SHUTDOWN).is_some() {
+            if mb.accepts(SHUTDOWN) {
                 // The plugin's own clean-up first, like pyros' `shutdown()`.
                 *in_flight.lock() = reply;
                 let Ok(r) = RunningContext::watched(
@@ -143,24 +150,24 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
                     return;
                 };
                 let reply = in_flight.lock().take();
-                answer(reply, r, &live.host, &name);
+                answer(reply, r, &live.host, name);
             } else if let Some(reply) = reply {
                 drop(payload);
                 reply.answer(Ok(Value::Null));
             }
             core.emit(Event::Shutdown {
                 unit: core.unit_id(u, generation),
-                from,
-                correlation: id.clone(),
+                from: from.to_string(),
+                correlation: id.to_string(),
             });
-            drop(live);
+            drop(guard);
             mb.close();
             core.instance_ended(u, generation, Exit::Shutdown);
             break;
         }
-        if mb.payload_type(&name).is_none() {
+        if !mb.accepts(name) {
             // Accepted by the generation it was sent to, not by this one.
-            messaging::report_unknown(&core.shared.events, mb, &name, &from, &id);
+            messaging::report_unknown(&core.shared.events, mb, name, &from, &id);
             if let Some(reply) = reply {
                 reply.answer(Err(Failure::new(
                     MessageError::UnknownMessage,
@@ -169,7 +176,11 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
             }
             continue;
         }
-        *in_flight.lock() = reply;
+        // Only a request has someone to answer if the handler hangs.
+        let request = reply.is_some();
+        if request {
+            *in_flight.lock() = reply;
+        }
         let Ok(r) = RunningContext::watched(
             &slot,
             u,
@@ -177,21 +188,25 @@ fn mailbox_thread(core: &Arc<RunningContext>, u: usize, token: u64, host: &Arc<I
             Entry::Message,
             unit.policy.watchdog,
             0,
-            || live.handle_message(&name, payload),
+            || live.handle_message(name, payload),
         ) else {
             // Abandoned: the hang handler answered and ended the instance.
             return;
         };
         mb.note_handled();
-        let reply = in_flight.lock().take();
-        if let Some(reason) = answer(reply, r, &live.host, &name) {
+        let reply = if request {
+            in_flight.lock().take()
+        } else {
+            None
+        };
+        if let Some(reason) = answer(reply, r, &live.host, name) {
             core.emit(Event::MessageFailed {
                 unit: core.unit_id(u, generation),
-                name,
-                correlation: id.clone(),
+                name: name.to_string(),
+                correlation: id.to_string(),
                 reason: reason.clone(),
             });
-            drop(live);
+            drop(guard);
             core.instance_ended(
                 u,
                 generation,
@@ -217,7 +232,7 @@ fn answer(
     host: &InstanceHost,
     name: &str,
 ) -> Option<String> {
-    let address = format!("{}/{}", host.context.name, host.name);
+    let address = || format!("{}/{}", host.context.name, host.name);
     let (result, failed) = match r {
         RResult::ROk(v) => (Ok(v), None),
         RResult::RErr(e) if e.kind == CallErrorKind::Unimplemented => {
@@ -228,7 +243,7 @@ fn answer(
             );
             let f = Failure::new(
                 MessageError::PeerFailed,
-                format!("{address} does not implement handle_message"),
+                format!("{} does not implement handle_message", address()),
             );
             (Err(f), None)
         }
@@ -236,7 +251,7 @@ fn answer(
             Classified::Failed(reason) => {
                 let f = Failure::new(
                     MessageError::PeerFailed,
-                    format!("{address} {reason} (handling `{name}`)"),
+                    format!("{} {reason} (handling `{name}`)", address()),
                 );
                 (Err(f), Some(reason))
             }

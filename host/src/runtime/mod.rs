@@ -157,7 +157,7 @@ impl RunningContext {
                     config_json: u.config_json,
                     policy: u.policy,
                     live: ArcSwapOption::from_pointee(live),
-                    state: AtomicU8::new(State::Pending as u8),
+                    state: Arc::new(AtomicU8::new(State::Pending as u8)),
                     has_main: AtomicBool::new(u.kind == ExportKind::Service),
                     main_once: u.main_once,
                     main_done: AtomicBool::new(false),

@@ -124,6 +124,10 @@ impl RunningContext {
         slot: &Slot,
         on_host: &dyn Fn(&Arc<InstanceHost>),
     ) -> Result<Result<Prepared, String>, Abandoned> {
+        // The number the new version serves under if it is swapped in; a
+        // restart meanwhile takes the same number, and the swap is then
+        // rolled back (`crate::reload`), so the serving generations of a
+        // unit only go up.
         let generation = self.units[u].control.lock().generation + 1;
         Ok(
             match self.build_and_setup(u, Arc::clone(lib), generation, slot, 0, on_host)? {

@@ -157,7 +157,7 @@ pub(super) enum State {
 }
 
 impl State {
-    fn from_u8(v: u8) -> State {
+    pub(super) fn from_u8(v: u8) -> State {
         match v {
             0 => State::Pending,
             1 => State::Ready,
@@ -227,7 +227,8 @@ pub struct Unit {
     pub(super) config_json: String,
     pub(super) policy: Policy,
     pub(super) live: ArcSwapOption<Instance>,
-    pub(super) state: AtomicU8,
+    /// A `State` as u8 (shared with its mailbox's liveness).
+    pub(super) state: Arc<AtomicU8>,
     pub(super) has_main: AtomicBool,
     /// `main_once = true`: `main` is called until it returns once.
     pub(super) main_once: bool,

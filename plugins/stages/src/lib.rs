@@ -1,8 +1,8 @@
 //! Pipeline stages for the examples and the tests: `Numbers` (a source
 //! counting from `from` to `to`, or for ever, partitioned over its
-//! workers), `Double` (a transform multiplying by `factor`), `Collect` (a
-//! sink appending each item to a file) and `Sum` (a sink logging the sum of
-//! what it received). `Double`, `Collect` and `Sum` fail (an error) or
+//! workers), `Double` (a transform multiplying by `factor`, making `copies`
+//! items of each), `Collect` (a sink appending each item to a file) and
+//! `Sum` (a sink logging the sum of what it received). `Double`, `Collect` and `Sum` fail (an error) or
 //! panic on the items their `fail_on` and `panic_on` lists name, and can
 //! sleep `delay_ms` per item (a slow stage).
 
@@ -149,6 +149,9 @@ pub struct DoubleConfig {
     /// The multiplier (default 2).
     #[serde(default = "two")]
     pub factor: i64,
+    /// How many items each item becomes (default 1; 0 drops it).
+    #[serde(default = "one_copy")]
+    pub copies: usize,
     /// Faults and pace.
     #[serde(flatten)]
     pub faults: Faults,
@@ -156,6 +159,10 @@ pub struct DoubleConfig {
 
 fn two() -> i64 {
     2
+}
+
+fn one_copy() -> usize {
+    1
 }
 
 impl Transform for Double {
@@ -182,7 +189,9 @@ impl Transform for Double {
         let n = int(&item)?;
         self.items += 1;
         self.config.faults.apply(n)?;
-        out.push(n * self.config.factor);
+        for _ in 0..self.config.copies {
+            out.push(n * self.config.factor);
+        }
         Ok(())
     }
 

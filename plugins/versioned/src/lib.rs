@@ -15,11 +15,16 @@
 //! also accepts the message `ticks` (any payload) and logs
 //! `version <version> got tick <payload>`, to show that messages queued
 //! across a reload reach the new version in order.
+//!
+//! The transform `Tag` (a pipeline stage) maps the integer `n` to
+//! `n * 10 + <version>` (`<version>` 0 for a tag that is not a number), so
+//! a sink shows which version handled each item; its `setup` fails like
+//! the service's in the `setup_*` versions.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use otools_api::{Accept, Context, Result, Service, Value};
+use otools_api::{Accept, Context, Output, Result, Service, Transform, Value, Worker};
 use serde::Deserialize;
 
 /// The build-time version tag.
@@ -151,6 +156,50 @@ impl Service for Counter {
     }
 }
 
+/// Tags each integer item with the version that handled it.
+pub struct Tag;
+
+/// Configuration of [`Tag`] (none).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagConfig {}
+
+impl Transform for Tag {
+    type Config = TagConfig;
+
+    fn new(_: TagConfig) -> Result<Self> {
+        Ok(Tag)
+    }
+
+    fn setup(&mut self, ctx: &Context<'_>, worker: Worker) -> Result<()> {
+        match VERSION {
+            "setup_error" => otools_api::bail!("version {VERSION} refuses to set up"),
+            "setup_panic" => panic!("version {VERSION} panics in setup"),
+            "setup_hang" => hang(),
+            _ => {
+                ctx.info(format_args!(
+                    "version {VERSION} tag worker {} set up",
+                    worker.index
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    fn process(&mut self, _: &Context<'_>, item: Value, out: &mut Output<'_>) -> Result<()> {
+        let n = item
+            .as_i64()
+            .ok_or_else(|| otools_api::Error::msg("expected an integer item"))?;
+        out.push(n * 10 + VERSION.parse::<i64>().unwrap_or(0));
+        Ok(())
+    }
+
+    fn finalize(&mut self, ctx: &Context<'_>) -> Result<()> {
+        ctx.info(format_args!("version {VERSION} tag finalized"));
+        Ok(())
+    }
+}
+
 /// The same service under another export name (the `noexport` version).
 pub struct Renamed(Counter);
 
@@ -169,6 +218,7 @@ impl Service for Renamed {
 #[cfg(not(versioned_noexport))]
 otools_api::export_plugin! {
     services: [Counter],
+    transforms: [Tag],
 }
 
 #[cfg(versioned_noexport)]
