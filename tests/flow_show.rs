@@ -4,7 +4,15 @@
 use serde_json::Value;
 
 use crate::flows::{association, step};
-use crate::util::{TestDir, run, run_manifest};
+use crate::util::{Output, TestDir, run, run_manifest};
+
+/// Asserts that `out` exited with `code` and its standard error holds every one of `needles`.
+fn refused(out: &Output, code: i32, needles: &[&str]) {
+    assert_eq!(out.code(), code, "{}", out.stderr);
+    for n in needles {
+        assert!(out.stderr.contains(n), "{n}: {}", out.stderr);
+    }
+}
 
 #[test]
 fn flow_show_reads_the_store_between_a_failed_run_and_its_recovery() {
@@ -104,28 +112,13 @@ fn flow_show_refuses_a_missing_file_a_file_that_is_not_a_store_and_an_unknown_ru
     let dir = TestDir::new("flow_show_errors");
     let missing = dir.path.join("nowhere.db");
     let out = run(&["flow", "show", &missing.to_string_lossy()]);
-    assert_eq!(out.code(), 1, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("nowhere.db") && out.stderr.contains("the file does not exist"),
-        "{}",
-        out.stderr
-    );
+    refused(&out, 1, &["nowhere.db", "the file does not exist"]);
     dir.write("text.db", "this is not SQLite at all, just some text\n");
     let out = run(&["flow", "show", &dir.path.join("text.db").to_string_lossy()]);
-    assert_eq!(out.code(), 1, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("text.db") && out.stderr.contains("not an otools run store"),
-        "{}",
-        out.stderr
-    );
+    refused(&out, 1, &["text.db", "not an otools run store"]);
     dir.write("empty.db", "");
     let out = run(&["flow", "show", &dir.path.join("empty.db").to_string_lossy()]);
-    assert_eq!(out.code(), 1, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("not an otools run store"),
-        "{}",
-        out.stderr
-    );
+    refused(&out, 1, &["not an otools run store"]);
 
     let m = dir.manifest(
         "m.toml",
@@ -140,12 +133,7 @@ fn flow_show_refuses_a_missing_file_a_file_that_is_not_a_store_and_an_unknown_ru
     assert_eq!(run_manifest(&m, &[]).code(), 0);
     let store = dir.path.join("f.db");
     let out = run(&["flow", "show", &store.to_string_lossy(), "--run", "nope"]);
-    assert_eq!(out.code(), 1, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("f.db") && out.stderr.contains("it holds no run `nope`"),
-        "{}",
-        out.stderr
-    );
+    refused(&out, 1, &["f.db", "it holds no run `nope`"]);
 }
 
 #[test]
@@ -263,6 +251,5 @@ fn once_without_a_flow_is_refused() {
     let dir = TestDir::new("flow_once_none");
     let m = dir.manifest("m.toml", &crate::util::script_context(""));
     let out = run_manifest(&m, &["--once"]);
-    assert_eq!(out.code(), 2, "{}", out.stderr);
-    assert!(out.stderr.contains("--once"), "{}", out.stderr);
+    refused(&out, 2, &["--once"]);
 }
