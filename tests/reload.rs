@@ -118,6 +118,20 @@ fn with_debounce(m: &Path, debounce: &str) {
     std::fs::write(m, text).unwrap();
 }
 
+fn count_events(j: &[Value], name: &str) -> usize {
+    j.iter().filter(|e| e["event"] == name).count()
+}
+
+/// "N attempts, N ok, N refused": what a reload test printed for a run.
+fn reload_counts(j: &[Value]) -> String {
+    format!(
+        "{} attempts, {} ok, {} refused",
+        count_events(j, "reload_attempted"),
+        count_events(j, "reload_ok"),
+        count_events(j, "reload_rejected")
+    )
+}
+
 fn pos(j: &[Value], pred: impl Fn(&Value) -> bool) -> usize {
     j.iter()
         .position(pred)
@@ -530,13 +544,7 @@ fn a_plugin_file_rewritten_in_place_while_the_host_copies_it_never_crashes_the_h
     let out = host.finish();
     assert_eq!(out.code(), 0, "the host survived: {}", out.stderr);
     let j = journal(&events);
-    let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
-    println!(
-        "{} attempts, {} ok, {} refused",
-        count("reload_attempted"),
-        count("reload_ok"),
-        count("reload_rejected"),
-    );
+    println!("{}", reload_counts(&j));
     for e in j.iter().filter(|e| e["event"] == "reload_rejected") {
         let reason = e["reason"].as_str().unwrap_or_default();
         let hash = e["hash"].as_str().unwrap_or_default();
@@ -604,7 +612,7 @@ export = "Greeter"
     let deadline = std::time::Instant::now() + crate::util::DEADLINE;
     loop {
         let j = journal(&events);
-        let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
+        let count = |name: &str| count_events(&j, name);
         if count("reload_attempted") >= 12 {
             break;
         }
@@ -623,13 +631,7 @@ export = "Greeter"
     let out = host.finish();
     let j = journal(&events);
     let started: Vec<u64> = generations_started(&j, "chaos");
-    let count = |name: &str| j.iter().filter(|e| e["event"] == name).count();
-    println!(
-        "{} attempts, {} ok, {} refused, generations started {started:?}",
-        count("reload_attempted"),
-        count("reload_ok"),
-        count("reload_rejected")
-    );
+    println!("{}, generations started {started:?}", reload_counts(&j));
     assert!(
         started.windows(2).all(|w| w[0] < w[1]),
         "each serving instance has a generation above the one before: {started:?}"
